@@ -1,14 +1,84 @@
-"""The `cdcda` command: one entry point for data, evaluation, runs, sweeps and serving."""
+"""The `cdcda` command: data, evaluation, runs, sweeps and serving from one entry point.
+
+Examples:
+  cdcda data personas --out data/personas --users 8 --tasks LaMP_2,LaMP_5 --seed 0
+  cdcda data validate ~/LaMP
+  cdcda eval --task LaMP_2 --golds dev_outputs.json --preds preds.json --json
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+from cdcda_fl.data.lamp import LampDataError, read_outputs, validate_path
+from cdcda_fl.data.tasks import TASK_NAMES, get_task, parse_task_list
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        for line in validate_path(args.path):
+            print(f"ok  {line}")
+    except LampDataError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_personas(args: argparse.Namespace) -> int:
+    from cdcda_fl.data.personas import write_personas
+
+    tasks = [t.name for t in parse_task_list(args.tasks)]
+    files = write_personas(args.out, users=args.users, tasks=tasks, seed=args.seed, splits=args.splits.split(","))
+    print(f"wrote {len(files)} files for {len(tasks)} task(s), {args.users} users per split, under {args.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cdcda_fl.metrics import PredictionMismatchError, score
+
+    try:
+        task = get_task(args.task)
+        golds = read_outputs(args.golds, task)
+        preds = read_outputs(args.preds, task, check_labels=False)
+        metrics = score(task, golds, preds)
+    except (LampDataError, PredictionMismatchError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for name, value in metrics.items():
+            print(f"{name:>10}  {value:.4f}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdcda", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="cdcda", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="LaMP data: validate files, generate seeded synthetic users")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    val = data_sub.add_parser("validate", help="check LaMP files (a data dir, a task folder or one file)")
+    val.add_argument("path", type=Path, help="data directory (LaMP_k/ folders), task folder or *_questions/outputs.json")
+    val.set_defaults(func=_cmd_validate)
+    per = data_sub.add_parser("personas", help="write seeded synthetic users in LaMP's file format")
+    per.add_argument("--out", type=Path, required=True, help="output data directory (one LaMP_k/ folder per task)")
+    per.add_argument("--users", type=int, default=8, help="users per task and split (default 8)")
+    per.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated tasks (default: all six)")
+    per.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    per.add_argument("--splits", default="train,dev", help="comma-separated splits to write (default train,dev)")
+    per.set_defaults(func=_cmd_personas)
+
+    ev = sub.add_parser("eval", help="score LaMP-format predictions against golds with LaMP's metrics")
+    ev.add_argument("--task", required=True, help="LaMP_1, LaMP_2, LaMP_3, LaMP_4, LaMP_5 or LaMP_7")
+    ev.add_argument("--golds", type=Path, required=True, help="{split}_outputs.json with the gold outputs")
+    ev.add_argument("--preds", type=Path, required=True, help="predictions in the same format")
+    ev.add_argument("--json", action="store_true", help="print one JSON object metric -> value")
+    ev.set_defaults(func=_cmd_eval)
+
     return parser
 
 
