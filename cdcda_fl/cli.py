@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object metric -> value")
     ev.set_defaults(func=_cmd_eval)
 
+    from cdcda_fl import run_cli
+
+    run_cli.register(sub)
     return parser
 
 

@@ -59,3 +59,11 @@ def test_lamp1_pairs_balance_positions() -> None:
 
 def test_neutralize_tweet_strips_style() -> None:
     assert neutralize_tweet("JUST WON!!! #blessed @bob 😂 http://x.co/a") == "just won"
+
+
+def test_query_text_of_input_strips_instruction() -> None:
+    from cdcda_fl.data.tasks import LAMP2_TEMPLATE, LAMP7_TEMPLATE
+
+    assert get_task("LaMP_2").query_text_of_input(LAMP2_TEMPLATE.format(description="A: b; c.")) == "A: b; c."
+    assert get_task("LaMP_7").query_text_of_input(LAMP7_TEMPLATE.format(text="hi there")) == "hi there"
+    assert get_task("LaMP_5").query_text_of_input("no marker here") == "no marker here"

@@ -53,6 +53,10 @@ LAMP4_TEMPLATE = "Generate a headline for the following article: {text}"
 LAMP5_TEMPLATE = "Generate a title for the following abstract of a paper: {abstract}"
 LAMP7_TEMPLATE = "Paraphrase the following tweet without any explanation before or after it: {text}"
 
+# Where the content starts in each task's instruction (LaMP-1 keeps everything: the references matter).
+INPUT_MARKERS = {"LaMP_2": "description:", "LaMP_3": "review:", "LaMP_4": "article:", "LaMP_5": "paper:",
+                 "LaMP_7": "before or after it:"}
+
 # Off-topic reference titles used to build LaMP-1 training pairs on the device: a user's own
 # profile has no negatives, so each pair contrasts one of the author's own titles with one of
 # these (drawn deterministically). They span unrelated fields on purpose.
@@ -152,6 +156,13 @@ class TaskSpec:
     def query_text(self, item: Mapping[str, Any]) -> str:
         """The part of a profile item that plays the role of a query input (e.g. an abstract)."""
         return self._query_text(item)
+
+    def query_text_of_input(self, lamp_input: str) -> str:
+        """The content of a LaMP input without its instruction (the retrieval query for RAG)."""
+        marker = INPUT_MARKERS.get(self.name)
+        if marker and marker in lamp_input:
+            return lamp_input.split(marker, 1)[1].strip()
+        return lamp_input
 
     # ------------------------------------------------------------------ answers
     def parse_answer(self, text: str) -> str:

@@ -1,0 +1,349 @@
+"""Cloud-side synthesis: new profile records in each user's style, from that user's shared records only.
+
+Flow per call: audit every request -> rounds of (build prompts for users still short of
+``per_user`` -> batched generation, prompts of many users per batch but never two users in
+one prompt -> parse every record -> filter with counted reasons) -> one :class:`AugmentResult`
+per user.
+
+Prompt design (DESIGN.md §4): a base model given a few-shot continuation prompt writes clean
+records, often several per generation; so the default for base models is continuation, and for
+chat models a chat instruction with the same records. Tasks with a fixed label list are
+*label-conditioned*: each prompt ends in (continuation) or asks for (chat) a target label drawn
+from the user's own label distribution, because free continuation drifted toward one label.
+Long free-text fields are shown shortened, so the model writes records that fit the token
+budget instead of being cut off.
+
+Failure: a backend error costs only the users whose prompts were in the failed call; they get
+``AugmentResult(records=[], error=...)`` and train on real data only. Junk is counted, never
+raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
+from cdcda_fl.cloud.filters import FilterSettings, RecordFilter, parse_records
+from cdcda_fl.privacy.consent import SharedRecords
+
+PROMPT_STYLES = ("auto", "continuation", "chat")
+
+# What a record *is*, for chat instructions.
+TASK_NOUNS: dict[str, tuple[str, str]] = {
+    "LaMP_1": ("papers (title and abstract)", "paper"),
+    "LaMP_2": ("movies with the tag this user gave them", "movie"),
+    "LaMP_3": ("product reviews with the user's rating", "review"),
+    "LaMP_4": ("news articles with the headline the user wrote", "article"),
+    "LaMP_5": ("papers (abstract and title)", "paper"),
+    "LaMP_7": ("tweets", "tweet"),
+}
+SHORT_FIELDS = frozenset({"title", "tag", "score"})
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Synthesis settings; see :meth:`from_config` for the run-config keys."""
+
+    per_user: int = 16
+    max_rounds: int = 3
+    temperature: float = 0.8
+    max_new_tokens: int = 64
+    few_shot: int = 4
+    seed: int = 0
+    prompt_style: str = "auto"
+    batch_size: int = 8
+    max_prompts_per_round: int = 32
+    near_dup: float = 0.7
+    embed_filter: bool = False
+    embed_min_sim: float = 0.2
+    embed_max_sim: float = 0.95
+    label_quota: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"cloud.prompt-style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
+        if self.per_user < 0 or self.max_rounds < 1 or self.max_new_tokens < 1 or self.few_shot < 1 or self.batch_size < 1:
+            raise ValueError(
+                "synthetic.per-user must be >= 0 and synthetic.max-rounds, synthetic.max-new-tokens, "
+                f"synthetic.few-shot, cloud.batch-size >= 1 (got {self})"
+            )
+        if not 0 < self.near_dup <= 1:
+            raise ValueError(f"synthetic.near-dup must be in (0, 1], got {self.near_dup}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> AugmentConfig:
+        """Keys: ``synthetic.per-user`` (16), ``synthetic.max-rounds`` (3), ``synthetic.temperature``
+        (0.8), ``synthetic.max-new-tokens`` (64), ``synthetic.few-shot`` (4), ``synthetic.seed``
+        (falls back to ``seed``), ``synthetic.max-prompts-per-round`` (32), ``synthetic.near-dup``
+        (0.7, token-set Jaccard), ``synthetic.label-quota`` (true), ``cloud.prompt-style``
+        (auto|continuation|chat), ``cloud.batch-size`` (8), ``cloud.embed-filter`` (false),
+        ``cloud.embed-min-sim`` (0.2), ``cloud.embed-max-sim`` (0.95)."""
+        g = cfg.get
+        try:
+            return cls(
+                per_user=int(g("synthetic.per-user", 16)),
+                max_rounds=int(g("synthetic.max-rounds", 3)),
+                temperature=float(g("synthetic.temperature", g("cloud.temperature", 0.8))),
+                max_new_tokens=int(g("synthetic.max-new-tokens", g("cloud.max-new-tokens", 64))),
+                few_shot=int(g("synthetic.few-shot", 4)),
+                seed=int(g("synthetic.seed", g("seed", 0))),
+                prompt_style=str(g("cloud.prompt-style", "auto")).strip().lower(),
+                batch_size=int(g("cloud.batch-size", 8)),
+                max_prompts_per_round=int(g("synthetic.max-prompts-per-round", 32)),
+                near_dup=float(g("synthetic.near-dup", 0.7)),
+                embed_filter=_as_bool(g("cloud.embed-filter", False)),
+                embed_min_sim=float(g("cloud.embed-min-sim", 0.2)),
+                embed_max_sim=float(g("cloud.embed-max-sim", 0.95)),
+                label_quota=_as_bool(g("synthetic.label-quota", True)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad synthetic.*/cloud.* setting: {exc}") from exc
+
+
+@dataclass
+class AugmentResult:
+    """Synthetic records for one user (task schema, ``synthetic: True``), counts, and any error.
+
+    ``error`` set means the backend failed for this user: ``records`` is then empty and the
+    device trains on real data only.
+    """
+
+    user_id: str
+    task: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "task": self.task, "records": self.records, "counts": self.counts, "error": self.error}
+
+
+@dataclass
+class PromptJob:
+    """One prompt, and what is needed to read its answer. Built from ONE user's records."""
+
+    user_id: str
+    prompt: Prompt
+    prefix: str  # text the generation continues (continuation prompts), prepended before parsing
+    target_label: str | None
+
+
+def _shorten(value: str, max_words: int) -> str:
+    """First ``max_words`` words, cut back to a sentence end when one is near."""
+    words = re.sub(r"\s+", " ", str(value)).strip().split(" ")
+    if len(words) <= max_words:
+        return " ".join(words)
+    text = " ".join(words[:max_words])
+    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    return text[: cut + 1] if cut > len(text) // 2 else text.rstrip(",;:") + "."
+
+
+class TaskPrompter:
+    """Builds one user's prompts for one task: field order, examples, label conditioning."""
+
+    def __init__(self, task: Any, shared: SharedRecords, cfg: AugmentConfig, style: str) -> None:
+        self.task = task
+        self.shared = shared
+        self.cfg = cfg
+        self.style = style
+        shared_fields = [f for f in shared.fields if f != "id" and f in task.profile_fields]
+        self.label_field = task.label_field if (task.labels and task.label_field in shared_fields) else None
+        if self.label_field:  # label first, so generation can be conditioned on it
+            order = [self.label_field] + [f for f in task.profile_fields if f in shared_fields and f != self.label_field]
+        else:  # free-text output (titles) last, after the content it summarizes
+            order = [f for f in task.profile_fields if f in shared_fields and f != task.label_field]
+            if task.label_field in shared_fields:
+                order.append(task.label_field)
+        self.fields = order
+        self.records = [r for r in shared.records if all(f in r for f in order)]
+        self.labels = [str(r[self.label_field]).strip() for r in self.records] if self.label_field else []
+        # Shown examples are shortened so a whole record fits in max_new_tokens (~0.75 words/token).
+        self.shot_words = max(12, int(cfg.max_new_tokens * 0.45))
+        self.rng = random.Random(f"{cfg.seed}:{shared.user_id}:{shared.task}")
+
+    def render(self, rec: Mapping[str, Any]) -> str:
+        lines = []
+        for f in self.fields:
+            value = str(rec[f])
+            lines.append(f"{f}: {value.strip() if f in SHORT_FIELDS else _shorten(value, self.shot_words)}")
+        return "\n".join(lines)
+
+    def _shots(self, target: str | None) -> list[Mapping[str, Any]]:
+        k = min(self.cfg.few_shot, len(self.records))
+        shots = self.rng.sample(self.records, k)
+        if target is not None and all(str(s[self.label_field]).strip() != target for s in shots):  # type: ignore[index]
+            same = [r for r in self.records if str(r[self.label_field]).strip() == target]  # type: ignore[index]
+            if same:
+                shots[-1] = self.rng.choice(same)
+        self.rng.shuffle(shots)
+        return shots
+
+    def job(self) -> PromptJob:
+        target = self.rng.choice(self.labels) if self.labels else None
+        body = "\n\n".join(self.render(s) for s in self._shots(target))
+        if self.style == "continuation":
+            first_free = next(f for f in self.fields if f != self.label_field)
+            prefix = (f"{self.label_field}: {target}\n" if target is not None else "") + f"{first_free}:"
+            return PromptJob(self.shared.user_id, Prompt.continuation(f"{body}\n\n{prefix}"), prefix, target)
+        plural, single = TASK_NOUNS.get(self.task.name, ("records", "record"))
+        want = f" Every new {single} must have `{self.label_field}: {target}`." if target is not None else ""
+        user = (
+            f"Here are {plural} from one user:\n\n{body}\n\n"
+            f"Write 3 new {single}s in the same style and exact format: one `name: value` line per field "
+            f"({', '.join(self.fields)}), a blank line between records, nothing else. Do not copy the examples.{want}"
+        )
+        system = "You write new records that imitate one person's style and format. Reply with records only."
+        return PromptJob(self.shared.user_id, Prompt.chat(user, system=system), "", target)
+
+
+@dataclass
+class _UserState:
+    shared: SharedRecords
+    task: Any
+    prompter: TaskPrompter
+    filter: RecordFilter
+    counts: Counter = field(default_factory=Counter)
+    error: str | None = None
+    prompts: int = 0
+
+    @property
+    def need(self) -> int:
+        return max(0, self.filter.target - len(self.filter.accepted))
+
+
+class CloudAugmenter:
+    """Writes synthetic records for many users with one backend; see the module docstring."""
+
+    def __init__(self, backend: LLMBackend, cfg: AugmentConfig | Mapping[str, Any] | None = None, *, audit: Any = None) -> None:
+        self.backend = backend
+        self.cfg = cfg if isinstance(cfg, AugmentConfig) else AugmentConfig.from_config(cfg or {})
+        self.audit = audit
+        style = self.cfg.prompt_style
+        if style == "auto":
+            style = "chat" if getattr(backend, "prefers_chat", False) else "continuation"
+        self.style = style
+
+    # ------------------------------------------------------------------ public
+    def augment(self, requests: Sequence[SharedRecords]) -> dict[str, AugmentResult]:
+        """One result per requesting user (call once per task when users share several tasks)."""
+        from cdcda_fl.data.tasks import get_task
+
+        users = [str(r.user_id) for r in requests]
+        dupes = sorted(u for u, c in Counter(users).items() if c > 1)
+        if dupes:
+            raise ValueError(f"one request per user per augment() call; repeated users: {dupes} (call once per task)")
+        results: dict[str, AugmentResult] = {}
+        states: dict[str, _UserState] = {}
+        settings = FilterSettings(self.cfg.near_dup, self.cfg.embed_filter, self.cfg.embed_min_sim, self.cfg.embed_max_sim, self.cfg.label_quota)
+        for req in requests:
+            uid = str(req.user_id)
+            if not req.records:
+                results[uid] = AugmentResult(uid, req.task, counts={"no_shared_records": 1})
+                continue
+            if self.audit is not None:
+                self.audit.record(req, destination=getattr(self.backend, "name", type(self.backend).__name__))
+            task = get_task(req.task)
+            prompter = TaskPrompter(task, req, self.cfg, self.style)
+            if not prompter.records or not any(f != prompter.label_field for f in prompter.fields):
+                results[uid] = AugmentResult(uid, req.task, counts={"no_usable_fields": 1})
+                continue
+            filt = RecordFilter(task, prompter.fields, prompter.records, self.cfg.per_user, settings)
+            states[uid] = _UserState(req, task, prompter, filt)
+        for rnd in range(self.cfg.max_rounds):
+            active = [s for s in states.values() if s.error is None and s.need > 0]
+            if not active:
+                break
+            jobs = self._round_jobs(active)
+            for s in active:
+                s.counts["rounds"] += 1
+            self._run_jobs(jobs, states, rnd)
+        for uid, s in states.items():
+            counts = dict(s.counts)
+            counts["accepted"] = 0 if s.error else len(s.filter.accepted)
+            counts.update({f"rejected_{k}": v for k, v in s.filter.counts.items()})
+            records = [] if s.error else self._finalize(uid, s)
+            results[uid] = AugmentResult(uid, s.shared.task, records, counts, s.error)
+        return {u: results[u] for u in users}
+
+    # ------------------------------------------------------------------ internals
+    def _round_jobs(self, active: Sequence[_UserState]) -> list[PromptJob]:
+        """Prompts for this round: enough per user for what is missing, at the observed yield."""
+        per_user: list[list[PromptJob]] = []
+        for s in active:
+            accepted = len(s.filter.accepted)
+            yield_est = min(3.0, max(0.34, accepted / s.prompts)) if s.prompts else 1.0
+            n = max(1, min(self.cfg.max_prompts_per_round, math.ceil(s.need / yield_est)))
+            per_user.append([s.prompter.job() for _ in range(n)])
+            s.prompts += n
+        # Interleave users so every backend batch mixes users (each prompt is still one user's).
+        jobs: list[PromptJob] = []
+        for i in range(max(len(p) for p in per_user)):
+            jobs.extend(p[i] for p in per_user if i < len(p))
+        return jobs
+
+    def _generate(self, prompts: list[Prompt], seed: int) -> list[Generation]:
+        kw = {"max_new_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature, "seed": seed}
+        detailed = getattr(self.backend, "generate_detailed", None)
+        if callable(detailed):
+            gens = list(detailed(prompts, **kw))
+        else:
+            gens = [Generation(t, "unknown") for t in self.backend.generate(prompts, **kw)]
+        if len(gens) != len(prompts):
+            raise RuntimeError(f"backend returned {len(gens)} generations for {len(prompts)} prompts")
+        return gens
+
+    def _run_jobs(self, jobs: list[PromptJob], states: dict[str, _UserState], rnd: int) -> None:
+        size = self.cfg.batch_size
+        for b in range(0, len(jobs), size):
+            chunk = [j for j in jobs[b : b + size] if states[j.user_id].error is None]
+            if not chunk:
+                continue
+            seed = int(hashlib.sha256(f"{self.cfg.seed}:{rnd}:{b}".encode()).hexdigest()[:8], 16)
+            try:
+                gens = self._generate([j.prompt for j in chunk], seed)
+            except Exception as exc:  # noqa: BLE001 - any backend failure only costs these users
+                msg = f"{type(exc).__name__}: {exc}"
+                for j in chunk:
+                    states[j.user_id].error = msg
+                continue
+            for job, gen in zip(chunk, gens):
+                self._absorb(states[job.user_id], job, gen)
+
+    def _absorb(self, s: _UserState, job: PromptJob, gen: Generation) -> None:
+        s.counts["generations"] += 1
+        text = job.prefix + (gen.text if isinstance(gen.text, str) else "")
+        ended = gen.finish_reason == "stop"
+        label_fields = [s.prompter.label_field] if s.prompter.label_field else []
+        parsed = parse_records(text, s.prompter.fields, label_fields=label_fields, ended=ended)
+        if not any(all(r.fields.get(f) for f in s.prompter.fields) for r in parsed):
+            s.counts["junk_generations"] += 1  # not one whole record in this generation
+        for rec in parsed:
+            s.counts["generated"] += 1
+            if not rec.complete:
+                s.filter.counts["truncated"] += 1
+                continue
+            reason, _ = s.filter.check(rec.fields)
+            if reason is not None:
+                s.filter.counts[reason] += 1
+
+    def _finalize(self, uid: str, s: _UserState) -> list[dict[str, Any]]:
+        out = []
+        for n, rec in enumerate(s.filter.accepted):
+            item: dict[str, Any] = {"id": f"syn-{uid}-{n}"}
+            item.update(rec)
+            item["synthetic"] = True
+            out.append(item)
+        return out

@@ -1,0 +1,219 @@
+"""Run configuration: one flat key space shared by `flwr run`, `cdcda run` and the Flower apps.
+
+Flower's run config is a flat mapping of scalars (``[tool.flwr.app.config]``), so every setting of
+cdcda-fl is a flat dotted key with a scalar value. ``cdcda run CONFIG.toml --set k=v`` reads the
+same keys from a TOML file (a ``[config]`` table or top-level keys) and applies overrides. Unknown
+keys are an error that lists the known ones: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+Scalar = str | int | float | bool
+
+# key -> (default, help). The order is the order of `cdcda run --help-config`.
+DEFAULTS: dict[str, tuple[Scalar, str]] = {
+    # ------------------------------------------------------------------ what to run
+    "tasks": ("LaMP_2,LaMP_5", "comma-separated LaMP tasks (LaMP_1,LaMP_2,LaMP_3,LaMP_4,LaMP_5,LaMP_7)"),
+    "users": (2, "max users per task (the users with most history are kept, as OPPU does)"),
+    "split": ("dev", "which split's questions are each user's held-out evaluation"),
+    "data-dir": ("", "LaMP data directory (LaMP_k/ folders); empty = seeded personas written into the run dir"),
+    "out-dir": ("runs/default", "run directory: results, predictions, audit log; rerun resumes here"),
+    "seed": (0, "seed for personas, consent sampling, training and generation"),
+    "methods": ("base,rag,local,cdcda,cloud", "subset of base,rag,local,cdcda,cloud"),
+    "personas.queries": (8, "held-out queries per synthetic user"),
+    # ------------------------------------------------------------------ device model and training
+    "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
+    "device.quantization": ("", "'' (full precision), '8bit' or '4bit' (bitsandbytes)"),
+    "train.steps": (24, "optimizer steps per adapter (used when train.epochs is 0)"),
+    "train.epochs": (0.0, "epochs per adapter instead of steps (0 = use train.steps)"),
+    "train.lr": (1e-3, "learning rate (AdamW)"),
+    "train.batch-size": (4, "training batch size"),
+    "train.rank": (8, "LoRA rank"),
+    "train.alpha": (16, "LoRA alpha"),
+    "train.dropout": (0.05, "LoRA dropout"),
+    "train.max-length": (256, "max tokens per training example"),
+    "train.target-modules": ("q_proj,k_proj,v_proj,o_proj", "comma-separated modules that get LoRA"),
+    "train.synthetic-weight": (1.0, "loss weight of one synthetic example relative to one real example"),
+    "train.retrain": (False, "retrain adapters even if a finished one is stored"),
+    "dp.enabled": (False, "DP-SGD (Opacus) on the LoRA parameters"),
+    "dp.epsilon": (0.0, "target epsilon (0 = use dp.noise-multiplier)"),
+    "dp.noise-multiplier": (1.0, "noise multiplier when dp.epsilon is 0"),
+    "dp.max-grad-norm": (1.0, "per-sample clipping norm"),
+    "dp.delta": (0.0, "delta (0 = 1/n^1.1 for n training examples)"),
+    "dp.accountant": ("rdp", "Opacus accountant: rdp or prv"),
+    "rag.k": (2, "profile items retrieved (BM25) into the prompt for the rag and cloud methods"),
+    "eval.batch-size": (8, "generation batch size on the device"),
+    "eval.max-queries": (0, "answer at most this many queries per user (0 = all)"),
+    "mia.enabled": (False, "membership-inference AUC (loss threshold) on each trained adapter"),
+    # ------------------------------------------------------------------ consent (device side)
+    "consent.share-fraction": (0.5, "fraction of profile records a user shares with the cloud (0..1)"),
+    "consent.fields": ("", "comma-separated fields that may be shared (empty = all fields of the task)"),
+    "consent.deny-terms": ("", "comma-separated terms: a record containing any is never shared"),
+    "consent.deny-labels": ("", "comma-separated labels/tags never shared"),
+    "consent.record-ids": ("", "comma-separated record ids to share explicitly"),
+    "consent.overrides": ("", "per-user consent overrides file (JSON/TOML: user id -> keys)"),
+    # ------------------------------------------------------------------ cloud
+    "cloud.backend": ("hf", "hf (in-process transformers) or openai (OpenAI-compatible HTTP endpoint)"),
+    "cloud.model": ("gemma3-270m", "cloud model: preset, HF id or path (hf); model name (openai)"),
+    "cloud.base-url": ("", "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
+    "cloud.api-key-env": ("", "environment variable holding the API key (never logged)"),
+    "cloud.batch-size": (8, "prompts per generation batch in the cloud"),
+    "cloud.timeout": (120.0, "HTTP timeout per request in seconds"),
+    "cloud.max-retries": (4, "retries on 429/5xx/connection errors"),
+    "cloud.concurrency": (4, "parallel HTTP requests"),
+    "cloud.prompt-style": ("auto", "auto, continuation (base models) or chat"),
+    "cloud.embed-filter": (False, "filter synthetic records by MiniLM similarity to the user's records"),
+    "synthetic.per-user": (16, "synthetic records the cloud writes per user"),
+    "synthetic.max-rounds": (3, "generation rounds per user to reach synthetic.per-user"),
+    "synthetic.temperature": (0.8, "sampling temperature in the cloud"),
+    "synthetic.max-new-tokens": (64, "new tokens per cloud generation"),
+    "synthetic.few-shot": (4, "shared records shown per prompt"),
+    # ------------------------------------------------------------------ orchestration
+    "rounds": (1, "rounds; each round personalizes a fraction of the users not yet finished"),
+    "fraction": (1.0, "fraction of unfinished users selected per round"),
+    "timeout": (0.0, "seconds to wait for replies per phase (0 = no limit)"),
+    "min-nodes": (1, "wait for at least this many nodes before starting"),
+    "node-wait": (120.0, "seconds to wait for nodes to connect"),
+    "sim.num-supernodes": (0, "simulated devices (0 = one per user)"),
+    "sim.client-cpus": (1.0, "CPUs per simulated device (Ray actor); actors = floor(cpus / this)"),
+    "sim.client-gpus": (0.0, "GPUs per simulated device"),
+    "sim.ray-address": ("", "existing Ray cluster to join (e.g. 127.0.0.1:6379); empty = start a local one"),
+    "sim.cpus": (0, "CPUs Ray may use on a local start (0 = all)"),
+    "debug.crash-users": ("", "fault drill: the device ClientApp raises for these user ids (tests failure handling)"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message says which and what is allowed."""
+
+
+def defaults() -> dict[str, Scalar]:
+    return {k: v for k, (v, _) in DEFAULTS.items()}
+
+
+def parse_scalar(text: str, like: Scalar | None = None) -> Scalar:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True; typed like the default where one is known."""
+    low = text.strip().lower()
+    if isinstance(like, bool) or (like is None and low in {"true", "false"}):
+        if low in {"true", "1", "yes", "on"}:
+            return True
+        if low in {"false", "0", "no", "off", ""}:
+            return False
+        raise ConfigError(f"expected true/false, got {text!r}")
+    if isinstance(like, int) and not isinstance(like, bool):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"expected an integer, got {text!r}") from None
+    if isinstance(like, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"expected a number, got {text!r}") from None
+    if like is None:
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+    return text
+
+
+def _coerce(key: str, value: Any) -> Scalar:
+    default = DEFAULTS[key][0]
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            return parse_scalar(value, default)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(default, str) and isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, (int, float))):
+        raise ConfigError(f"{key}: expected {type(default).__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_key(key: str) -> None:
+    if key not in DEFAULTS:
+        close = difflib.get_close_matches(key, DEFAULTS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}; `cdcda run --help-config` lists them all")
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Scalar]:
+    """Defaults updated with ``overrides`` (checked keys, coerced values)."""
+    cfg = defaults()
+    for key, value in (overrides or {}).items():
+        check_key(key)
+        cfg[key] = _coerce(key, value)
+    return cfg
+
+
+def load_config(path: Path | str | None = None, sets: list[str] | None = None,
+                extra: Mapping[str, Any] | None = None) -> dict[str, Scalar]:
+    """Read a TOML run config (``[config]`` table, nested tables flattened), then ``--set k=v`` pairs."""
+    overrides: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        table = data.get("config", data)
+        if "tool" in data:  # a pyproject.toml: take the Flower app's run config
+            table = data["tool"].get("flwr", {}).get("app", {}).get("config", {})
+        try:
+            overrides.update(_flatten(table))
+            for key in overrides:
+                check_key(key)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    overrides.update(extra or {})
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        check_key(key)
+        overrides[key] = parse_scalar(value, DEFAULTS[key][0])
+    return resolve(overrides)
+
+
+def csv_list(value: Scalar) -> list[str]:
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+METHODS = ("base", "rag", "local", "cdcda", "cloud")
+
+
+def methods_of(cfg: Mapping[str, Scalar]) -> list[str]:
+    methods = csv_list(cfg["methods"])
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    return methods

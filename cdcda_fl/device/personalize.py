@@ -1,0 +1,192 @@
+"""What one device does for its user, without any Flower: share, then personalize and answer.
+
+``share_records`` applies the user's consent policy (with PII scrubbing) and is the ONLY function
+whose output is meant to leave the device besides the result of ``personalize_user``, which
+holds predictions, metrics, ε and counts — never adapter weights or profile records.
+
+``personalize_user`` runs the methods a report compares, on the device:
+- ``base``: the on-device model zero-shot;
+- ``rag``: the same with the top-k BM25 profile items in the prompt;
+- ``local``: a private LoRA adapter trained on the user's real records only (OPPU-style);
+- ``cdcda``: a private LoRA adapter trained on real + cloud-written synthetic records;
+- ``cloud``: the cloud model answering with the user's whole profile retrieved into the prompt.
+  It is the non-private upper bound, so it is computed *here* with the cloud model loaded
+  in-process (hf backend), never by sending the user's queries out; with a remote backend it is
+  reported as skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cdcda_fl.config import Scalar, csv_list, methods_of
+from cdcda_fl.data.lamp import User
+from cdcda_fl.data.retrieval import retrieve
+from cdcda_fl.data.tasks import TaskSpec, get_task
+from cdcda_fl.metrics import score
+from cdcda_fl.privacy.audit import membership_auc
+from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
+
+TRAINED_METHODS = ("local", "cdcda")
+SYNTHETIC_ID_PREFIX = "syn-"
+
+
+def share_records(user: User, cfg: Mapping[str, Scalar]) -> SharedRecords:
+    """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device."""
+    return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile)
+
+
+def lora_config_from(cfg: Mapping[str, Scalar]):
+    from cdcda_fl.device.lora import LoraTrainConfig
+
+    epochs = float(cfg["train.epochs"])
+    return LoraTrainConfig(
+        rank=int(cfg["train.rank"]), alpha=int(cfg["train.alpha"]), dropout=float(cfg["train.dropout"]),
+        target_modules=tuple(csv_list(cfg["train.target-modules"])),
+        steps=None if epochs > 0 else int(cfg["train.steps"]), epochs=epochs if epochs > 0 else None,
+        learning_rate=float(cfg["train.lr"]), batch_size=int(cfg["train.batch-size"]),
+        max_length=int(cfg["train.max-length"]), seed=int(cfg["seed"]),
+    )
+
+
+def dp_config_from(cfg: Mapping[str, Scalar]):
+    from cdcda_fl.privacy.dp import DPConfig
+
+    if not cfg["dp.enabled"]:
+        return None
+    eps = float(cfg["dp.epsilon"])
+    delta = float(cfg["dp.delta"])
+    dp = DPConfig(
+        enabled=True, target_epsilon=eps if eps > 0 else None,
+        noise_multiplier=None if eps > 0 else float(cfg["dp.noise-multiplier"]),
+        max_grad_norm=float(cfg["dp.max-grad-norm"]), delta=delta if delta > 0 else None,
+        accountant=str(cfg["dp.accountant"]),
+    )
+    dp.validate()
+    return dp
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_TRAIN_KEYS = ("device.model", "device.quantization", "seed") + tuple(
+    k for k in ("train.steps", "train.epochs", "train.lr", "train.batch-size", "train.rank", "train.alpha",
+                "train.dropout", "train.max-length", "train.target-modules", "train.synthetic-weight",
+                "dp.enabled", "dp.epsilon", "dp.noise-multiplier", "dp.max-grad-norm", "dp.delta", "dp.accountant"))
+
+
+class _CloudModels:
+    """The cloud model for the upper-bound baseline, loaded once per process like the base model."""
+
+    _cache: dict[str, Any] = {}
+
+    @classmethod
+    def get(cls, cfg: Mapping[str, Scalar]):
+        from cdcda_fl.cloud.backends import make_backend
+
+        key = f"{cfg['cloud.backend']}|{cfg['cloud.model']}"
+        if key not in cls._cache:
+            cls._cache[key] = make_backend(cfg)
+        return cls._cache[key]
+
+
+def _answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Scalar]) -> list[str]:
+    from cdcda_fl.cloud.backends import Prompt
+
+    backend = _CloudModels.get(cfg)
+    return backend.generate([Prompt.chat(p) for p in prompts], max_new_tokens=spec.max_new_tokens,
+                            temperature=0.0, seed=int(cfg["seed"]))
+
+
+def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
+                     storage_dir: Path, device_model: Any | None = None,
+                     on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train this user's private adapters, answer their held-out queries with every method, score.
+
+    ``storage_dir`` is the device's own disk: adapters are saved there (atomically) and reused on
+    a rerun with the same configuration and data. The returned dict is what may leave the device.
+    """
+    from cdcda_fl.device.lora import AdapterStore, DeviceModel
+    from cdcda_fl.device.models import get_base_model
+
+    spec = get_task(user.task)
+    methods = methods_of(cfg)
+    max_q = int(cfg["eval.max-queries"])
+    queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
+    golds = {q.id: q.gold for q in queries if q.gold is not None}
+    inputs = [q.input for q in queries]
+    batch = int(cfg["eval.batch-size"])
+    step = on_step or (lambda _name: None)
+
+    quant = str(cfg["device.quantization"]) or None
+    model = device_model or DeviceModel(get_base_model(str(cfg["device.model"]), quantization=quant))
+    store = AdapterStore(Path(storage_dir) / "adapters")
+    real_pairs = spec.profile_to_pairs(user.profile)
+    valid_synthetic = [dict(r) for r in synthetic if spec.validate_item(r) is None]
+    synth_pairs = spec.profile_to_pairs(valid_synthetic)
+    k = int(cfg["rag.k"])
+    result: dict[str, Any] = {
+        "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile), "n_queries": len(queries),
+        "n_synthetic_received": len(synthetic), "n_synthetic_used": len(synth_pairs), "methods": {}, "golds": golds,
+    }
+
+    def answer(prompts: list[str]) -> list[str]:
+        texts = model.generate(prompts, max_new_tokens=spec.max_new_tokens, batch_size=batch)
+        return [spec.parse_answer(t) for t in texts]
+
+    def record(method: str, preds: list[str], started: float, **extra: Any) -> None:
+        predictions = {q.id: p for q, p in zip(queries, preds)}
+        entry: dict[str, Any] = {"predictions": predictions, "seconds": round(time.perf_counter() - started, 3), **extra}
+        if golds and len(golds) == len(predictions):
+            entry["metrics"] = score(spec, golds, predictions)
+        result["methods"][method] = entry
+
+    model.clear_adapter()
+    for method in methods:
+        started = time.perf_counter()
+        step(method)
+        if method == "base":
+            record(method, answer(inputs), started)
+        elif method == "rag":
+            retrieved = retrieve(spec, user.profile, [spec.query_text_of_input(i) for i in inputs], k)
+            record(method, answer([spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)]), started)
+        elif method == "cloud":
+            if str(cfg["cloud.backend"]) != "hf":
+                result["methods"][method] = {"skipped": "the cloud upper bound runs only with an in-process (hf) "
+                                                        "cloud model: a remote one would need the user's queries"}
+                continue
+            retrieved = retrieve(spec, user.profile, [spec.query_text_of_input(i) for i in inputs], k)
+            texts = _answer_with_cloud(spec, [spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)], cfg)
+            record(method, [spec.parse_answer(t) for t in texts], started)
+        elif method in TRAINED_METHODS:
+            pairs = list(real_pairs) + (list(synth_pairs) if method == "cdcda" else [])
+            weights = [1.0] * len(real_pairs) + ([float(cfg["train.synthetic-weight"])] * len(synth_pairs)
+                                                 if method == "cdcda" else [])
+            key = f"{spec.name}-{method}-{_fingerprint({k_: cfg[k_] for k_ in _TRAIN_KEYS}, pairs, weights)}"
+            path = store.path(user.user_id, key)
+            train_info: dict[str, Any]
+            if store.exists(user.user_id, key) and not cfg["train.retrain"]:
+                model.load_adapter(path)
+                meta = json.loads((path / "cdcda_train.json").read_text()) if (path / "cdcda_train.json").exists() else {}
+                train_info = {**meta, "reused": True}
+            else:
+                res = model.train(pairs, lora_config_from(cfg), dp_config_from(cfg), weights=weights)
+                train_info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
+                              "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
+                              "n_real": len(real_pairs), "n_synthetic": len(pairs) - len(real_pairs)}
+                model.save_adapter(path)
+                (path / "cdcda_train.json").write_text(json.dumps(train_info))
+            extra: dict[str, Any] = {"train": train_info, "epsilon": train_info.get("epsilon")}
+            if cfg["mia.enabled"]:
+                held_out = [(q.input, q.gold) for q in queries if q.gold is not None]
+                extra["mia_auc"] = membership_auc(model.example_losses(real_pairs), model.example_losses(held_out))
+            record(method, answer(inputs), started, **extra)
+            model.clear_adapter()
+    return result

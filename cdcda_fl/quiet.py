@@ -1,0 +1,28 @@
+"""Silence library chatter (per-load progress bars, debug loggers) in bulk runs.
+
+Thousands of simulated devices each loading a model must not print thousands of progress bars;
+the run's own progress bars and log lines say what is happening.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("bm25s", "transformers", "peft", "bitsandbytes", "opacus", "accelerate", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # transformers is a dependency; this only guards odd environments
+        pass
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")

@@ -1,0 +1,66 @@
+"""`cdcda run` and `cdcda demo`: argument parsing for the runs (the work is in strategies/)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cdcda_fl.config import DEFAULTS, ConfigError, load_config
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "demo.toml"
+
+
+def _print_config_help() -> None:
+    width = max(len(k) for k in DEFAULTS)
+    for key, (default, text) in DEFAULTS.items():
+        print(f"{key:<{width}}  {default!r:<28} {text}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.help_config:
+        _print_config_help()
+        return 0
+    if args.config is None:
+        print("error: a CONFIG.toml is required (or --help-config to list keys)", file=sys.stderr)
+        return 2
+    extra = {}
+    if args.data_dir is not None:
+        extra["data-dir"] = str(args.data_dir)
+    if args.out is not None:
+        extra["out-dir"] = str(args.out)
+    try:
+        cfg = load_config(args.config, args.set, extra=extra)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from strategies.simulation import run_simulation
+
+    results = run_simulation(cfg)
+    return 1 if not results.get("table") else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    args.config = args.config or DEMO_CONFIG
+    args.out = args.out or Path("runs/demo")
+    args.help_config = False
+    return _cmd_run(args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run CDCDA through Flower's simulation engine from a TOML config",
+                         description="Run share -> cloud augmentation -> private LoRA -> offline answers for every "
+                                     "user, on Flower's Ray simulation engine. Keys: --help-config.")
+    run.add_argument("config", nargs="?", type=Path, help="TOML run config (flat keys, or a [config] table)")
+    run.add_argument("--data-dir", type=Path, help="LaMP data directory (LaMP_k/ folders); default: seeded personas")
+    run.add_argument("--out", type=Path, help="run directory (default: out-dir of the config)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="the main job: a few seeded users on two tasks, all methods, a table")
+    demo.add_argument("--config", type=Path, default=None, help=f"demo config (default {DEMO_CONFIG.name})")
+    demo.add_argument("--data-dir", type=Path, help="use real LaMP files instead of personas")
+    demo.add_argument("--out", type=Path, default=None, help="run directory (default runs/demo)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    demo.set_defaults(func=_cmd_demo)

@@ -1,0 +1,211 @@
+"""The cloud: a Flower ServerApp whose "aggregation" is data augmentation, not FedAvg.
+
+Flow (Flower Message API):
+1. wait for the nodes (``grid.get_node_ids()`` starts empty in Flower 1.42: poll);
+2. ``query.share`` to every node: each returns its users and the records they consented to share;
+   everything received is appended to the audit log;
+3. per round, for a fraction of the unfinished users: the cloud LLM writes synthetic records per
+   user (batched across users, one user per prompt), then ``train.personalize`` sends each node its
+   users' synthetic sets; replies are written to disk as they arrive (resumable);
+4. the report: LaMP-format predictions, ``results.json``, ``summary.csv``, plots, a table.
+
+A node that fails (exception, timeout) is reported with its users and the run goes on.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from cdcda_fl.config import Scalar, methods_of, resolve
+from cdcda_fl.privacy.consent import SharedRecords
+from cdcda_fl.progress import Progress, log
+from cdcda_fl.runs import ResultStore, aggregate, prepare_run_dir, user_key
+from clients.codec import pack, unpack
+
+SHARE = "query.share"
+PERSONALIZE = "train.personalize"
+
+
+def wait_for_nodes(grid: Grid, expected: int, wait_s: float) -> list[int]:
+    """Poll until ``expected`` nodes are connected (or the count is stable after ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    nodes: list[int] = []
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.25)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float | None,
+             on_reply: Callable[[Message, Message], None], label: str) -> list[Message]:
+    """Push messages, then pull replies as they arrive, handing each to ``on_reply``.
+
+    Returns the messages that got no reply before ``timeout`` (None = wait for all).
+    Streaming (instead of ``send_and_receive``) lets results be written as soon as a device
+    finishes, so a crash or Ctrl-C loses at most the users in flight.
+    """
+    ids = list(grid.push_messages(messages))
+    pending = {mid: msg for mid, msg in zip(ids, messages)}
+    deadline = None if not timeout else time.monotonic() + timeout
+    delay = 0.05
+    with Progress(label, total=len(pending)) as bar:
+        while pending and (deadline is None or time.monotonic() < deadline):
+            replies = list(grid.pull_messages(list(pending)))
+            for reply in replies:
+                sent = pending.pop(reply.metadata.reply_to_message_id, None)
+                if sent is not None:
+                    on_reply(sent, reply)
+                    bar.advance()
+            delay = 0.05 if replies else min(delay * 1.5, 1.0)
+            if pending:
+                time.sleep(delay)
+    return list(pending.values())
+
+
+def _error_text(reply: Message) -> str:
+    return str(reply.error.reason) if reply.has_error() else ""
+
+
+def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None = None) -> dict[str, Any]:
+    """The whole CDCDA run on an existing Grid; returns the aggregated results."""
+    methods_of(cfg)  # fail early on a bad method list
+    cfg = prepare_run_dir(cfg)
+    store = ResultStore(cfg["out-dir"])
+    timeout = float(cfg["timeout"]) or None
+    expected = expected_nodes or int(cfg["sim.num-supernodes"]) or int(cfg["min-nodes"])
+    nodes = wait_for_nodes(grid, expected, float(cfg["node-wait"]))
+    log(f"{len(nodes)} device node(s) connected")
+    if not nodes:
+        raise RuntimeError("no device nodes connected")
+
+    # ---------------------------------------------------------------- 1. share
+    wants_cloud_data = "cdcda" in methods_of(cfg)
+    node_users: dict[int, list[str]] = {}
+    shares: dict[str, SharedRecords] = {}
+    audit = _audit_log(cfg)
+
+    def on_share(sent: Message, reply: Message) -> None:
+        node = sent.metadata.dst_node_id
+        if reply.has_error():
+            store.record_failure(f"node {node}", _error_text(reply), phase="share")
+            return
+        body = unpack(reply)
+        node_users[node] = body["users"]
+        for err in body["errors"]:
+            store.record_failure(err["user"], err["reason"], phase="share", node=node)
+        for raw in body["shares"]:
+            shared = SharedRecords.from_dict(raw)
+            shares[user_key(shared.task, shared.user_id)] = shared
+            audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
+
+    share_msgs = [Message(pack(cfg, share=wants_cloud_data), dst_node_id=n, message_type=SHARE) for n in nodes]
+    for lost in exchange(grid, share_msgs, timeout, on_share, "share (consented records)"):
+        store.record_failure(f"node {lost.metadata.dst_node_id}", "no reply before timeout", phase="share")
+
+    # ---------------------------------------------------------------- 2. rounds: augment + personalize
+    user_node = {u: n for n, users in node_users.items() for u in users}
+    remaining = [u for u in user_node if not store.done(*u.split("/", 1))]
+    skipped = len(user_node) - len(remaining)
+    if skipped:
+        log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
+    rng = random.Random(int(cfg["seed"]))
+    augmenter = _Augmenter(cfg) if wants_cloud_data else None
+    for rnd in range(1, int(cfg["rounds"]) + 1):
+        if not remaining:
+            break
+        take = max(1, round(float(cfg["fraction"]) * len(remaining)))
+        selected = sorted(rng.sample(remaining, take)) if take < len(remaining) else list(remaining)
+        synthetic = augmenter.run([shares[u] for u in selected if u in shares]) if augmenter else {}
+        by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for u in selected:
+            by_node.setdefault(user_node[u], {})[u] = synthetic.get(u, [])
+
+        def on_result(sent: Message, reply: Message) -> None:
+            node = sent.metadata.dst_node_id
+            if reply.has_error():
+                for u in by_node[node]:
+                    store.record_failure(u, _error_text(reply), phase="personalize", node=node)
+                return
+            for result in unpack(reply)["results"]:
+                if "error" in result:
+                    store.record_failure(user_key(result["task"], result["user_id"]), result["error"],
+                                         phase="personalize", node=node)
+                else:
+                    store.write(result)
+
+        msgs = [Message(pack(cfg, synthetic=payload), dst_node_id=node, message_type=PERSONALIZE)
+                for node, payload in by_node.items()]
+        lost = exchange(grid, msgs, timeout, on_result, f"round {rnd}: personalize on devices")
+        for msg in lost:
+            for u in by_node[msg.metadata.dst_node_id]:
+                store.record_failure(u, "no reply before timeout", phase="personalize")
+        done_now = set(selected)
+        remaining = [u for u in remaining if u not in done_now]
+
+    # ---------------------------------------------------------------- 3. report
+    results = aggregate(cfg)
+    from cdcda_fl.results import print_table, write_plots
+
+    results["plots"] = write_plots(cfg["out-dir"], results)
+    print_table(results)
+    return results
+
+
+class _Augmenter:
+    """The cloud model, loaded once per run, writing synthetic records task by task."""
+
+    def __init__(self, cfg: Mapping[str, Scalar]):
+        from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
+        from cdcda_fl.cloud.backends import make_backend
+
+        self.cfg = cfg
+        log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
+        self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
+
+    def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
+        by_task: dict[str, list[SharedRecords]] = {}
+        for s in shared:
+            by_task.setdefault(s.task, []).append(s)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for task, requests in by_task.items():
+            started = time.perf_counter()
+            results = self.augmenter.augment(requests)
+            accepted = 0
+            for uid, res in results.items():
+                out[user_key(task, uid)] = list(res.records)
+                accepted += len(res.records)
+                if res.error:
+                    log(f"cloud: {task}/{uid}: {res.error} (falls back to real data only)")
+            log(f"cloud: {task}: {accepted} synthetic records for {len(requests)} user(s) "
+                f"in {time.perf_counter() - started:.1f}s")
+        return out
+
+
+def _audit_log(cfg: Mapping[str, Scalar]):
+    from pathlib import Path
+
+    from cdcda_fl.privacy.audit_log import AuditLog
+
+    return AuditLog(Path(str(cfg["out-dir"])) / "audit.jsonl")
+
+
+def make_server_app(cfg: Mapping[str, Scalar] | None = None, *, expected_nodes: int | None = None) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (for `cdcda run`), else reading Flower's run config (`flwr run`)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_cfg = dict(cfg) if cfg is not None else resolve(dict(context.run_config))
+        run_cdcda(grid, run_cfg, expected_nodes=expected_nodes)
+
+    return server
+
+
+app = make_server_app()
