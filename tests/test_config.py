@@ -1,0 +1,66 @@
+"""Run configuration: keys, coercion, TOML + --set, and the Flower app config agreeing with it."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cdcda_fl.config import DEFAULTS, ConfigError, load_config, methods_of, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[config]\ntasks = "LaMP_3"\nusers = 3\n[config.train]\nsteps = 5\n')
+    cfg = load_config(path, ["train.lr=0.01", "dp.enabled=true", "consent.share-fraction=1"])
+    assert cfg["tasks"] == "LaMP_3" and cfg["users"] == 3 and cfg["train.steps"] == 5
+    assert cfg["train.lr"] == 0.01 and cfg["dp.enabled"] is True and cfg["consent.share-fraction"] == 1.0
+    assert cfg["seed"] == DEFAULTS["seed"][0]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.step=3"], "unknown config key 'train.step' .*did you mean train.steps"),
+        (["users=many"], "expected an integer"),
+        (["dp.enabled=maybe"], "expected true/false"),
+        (["novalue"], "expects key=value"),
+    ],
+)
+def test_bad_config_is_a_clear_error(sets, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tasks = [")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('colour = "red"\n')
+    with pytest.raises(ConfigError, match="unknown.toml: unknown config key 'colour'"):
+        load_config(unknown)
+
+
+def test_methods_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown"):
+        methods_of(resolve({"methods": "base,magic"}))
+
+
+def test_flower_app_config_uses_known_keys_and_types() -> None:
+    """`flwr run` reads [tool.flwr.app.config]: every key must be one cdcda-fl knows."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    app_cfg = load_config(ROOT / "pyproject.toml")
+    flat = data["tool"]["flwr"]["app"]["config"]
+    assert flat and app_cfg["device.model"] == "smollm2-135m"
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "tiny.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    load_config(ROOT / "experiments" / "configs" / name)
