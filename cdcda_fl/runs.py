@@ -144,8 +144,11 @@ class MethodSummary:
     n_synthetic: float
 
 
-def aggregate(cfg: Mapping[str, Scalar]) -> dict[str, Any]:
-    """Read all user results, write LaMP-format predictions, ``results.json`` and ``summary.csv``."""
+def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read all user results, write LaMP-format predictions, ``results.json`` and ``summary.csv``.
+
+    ``extra`` (e.g. the run's phase timings) is stored in results.json as given.
+    """
     out = Path(str(cfg["out-dir"]))
     store = ResultStore(out)
     methods = csv_list(cfg["methods"])
@@ -196,10 +199,39 @@ def aggregate(cfg: Mapping[str, Scalar]) -> dict[str, Any]:
         "table": [s.__dict__ for s in summaries],
         "skipped": skipped,
         "failures": store.failures(),
+        "shared": audit_totals(out),
+        **dict(extra or {}),
     }
     write_json_atomic(out / "results.json", results)
     _write_summary_csv(out / "summary.csv", summaries)
     return results
+
+
+def audit_totals(out_dir: Path | str) -> dict[str, dict[str, int]]:
+    """What left the devices, per task, from ``audit.jsonl``: the privacy cost a report sets against utility.
+
+    A rerun (resume) shares again and appends new lines, so ``records``/``bytes``/``users`` count
+    each user's *latest* share once (what the cloud holds of that user for this run), while
+    ``requests``/``bytes_sent`` count every line (what actually crossed the network, reruns included).
+    """
+    from cdcda_fl.privacy.audit_log import read_audit
+
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    totals: dict[str, dict[str, int]] = {}
+    for line in read_audit(Path(out_dir) / "audit.jsonl"):
+        task = str(line.get("task", ""))
+        latest[(task, str(line.get("user", "")))] = line
+        t = totals.setdefault(task, {"users": 0, "records": 0, "records_total": 0, "bytes": 0,
+                                     "requests": 0, "bytes_sent": 0})
+        t["requests"] += 1
+        t["bytes_sent"] += int(line.get("bytes", 0))
+    for (task, _user), line in latest.items():
+        t = totals[task]
+        t["users"] += 1
+        t["records"] += int(line.get("n_shared", 0))
+        t["records_total"] += int(line.get("n_total", 0))
+        t["bytes"] += int(line.get("bytes", 0))
+    return totals
 
 
 def _write_summary_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:

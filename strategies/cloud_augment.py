@@ -14,9 +14,10 @@ A node that fails (exception, timeout) is reported with its users and the run go
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from flwr.app import Context, Message
@@ -76,11 +77,13 @@ def _error_text(reply: Message) -> str:
 def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None = None) -> dict[str, Any]:
     """The whole CDCDA run on an existing Grid; returns the aggregated results."""
     methods_of(cfg)  # fail early on a bad method list
+    clock = _PhaseClock()
     cfg = prepare_run_dir(cfg)
     store = ResultStore(cfg["out-dir"])
     timeout = float(cfg["timeout"]) or None
     expected = expected_nodes or int(cfg["sim.num-supernodes"]) or int(cfg["min-nodes"])
-    nodes = wait_for_nodes(grid, expected, float(cfg["node-wait"]))
+    with clock("wait_nodes"):
+        nodes = wait_for_nodes(grid, expected, float(cfg["node-wait"]))
     log(f"{len(nodes)} device node(s) connected")
     if not nodes:
         raise RuntimeError("no device nodes connected")
@@ -106,7 +109,9 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
             audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
 
     share_msgs = [Message(pack(cfg, share=wants_cloud_data), dst_node_id=n, message_type=SHARE) for n in nodes]
-    for lost in exchange(grid, share_msgs, timeout, on_share, "share (consented records)"):
+    with clock("share"):
+        lost_shares = exchange(grid, share_msgs, timeout, on_share, "share (consented records)")
+    for lost in lost_shares:
         store.record_failure(f"node {lost.metadata.dst_node_id}", "no reply before timeout", phase="share")
 
     # ---------------------------------------------------------------- 2. rounds: augment + personalize
@@ -116,13 +121,15 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
     if skipped:
         log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
     rng = random.Random(int(cfg["seed"]))
-    augmenter = _Augmenter(cfg) if wants_cloud_data else None
+    with clock("cloud_load"):
+        augmenter = _Augmenter(cfg) if wants_cloud_data else None
     for rnd in range(1, int(cfg["rounds"]) + 1):
         if not remaining:
             break
         take = max(1, round(float(cfg["fraction"]) * len(remaining)))
         selected = sorted(rng.sample(remaining, take)) if take < len(remaining) else list(remaining)
-        synthetic = augmenter.run([shares[u] for u in selected if u in shares]) if augmenter else {}
+        with clock("augment"):
+            synthetic = augmenter.run([shares[u] for u in selected if u in shares]) if augmenter else {}
         by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for u in selected:
             by_node.setdefault(user_node[u], {})[u] = synthetic.get(u, [])
@@ -142,7 +149,8 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
 
         msgs = [Message(pack(cfg, synthetic=payload), dst_node_id=node, message_type=PERSONALIZE)
                 for node, payload in by_node.items()]
-        lost = exchange(grid, msgs, timeout, on_result, f"round {rnd}: personalize on devices")
+        with clock("personalize"):
+            lost = exchange(grid, msgs, timeout, on_result, f"round {rnd}: personalize on devices")
         for msg in lost:
             for u in by_node[msg.metadata.dst_node_id]:
                 store.record_failure(u, "no reply before timeout", phase="personalize")
@@ -150,12 +158,28 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
         remaining = [u for u in remaining if u not in done_now]
 
     # ---------------------------------------------------------------- 3. report
-    results = aggregate(cfg)
     from cdcda_fl.results import print_table, write_plots
 
-    results["plots"] = write_plots(cfg["out-dir"], results)
+    with clock("report"):
+        results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes)})
+        results["plots"] = write_plots(cfg["out-dir"], results)
     print_table(results)
     return results
+
+
+class _PhaseClock:
+    """Wall seconds per phase of the run (summed over rounds), for results.json and benchmarks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
 
 
 class _Augmenter:

@@ -44,7 +44,8 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     quiet_libraries()
     cfg = prepare_run_dir(cfg)
     n_users = len(list_users(cfg))
-    num_nodes = int(cfg["sim.num-supernodes"]) or n_users
+    per_node = max(1, int(cfg["sim.users-per-node"]))
+    num_nodes = int(cfg["sim.num-supernodes"]) or -(-n_users // per_node)
     cfg["sim.num-supernodes"] = num_nodes
     log(f"simulating {num_nodes} device(s) for {n_users} user(s); run dir {cfg['out-dir']}")
     # The actors must find this checkout's packages (clients/, strategies/) when run from elsewhere.

@@ -105,6 +105,20 @@ def _answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Sca
                             temperature=0.0, seed=int(cfg["seed"]))
 
 
+_DEVICE_MODELS: dict[tuple[str, str | None], Any] = {}
+
+
+def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
+    """One DeviceModel per worker process and base model: users swap adapters, never the base."""
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.models import get_base_model
+
+    key = (str(cfg["device.model"]), str(cfg["device.quantization"]) or None)
+    if key not in _DEVICE_MODELS:
+        _DEVICE_MODELS[key] = DeviceModel(get_base_model(key[0], quantization=key[1]))
+    return _DEVICE_MODELS[key]
+
+
 def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
                      storage_dir: Path, device_model: Any | None = None,
                      on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -113,8 +127,7 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     ``storage_dir`` is the device's own disk: adapters are saved there (atomically) and reused on
     a rerun with the same configuration and data. The returned dict is what may leave the device.
     """
-    from cdcda_fl.device.lora import AdapterStore, DeviceModel
-    from cdcda_fl.device.models import get_base_model
+    from cdcda_fl.device.lora import AdapterStore
 
     spec = get_task(user.task)
     methods = methods_of(cfg)
@@ -125,8 +138,7 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     batch = int(cfg["eval.batch-size"])
     step = on_step or (lambda _name: None)
 
-    quant = str(cfg["device.quantization"]) or None
-    model = device_model or DeviceModel(get_base_model(str(cfg["device.model"]), quantization=quant))
+    model = device_model or device_model_for(cfg)
     store = AdapterStore(Path(storage_dir) / "adapters")
     real_pairs = spec.profile_to_pairs(user.profile)
     valid_synthetic = [dict(r) for r in synthetic if spec.validate_item(r) is None]
@@ -134,7 +146,9 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     k = int(cfg["rag.k"])
     result: dict[str, Any] = {
         "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile), "n_queries": len(queries),
-        "n_synthetic_received": len(synthetic), "n_synthetic_used": len(synth_pairs), "methods": {}, "golds": golds,
+        "n_synthetic_received": len(synthetic), "n_synthetic_used": len(synth_pairs),
+        "synthetic_bytes": len(json.dumps(list(synthetic), ensure_ascii=False, separators=(",", ":")).encode()),
+        "methods": {}, "golds": golds,
     }
 
     def answer(prompts: list[str]) -> list[str]:
