@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cdcda_fl import run_cli
 
     run_cli.register(sub)
+    from cdcda_fl import sweep_cli
+
+    sweep_cli.register(sub)
     return parser
 
 

@@ -105,3 +105,57 @@ def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
     plt.close(fig)
     tmp.replace(path)
     return [str(path)]
+
+
+PAPER_COLUMNS = ("base", "rag", "local", "cdcda", "cloud")
+PAPER_LABELS = {"base": "Base", "rag": "RAG", "local": "Local LoRA", "cdcda": "CDCDA", "cloud": "Cloud LLM †"}
+
+
+def paper_table(results: Mapping[str, Any]) -> str:
+    """The table as papers lay it out: one row per task (its primary metric), one column per method.
+
+    A Markdown string, so it can be pasted into a README or paper draft. Bold marks the best
+    *private* method per task: the cloud column is the non-private upper bound and is never bold,
+    so it cannot hide whether CDCDA beats the methods it actually competes with.
+    """
+    from cdcda_fl.data.tasks import TASK_NAMES, get_task
+    from cdcda_fl.metrics import primary_metric
+
+    rows = table_rows(results)
+    by_key = {(r["task"], r["method"]): r for r in rows}
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: (TASK_NAMES.index(t) if t in TASK_NAMES else 99, t))
+    lines = ["| Task | Metric | " + " | ".join(PAPER_LABELS[m] for m in PAPER_COLUMNS) + " | Users |",
+             "|---|---|" + "---:|" * len(PAPER_COLUMNS) + "---:|"]
+    eps_values: list[float] = []
+    for task in tasks:
+        metric = primary_metric(task)
+        lower = metric in LOWER_IS_BETTER
+        values = {m: by_key[(task, m)]["metrics"].get(metric) for m in PAPER_COLUMNS if (task, m) in by_key}
+        private = [v for m, v in values.items() if m != "cloud" and v is not None]
+        best = (min(private) if lower else max(private)) if private else None
+        cells = []
+        for m in PAPER_COLUMNS:
+            v = values.get(m)
+            text = "–" if v is None else f"{v:.3f}"
+            if v is not None and m != "cloud" and v == best:
+                text = f"**{text}**"
+            cells.append(text)
+        n_users = max((r["n_users"] for r in rows if r["task"] == task), default=0)
+        title = get_task(task).title
+        lines.append(f"| {task.replace('_', '-')} ({title}) | {metric} {'↓' if lower else '↑'} | "
+                     + " | ".join(cells) + f" | {n_users} |")
+        eps_values += [float(r["epsilon"]) for r in rows if r["task"] == task and r.get("epsilon") is not None]
+    notes = ["", "Bold: best private method per task. † Cloud LLM with the whole profile retrieved: the non-private "
+             "upper bound. –: method not run or skipped. ↑/↓: higher/lower is better."]
+    if eps_values:
+        notes.append(f"Local LoRA and CDCDA trained with DP-SGD, ε ≤ {max(eps_values):.2f} per user.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_paper_table(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
+    """Write :func:`paper_table` to ``OUT/table.md`` (atomically) and return the path."""
+    path = Path(out_dir) / "table.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(paper_table(results), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -158,11 +159,14 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
         remaining = [u for u in remaining if u not in done_now]
 
     # ---------------------------------------------------------------- 3. report
-    from cdcda_fl.results import print_table, write_plots
+    from cdcda_fl.data.lamp import write_json_atomic
+    from cdcda_fl.results import print_table, write_paper_table, write_plots
 
     with clock("report"):
         results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes)})
         results["plots"] = write_plots(cfg["out-dir"], results)
+        results["table_md"] = str(write_paper_table(cfg["out-dir"], results))
+        write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
     print_table(results)
     return results
 
@@ -213,8 +217,6 @@ class _Augmenter:
 
 
 def _audit_log(cfg: Mapping[str, Scalar]):
-    from pathlib import Path
-
     from cdcda_fl.privacy.audit_log import AuditLog
 
     return AuditLog(Path(str(cfg["out-dir"])) / "audit.jsonl")

@@ -1,0 +1,50 @@
+"""`cdcda sweep`: the privacy-versus-utility grid from a TOML file (the work is in cdcda_fl.sweep)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cdcda_fl.config import ConfigError
+
+PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "privacy.toml"
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep
+
+    extra = {}
+    if args.data_dir is not None:
+        extra["data-dir"] = str(args.data_dir)
+    if args.out is not None:
+        extra["out-dir"] = str(args.out)
+    try:
+        spec = load_sweep(args.config, args.set, extra=extra, grid=args.grid)
+    except ConfigError as exc:
+        print(f"sweep config error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for point in spec.points():
+            print(point.name)
+        return 0
+    sweep = run_sweep(spec, str(spec.config["out-dir"]))
+    print_sweep(sweep)
+    return 0 if sweep["complete"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser(
+        "sweep", help="privacy-versus-utility grid (share fraction × DP ε): one Flower simulation per point, plots",
+        description="Run one full CDCDA simulation per grid point (share fraction × DP ε, membership-inference "
+                    "audit on), resume finished points, then write sweep.json, sweep.csv and plots/*.png.")
+    sweep.add_argument("config", nargs="?", type=Path, default=PRIVACY_CONFIG,
+                       help=f"sweep TOML with [config] and [sweep] tables (default {PRIVACY_CONFIG.name})")
+    sweep.add_argument("--out", type=Path, help="sweep directory (default: out-dir of the config)")
+    sweep.add_argument("--data-dir", type=Path, help="LaMP data directory (LaMP_k/ folders); default: seeded personas")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a run config key for every point (repeatable)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2",
+                       help="override a grid axis, e.g. share-fraction=0,1 or dp-epsilon=off,4 (repeatable)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the grid points and exit")
+    sweep.set_defaults(func=_cmd_sweep)

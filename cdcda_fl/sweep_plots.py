@@ -1,0 +1,178 @@
+"""The three privacy-versus-utility plots of a sweep, from ``sweep.json``'s rows alone.
+
+Kept apart from the runner so the notebook (and anyone holding only a ``sweep.json``) draws the
+same figures without Flower or models. Every method in the sweep is drawn, including the ones a
+knob cannot move (local LoRA ignores the share fraction; base/RAG/cloud are not trained, so DP
+does not apply): a flat line is the honest answer to "what does this knob cost this method".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cdcda_fl.config import METHODS
+
+OFF = "off"
+# Sizes and z-order differ on purpose: methods that score the same stay visible on top of each
+# other (big blue squares under red dots under thin dotted lines) instead of one hiding another.
+STYLE: dict[str, dict[str, Any]] = {
+    "local": {"color": "#1f77b4", "lw": 3.0, "marker": "s", "ms": 10, "ls": "-", "zorder": 2},
+    "cdcda": {"color": "#d62728", "lw": 1.8, "marker": "o", "ms": 6, "ls": "-", "zorder": 3},
+    "base": {"color": "#555555", "lw": 1.2, "marker": ".", "ms": 4, "ls": ":", "zorder": 4},
+    "rag": {"color": "#2ca02c", "lw": 1.2, "marker": ".", "ms": 4, "ls": ":", "zorder": 4},
+    "cloud": {"color": "#9467bd", "lw": 1.2, "marker": ".", "ms": 4, "ls": "--", "zorder": 4},
+}
+LABELS_SHARE = {"cdcda": "CDCDA (real + synthetic)", "local": "local LoRA (never uses the cloud: flat)",
+                "base": "base (untrained)", "rag": "RAG (untrained)", "cloud": "cloud LLM (not private)"}
+LABELS_EPS = {"cdcda": "CDCDA (DP-SGD)", "local": "local LoRA (DP-SGD)", "base": "base (no training: no DP)",
+              "rag": "RAG (no training: no DP)", "cloud": "cloud LLM (not private)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in {"module://matplotlib_inline.backend_inline", "inline"}:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _tasks(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted({r["task"] for r in rows})
+
+
+def _methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    present = {r["method"] for r in rows}
+    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+
+
+def _eps_key(e: Any) -> float:
+    return float("inf") if e == OFF else float(e)
+
+
+def _axes(n: int, title: str):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(max(8.0, 5.2 * n), 4.4), squeeze=False)
+    fig.suptitle(title, fontsize=11)
+    return fig, list(axes[0])
+
+
+def _ylabel(ax, rows: Sequence[Mapping[str, Any]], task: str) -> None:
+    r = next(r for r in rows if r["task"] == task)
+    ax.set_ylabel(f"{r['primary_metric']} ({'higher' if r['higher_is_better'] else 'lower'} is better)")
+    ax.set_title(task, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def share_dp_setting(sweep: Mapping[str, Any]) -> Any:
+    """The DP setting the share-fraction plot uses: off when in the grid, else the weakest DP (largest ε)."""
+    eps = sweep["grid"]["dp-epsilon"]
+    return OFF if OFF in eps else max(eps, key=_eps_key)
+
+
+def plot_utility_vs_share(sweep: Mapping[str, Any]):
+    """Utility against the fraction of records shared with the cloud, one line per method."""
+    dp = share_dp_setting(sweep)
+    rows = [r for r in sweep["rows"] if r["dp_epsilon"] == dp and r["utility"] is not None]
+    tasks = _tasks(rows) or _tasks(sweep["rows"])
+    fig, axes = _axes(len(tasks) or 1, f"Utility vs share fraction (DP {'off' if dp == OFF else f'ε={dp:g}'})")
+    for ax, task in zip(axes, tasks):
+        for m in _methods(rows):
+            pts = sorted((r["share_fraction"], r["utility"]) for r in rows if r["task"] == task and r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), label=LABELS_SHARE.get(m, m), **STYLE.get(m, {}))
+        ax.set_xlabel("share fraction (records a user lets the cloud see)")
+        _ylabel(ax, rows or sweep["rows"], task)
+    _legend(fig, axes)
+    return fig
+
+
+def plot_utility_vs_epsilon(sweep: Mapping[str, Any]):
+    """Utility against DP ε at the reference share fraction; "off" is drawn as ∞ at the right."""
+    share = sweep["reference_share_fraction"]
+    rows = [r for r in sweep["rows"] if r["share_fraction"] == share and r["utility"] is not None]
+    settings = sorted({r["dp_epsilon"] for r in rows}, key=_eps_key)
+    pos = {e: i for i, e in enumerate(settings)}
+    tasks = _tasks(rows) or _tasks(sweep["rows"])
+    fig, axes = _axes(len(tasks) or 1, f"Utility vs DP ε (share fraction {share:g}; smaller ε = stronger privacy)")
+    for ax, task in zip(axes, tasks):
+        for m in _methods(rows):
+            pts = sorted((pos[r["dp_epsilon"]], r["utility"]) for r in rows if r["task"] == task and r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), label=LABELS_EPS.get(m, m), **STYLE.get(m, {}))
+        ax.set_xticks(range(len(settings)), ["∞ (off)" if e == OFF else f"{float(e):g}" for e in settings])
+        ax.set_xlabel("DP-SGD ε per user")
+        _ylabel(ax, rows or sweep["rows"], task)
+    _legend(fig, axes)
+    return fig
+
+
+def plot_utility_vs_mia(sweep: Mapping[str, Any]):
+    """Utility against membership-inference AUC of the trained adapters (0.5 = no leakage).
+
+    Points of one method and one share fraction are joined in order of ε, so a line shows what
+    tightening DP buys in empirical privacy and costs in utility.
+    """
+    rows = [r for r in sweep["rows"] if r.get("mia_auc") is not None and r["utility"] is not None]
+    tasks = _tasks(rows) or _tasks(sweep["rows"])
+    fig, axes = _axes(len(tasks) or 1, "Utility vs membership-inference AUC (a line: one share fraction, by ε)")
+    for ax, task in zip(axes, tasks):
+        ax.axvline(0.5, color="k", lw=0.8, ls="--")
+        ax.text(0.5, 0.02, " no leakage", transform=ax.get_xaxis_transform(), fontsize=7)
+        seen: set[tuple[float, float, str]] = set()
+        for m in _methods(rows):
+            mrows = [r for r in rows if r["task"] == task and r["method"] == m]
+            style = STYLE.get(m, {})
+            for i, share in enumerate(sorted({r["share_fraction"] for r in mrows})):
+                line = sorted((r for r in mrows if r["share_fraction"] == share),
+                              key=lambda r: _eps_key(r["dp_epsilon"]))
+                ax.plot([r["mia_auc"] for r in line], [r["utility"] for r in line], color=style.get("color"),
+                        lw=1.0, alpha=0.8, marker=style.get("marker", "o"), ms=style.get("ms", 6), ls="-",
+                        zorder=style.get("zorder", 2), label=LABELS_EPS.get(m, m) if i == 0 else None)
+                for r in line:
+                    eps = "∞" if r["dp_epsilon"] == OFF else f"{float(r['dp_epsilon']):g}"
+                    # local LoRA ignores the share fraction: label it by ε only, once per position
+                    text = f"ε{eps}" if m == "local" else f"s{share:g},ε{eps}"
+                    key = (round(r["mia_auc"], 3), round(r["utility"], 3), text)
+                    if key not in seen:
+                        seen.add(key)
+                        ax.annotate(text, (r["mia_auc"], r["utility"]), fontsize=6, textcoords="offset points",
+                                    xytext=(3, -9 if m == "local" else 3), color=style.get("color"))
+        lo = min([0.45] + [r["mia_auc"] for r in rows if r["task"] == task])
+        ax.set_xlim(lo - 0.02, 1.02)
+        ax.set_xlabel("MIA AUC (0.5 = chance, 1 = every training record identified)")
+        _ylabel(ax, rows or sweep["rows"], task)
+    _legend(fig, axes)
+    return fig
+
+
+def _legend(fig, axes) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() // 3.3)))
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    rows = (len(labels) + ncol - 1) // ncol if labels else 0
+    fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 0.93))
+
+
+PLOTS = {"utility_vs_share.png": plot_utility_vs_share, "utility_vs_epsilon.png": plot_utility_vs_epsilon,
+         "utility_vs_mia.png": plot_utility_vs_mia}
+
+
+def write_sweep_plots(out_dir: Path | str, sweep: Mapping[str, Any]) -> list[str]:
+    """Save the three plots as PNG under ``OUT/plots/``; returns their paths."""
+    plt = _pyplot()
+    folder = Path(out_dir) / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in PLOTS.items():
+        fig = draw(sweep)
+        tmp = folder / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(folder / name)
+        paths.append(str(folder / name))
+    return paths
