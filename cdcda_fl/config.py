@@ -30,6 +30,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
     "device.quantization": ("", "'' (full precision), '8bit' or '4bit' (bitsandbytes)"),
+    "device.storage-dir": ("", "simulated devices' own disk (private adapters); '' = OUT/devices. Adapters are "
+                               "keyed by config and data, so runs sharing it reuse identical adapters"),
     "train.steps": (24, "optimizer steps per adapter (used when train.epochs is 0)"),
     "train.epochs": (0.0, "epochs per adapter instead of steps (0 = use train.steps)"),
     "train.lr": (1e-3, "learning rate (AdamW)"),

@@ -47,7 +47,7 @@ TRAINED = ("local", "cdcda")
 OFF = "off"
 # Keys that may differ between a point's stored config and a fresh one without changing its results:
 # paths (data-dir is compared resolved), orchestration (sim.*, waits) -- not what is trained or measured.
-_VOLATILE_KEYS = ("out-dir", "data-dir", "timeout", "node-wait", "min-nodes")
+_VOLATILE_KEYS = ("out-dir", "data-dir", "timeout", "node-wait", "min-nodes", "device.storage-dir")
 _VOLATILE_PREFIXES = ("sim.",)
 
 Runner = Callable[[dict[str, Scalar]], dict[str, Any]]
@@ -190,6 +190,9 @@ def point_config(spec: SweepSpec, point: SweepPoint, out_dir: Path) -> dict[str,
         "dp.epsilon": 0.0 if point.dp_epsilon is None else float(point.dp_epsilon),
         "mia.enabled": True,
         "out-dir": str(out_dir / "points" / point.name),
+        # One device disk for the whole sweep: adapters are keyed by config and data, so e.g. the
+        # local-only adapter (which no share fraction changes) is trained once per DP setting.
+        "device.storage-dir": str(spec.config.get("device.storage-dir") or (out_dir / "devices")),
     })
     return cfg
 

@@ -58,6 +58,8 @@ def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> l
 def _storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
     if "storage-dir" in node_config:
         return Path(str(node_config["storage-dir"]))
+    if cfg["device.storage-dir"]:
+        return Path(str(cfg["device.storage-dir"]))
     return Path(str(cfg["out-dir"])) / "devices"
 
 
