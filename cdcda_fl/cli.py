@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cdcda_fl import sweep_cli
 
     sweep_cli.register(sub)
+    from cdcda_fl.cloud.serve import add_serve_subcommand
+
+    add_serve_subcommand(sub)
     return parser
 
 

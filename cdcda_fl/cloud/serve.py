@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cdcda_fl.cloud.backends import Generation, HFBackend, LLMBackend, Prompt
+from cdcda_fl.cloud.backends import Generation, HFBackend, LLMBackend, Prompt, apply_stop
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route {self.path}")
         except RequestError as exc:
             self._error(exc.status, str(exc), exc.kind)
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("client %s went away before its answer was ready", self.address_string())
         except Exception as exc:  # noqa: BLE001 - a model failure is a 500, the server lives on
             log.exception("generation failed")
             self._error(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
@@ -244,11 +246,12 @@ class _Handler(BaseHTTPRequestHandler):
         now = int(time.time())
         choices = []
         for i, g in enumerate(gens):
-            finish = g.finish_reason if g.finish_reason in ("stop", "length") else "stop"
+            text, stopped = apply_stop(g.text, stop)  # again here: a backend may ignore stop strings
+            finish = "stop" if stopped or g.finish_reason not in ("stop", "length") else g.finish_reason
             if chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish})
+                choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
             else:
-                choices.append({"index": i, "text": g.text, "logprobs": None, "finish_reason": finish})
+                choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish})
         usage = {"prompt_tokens": sum(g.prompt_tokens for g in gens[::n]), "completion_tokens": sum(g.completion_tokens for g in gens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {
