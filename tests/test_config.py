@@ -55,10 +55,20 @@ def test_methods_checked() -> None:
 
 def test_flower_app_config_uses_known_keys_and_types() -> None:
     """`flwr run` reads [tool.flwr.app.config]: every key must be one cdcda-fl knows."""
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     app_cfg = load_config(ROOT / "pyproject.toml")
-    flat = data["tool"]["flwr"]["app"]["config"]
-    assert flat and app_cfg["device.model"] == "smollm2-135m"
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+    def flatten(table: dict, prefix: str = "") -> set[str]:
+        keys: set[str] = set()
+        for k, v in table.items():
+            keys |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        return keys
+
+    # every key is declared (so `flwr run --run-config` can set it) ...
+    assert flatten(raw) == set(DEFAULTS)
+    # ... with the library's defaults, except where the Flower app deliberately differs
+    differs = {k for k in DEFAULTS if app_cfg[k] != DEFAULTS[k][0]}
+    assert differs == {"out-dir", "min-nodes"}
 
 
 @pytest.mark.parametrize("name", ["demo.toml", "tiny.toml"])
