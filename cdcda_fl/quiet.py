@@ -26,3 +26,17 @@ def quiet_libraries() -> None:
         pass
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+
+
+def private_network_defaults(join_cluster: bool = False) -> None:
+    """No traffic off the machine unless asked: telemetry off, a local Ray bound to loopback.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported: at 0 a locally started Ray
+    is single-node and advertises 127.0.0.1 instead of the machine's address. Joining a cluster
+    leaves Ray's networking alone. Values already in the environment win.
+    """
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not join_cluster:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -24,8 +24,10 @@ def backend_config(cfg: dict[str, Scalar]) -> dict[str, Any]:
     init_args: dict[str, Any] = {"log_to_driver": True}
     if cfg["sim.ray-address"]:
         init_args["address"] = str(cfg["sim.ray-address"])
-    elif int(cfg["sim.cpus"]) > 0:
-        init_args["num_cpus"] = int(cfg["sim.cpus"])
+    else:
+        init_args["_node_ip_address"] = "127.0.0.1"
+        if int(cfg["sim.cpus"]) > 0:
+            init_args["num_cpus"] = int(cfg["sim.cpus"])
     return {
         "client_resources": {"num_cpus": float(cfg["sim.client-cpus"]), "num_gpus": float(cfg["sim.client-gpus"])},
         "init_args": init_args,
@@ -34,6 +36,9 @@ def backend_config(cfg: dict[str, Scalar]) -> dict[str, Any]:
 
 def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     """Run CDCDA on Flower's Ray simulation engine; return ``results.json``'s content."""
+    from cdcda_fl.quiet import private_network_defaults
+
+    private_network_defaults(join_cluster=bool(cfg["sim.ray-address"]))
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from clients.device import app as client_app
