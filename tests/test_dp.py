@@ -1,0 +1,155 @@
+"""DP-SGD with Opacus on LoRA: the private gradient is the hand-clipped one, only LoRA moves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, _PairDataset, collate, encode_pairs, example_loss
+from cdcda_fl.privacy.dp import DPConfig, check_dp_trainable, default_delta, make_private
+from device_fixtures import USER_A, USER_B, adapter_tensors, one_thread, tiny_base, tiny_cache  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DATA = USER_A + USER_B  # 10 examples of different lengths
+
+
+def test_config_validation():
+    DPConfig().validate()  # disabled: anything goes
+    with pytest.raises(ValueError, match="exactly one"):
+        DPConfig(enabled=True).validate()
+    with pytest.raises(ValueError, match="exactly one"):
+        DPConfig(enabled=True, noise_multiplier=1.0, target_epsilon=3.0).validate()
+    with pytest.raises(ValueError):
+        DPConfig(enabled=True, noise_multiplier=1.0, accountant="moments").validate()
+    with pytest.raises(ValueError):
+        DPConfig(enabled=True, noise_multiplier=1.0, delta=2.0).validate()
+
+
+def test_default_delta_is_below_one_over_n():
+    for n in (1, 2, 10, 100, 10_000):
+        assert default_delta(n) <= 1e-2 and (n == 1 or default_delta(n) < 1 / n)
+    assert default_delta(1000) == pytest.approx(1000**-1.1)
+
+
+def _hand_clipped_mean(model, params, encoded, weights, pad_id, clip) -> list[torch.Tensor]:
+    """Per-sample gradients one example at a time, clipped to `clip`, averaged over the batch."""
+    total = [torch.zeros_like(p) for p in params]
+    for e, w in zip(encoded, weights):
+        batch = collate([e], [w], pad_id)
+        loss = (example_loss(model, batch) * batch["weights"]).mean()
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).float()
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for t, g in zip(total, grads):
+            t += factor * g
+    return [t / len(encoded) for t in total]
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_private_gradient_equals_hand_clipped_per_sample_gradients(tiny_base, mode):
+    dm = DeviceModel(tiny_base)
+    cfg = LoraTrainConfig(dropout=0.0, steps=3, learning_rate=5e-3)
+    dm.train(DATA, cfg)  # non-zero LoRA B so every LoRA tensor has a gradient
+    tok = tiny_base.tokenizer
+    encoded = encode_pairs(tok, DATA, 256)
+    weights = [1.0, 2.0, 0.5, 1.0, 1.5, 1.0, 0.25, 1.0, 1.0, 0.75]
+    with dm._adapter_ctx() as model:
+        model.eval()  # no dropout anywhere
+        params = list(dm._adapter_params(dm._name).values())
+        for p in params:
+            p.requires_grad_(True)
+        # Per-sample norms, to put the clip bound where it really clips some examples.
+        norms = []
+        for e, w in zip(encoded, weights):
+            b = collate([e], [w], tok.pad_token_id)
+            g = torch.autograd.grad((example_loss(model, b) * b["weights"]).mean(), params)
+            norms.append(float(torch.sqrt(sum((x**2).sum() for x in g))))
+        clip = sorted(norms)[len(norms) // 2]
+        expected = _hand_clipped_mean(model, params, encoded, weights, tok.pad_token_id, clip)
+
+        loader = torch.utils.data.DataLoader(
+            _PairDataset(encoded, weights), batch_size=len(encoded),
+            collate_fn=lambda items: collate([e for e, _ in items], [w for _, w in items], tok.pad_token_id),
+        )
+        opt = torch.optim.SGD(params, lr=0.0)
+        model.train()  # Opacus insists; the adapter has dropout 0 and the base none
+        dp = DPConfig(enabled=True, noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False,
+                      grad_sample_mode=mode)
+        priv = make_private(model, opt, loader, dp, steps=1)
+        try:
+            (batch,) = list(priv.data_loader)  # all 10 examples, left-padded together
+            loss = (example_loss(priv.module, batch) * batch["weights"]).mean()
+            loss.backward()
+            priv.optimizer.pre_step()  # clip + (zero) noise + average: what step() applies
+            got = [p.grad.clone() for p in params]
+        finally:
+            priv.close()
+            model.eval()
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+    assert min(norms) < clip < max(norms)
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4), float((g - e).abs().max())
+    assert any(float(e.abs().max()) > 1e-4 for e in expected)  # not trivially zero
+
+
+def test_dp_training_changes_only_lora_tensors(tiny_base):
+    before = {k: v.detach().clone() for k, v in tiny_base.model.state_dict().items() if "lora_" not in k}
+    dm = DeviceModel(tiny_base)
+    res = dm.train(DATA, LoraTrainConfig(steps=6, learning_rate=1e-2),
+                   dp=DPConfig(enabled=True, noise_multiplier=1.0))
+    after = {k: v for k, v in tiny_base.model.state_dict().items() if "lora_" not in k}
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    lora = adapter_tensors(dm)
+    assert any(float(v.abs().max()) > 0 for k, v in lora.items() if "lora_B" in k)
+    assert 0 < res.epsilon < math.inf and res.delta == default_delta(len(DATA))
+    # No Opacus leftovers on the shared model: hooks and per-sample attributes are gone.
+    assert not any(hasattr(p, "grad_sample") for p in tiny_base.model.parameters())
+    assert not any(m._forward_hooks or m._backward_hooks for m in tiny_base.model.modules())
+
+
+def test_target_epsilon_is_met_and_deterministic(tiny_base):
+    dm = DeviceModel(tiny_base)
+    cfg = LoraTrainConfig(steps=5, learning_rate=1e-2)
+    dp = DPConfig(enabled=True, target_epsilon=4.0, delta=1e-3)
+    res = dm.train(DATA, cfg, dp=dp)
+    assert res.epsilon == pytest.approx(4.0, abs=0.1) and res.delta == 1e-3
+    first = adapter_tensors(dm)
+    dm.train(DATA, cfg, dp=dp)
+    assert all(torch.equal(first[k], v) for k, v in adapter_tensors(dm).items())
+
+
+def test_empty_poisson_batches_take_a_noise_step(tiny_base):
+    """batch_size 1 over 4 examples: Poisson draws empty batches often; all steps are taken."""
+    dm = DeviceModel(tiny_base)
+    res = dm.train(USER_B, LoraTrainConfig(steps=12, batch_size=1),
+                   dp=DPConfig(enabled=True, noise_multiplier=1.0, accountant="prv"))
+    assert res.steps == 12 and len(res.losses) < 12  # some steps had no examples
+    assert 0 < res.epsilon < math.inf
+
+
+def test_zero_noise_reports_infinite_epsilon(tiny_base):
+    dm = DeviceModel(tiny_base)
+    res = dm.train(USER_B, LoraTrainConfig(steps=2), dp=DPConfig(enabled=True, noise_multiplier=0.0))
+    assert res.epsilon == math.inf
+
+
+def test_lora_on_embeddings_with_dp_is_a_clear_error(tiny_base):
+    dm = DeviceModel(tiny_base)
+    cfg = LoraTrainConfig(target_modules=("q_proj", "embed_tokens"), steps=1)
+    with pytest.raises(ValueError, match="embedding"):
+        dm.train(USER_B, cfg, dp=DPConfig(enabled=True, noise_multiplier=1.0))
+    assert dm._name is None  # nothing was created
+
+
+def test_check_dp_trainable_rejects_base_weights(tiny_base):
+    with pytest.raises(ValueError, match="no trainable"):
+        check_dp_trainable(tiny_base.model)
+    lin = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="only LoRA"):
+        check_dp_trainable(lin)
