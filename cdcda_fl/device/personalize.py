@@ -41,6 +41,53 @@ def share_records(user: User, cfg: Mapping[str, Scalar]) -> SharedRecords:
     return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile)
 
 
+def _label(spec: TaskSpec, item: Mapping[str, Any]) -> str | None:
+    if spec.label_field is None or spec.kind == "generation":
+        return None
+    value = item.get(spec.label_field)
+    if spec.kind == "regression":
+        try:
+            return str(int(float(value)))
+        except (TypeError, ValueError):
+            return None
+    return str(value).strip().lower()
+
+
+def mixture_weights(spec: TaskSpec, real: Sequence[Mapping[str, Any]], synthetic: Sequence[Mapping[str, Any]],
+                    alpha: float) -> tuple[list[Mapping[str, Any]], list[float], list[float]]:
+    """Synthetic records to train on and loss weights that keep the user's own label distribution.
+
+    Why: the cloud only sees the records the user shared, so its label-conditioned records follow
+    the *shared* labels — a biased sample (share half of four records and one label may be
+    missing entirely). Training on them as they come teaches the adapter the wrong prior. The
+    device knows its whole profile, so it corrects this privately:
+
+    - labelled tasks: synthetic records with a label the user never used are dropped; for each
+      label l with r_l real and s_l synthetic records, the synthetic ones get weight
+      ``alpha * r_l / s_l`` and, when the cloud wrote none (s_l = 0), the real ones get
+      ``1 + alpha``. Every label's total weight is then ``(1 + alpha) * r_l``: the real
+      distribution, whatever the cloud covered.
+    - generation tasks: all synthetic records share ``alpha * n_real`` of weight, so synthetic
+      data adds a fixed mass (the mixing ratio ``alpha``) however many records the cloud wrote.
+
+    Returns (kept synthetic records, weights of the real records, weights of the kept synthetic).
+    """
+    if not synthetic or alpha <= 0:
+        return [], [1.0] * len(real), []
+    if _label(spec, real[0]) is None:
+        return list(synthetic), [1.0] * len(real), [alpha * len(real) / len(synthetic)] * len(synthetic)
+    real_counts: dict[str, int] = {}
+    for item in real:
+        real_counts[_label(spec, item)] = real_counts.get(_label(spec, item), 0) + 1
+    kept = [r for r in synthetic if _label(spec, r) in real_counts]
+    syn_counts: dict[str, int] = {}
+    for item in kept:
+        syn_counts[_label(spec, item)] = syn_counts.get(_label(spec, item), 0) + 1
+    real_w = [1.0 if syn_counts.get(_label(spec, item)) else 1.0 + alpha for item in real]
+    syn_w = [alpha * real_counts[_label(spec, item)] / syn_counts[_label(spec, item)] for item in kept]
+    return kept, real_w, syn_w
+
+
 def lora_config_from(cfg: Mapping[str, Scalar]):
     from cdcda_fl.device.lora import LoraTrainConfig
 
@@ -142,7 +189,9 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     store = AdapterStore(Path(storage_dir) / "adapters")
     real_pairs = spec.profile_to_pairs(user.profile)
     valid_synthetic = [dict(r) for r in synthetic if spec.validate_item(r) is None]
-    synth_pairs = spec.profile_to_pairs(valid_synthetic)
+    kept_synthetic, real_weights, synth_weights = mixture_weights(
+        spec, user.profile, valid_synthetic, float(cfg["train.synthetic-weight"]))
+    synth_pairs = spec.profile_to_pairs(kept_synthetic)
     k = int(cfg["rag.k"])
     result: dict[str, Any] = {
         "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile), "n_queries": len(queries),
@@ -176,13 +225,15 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
                 result["methods"][method] = {"skipped": "the cloud upper bound runs only with an in-process (hf) "
                                                         "cloud model: a remote one would need the user's queries"}
                 continue
-            retrieved = retrieve(spec, user.profile, [spec.query_text_of_input(i) for i in inputs], k)
+            retrieved = retrieve(spec, user.profile, [spec.query_text_of_input(i) for i in inputs],
+                                 int(cfg["rag.cloud-k"]))
             texts = _answer_with_cloud(spec, [spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)], cfg)
             record(method, [spec.parse_answer(t) for t in texts], started)
         elif method in TRAINED_METHODS:
-            pairs = list(real_pairs) + (list(synth_pairs) if method == "cdcda" else [])
-            weights = [1.0] * len(real_pairs) + ([float(cfg["train.synthetic-weight"])] * len(synth_pairs)
-                                                 if method == "cdcda" else [])
+            if method == "cdcda":
+                pairs, weights = list(real_pairs) + list(synth_pairs), list(real_weights) + list(synth_weights)
+            else:
+                pairs, weights = list(real_pairs), [1.0] * len(real_pairs)
             key = f"{spec.name}-{method}-{_fingerprint({k_: cfg[k_] for k_ in _TRAIN_KEYS}, pairs, weights)}"
             path = store.path(user.user_id, key)
             train_info: dict[str, Any]

@@ -1,0 +1,81 @@
+"""Regenerate the README's results section from run directories (no numbers typed by hand).
+
+    python experiments/update_readme.py --demo runs/demo --sweep runs/privacy
+
+Copies the demo's paper-layout table (``table.md``) and the sweep's privacy-utility plot into the
+README between the ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers, with the
+configuration and timing the runs recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def demo_section(demo: Path) -> list[str]:
+    results = json.loads((demo / "results.json").read_text())
+    cfg = results["config"]
+    timing = results.get("timing", {})
+    total = sum(timing.values())
+    lines = [
+        f"Demo (`./run demo`, {sum(results['users'].values())} users on {cfg['tasks']}, device model "
+        f"`{cfg['device.model']}`, cloud model `{cfg['cloud.model']}`, {cfg['train.steps']} LoRA steps per adapter, "
+        f"{cfg['synthetic.per-user']} synthetic records asked per user, share fraction {cfg['consent.share-fraction']}, "
+        f"seed {cfg['seed']}; phases took {total:.0f} s on this 2-core machine):",
+        "",
+        (demo / "table.md").read_text().strip(),
+        "",
+    ]
+    shared = results.get("shared", {})
+    if shared:
+        parts = [f"{task}: {v.get('records', 0)} of {v.get('records_total', 0)} records, {v.get('bytes', 0):,} bytes"
+                 for task, v in shared.items()]
+        lines += ["What left the devices: " + "; ".join(parts) + ".", ""]
+    return lines
+
+
+def sweep_section(sweep: Path) -> list[str]:
+    data = json.loads((sweep / "sweep.json").read_text())
+    plots = [Path(p) for p in data.get("plots", [])]
+    if not plots:
+        return []
+    images = ROOT / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    lines = [f"Privacy versus utility (`cdcda sweep`, {len(data.get('points', []))} grid points):", ""]
+    for plot in plots:
+        src = plot if plot.is_absolute() else sweep / plot
+        dst = images / f"sweep_{src.name}"
+        shutil.copyfile(src, dst)
+        lines += [f"![{src.stem}](docs/images/{dst.name})", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep directory (optional)")
+    args = parser.parse_args(argv)
+    lines = demo_section(args.demo)
+    if args.sweep is not None:
+        lines += sweep_section(args.sweep)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"README.md has no {BEGIN} … {END} section", file=sys.stderr)
+        return 1
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + BEGIN + "\n" + "\n".join(lines) + END + tail)
+    print("README.md results section updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
