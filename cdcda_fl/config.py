@@ -43,6 +43,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.target-modules": ("q_proj,k_proj,v_proj,o_proj", "comma-separated modules that get LoRA"),
     "train.synthetic-weight": (1.0, "mixing ratio: total loss weight of synthetic data relative to real data, "
                                     "kept per label for labelled tasks (see device/personalize.py)"),
+    "train.equal-real-exposure": (True, "scale CDCDA's step budget by (real + synthetic weight) / real weight, so "
+                                        "real records get as many updates as in local training"),
     "train.retrain": (False, "retrain adapters even if a finished one is stored"),
     "dp.enabled": (False, "DP-SGD (Opacus) on the LoRA parameters"),
     "dp.epsilon": (0.0, "target epsilon (0 = use dp.noise-multiplier)"),
@@ -90,6 +92,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "rounds": (1, "rounds; each round personalizes a fraction of the users not yet finished"),
     "fraction": (1.0, "fraction of unfinished users selected per round"),
     "timeout": (0.0, "seconds to wait for replies per phase (0 = no limit)"),
+    "chunk-users": (1024, "users augmented and personalized per batch of messages (bounds server memory)"),
     "min-nodes": (1, "wait for at least this many nodes before starting"),
     "node-wait": (120.0, "seconds to wait for nodes to connect"),
     "sim.num-supernodes": (0, "simulated devices (0 = users / sim.users-per-node)"),

@@ -124,37 +124,21 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
     rng = random.Random(int(cfg["seed"]))
     with clock("cloud_load"):
         augmenter = _Augmenter(cfg) if wants_cloud_data else None
+    chunk_size = max(1, int(cfg["chunk-users"]))
     for rnd in range(1, int(cfg["rounds"]) + 1):
         if not remaining:
             break
         take = max(1, round(float(cfg["fraction"]) * len(remaining)))
         selected = sorted(rng.sample(remaining, take)) if take < len(remaining) else list(remaining)
-        with clock("augment"):
-            synthetic = augmenter.run([shares[u] for u in selected if u in shares]) if augmenter else {}
-        by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        for u in selected:
-            by_node.setdefault(user_node[u], {})[u] = synthetic.get(u, [])
-
-        def on_result(sent: Message, reply: Message) -> None:
-            node = sent.metadata.dst_node_id
-            if reply.has_error():
-                for u in by_node[node]:
-                    store.record_failure(u, _error_text(reply), phase="personalize", node=node)
-                return
-            for result in unpack(reply)["results"]:
-                if "error" in result:
-                    store.record_failure(user_key(result["task"], result["user_id"]), result["error"],
-                                         phase="personalize", node=node)
-                else:
-                    store.write(result)
-
-        msgs = [Message(pack(cfg, synthetic=payload), dst_node_id=node, message_type=PERSONALIZE)
-                for node, payload in by_node.items()]
-        with clock("personalize"):
-            lost = exchange(grid, msgs, timeout, on_result, f"round {rnd}: personalize on devices")
-        for msg in lost:
-            for u in by_node[msg.metadata.dst_node_id]:
-                store.record_failure(u, "no reply before timeout", phase="personalize")
+        # Chunks bound what the server holds at once (synthetic sets, messages in flight), so its
+        # memory does not grow with the number of users; results stream to disk as they arrive.
+        for start in range(0, len(selected), chunk_size):
+            chunk = selected[start:start + chunk_size]
+            label = f"round {rnd}: personalize on devices" + (
+                f" ({start + len(chunk)}/{len(selected)})" if len(selected) > chunk_size else "")
+            _personalize(grid, cfg, chunk, shares, user_node, augmenter, store, clock, timeout, label)
+            for u in chunk:
+                shares.pop(u, None)
         done_now = set(selected)
         remaining = [u for u in remaining if u not in done_now]
 
@@ -169,6 +153,38 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
         write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
     print_table(results)
     return results
+
+
+def _personalize(grid: Grid, cfg: Mapping[str, Scalar], chunk: list[str], shares: Mapping[str, SharedRecords],
+                 user_node: Mapping[str, int], augmenter: _Augmenter | None, store: ResultStore,
+                 clock: _PhaseClock, timeout: float | None, label: str) -> None:
+    """Augment one chunk of users in the cloud, send each device its users' sets, store replies."""
+    with clock("augment"):
+        synthetic = augmenter.run([shares[u] for u in chunk if u in shares]) if augmenter else {}
+    by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for u in chunk:
+        by_node.setdefault(user_node[u], {})[u] = synthetic.get(u, [])
+
+    def on_result(sent: Message, reply: Message) -> None:
+        node = sent.metadata.dst_node_id
+        if reply.has_error():
+            for u in by_node[node]:
+                store.record_failure(u, _error_text(reply), phase="personalize", node=node)
+            return
+        for result in unpack(reply)["results"]:
+            if "error" in result:
+                store.record_failure(user_key(result["task"], result["user_id"]), result["error"],
+                                     phase="personalize", node=node)
+            else:
+                store.write(result)
+
+    msgs = [Message(pack(cfg, synthetic=payload), dst_node_id=node, message_type=PERSONALIZE)
+            for node, payload in by_node.items()]
+    with clock("personalize"):
+        lost = exchange(grid, msgs, timeout, on_result, label)
+    for msg in lost:
+        for u in by_node[msg.metadata.dst_node_id]:
+            store.record_failure(u, "no reply before timeout", phase="personalize")
 
 
 class _PhaseClock:

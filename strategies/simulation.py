@@ -61,7 +61,7 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
         results_path.unlink()  # a stale report must not pass for this run's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # its run_simulation deprecation notice is noise here
         flwr_run_simulation(server_app=make_server_app(cfg, expected_nodes=num_nodes), client_app=client_app,
                             num_supernodes=num_nodes, backend_config=backend_config(cfg))
     if not results_path.exists():

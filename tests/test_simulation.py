@@ -20,7 +20,7 @@ def first_run(tmp_path_factory):
     from strategies.simulation import run_simulation
 
     out = tmp_path_factory.mktemp("sim")
-    cfg = load_config(CONFIG, [f"out-dir={out}", "debug.crash-users=dev-u0001"])
+    cfg = load_config(CONFIG, [f"out-dir={out}", "debug.crash-users=dev-u0001", "chunk-users=3"])
     return out, run_simulation(cfg)
 
 

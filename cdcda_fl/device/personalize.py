@@ -88,14 +88,16 @@ def mixture_weights(spec: TaskSpec, real: Sequence[Mapping[str, Any]], synthetic
     return kept, real_w, syn_w
 
 
-def lora_config_from(cfg: Mapping[str, Scalar]):
+def lora_config_from(cfg: Mapping[str, Scalar], step_scale: float = 1.0):
+    """LoRA settings from the run config; ``step_scale`` stretches a step budget (not epochs)."""
     from cdcda_fl.device.lora import LoraTrainConfig
 
     epochs = float(cfg["train.epochs"])
     return LoraTrainConfig(
         rank=int(cfg["train.rank"]), alpha=int(cfg["train.alpha"]), dropout=float(cfg["train.dropout"]),
         target_modules=tuple(csv_list(cfg["train.target-modules"])),
-        steps=None if epochs > 0 else int(cfg["train.steps"]), epochs=epochs if epochs > 0 else None,
+        steps=None if epochs > 0 else max(1, round(int(cfg["train.steps"]) * step_scale)),
+        epochs=epochs if epochs > 0 else None,
         learning_rate=float(cfg["train.lr"]), batch_size=int(cfg["train.batch-size"]),
         max_length=int(cfg["train.max-length"]), seed=int(cfg["seed"]),
     )
@@ -242,7 +244,11 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
                 meta = json.loads((path / "cdcda_train.json").read_text()) if (path / "cdcda_train.json").exists() else {}
                 train_info = {**meta, "reused": True}
             else:
-                res = model.train(pairs, lora_config_from(cfg), dp_config_from(cfg), weights=weights)
+                # Equal real-data exposure: with synthetic data adding mass alpha per unit of real
+                # data, a fixed step budget would give the real records 1/(1+alpha) of the updates
+                # they get in local training, and CDCDA would lose the user's exact patterns.
+                scale = sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
+                res = model.train(pairs, lora_config_from(cfg, scale), dp_config_from(cfg), weights=weights)
                 train_info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
                               "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
                               "n_real": len(real_pairs), "n_synthetic": len(pairs) - len(real_pairs)}
