@@ -188,18 +188,24 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Scalar]:
     return cfg
 
 
+def read_toml(path: Path | str, error: type[Exception] = ConfigError, what: str = "config file") -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is ``error`` naming the file (and the TOML position)."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: Path | str | None = None, sets: list[str] | None = None,
                 extra: Mapping[str, Any] | None = None) -> dict[str, Scalar]:
     """Read a TOML run config (``[config]`` table, nested tables flattened), then ``--set k=v`` pairs."""
     overrides: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = read_toml(path)
         table = data.get("config", data)
         if "tool" in data:  # a pyproject.toml: take the Flower app's run config
             table = data["tool"].get("flwr", {}).get("app", {}).get("config", {})

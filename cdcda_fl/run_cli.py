@@ -17,6 +17,16 @@ def _print_config_help() -> None:
         print(f"{key:<{width}}  {default!r:<28} {text}")
 
 
+def path_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """--data-dir / --out as config overrides (shared by `cdcda run`, `demo` and `sweep`)."""
+    extra = {}
+    if args.data_dir is not None:
+        extra["data-dir"] = str(args.data_dir)
+    if args.out is not None:
+        extra["out-dir"] = str(args.out)
+    return extra
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.help_config:
         _print_config_help()
@@ -24,13 +34,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.config is None:
         print("error: a CONFIG.toml is required (or --help-config to list keys)", file=sys.stderr)
         return 2
-    extra = {}
-    if args.data_dir is not None:
-        extra["data-dir"] = str(args.data_dir)
-    if args.out is not None:
-        extra["out-dir"] = str(args.out)
     try:
-        cfg = load_config(args.config, args.set, extra=extra)
+        cfg = load_config(args.config, args.set, extra=path_overrides(args))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -30,14 +30,13 @@ import json
 import math
 import os
 import time
-import tomllib
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import ConfigError, Scalar, load_config
+from cdcda_fl.config import ConfigError, Scalar, load_config, read_toml
 from cdcda_fl.progress import Progress, log
 
 SWEEP_KEYS = ("share-fraction", "dp-epsilon", "reference-share-fraction")
@@ -143,12 +142,7 @@ def load_sweep(path: Path | str, sets: Sequence[str] = (), extra: Mapping[str, A
                grid: Sequence[str] = ()) -> SweepSpec:
     """Read a sweep TOML (``[config]`` + ``[sweep]``); ``sets`` override run keys, ``grid`` axes (``key=v1,v2``)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SweepError(f"{path}: sweep file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SweepError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, SweepError, "sweep file")
     if "config" not in data:
         raise SweepError(f"{path}: a sweep file needs a [config] table (the base run config) and a [sweep] table")
     table = dict(data.get("sweep", {}))

@@ -14,13 +14,10 @@ PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "confi
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep
 
-    extra = {}
-    if args.data_dir is not None:
-        extra["data-dir"] = str(args.data_dir)
-    if args.out is not None:
-        extra["out-dir"] = str(args.out)
+    from cdcda_fl.run_cli import path_overrides
+
     try:
-        spec = load_sweep(args.config, args.set, extra=extra, grid=args.grid)
+        spec = load_sweep(args.config, args.set, extra=path_overrides(args), grid=args.grid)
     except ConfigError as exc:
         print(f"sweep config error: {exc}", file=sys.stderr)
         return 2
