@@ -135,7 +135,15 @@ class UsageStats:
 
 
 # ====================================================================== in-process (transformers)
-class HFBackend:
+class _TextsFromDetails:
+    """``generate`` (texts only) for a backend that implements ``generate_detailed``."""
+
+    def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+        gens = self.generate_detailed(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return [g.text for g in gens]
+
+
+class HFBackend(_TextsFromDetails):
     """A transformers causal LM in this process, generating in left-padded batches.
 
     ``model`` is a device-layer preset (``smollm2-135m``, ``gemma3-270m``, ``tiny-random``), an HF
@@ -178,9 +186,6 @@ class HFBackend:
             text = self.tokenizer.apply_chat_template(prompt.message_dicts(), tokenize=False, add_generation_prompt=True)
             return text, False
         return prompt.flat_text(), True
-
-    def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int, temperature: float, seed: int) -> list[str]:
-        return [g.text for g in self.generate_detailed(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)]
 
     def generate_detailed(
         self, prompts: Sequence[Prompt], *, max_new_tokens: int, temperature: float, seed: int
@@ -255,7 +260,7 @@ def _eos_ids(model: Any, tok: Any) -> set[int]:
 
 
 # ====================================================================== OpenAI-compatible HTTP
-class OpenAIBackend:
+class OpenAIBackend(_TextsFromDetails):
     """Any OpenAI-compatible server over HTTP (vLLM, Ollama, llama.cpp, hosted APIs, ``cdcda serve``).
 
     Chat prompts go to ``/v1/chat/completions``, continuation prompts to ``/v1/completions``;
@@ -309,9 +314,6 @@ class OpenAIBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int, temperature: float, seed: int) -> list[str]:
-        return [g.text for g in self.generate_detailed(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)]
 
     def generate_detailed(
         self, prompts: Sequence[Prompt], *, max_new_tokens: int, temperature: float, seed: int
