@@ -117,7 +117,8 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
 
     # ---------------------------------------------------------------- 2. rounds: augment + personalize
     user_node = {u: n for n, users in node_users.items() for u in users}
-    remaining = [u for u in user_node if not store.done(*u.split("/", 1))]
+    # Sorted: which users share a round or chunk must not depend on the order replies arrived in.
+    remaining = sorted(u for u in user_node if not store.done(*u.split("/", 1)))
     skipped = len(user_node) - len(remaining)
     if skipped:
         log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
@@ -218,7 +219,9 @@ class _Augmenter:
         for s in shared:
             by_task.setdefault(s.task, []).append(s)
         out: dict[str, list[dict[str, Any]]] = {}
-        for task, requests in by_task.items():
+        # Sorted, so the cloud's sampling does not depend on the order in which devices replied.
+        for task, requests in sorted(by_task.items()):
+            requests = sorted(requests, key=lambda r: r.user_id)
             started = time.perf_counter()
             results = self.augmenter.augment(requests)
             accepted = 0
