@@ -33,7 +33,7 @@ from typing import Any
 
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.lamp import User, load_task_users, write_json_atomic, write_outputs
-from cdcda_fl.data.tasks import get_task, parse_task_list
+from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, score
 
 VERSIONED_PACKAGES = ("cdcda-fl", "torch", "transformers", "peft", "flwr", "ray", "opacus", "bitsandbytes",
@@ -248,7 +248,3 @@ def _write_summary_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     tmp.write_text(buffer.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def task_title(task: str) -> str:
-    return f"{task} ({get_task(task).title})"

@@ -106,7 +106,6 @@ class TaskSpec:
     labels: tuple[str, ...] | None
     max_new_tokens: int
     _pairs: Callable[[Sequence[Mapping[str, Any]]], list[tuple[str, str]]] = field(repr=False)
-    _query_text: Callable[[Mapping[str, Any]], str] = field(repr=False)
 
     # ------------------------------------------------------------------ schema
     def validate_item(self, item: Any) -> str | None:
@@ -152,10 +151,6 @@ class TaskSpec:
     def item_text(self, item: Mapping[str, Any]) -> str:
         """All text of a profile item, for retrieval (BM25) and for de-duplication."""
         return " ".join(str(item[f]) for f in self.profile_fields if f in item)
-
-    def query_text(self, item: Mapping[str, Any]) -> str:
-        """The part of a profile item that plays the role of a query input (e.g. an abstract)."""
-        return self._query_text(item)
 
     def query_text_of_input(self, lamp_input: str) -> str:
         """The content of a LaMP input without its instruction (the retrieval query for RAG)."""
@@ -262,27 +257,27 @@ def _lamp7_pairs(items: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 TASKS: dict[str, TaskSpec] = {
     "LaMP_1": TaskSpec(
         "LaMP_1", "citation identification", "classification", ("title", "abstract"), None, ("[1]", "[2]"), 4,
-        _lamp1_pairs, lambda item: str(item["title"]),
+        _lamp1_pairs,
     ),
     "LaMP_2": TaskSpec(
         "LaMP_2", "movie tagging", "classification", ("description", "tag"), "tag", MOVIE_TAGS, 8,
-        _simple_pairs(LAMP2_TEMPLATE, "description", "tag"), lambda item: str(item["description"]),
+        _simple_pairs(LAMP2_TEMPLATE, "description", "tag"),
     ),
     "LaMP_3": TaskSpec(
         "LaMP_3", "product rating", "regression", ("text", "score"), "score", ("1", "2", "3", "4", "5"), 4,
-        _simple_pairs(LAMP3_TEMPLATE, "text", "score"), lambda item: str(item["text"]),
+        _simple_pairs(LAMP3_TEMPLATE, "text", "score"),
     ),
     "LaMP_4": TaskSpec(
         "LaMP_4", "news headline generation", "generation", ("text", "title"), "title", None, 24,
-        _simple_pairs(LAMP4_TEMPLATE, "text", "title"), lambda item: str(item["text"]),
+        _simple_pairs(LAMP4_TEMPLATE, "text", "title"),
     ),
     "LaMP_5": TaskSpec(
         "LaMP_5", "scholarly title generation", "generation", ("abstract", "title"), "title", None, 24,
-        _simple_pairs(LAMP5_TEMPLATE, "abstract", "title"), lambda item: str(item["abstract"]),
+        _simple_pairs(LAMP5_TEMPLATE, "abstract", "title"),
     ),
     "LaMP_7": TaskSpec(
         "LaMP_7", "tweet paraphrasing", "generation", ("text",), None, None, 40,
-        _lamp7_pairs, lambda item: neutralize_tweet(str(item["text"])),
+        _lamp7_pairs,
     ),
 }
 

@@ -33,7 +33,6 @@ from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
 
 TRAINED_METHODS = ("local", "cdcda")
-SYNTHETIC_ID_PREFIX = "syn-"
 
 
 def share_records(user: User, cfg: Mapping[str, Scalar]) -> SharedRecords:
@@ -184,6 +183,7 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
     golds = {q.id: q.gold for q in queries if q.gold is not None}
     inputs = [q.input for q in queries]
+    retrieval_queries = [spec.query_text_of_input(i) for i in inputs]  # RAG and the cloud bound share them
     batch = int(cfg["eval.batch-size"])
     step = on_step or (lambda _name: None)
 
@@ -220,15 +220,14 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
         if method == "base":
             record(method, answer(inputs), started)
         elif method == "rag":
-            retrieved = retrieve(spec, user.profile, [spec.query_text_of_input(i) for i in inputs], k)
+            retrieved = retrieve(spec, user.profile, retrieval_queries, k)
             record(method, answer([spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)]), started)
         elif method == "cloud":
             if str(cfg["cloud.backend"]) != "hf":
                 result["methods"][method] = {"skipped": "the cloud upper bound runs only with an in-process (hf) "
                                                         "cloud model: a remote one would need the user's queries"}
                 continue
-            retrieved = retrieve(spec, user.profile, [spec.query_text_of_input(i) for i in inputs],
-                                 int(cfg["rag.cloud-k"]))
+            retrieved = retrieve(spec, user.profile, retrieval_queries, int(cfg["rag.cloud-k"]))
             texts = _answer_with_cloud(spec, [spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)], cfg)
             record(method, [spec.parse_answer(t) for t in texts], started)
         elif method in TRAINED_METHODS:
