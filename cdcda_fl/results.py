@@ -11,18 +11,70 @@ from rich.table import Table
 
 from cdcda_fl.config import METHODS
 from cdcda_fl.metrics import LOWER_IS_BETTER
+from cdcda_fl.stats import format_interval
 
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
                  "cdcda": "CDCDA", "cloud": "cloud (not private)"}
+GAIN_LABEL = "Δ CDCDA vs local"
 
 
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(results.get("table", []))
 
 
+def method_interval(results: Mapping[str, Any], task: str, method: str) -> tuple[float, float] | None:
+    """(lo, hi) of the method's primary metric over users (``results.json`` "intervals"), if there is one."""
+    entry = results.get("intervals", {}).get(task, {}).get("methods", {}).get(method)
+    if not entry or entry.get("lo") is None or entry.get("hi") is None:
+        return None
+    return float(entry["lo"]), float(entry["hi"])
+
+
+def comparison(results: Mapping[str, Any], task: str) -> dict[str, Any] | None:
+    """The task's paired CDCDA-vs-local block (gain interval, win/tie/loss), if both methods were scored."""
+    block = results.get("intervals", {}).get(task, {}).get("cdcda_vs_local")
+    return block if block and block.get("n_users") else None
+
+
+def value_with_interval(value: float, interval: tuple[float, float] | None) -> str:
+    """'0.583 [0.41, 0.75]': the pooled value and its 95 % interval over users."""
+    return format_interval((value, *(interval or (None, None))), ci_digits=2)
+
+
+def gain_text(block: Mapping[str, Any]) -> str:
+    """'+0.042 [-0.010, +0.090]': CDCDA's paired gain over local-only (positive = CDCDA better)."""
+    gain = block["gain"]
+    return format_interval((gain["mean"], gain["lo"], gain["hi"]), signed=True)
+
+
+def wtl_text(block: Mapping[str, Any]) -> str:
+    return f"{block['wins']}/{block['ties']}/{block['losses']}"
+
+
+def interval_note(results: Mapping[str, Any]) -> str:
+    """One sentence saying how the intervals were computed (level, resamples, tie tolerance)."""
+    blocks = [b for b in results.get("intervals", {}).values() if b.get("methods")]
+    if not blocks:
+        return ""
+    b = blocks[0]
+    tie = next((c["tie_tolerance"] for c in (v.get("cdcda_vs_local") for v in blocks) if c), None)
+    text = (f"[lo, hi]: {b['level']:.0%} percentile-bootstrap interval over users ({b['resamples']} resamples, "
+            f"seed {b['seed']}).")
+    if tie is not None:
+        text += (f" {GAIN_LABEL}: the paired per-user difference, positive = CDCDA better (for MAE, local − CDCDA); "
+                 f"W/T/L: users where CDCDA is better / within {tie:g} / worse.")
+    return text
+
+
 def print_table(results: Mapping[str, Any], console: Console | None = None) -> None:
-    """Task × method, every metric of the task, best value per task/metric in bold."""
-    console = console or Console(width=max(Console().width, 120))
+    """Task × method, every metric of the task, best value per task/metric in bold.
+
+    The primary metric carries its 95 % interval over users, and each task where both CDCDA and
+    local-only were scored gets a row with CDCDA's paired gain over local-only and win/tie/loss.
+    """
+    from cdcda_fl.metrics import primary_metric
+
+    console = console or Console(width=max(Console().width, 140))
     rows = table_rows(results)
     if not rows:
         console.print("[yellow]no results to show[/yellow]")
@@ -38,7 +90,7 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
             key = (r["task"], name)
             better = min if name in LOWER_IS_BETTER else max
             best[key] = better(best.get(key, value), value)
-    table = Table(title="CDCDA-PLM results (per task; ↓ = lower is better)")
+    table = Table(title="CDCDA-PLM results (per task; ↓ = lower is better; [95 % interval over users])")
     table.add_column("task")
     table.add_column("method")
     for name in metric_names:
@@ -46,21 +98,37 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
     table.add_column("users", justify="right")
     table.add_column("ε", justify="right")
     table.add_column("synth/user", justify="right")
-    last_task = None
-    for r in sorted(rows, key=lambda r: (r["task"], METHODS.index(r["method"]) if r["method"] in METHODS else 99)):
+    table.add_column("W/T/L", justify="right")
+    ordered = sorted(rows, key=lambda r: (r["task"], METHODS.index(r["method"]) if r["method"] in METHODS else 99))
+    for i, r in enumerate(ordered):
+        primary = primary_metric(r["task"])
         cells = []
         for name in metric_names:
             value = r["metrics"].get(name)
-            text = "" if value is None else f"{value:.3f}"
+            if value is None:
+                text = ""
+            elif name == primary:
+                text = value_with_interval(value, method_interval(results, r["task"], r["method"]))
+            else:
+                text = f"{value:.3f}"
             if value is not None and best.get((r["task"], name)) == value:
                 text = f"[bold]{text}[/bold]"
             cells.append(text)
         eps = r.get("epsilon")
-        table.add_row("" if r["task"] == last_task else r["task"], METHOD_LABELS.get(r["method"], r["method"]), *cells,
+        first = i == 0 or ordered[i - 1]["task"] != r["task"]
+        table.add_row(r["task"] if first else "", METHOD_LABELS.get(r["method"], r["method"]), *cells,
                       str(r["n_users"]), "" if eps is None else ("∞" if eps == float("inf") else f"{eps:.2f}"),
-                      f"{r['n_synthetic']:.1f}" if r["method"] == "cdcda" else "")
-        last_task = r["task"]
+                      f"{r['n_synthetic']:.1f}" if r["method"] == "cdcda" else "", "")
+        last_of_task = i == len(ordered) - 1 or ordered[i + 1]["task"] != r["task"]
+        block = comparison(results, r["task"]) if last_of_task else None
+        if block:
+            gain_cells = [gain_text(block) if name == primary else "" for name in metric_names]
+            table.add_row("", f"[italic]{GAIN_LABEL}[/italic]", *gain_cells, str(block["n_users"]), "", "",
+                          f"{wtl_text(block)} ({block['verdict']})", end_section=True)
     console.print(table)
+    note = interval_note(results)
+    if note:
+        console.print(note, markup=False, highlight=False)  # "[lo, hi]" is text, not a style tag
     if results.get("skipped"):
         for method, why in results["skipped"].items():
             console.print(f"[yellow]{method} skipped:[/yellow] {why}")
@@ -93,7 +161,11 @@ def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
         names = [r["method"] for r in task_rows]
         values = [r["metrics"][metric] for r in task_rows]
         colors = ["#d62728" if n == "cdcda" else "#7f7f7f" if n == "cloud" else "#1f77b4" for n in names]
-        ax.bar(names, values, color=colors)
+        # 95 % intervals over users as error bars (none where a method has fewer than two users).
+        spans = [method_interval(results, task, n) for n in names]
+        yerr = [[max(0.0, v - s[0]) if s else 0.0 for v, s in zip(values, spans)],
+                [max(0.0, s[1] - v) if s else 0.0 for v, s in zip(values, spans)]]
+        ax.bar(names, values, color=colors, yerr=yerr if any(spans) else None, capsize=3)
         ax.set_title(f"{task}: {metric}{' (lower is better)' if metric in LOWER_IS_BETTER else ''}", fontsize=10)
         ax.tick_params(axis="x", labelrotation=30)
         for i, v in enumerate(values):
@@ -136,7 +208,7 @@ def paper_table(results: Mapping[str, Any]) -> str:
         cells = []
         for m in PAPER_COLUMNS:
             v = values.get(m)
-            text = "–" if v is None else f"{v:.3f}"
+            text = "–" if v is None else value_with_interval(v, method_interval(results, task, m))
             if v is not None and m != "cloud" and v == best:
                 text = f"**{text}**"
             cells.append(text)
@@ -149,7 +221,26 @@ def paper_table(results: Mapping[str, Any]) -> str:
              "upper bound. –: method not run or skipped. ↑/↓: higher/lower is better."]
     if eps_values:
         notes.append(f"Local LoRA and CDCDA trained with DP-SGD, ε ≤ {max(eps_values):.2f} per user.")
-    return "\n".join(lines + notes) + "\n"
+    gains = gain_table(results, tasks)
+    note = interval_note(results)
+    return "\n".join(lines + notes + ([note] if note else []) + gains) + "\n"
+
+
+def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """CDCDA against local-only, paired over the same users: one Markdown row per task (empty without data)."""
+    from cdcda_fl.metrics import primary_metric
+
+    rows = [(task, comparison(results, task)) for task in tasks]
+    rows = [(task, block) for task, block in rows if block]
+    if not rows:
+        return []
+    lines = ["", f"| Task | Metric | {GAIN_LABEL} (paired, 95 % CI) | W/T/L | Verdict | Users |",
+             "|---|---|---:|---:|---|---:|"]
+    for task, block in rows:
+        metric = primary_metric(task)
+        lines.append(f"| {task.replace('_', '-')} | {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'} | "
+                     f"{gain_text(block)} | {wtl_text(block)} | {block['verdict']} | {block['n_users']} |")
+    return lines
 
 
 def write_paper_table(out_dir: str | Path, results: Mapping[str, Any]) -> Path:

@@ -34,7 +34,8 @@ from typing import Any
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.lamp import User, load_task_users, write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import parse_task_list
-from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, score
+from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
+from cdcda_fl.stats import task_intervals
 
 VERSIONED_PACKAGES = ("cdcda-fl", "torch", "transformers", "peft", "flwr", "ray", "opacus", "bitsandbytes",
                       "datasets", "bm25s", "rouge-score", "gguf")
@@ -155,7 +156,10 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
     summaries: list[MethodSummary] = []
     skipped: dict[str, str] = {}
     users_per_task: dict[str, int] = {}
+    intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.stats.task_intervals)
     for spec in parse_task_list(str(cfg["tasks"])):
+        primary = primary_metric(spec)
+        per_user: dict[str, dict[str, tuple[float, float]]] = {}  # method -> user -> (value, n queries)
         golds: dict[str, str] = {}
         preds: dict[str, dict[str, str]] = {m: {} for m in methods}
         eps: dict[str, list[float]] = {m: [] for m in methods}
@@ -172,6 +176,9 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
                 if "skipped" in entry:
                     skipped[m] = entry["skipped"]
                 preds[m].update(entry.get("predictions", {}))
+                if entry.get("metrics", {}).get(primary) is not None:  # works without predictions too
+                    per_user.setdefault(m, {})[str(result["user_id"])] = (
+                        float(entry["metrics"][primary]), float(len(result.get("golds") or {}) or result.get("n_queries") or 1))
                 if entry.get("epsilon") is not None:
                     eps[m].append(float(entry["epsilon"]))
                 if entry.get("mia_auc") is not None:
@@ -179,6 +186,8 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
                 if "train" in entry:
                     secs[m].append(float(entry["train"].get("seconds", 0.0)))
         users_per_task[spec.name] = n_users
+        intervals[spec.name] = task_intervals(per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
+                                              seed=int(cfg.get("seed", 0)))
         for m in methods:
             if not preds[m]:
                 continue
@@ -197,6 +206,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         "versions": package_versions(),
         "users": users_per_task,
         "table": [s.__dict__ for s in summaries],
+        "intervals": intervals,
         "skipped": skipped,
         "failures": store.failures(),
         "shared": audit_totals(out),

@@ -136,13 +136,63 @@ def win_tie_loss(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
 
 
 def format_interval(interval: Interval | Sequence[float | None] | None, digits: int = 3, *,
-                    signed: bool = False) -> str:
-    """'0.583 [0.410, 0.750]'; the point alone below two users; '–' with no estimate."""
+                    ci_digits: int | None = None, signed: bool = False) -> str:
+    """'0.583 [0.41, 0.75]' (``ci_digits=2``); the point alone below two users; '–' with no estimate."""
     if interval is None or interval[0] is None:
         return "–"
     mean, lo, hi = interval
-    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
-    text = fmt.format(mean)
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.{digits}f}"
     if lo is not None and hi is not None:
-        text += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+        d = digits if ci_digits is None else ci_digits
+        text += f" [{lo:{sign}.{d}f}, {hi:{sign}.{d}f}]"
     return text
+
+
+def _negated(interval: Interval) -> Interval:
+    """-X with its interval: the ends swap."""
+    flip = (lambda v: None if v is None else -v)
+    return Interval(flip(interval.mean), flip(interval.hi), flip(interval.lo))
+
+
+def _interval_dict(interval: Interval) -> dict[str, float | None]:
+    return {"mean": interval.mean, "lo": interval.lo, "hi": interval.hi}
+
+
+def task_intervals(per_user: dict[str, dict[str, tuple[float, float]]], metric: str, *, lower_is_better: bool,
+                   level: float = DEFAULT_LEVEL, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                   pairs: Sequence[tuple[str, str]] = (("cdcda", "local"),)) -> dict[str, object]:
+    """One task's uncertainty block for ``results.json``.
+
+    ``per_user`` maps method -> user id -> (the user's primary-metric value, their number of
+    queries). Each method gets its pooled value with an interval over users; each pair ``(a, b)``
+    present (CDCDA vs local-only by default) gets, over the users scored under both, the paired
+    difference ``a - b`` in the metric's units, the same as a *gain* (positive = ``a`` is better,
+    so ``b - a`` for a lower-is-better metric such as MAE) and win/tie/loss counts from ``a``'s side.
+    """
+    out: dict[str, object] = {"metric": metric, "higher_is_better": not lower_is_better, "level": level,
+                              "resamples": n_resamples, "seed": seed, "unit": "user", "methods": {}}
+    methods: dict[str, object] = {}
+    for method, users in per_user.items():
+        ids = sorted(users)
+        ci = mean_ci([users[u][0] for u in ids], level, weights=[users[u][1] for u in ids],
+                     n_resamples=n_resamples, seed=seed)
+        methods[method] = {**_interval_dict(ci), "n_users": len(ids)}
+    out["methods"] = methods
+    for a, b in pairs:
+        if a not in per_user or b not in per_user:
+            continue
+        ids = sorted(set(per_user[a]) & set(per_user[b]))
+        va = [per_user[a][u][0] for u in ids]
+        vb = [per_user[b][u][0] for u in ids]
+        w = [per_user[a][u][1] for u in ids]
+        diff = paired_diff_ci(va, vb, level, weights=w, n_resamples=n_resamples, seed=seed)
+        gain = _negated(diff) if lower_is_better else diff
+        wtl = win_tie_loss(va, vb, tie=TIE_TOLERANCE, lower_is_better=lower_is_better)
+        verdict = ("better" if gain.lo is not None and gain.lo > 0 else
+                   "worse" if gain.hi is not None and gain.hi < 0 else "not significant")
+        out[f"{a}_vs_{b}"] = {"a": a, "b": b, "n_users": len(ids), "diff": _interval_dict(diff),
+                              "gain": _interval_dict(gain), "wins": wtl.wins, "ties": wtl.ties,
+                              "losses": wtl.losses, "tie_tolerance": TIE_TOLERANCE, "verdict": verdict}
+    out["per_user"] = {m: {u: v for u, (v, _w) in sorted(users.items())} for m, users in per_user.items()}
+    return out

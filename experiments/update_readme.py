@@ -1,9 +1,11 @@
 """Regenerate the README's results section from run directories (no numbers typed by hand).
 
-    python experiments/update_readme.py --demo runs/demo --sweep runs/privacy
+    python experiments/update_readme.py --demo runs/demo [--quality runs/quality] [--sweep runs/privacy]
 
-Copies the demo's paper-layout table (``table.md``) and the sweep's privacy-utility plot into the
-README between the ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers, with the
+Writes each run's paper-layout table (rebuilt from its ``results.json`` by
+:func:`cdcda_fl.results.paper_table`, so every value carries its 95 % interval over users and
+CDCDA's paired gain over local-only with win/tie/loss) and the sweep's privacy-utility plots into
+the README between the ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers, with the
 configuration and timing the runs recorded.
 """
 
@@ -19,18 +21,28 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def demo_section(demo: Path) -> list[str]:
+def run_table(run: Path) -> str:
+    """The run's paper table, rebuilt from results.json (intervals included); table.md for old runs."""
+    from cdcda_fl.results import paper_table
+
+    results = json.loads((run / "results.json").read_text())
+    if "intervals" not in results and (run / "table.md").exists():
+        return (run / "table.md").read_text().strip()
+    return paper_table(results).strip()
+
+
+def demo_section(demo: Path, name: str = "Demo", command: str = "./run demo") -> list[str]:
     results = json.loads((demo / "results.json").read_text())
     cfg = results["config"]
     timing = results.get("timing", {})
     total = sum(timing.values())
     lines = [
-        f"Demo (`./run demo`, {sum(results['users'].values())} users on {cfg['tasks']}, device model "
+        f"{name} (`{command}`, {sum(results['users'].values())} users on {cfg['tasks']}, device model "
         f"`{cfg['device.model']}`, cloud model `{cfg['cloud.model']}`, {cfg['train.steps']} LoRA steps per adapter, "
         f"{cfg['synthetic.per-user']} synthetic records asked per user, share fraction {cfg['consent.share-fraction']}, "
         f"seed {cfg['seed']}; phases took {total:.0f} s on this 2-core machine):",
         "",
-        (demo / "table.md").read_text().strip(),
+        run_table(demo),
         "",
     ]
     shared = results.get("shared", {})
@@ -60,9 +72,17 @@ def sweep_section(sweep: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--quality", type=Path, default=None,
+                        help="a finished run of experiments/configs/quality.toml (optional)")
     parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep directory (optional)")
     args = parser.parse_args(argv)
+    for run in (args.demo, args.quality):
+        if run is not None and not (run / "results.json").is_file():
+            print(f"{run}/results.json not found: run it first", file=sys.stderr)
+            return 1
     lines = demo_section(args.demo)
+    if args.quality is not None:
+        lines += demo_section(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml")
     if args.sweep is not None:
         lines += sweep_section(args.sweep)
     readme = ROOT / "README.md"

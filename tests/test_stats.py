@@ -131,3 +131,29 @@ def test_win_tie_loss_with_tolerance_and_direction() -> None:
 def test_format_interval() -> None:
     assert format_interval((0.5833, 0.41, 0.75)) == "0.583 [0.410, 0.750]"
     assert format_interval((0.05, -0.01, 0.1), signed=True, digits=2) == "+0.05 [-0.01, +0.10]"
+    assert format_interval((0.5833, 0.41, 0.75), ci_digits=2) == "0.583 [0.41, 0.75]"
+
+
+def test_task_intervals_block_for_results_json() -> None:
+    from cdcda_fl.stats import task_intervals
+
+    # MAE (lower is better): CDCDA lowers every user's error by 0.5 -> gain +0.5, 3 wins.
+    per_user = {"local": {"u1": (1.5, 4), "u2": (1.0, 4), "u3": (2.0, 4)},
+                "cdcda": {"u1": (1.0, 4), "u2": (0.5, 4), "u3": (1.5, 4)},
+                "base": {"u1": (3.0, 4)}}
+    block = task_intervals(per_user, "mae", lower_is_better=True, seed=0)
+    assert block["methods"]["local"]["mean"] == pytest.approx(1.5)
+    assert block["methods"]["base"] == {"mean": 3.0, "lo": None, "hi": None, "n_users": 1}
+    cmp = block["cdcda_vs_local"]
+    assert cmp["diff"] == {"mean": pytest.approx(-0.5), "lo": pytest.approx(-0.5), "hi": pytest.approx(-0.5)}
+    assert cmp["gain"] == {"mean": pytest.approx(0.5), "lo": pytest.approx(0.5), "hi": pytest.approx(0.5)}
+    assert (cmp["wins"], cmp["ties"], cmp["losses"], cmp["n_users"]) == (3, 0, 0, 3)
+    assert cmp["verdict"] == "better" and block["higher_is_better"] is False
+    assert block["per_user"]["cdcda"] == {"u1": 1.0, "u2": 0.5, "u3": 1.5}
+    # Accuracy (higher is better), a mixed picture: gain's interval straddles zero.
+    acc = {"local": {"a": (0.5, 8), "b": (0.75, 8), "c": (0.25, 8)},
+           "cdcda": {"a": (0.625, 8), "b": (0.625, 8), "c": (0.25, 8)}}
+    cmp = task_intervals(acc, "accuracy", lower_is_better=False)["cdcda_vs_local"]
+    assert (cmp["wins"], cmp["ties"], cmp["losses"]) == (1, 1, 1)
+    assert cmp["gain"]["lo"] < 0 < cmp["gain"]["hi"] and cmp["verdict"] == "not significant"
+    assert "cdcda_vs_local" not in task_intervals({"local": acc["local"]}, "accuracy", lower_is_better=False)

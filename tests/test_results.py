@@ -1,0 +1,116 @@
+"""Reports with uncertainty: results.json intervals from per-user metrics, terminal and Markdown tables."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from cdcda_fl.metrics import score
+from cdcda_fl.results import paper_table, print_table, write_plots
+from cdcda_fl.runs import ResultStore, aggregate
+
+# Per user: gold ratings and the predictions of local-only and CDCDA (LaMP-3, MAE: lower is better).
+USERS = {
+    "u0": (["1", "2", "3", "4"], {"local": ["2", "2", "3", "5"], "cdcda": ["1", "2", "3", "5"]}),
+    "u1": (["5", "5", "4", "4"], {"local": ["3", "4", "4", "4"], "cdcda": ["4", "4", "4", "4"]}),
+    "u2": (["2", "3", "2", "3"], {"local": ["2", "3", "2", "3"], "cdcda": ["2", "3", "2", "3"]}),
+    "u3": (["3", "3", "4", "1"], {"local": ["5", "5", "4", "3"], "cdcda": ["4", "4", "4", "2"]}),
+}
+
+
+def _write_users(out: Path, *, with_predictions: bool) -> None:
+    store = ResultStore(out)
+    for uid, (golds, preds) in USERS.items():
+        ids = [f"{uid}-q{i}" for i in range(len(golds))]
+        gold_map = dict(zip(ids, golds))
+        methods = {}
+        for m, p in preds.items():
+            pred_map = dict(zip(ids, p))
+            methods[m] = {"metrics": score("LaMP_3", gold_map, pred_map)}
+            if with_predictions:
+                methods[m]["predictions"] = pred_map
+        store.write({"task": "LaMP_3", "user_id": uid, "n_queries": len(ids), "golds": gold_map,
+                     "n_synthetic_used": 3, "methods": methods})
+
+
+def _cfg(out: Path) -> dict:
+    return {"out-dir": str(out), "methods": "local,cdcda", "tasks": "LaMP_3", "seed": 0}
+
+
+@pytest.mark.parametrize("with_predictions", [True, False])
+def test_aggregate_writes_intervals_from_per_user_metrics(tmp_path: Path, with_predictions: bool) -> None:
+    _write_users(tmp_path, with_predictions=with_predictions)
+    results = aggregate(_cfg(tmp_path))
+    stored = json.loads((tmp_path / "results.json").read_text())
+    block = stored["intervals"]["LaMP_3"]
+    assert block["metric"] == "mae" and block["higher_is_better"] is False and block["level"] == 0.95
+    assert block["resamples"] >= 2000
+    # Per-user MAE: local 0.5, 0.75, 0, 1.5 -> pooled 0.6875; CDCDA 0.25, 0.5, 0, 0.75 -> 0.375.
+    assert block["per_user"]["local"] == {"u0": 0.5, "u1": 0.75, "u2": 0.0, "u3": 1.5}
+    assert block["methods"]["local"]["mean"] == pytest.approx(0.6875)
+    assert block["methods"]["cdcda"]["mean"] == pytest.approx(0.375)
+    assert block["methods"]["cdcda"]["n_users"] == 4
+    lo, hi = block["methods"]["local"]["lo"], block["methods"]["local"]["hi"]
+    assert 0.0 <= lo < 0.6875 < hi <= 1.5
+    cmp = block["cdcda_vs_local"]
+    assert cmp["diff"]["mean"] == pytest.approx(-0.3125)  # CDCDA's MAE minus local's
+    assert cmp["gain"]["mean"] == pytest.approx(0.3125)  # positive: CDCDA is better
+    assert cmp["gain"]["lo"] == pytest.approx(-cmp["diff"]["hi"])
+    assert (cmp["wins"], cmp["ties"], cmp["losses"]) == (3, 1, 0)
+    if with_predictions:  # the pooled table value and the interval's point agree
+        row = next(r for r in results["table"] if r["method"] == "local")
+        assert row["metrics"]["mae"] == pytest.approx(block["methods"]["local"]["mean"])
+
+
+def test_reports_show_intervals_gain_and_wtl(tmp_path: Path) -> None:
+    _write_users(tmp_path, with_predictions=True)
+    results = aggregate(_cfg(tmp_path))
+    block = results["intervals"]["LaMP_3"]
+    md = paper_table(results)
+    lo, hi = block["methods"]["local"]["lo"], block["methods"]["local"]["hi"]
+    assert f"0.688 [{lo:.2f}, {hi:.2f}]" in md
+    gain = block["cdcda_vs_local"]["gain"]
+    assert f"| LaMP-3 | mae ↓ | +0.312 [{gain['lo']:+.3f}, {gain['hi']:+.3f}] | 3/1/0 |" in md
+    assert "percentile-bootstrap interval over users" in md
+    buffer = io.StringIO()
+    print_table(results, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "Δ CDCDA vs local" in text and "3/1/0" in text and f"[{lo:.2f}, {hi:.2f}]" in text
+    assert "[lo, hi]: 95% percentile-bootstrap" in text
+    assert write_plots(tmp_path, results)
+
+
+def test_reports_without_intervals_still_render() -> None:
+    """results.json written before intervals existed (or a 1-user run) renders without them."""
+    results = {"table": [{"task": "LaMP_2", "method": "local", "metrics": {"accuracy": 0.5, "f1": 0.4},
+                          "n_users": 1, "n_queries": 8, "epsilon": None, "mia_auc": None, "train_seconds": 0.0,
+                          "n_synthetic": 0.0}],
+               "intervals": {"LaMP_2": {"methods": {"local": {"mean": 0.5, "lo": None, "hi": None, "n_users": 1}},
+                                        "level": 0.95, "resamples": 4000, "seed": 0}}}
+    md = paper_table(results)
+    assert "**0.500** |" in md and "Δ CDCDA" not in md
+    buffer = io.StringIO()
+    print_table({"table": results["table"]}, Console(file=buffer, width=200))
+    assert "0.500" in buffer.getvalue()
+
+
+def test_readme_section_rebuilds_table_with_intervals(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "experiments" / "update_readme.py"
+    spec = importlib.util.spec_from_file_location("update_readme", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _write_users(tmp_path, with_predictions=True)
+    cfg = {**_cfg(tmp_path), "device.model": "d", "cloud.model": "c", "train.steps": 1, "synthetic.per-user": 2,
+           "consent.share-fraction": 0.5}
+    aggregate(cfg, {"timing": {"train": 3.0}})
+    (tmp_path / "table.md").write_text("stale table without intervals\n")
+    text = "\n".join(module.demo_section(tmp_path, "Quality run", "cdcda run q.toml"))
+    assert text.startswith("Quality run (`cdcda run q.toml`, 4 users on LaMP_3")
+    assert "stale" not in text and "0.688 [" in text and "| 3/1/0 | better | 4 |" in text
+    assert module.main(["--demo", str(tmp_path / "missing")]) == 1
