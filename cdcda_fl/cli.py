@@ -13,16 +13,31 @@ import json
 import sys
 from pathlib import Path
 
-from cdcda_fl.data.lamp import LampDataError, read_outputs, validate_path
+from cdcda_fl.data.lamp import LampDataError, read_outputs
 from cdcda_fl.data.tasks import TASK_NAMES, get_task, parse_task_list
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    try:
-        for line in validate_path(args.path):
-            print(f"ok  {line}")
-    except LampDataError as exc:
+    from cdcda_fl.data.lamp import check_path
+
+    task = None
+    if args.task:
+        try:
+            task = get_task(args.task).name
+        except KeyError as exc:
+            print(f"error: {exc.args[0]}", file=sys.stderr)
+            return 2
+    report = check_path(args.path, task)
+    for line in report.lines:
+        print(f"ok  {line}")
+    shown = report.errors[:max(0, args.max_errors)]
+    for exc in shown:
         print(f"invalid: {exc}", file=sys.stderr)
+    rest = len(report.errors) - len(shown)
+    if rest:
+        print(f"... and {rest} more error(s) (--max-errors N shows more)", file=sys.stderr)
+    if report.errors:
+        print(f"{len(report.errors)} error(s) found", file=sys.stderr)
         return 1
     return 0
 
@@ -63,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     val = data_sub.add_parser("validate", help="check LaMP files (a data dir, a task folder or one file)")
     val.add_argument("path", type=Path, help="data directory (LaMP_k/ folders), task folder or *_questions/outputs.json")
+    val.add_argument("--task", help="the task of the files (default: from a LaMP_k folder, else the file's content)")
+    val.add_argument("--max-errors", type=int, default=20, metavar="N",
+                     help="list at most N errors, then a count of the rest (default 20)")
     val.set_defaults(func=_cmd_validate)
     per = data_sub.add_parser("personas", help="write seeded synthetic users in LaMP's file format")
     per.add_argument("--out", type=Path, required=True, help="output data directory (one LaMP_k/ folder per task)")

@@ -36,3 +36,43 @@ def test_eval_reports_id_mismatch(tmp_path: Path, capsys) -> None:
     preds.write_text(json.dumps({"task": "LaMP_3", "golds": [{"id": "2", "output": "3"}]}))
     assert main(["eval", "--task", "LaMP_3", "--golds", str(golds), "--preds", str(preds)]) == 1
     assert "have no prediction" in capsys.readouterr().err
+
+
+def _lone_lamp3_file(tmp_path: Path, broken: int) -> Path:
+    """A LaMP_3 questions file outside any LaMP_k folder, with ``broken`` records missing 'score'."""
+    from cdcda_fl.data.lamp import write_questions
+    from cdcda_fl.data.personas import make_task_split
+
+    questions = json.loads(json.dumps(make_task_split("LaMP_3", "dev", users=6, seed=2)[0]))  # unshared items
+    for q in questions[:broken]:
+        del q["profile"][0]["score"]
+    path = tmp_path / "somewhere" / "my_questions.json"
+    write_questions(path, questions)
+    return path
+
+
+def test_validate_lone_file_infers_task_from_content(tmp_path: Path, capsys) -> None:
+    path = _lone_lamp3_file(tmp_path, broken=0)
+    assert main(["data", "validate", str(path)]) == 0
+    assert "LaMP_3" in capsys.readouterr().out
+    assert main(["data", "validate", str(path), "--task", "LaMP_4"]) == 1  # LaMP_4 items need 'title'
+    assert "missing field 'title'" in capsys.readouterr().err
+
+
+def test_validate_lists_every_error_bounded(tmp_path: Path, capsys) -> None:
+    path = _lone_lamp3_file(tmp_path, broken=7)
+    assert main(["data", "validate", str(path), "--max-errors", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("invalid:") == 3 and "record 0" in err and "record 2" in err
+    assert "and 4 more error(s)" in err and "7 error(s) found" in err
+    assert main(["data", "validate", str(path)]) == 1
+    assert capsys.readouterr().err.count("invalid:") == 7
+
+
+def test_validate_cannot_tell_task_asks_for_flag(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "x_questions.json"
+    path.write_text(json.dumps([{"id": "1", "input": "?", "profile": [{"id": "a", "weird": "x"}]}]))
+    assert main(["data", "validate", str(path)]) == 1
+    assert "--task" in capsys.readouterr().err
+    assert main(["data", "validate", str(path), "--task", "LaMP_99"]) == 2
+    assert "unknown task" in capsys.readouterr().err

@@ -80,46 +80,76 @@ def _field_error(path: Path, index: int, record: Mapping[str, Any], name: str, m
     return LampDataError(path, message, index=index, record_id=record.get("id"), field_name=name)
 
 
-def validate_questions(data: Any, task: TaskSpec, path: Path) -> list[dict[str, Any]]:
-    """Check a parsed questions file; return it unchanged (ids normalised to str) or raise LampDataError."""
+def validate_question(record: Any, index: int, task: TaskSpec, path: Path) -> None:
+    """Check one question record (ids normalised to str in place) or raise LampDataError.
+
+    One record at a time so that a streaming reader (``cdcda_fl.data.index``) and the whole-file
+    reader share one set of rules, and a lenient run can skip just the user whose record is bad.
+    """
+    if not isinstance(record, dict):
+        raise LampDataError(path, f"must be an object, got {type(record).__name__}", index=index)
+    for name in ("id", "input", "profile"):
+        if name not in record:
+            raise _field_error(path, index, record, name, "missing field")
+    if isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):
+        raise _field_error(path, index, record, "id", f"must be a string, got {type(record['id']).__name__}")
+    record["id"] = str(record["id"])
+    if not isinstance(record["input"], str):
+        raise _field_error(path, index, record, "input", f"must be a string, got {type(record['input']).__name__}")
+    if "user_id" in record and (isinstance(record["user_id"], bool) or not isinstance(record["user_id"], (str, int))):
+        raise _field_error(path, index, record, "user_id", "must be a string")
+    profile = record["profile"]
+    if not isinstance(profile, list):
+        raise _field_error(path, index, record, "profile", f"must be a list, got {type(profile).__name__}")
+    if not profile:
+        raise _field_error(path, index, record, "profile", "is empty: a user needs at least one profile item")
+    item_ids: set[str] = set()
+    for j, item in enumerate(profile):
+        problem = task.validate_item(item)
+        if problem:
+            raise _field_error(path, index, record, f"profile[{j}]", problem)
+        item["id"] = str(item["id"])
+        if item["id"] in item_ids:
+            raise _field_error(path, index, record, f"profile[{j}].id", f"duplicate profile item id {item['id']!r}")
+        item_ids.add(item["id"])
+
+
+def record_user_id(record: Any) -> str | None:
+    """The user a question record belongs to (``user_id``, else its own ``id``); None if unreadable."""
+    if not isinstance(record, dict):
+        return None
+    uid = record.get("user_id", record.get("id"))
+    return None if uid is None or isinstance(uid, (bool, dict, list, float)) else str(uid)
+
+
+def question_errors(data: Any, task: TaskSpec, path: Path) -> list[LampDataError]:
+    """Every problem of a parsed questions file (not just the first), in record order."""
     if not isinstance(data, list):
-        raise LampDataError(path, f"a questions file must hold a JSON list, got {type(data).__name__}")
+        return [LampDataError(path, f"a questions file must hold a JSON list, got {type(data).__name__}")]
+    errors: list[LampDataError] = []
     seen: dict[str, int] = {}
     for index, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise LampDataError(path, f"must be an object, got {type(record).__name__}", index=index)
-        for name in ("id", "input", "profile"):
-            if name not in record:
-                raise _field_error(path, index, record, name, "missing field")
-        if isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):
-            raise _field_error(path, index, record, "id", f"must be a string, got {type(record['id']).__name__}")
-        record["id"] = str(record["id"])
+        try:
+            validate_question(record, index, task, path)
+        except LampDataError as exc:
+            errors.append(exc)
+            continue
         if record["id"] in seen:
-            raise _field_error(path, index, record, "id", f"duplicate id (also record {seen[record['id']]})")
-        seen[record["id"]] = index
-        if not isinstance(record["input"], str):
-            raise _field_error(path, index, record, "input", f"must be a string, got {type(record['input']).__name__}")
-        if "user_id" in record and not isinstance(record["user_id"], (str, int)):
-            raise _field_error(path, index, record, "user_id", "must be a string")
-        profile = record["profile"]
-        if not isinstance(profile, list):
-            raise _field_error(path, index, record, "profile", f"must be a list, got {type(profile).__name__}")
-        if not profile:
-            raise _field_error(path, index, record, "profile", "is empty: a user needs at least one profile item")
-        item_ids: set[str] = set()
-        for j, item in enumerate(profile):
-            problem = task.validate_item(item)
-            if problem:
-                raise _field_error(path, index, record, f"profile[{j}]", problem)
-            item["id"] = str(item["id"])
-            if item["id"] in item_ids:
-                raise _field_error(path, index, record, f"profile[{j}].id", f"duplicate profile item id {item['id']!r}")
-            item_ids.add(item["id"])
+            errors.append(_field_error(path, index, record, "id", f"duplicate id (also record {seen[record['id']]})"))
+        else:
+            seen[record["id"]] = index
+    return errors
+
+
+def validate_questions(data: Any, task: TaskSpec, path: Path) -> list[dict[str, Any]]:
+    """Check a parsed questions file; return it unchanged (ids normalised to str) or raise LampDataError."""
+    errors = question_errors(data, task, path)
+    if errors:
+        raise errors[0]
     return data
 
 
-def validate_outputs(data: Any, task: TaskSpec, path: Path, *, check_labels: bool = True) -> dict[str, str]:
-    """Check a parsed outputs (golds or predictions) file; return id -> output."""
+def _outputs_header(data: Any, task: TaskSpec, path: Path) -> None:
     if not isinstance(data, dict):
         raise LampDataError(path, f"an outputs file must hold a JSON object, got {type(data).__name__}")
     for name in ("task", "golds"):
@@ -133,23 +163,49 @@ def validate_outputs(data: Any, task: TaskSpec, path: Path, *, check_labels: boo
         raise LampDataError(path, f"file says task {data['task']!r} but {task.name} was expected", field_name="task")
     if not isinstance(data["golds"], list):
         raise LampDataError(path, "must be a list", field_name="golds")
+
+
+def outputs_with_errors(data: Any, task: TaskSpec, path: Path, *,
+                        check_labels: bool = True) -> tuple[dict[str, str], list[LampDataError]]:
+    """The valid id -> output pairs of an outputs file and every per-record problem.
+
+    A file-level problem (not an object, wrong task, no ``golds`` list) raises LampDataError: no
+    record of such a file can be trusted.
+    """
+    _outputs_header(data, task, path)
     out: dict[str, str] = {}
+    errors: list[LampDataError] = []
     for index, record in enumerate(data["golds"]):
         if not isinstance(record, dict):
-            raise LampDataError(path, f"golds entry must be an object, got {type(record).__name__}", index=index)
-        for name in ("id", "output"):
-            if name not in record:
-                raise _field_error(path, index, record, name, "missing field")
+            errors.append(LampDataError(path, f"golds entry must be an object, got {type(record).__name__}",
+                                        index=index))
+            continue
+        missing = [name for name in ("id", "output") if name not in record]
+        if missing:
+            errors.append(_field_error(path, index, record, missing[0], "missing field"))
+            continue
         rid = str(record["id"])
         if rid in out:
-            raise _field_error(path, index, record, "id", "duplicate id")
+            errors.append(_field_error(path, index, record, "id", "duplicate id"))
+            continue
         if check_labels:
             problem = task.validate_output(record["output"])
             if problem:
-                raise _field_error(path, index, record, "output", problem.removeprefix("field 'output' "))
+                errors.append(_field_error(path, index, record, "output", problem.removeprefix("field 'output' ")))
+                continue
         elif not isinstance(record["output"], str):
-            raise _field_error(path, index, record, "output", f"must be a string, got {type(record['output']).__name__}")
+            errors.append(_field_error(path, index, record, "output",
+                                       f"must be a string, got {type(record['output']).__name__}"))
+            continue
         out[rid] = record["output"]
+    return out, errors
+
+
+def validate_outputs(data: Any, task: TaskSpec, path: Path, *, check_labels: bool = True) -> dict[str, str]:
+    """Check a parsed outputs (golds or predictions) file; return id -> output."""
+    out, errors = outputs_with_errors(data, task, path, check_labels=check_labels)
+    if errors:
+        raise errors[0]
     return out
 
 
@@ -269,31 +325,103 @@ def load_task_users(data_dir: Path | str, task: str, split: str = "dev", *, max_
     return users
 
 
-def validate_path(path: Path | str) -> list[str]:
-    """Validate a data directory, a task folder or a single LaMP file; return a summary per file.
+def infer_task(data: Any) -> str | None:
+    """The task a parsed LaMP file holds, from its content (None when it cannot be told).
 
-    Raises LampDataError on the first problem (message names file, record and field).
+    Outputs files name their task. Questions files are told apart by the fields of their profile
+    items (LaMP_1 and LaMP_5 share ``title``/``abstract``: LaMP_1 inputs offer references [1]/[2]).
+    """
+    from cdcda_fl.data.tasks import TASKS
+
+    if isinstance(data, dict):
+        try:
+            return get_task(str(data.get("task", ""))).name
+        except KeyError:
+            return None
+    if not isinstance(data, list):
+        return None
+    votes: dict[str, int] = {}
+    for record in data[:200]:
+        if not isinstance(record, dict) or not isinstance(record.get("profile"), list):
+            continue
+        for item in record["profile"][:20]:
+            if not isinstance(item, dict):
+                continue
+            keys = set(item) - {"id"}
+            for spec in TASKS.values():
+                if keys == set(spec.profile_fields):
+                    name = spec.name
+                    if name in ("LaMP_1", "LaMP_5"):
+                        text = str(record.get("input", ""))
+                        name = "LaMP_1" if "[1]" in text and "[2]" in text else "LaMP_5"
+                    votes[name] = votes.get(name, 0) + 1
+    if not votes:
+        return None
+    ranked = sorted(votes.items(), key=lambda kv: -kv[1])
+    if len(ranked) > 1 and ranked[1][1] * 2 > ranked[0][1]:
+        return None  # no clear majority: refuse to guess
+    return ranked[0][0]
+
+
+@dataclass
+class PathReport:
+    """What ``cdcda data validate`` found: one summary line per good file, every problem found."""
+
+    lines: list[str] = field(default_factory=list)
+    errors: list[LampDataError] = field(default_factory=list)
+
+
+def _lamp_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.json") if p.name.endswith(("_questions.json", "_outputs.json")))
+
+
+def check_path(path: Path | str, task: str | None = None) -> PathReport:
+    """Validate a data directory, a task folder or a single LaMP file, collecting every error.
+
+    The task comes from ``task`` if given, else a ``LaMP_k`` folder on the path, else the file's
+    content (:func:`infer_task`).
     """
     path = Path(path)
+    report = PathReport()
     if not path.exists():
-        raise LampDataError(path, "no such file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.json") if p.name.endswith(("_questions.json", "_outputs.json")))
+        report.errors.append(LampDataError(path, "no such file or folder"))
+        return report
+    files = _lamp_files(path)
     if not files:
-        raise LampDataError(path, "no *_questions.json or *_outputs.json files found")
-    summary = []
+        report.errors.append(LampDataError(path, "no *_questions.json or *_outputs.json files found"))
     for file in files:
-        task = detect_task(file)
-        data = _load_json(file)
-        if task is None and isinstance(data, dict) and "task" in data:
-            task = str(data["task"])
-        if task is None:
-            raise LampDataError(file, "cannot tell the task: put the file under a LaMP_k folder")
-        spec = get_task(task)
-        if file.name.endswith("_questions.json"):
-            records = validate_questions(data, spec, file)
-            users = len({str(r.get("user_id", r["id"])) for r in records})
-            summary.append(f"{file}: {spec.name}, {len(records)} questions, {users} users")
+        try:
+            data = _load_json(file)
+            name = task or detect_task(file) or infer_task(data)
+            if name is None:
+                raise LampDataError(file, "cannot tell the task from the folder or the content: pass --task LaMP_k")
+            spec = get_task(name)
+        except (LampDataError, KeyError) as exc:
+            report.errors.append(exc if isinstance(exc, LampDataError) else LampDataError(file, str(exc.args[0])))
+            continue
+        if file.name.endswith("_outputs.json") or isinstance(data, dict):
+            try:
+                golds, errors = outputs_with_errors(data, spec, file)
+            except LampDataError as exc:
+                report.errors.append(exc)
+                continue
+            report.errors += errors
+            if not errors:
+                report.lines.append(f"{file}: {spec.name}, {len(golds)} outputs")
         else:
-            golds = validate_outputs(data, spec, file)
-            summary.append(f"{file}: {spec.name}, {len(golds)} outputs")
-    return summary
+            errors = question_errors(data, spec, file)
+            report.errors += errors
+            if not errors:
+                users = len({str(r.get("user_id", r["id"])) for r in data})
+                report.lines.append(f"{file}: {spec.name}, {len(data)} questions, {users} users")
+    return report
+
+
+def validate_path(path: Path | str, task: str | None = None) -> list[str]:
+    """Validate like :func:`check_path`; return the summary lines or raise the first LampDataError."""
+    report = check_path(path, task)
+    if report.errors:
+        raise report.errors[0]
+    return report.lines
