@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cdcda_fl.cloud.serve import add_serve_subcommand
 
     add_serve_subcommand(sub)
+    from cdcda_fl.edge import cli as edge_cli
+
+    edge_cli.register(sub)
     return parser
 
 
