@@ -123,10 +123,99 @@ def test_per_user_overrides_file(tmp_path, suffix: str) -> None:
 def test_shared_records_round_trip_and_audit_lines(tmp_path) -> None:
     pol = ConsentPolicy.from_config({"consent.share-fraction": 0.5, "consent.fields": "tag"}, "u")
     shared = pol.apply(LAMP2, "u", movies())
-    assert SharedRecords.from_dict(json.loads(json.dumps(shared.to_dict()))) == shared
+    wire = shared.to_dict()
+    assert "n_total" not in wire and "n_denied" not in wire  # no oracle: nothing about non-shared records
+    back = SharedRecords.from_dict(json.loads(json.dumps(wire)))
+    assert back.records == shared.records and back.record_ids == shared.record_ids and back.bytes == shared.bytes
     log = AuditLog(tmp_path / "run")
     log.record(shared, destination="hf:test")
     (line,) = read_audit(tmp_path / "run")
     assert line["user"] == "u" and line["task"] == "LaMP_2" and line["record_ids"] == shared.record_ids
     assert line["fields"] == ["id", "tag"] and line["bytes"] == shared.bytes and line["destination"] == "hf:test"
     assert "records" not in line and "CANARY" not in json.dumps(line) and "timestamp" in line
+    assert line["kind"] == "share" and "n_total" not in line and "n_denied" not in line
+    assert log.entry(shared, local=True)["n_total"] == 10  # only the device's own log keeps it
+
+
+# ------------------------------------------------------------------ device-owned policy (issue 16)
+from cdcda_fl.privacy.consent import device_policy_values, load_device_policy, write_device_policy  # noqa: E402
+
+
+def test_server_ceiling_only_makes_a_policy_stricter() -> None:
+    items = movies(20)
+    device = ConsentPolicy.from_config({"consent.share-fraction": 0.5, "consent.fields": "tag", "consent.scrub": False}, "u")
+    wide = ConsentPolicy.ceiling_from_config({"consent.share-fraction": 1.0, "consent.scrub": False})
+    assert device.stricter(wide).apply(LAMP2, "u", items).record_ids == device.apply(LAMP2, "u", items).record_ids
+    narrow = ConsentPolicy.ceiling_from_config({"consent.share-fraction": 0.25, "consent.fields": "description,tag",
+                                                "consent.deny-labels": "comedy", "consent.scrub": True})
+    combined = device.stricter(narrow)
+    assert combined.scrub and combined.fields == ("tag",) and "comedy" in combined.deny_labels
+    got = combined.apply(LAMP2, "u", items)
+    assert got.n_shared <= 5 and set(got.record_ids) <= set(device.apply(LAMP2, "u", items).record_ids)
+    assert all(r["tag"] != "comedy" for r in got.records)
+    # disjoint field lists: nothing at all
+    assert device.stricter(ConsentPolicy.ceiling_from_config({"consent.share-fraction": 1, "consent.fields": "description"})
+                           ).apply(LAMP2, "u", items).records == []
+    # explicit ids from the server narrow, never add
+    ids = ConsentPolicy.ceiling_from_config({"consent.record-ids": "u-m0,u-m1,u-m2,u-m3"})
+    assert set(device.stricter(ids).apply(LAMP2, "u", items).record_ids) <= {"u-m0", "u-m1", "u-m2", "u-m3"}
+
+
+def test_zero_device_policy_shares_nothing_whatever_the_ceiling() -> None:
+    device = ConsentPolicy.from_values({"share-fraction": 0})
+    for server in ({"consent.share-fraction": 1.0}, {"consent.record-ids": "u-m1"}, {"consent.scrub": False}):
+        assert device.stricter(ConsentPolicy.ceiling_from_config(server)).apply(LAMP2, "u", movies()).records == []
+
+
+def test_device_policy_file_default_users_and_additive_deny(tmp_path) -> None:
+    path = tmp_path / "consent.toml"
+    path.write_text('[default]\nshare-fraction = 1.0\ndeny-terms = ["cancer"]\nreport = "metrics"\n\n'
+                    '[alice]\ndeny-terms = "divorce"\nshare-fraction = 0.5\n')
+    pol = load_device_policy(path)
+    alice = pol.policy_for("alice")
+    assert alice.share_fraction == 0.5 and set(alice.deny_terms) == {"cancer", "divorce"}  # added, not replaced
+    items = movies(4, "alice")
+    items[0]["description"] += " my cancer"
+    assert "alice-m0" not in alice.apply(LAMP2, "alice", items).record_ids
+    assert pol.policy_for("bob").share_fraction == 1.0 and pol.report_for("bob") == "metrics"
+    assert pol.unknown_users(["bob"]) == ["alice"]
+    path.write_text('[default]\noauth_token = "x"\n')
+    with pytest.raises(ConsentError, match="unknown key 'oauth_token'"):
+        load_device_policy(path)
+
+
+def test_simulated_policy_round_trips_the_run_config(tmp_path) -> None:
+    over = tmp_path / "over.json"
+    over.write_text(json.dumps({"alice": {"share-fraction": 0.25, "deny-terms": "x"}}))
+    cfg = {"consent.share-fraction": 0.5, "consent.deny-terms": "secret, plan", "consent.scrub": True,
+           "consent.overrides": str(over), "seed": 3}
+    path = write_device_policy(tmp_path / "devices" / "consent.toml", device_policy_values(cfg))
+    pol = load_device_policy(path)
+    assert pol.policy_for("bob") == ConsentPolicy.from_config(cfg, "bob")
+    assert pol.policy_for("alice") == ConsentPolicy.from_config(cfg, "alice")
+    assert set(pol.policy_for("alice").deny_terms) == {"secret", "plan", "x"}
+
+
+@pytest.mark.parametrize("variant", ["ＤＩＶＯＲＣＥ", "di\u200bvorce", "Divórce", "DIVORCE"])
+def test_deny_terms_match_unicode_variants(variant: str) -> None:
+    items = movies(4)
+    items[1]["description"] += f" my {variant} story"
+    shared = ConsentPolicy.from_config({"consent.share-fraction": 1, "consent.deny-terms": "divorce"}, "u").apply(LAMP2, "u", items)
+    assert "u-m1" not in shared.record_ids and shared.n_shared == 3
+
+
+def test_labels_compare_normalised_and_unlisted_labels_stay() -> None:
+    items = [{"id": "a", "description": "x", "tag": "Romance "}, {"id": "b", "description": "y", "tag": "call 415-555-0100"},
+             {"id": "c", "description": "z", "tag": "comedy"}]
+    shared = ConsentPolicy.from_config({"consent.share-fraction": 1, "consent.deny-labels": "romance"}, "u").apply(LAMP2, "u", items)
+    assert shared.record_ids == ["c"]  # 'Romance ' denied, the phone-number tag is not a label: refused
+    reviews = [{"id": "r1", "text": "ok", "score": 5.0}, {"id": "r2", "text": "meh", "score": "3"}]
+    got = ConsentPolicy.from_config({"consent.share-fraction": 1, "consent.deny-labels": "5"}, "u").apply(get_task("LaMP_3"), "u", reviews)
+    assert got.record_ids == ["r2"]
+
+
+def test_redaction_terms_apply_even_without_scrubbing() -> None:
+    items = [{"id": "r1", "text": "Acme sent bob@x.com", "score": "4"}]
+    cfg = {"consent.share-fraction": 1.0, "consent.redact-terms": "acme", "consent.scrub": False}
+    rec = ConsentPolicy.from_config(cfg, "u").apply(get_task("LaMP_3"), "u", items).records[0]
+    assert rec["text"] == "[REDACTED] sent bob@x.com"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdcda_fl.privacy.redact import Redactor, contains_pii, scrub
+from cdcda_fl.privacy.redact import PLACEHOLDERS, Redactor, contains_pii, scrub
 
 
 @pytest.mark.parametrize(
@@ -20,9 +20,9 @@ from cdcda_fl.privacy.redact import Redactor, contains_pii, scrub
         ("see www.my-blog.net/post.", "my-blog", "[URL]"),
         ("link bit.ly/3xYz in bio", "bit.ly", "[URL]"),
         ("thanks @jack_dorsey!", "jack_dorsey", "[HANDLE]"),
-        ("card 4111 1111 1111 1111 expired", "4111 1111", "[NUMBER]"),
+        ("card 4111 1111 1111 1111 expired", "4111 1111", "[CARD]"),
         ("account 12345678901234", "12345678901234", "[NUMBER]"),
-        ("ssn 123-45-6789", "6789", None),
+        ("ssn 123-45-6789", "6789", "[ID]"),
     ],
 )
 def test_each_pii_kind_is_scrubbed(text: str, secret: str, placeholder: str | None) -> None:
@@ -64,3 +64,94 @@ def test_counts_only_kinds_never_values() -> None:
     r = Redactor()
     r("a@b.com, c@d.org and @handle")
     assert dict(r.counts) == {"EMAIL": 2, "HANDLE": 1}
+
+
+# ---------------------------------------------------------------------------- PII battery (docs/privacy.md)
+# (kind, text, the secret that must not survive). Counts by kind are in docs/privacy.md.
+PII_BATTERY: list[tuple[str, str, str]] = [
+    ("EMAIL", "write to jane.doe+lamp@example.co.uk today", "jane.doe+lamp@example.co.uk"),
+    ("EMAIL", "mail JANE@Clinic.ORG now", "JANE@Clinic.ORG"),
+    ("EMAIL", "reach me: jane at example dot com", "jane at example dot com"),
+    ("EMAIL", "reach me: jane [at] example [dot] org", "jane [at] example [dot] org"),
+    ("EMAIL", "schreib an jürgen@müller.de bitte", "müller"),
+    ("EMAIL", "联系 用户@例子.中国 谢谢", "用户@例子"),
+    ("EMAIL", "full-width ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ here", "ｊａｎｅ"),
+    ("EMAIL", "zero\u200bwidth ja\u200bne@exam\u200bple.com here", "exam\u200bple"),
+    ("PHONE", "call +1 (555) 123-4567 after six", "123-4567"),
+    ("PHONE", "office 555-123-4567", "555-123-4567"),
+    ("PHONE", "ring 020 7946 0958 please", "7946 0958"),
+    ("PHONE", "ring +447946095812 please", "447946095812"),
+    ("PHONE", "tel. 030.1234.5678", "1234.5678"),
+    ("URL", "see https://example.org/a?b=1 for more", "example.org"),
+    ("URL", "see www.my-blog.net/post.", "my-blog"),
+    ("URL", "link bit.ly/3xYz in bio", "bit.ly"),
+    ("HANDLE", "thanks @jack_dorsey!", "jack_dorsey"),
+    ("IP", "server at 192.168.1.23 is down", "192.168.1.23"),
+    ("IP", "from 8.8.8.8.", "8.8.8.8"),
+    ("IP", "v6 2001:db8:85a3::8a2e:370:7334 ok", "8a2e:370:7334"),
+    ("IP", "loopback ::1 and fe80::1ff:fe23:4567:890a", "fe80::1ff"),
+    ("MAC", "my mac 00:1A:2B:3C:4D:5E broke", "3C:4D:5E"),
+    ("MAC", "adapter 00-1a-2b-3c-4d-5e", "3c-4d-5e"),
+    ("IBAN", "pay to GB82WEST12345698765432 thanks", "GB82WEST12345698765432"),
+    ("IBAN", "IBAN DE89 3704 0044 0532 0130 00", "0532 0130"),
+    ("IBAN", "iban fr1420041010050500013m02606", "0500013m02606"),
+    ("CARD", "card 4111 1111 1111 1111 expired", "4111 1111"),
+    ("CARD", "amex 378282246310005", "378282246310005"),
+    ("CARD", "visa 4012-8888-8888-1881", "8888-1881"),
+    ("ID", "ssn 123-45-6789", "123-45-6789"),
+    ("ID", "NI number JG 10 37 75 A", "10 37 75"),
+    ("ID", "ni AB123456D on file", "AB123456D"),
+    ("DATE", "I was born on 12/04/1990 in Leeds", "12/04/1990"),
+    ("DATE", "DOB: 1990-04-12", "1990-04-12"),
+    ("DATE", "birthday 4 March 1985!", "March 1985"),
+    ("NUMBER", "account 12345678901234", "12345678901234"),
+    ("NUMBER", "account no 31926819", "31926819"),
+    ("NUMBER", "client id 00012345678", "00012345678"),
+]
+
+# Ordinary content that must come out unchanged (false-positive battery).
+NOT_PII: list[str] = [
+    "The model reaches 95.3% accuracy on 2 benchmarks in 2019.",
+    "Between 1999 2004 and 2010 prices rose by 12 345 units.",
+    "Released on 2019-05-12, rated 4.5 out of 5, costs 1,299.99 dollars.",
+    "e.g. the U.S. team, i.e. a dystopia; sci-fi at its best!",
+    "Email is not an address; look at the dot on the map, or at home dot now.",
+    "A 3-4-5 triangle, version 2.13.0, and pi is 3.14159.",
+    "The match ended 2:1 at 12:30:45, then 3:2 after extra time.",
+    "Population 1,234,567 in 20190512 records; ratio 16:9 screens.",
+    "Use the C++ class std::vector and a::b::c namespaces.",
+    "ISBN-free title: Deep Learning for Graphs, 2nd edition, pages 100-250.",
+    "Café owners in Zürich love crème brûlée.",
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "secret"), PII_BATTERY, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(PII_BATTERY)])
+def test_pii_battery(kind: str, text: str, secret: str) -> None:
+    r = Redactor()
+    out = r(text)
+    assert secret not in out, out
+    assert PLACEHOLDERS[kind] in out, out
+    assert r.counts[kind] >= 1
+
+
+@pytest.mark.parametrize("text", NOT_PII)
+def test_false_positive_battery(text: str) -> None:
+    assert scrub(text) == text
+
+
+@pytest.mark.parametrize("variant", ["ＣＡＮＣＥＲ", "can\u200bcer", "Cáncer", "CANCER", "c\u00adancer", "cance\u0301r"])
+def test_terms_match_unicode_variants(variant: str) -> None:
+    out = Redactor(("cancer",), pii=False)(f"my {variant} story")
+    assert out == "my [REDACTED] story", out
+    assert Redactor(("ｃáncer",), pii=False)("my cancer story") == "my [REDACTED] story"  # folded terms too
+
+
+def test_checksums_refuse_lookalikes() -> None:
+    assert "[CARD]" not in scrub("order 4111 1111 1111 1112 shipped")  # Luhn fails
+    assert "[IBAN]" not in scrub("code GB82WEST12345698765431 here")  # mod-97 fails
+    assert "[IP]" not in scrub("version 1.2.3.4.5 and 999.1.1.1")
+
+
+def test_terms_only_when_pii_is_off() -> None:
+    r = Redactor(("acme",), pii=False)
+    assert r("Acme mail bob@x.com") == "[REDACTED] mail bob@x.com"

@@ -7,6 +7,12 @@ would otherwise become a second copy of the shared data -- but a SHA-256 of the 
 lets anyone holding the records verify them; ``include_records=True`` stores the scrubbed
 records themselves for deployments that want a full transcript.
 
+Two logs, two views: the server appends what it *received* (the cloud's view, ``out/audit.jsonl``)
+and each device appends what it *sent* before replying (its owner's view, on the device's own
+disk). Both name every reply with its ``kind`` (``share`` or ``result``), user, task, byte count
+and SHA-256, so the two can be compared line by line (tests/test_node_privacy.py does).
+Device lines may also carry ``n_total``/``n_denied``, which never leave the device.
+
 Appends are serialized by a thread lock and a file lock, so Ray workers or threads writing the
 same ``audit.jsonl`` never interleave half-lines.
 """
@@ -27,10 +33,14 @@ from cdcda_fl.privacy.consent import SharedRecords
 AUDIT_FILENAME = "audit.jsonl"
 
 
+def canonical_json(value: Any) -> bytes:
+    """The canonical encoding both sides hash: sorted keys, compact, UTF-8."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
 def payload_sha256(shared: SharedRecords) -> str:
     """SHA-256 of the records' canonical JSON (sorted keys): what the cloud actually received."""
-    blob = json.dumps(shared.records, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(shared.records)).hexdigest()
 
 
 class AuditLog:
@@ -44,21 +54,27 @@ class AuditLog:
         self.include_records = include_records
         self._lock = threading.Lock()
 
-    def entry(self, shared: SharedRecords, *, destination: str | None = None, request: str | None = None) -> dict[str, Any]:
-        """The line that :meth:`record` writes (exposed for tests and dry runs)."""
+    def entry(self, shared: SharedRecords, *, destination: str | None = None, request: str | None = None,
+              local: bool = False) -> dict[str, Any]:
+        """The line that :meth:`record` writes (exposed for tests and dry runs).
+
+        ``local=True`` (the device's own log) adds the counts that never leave the device.
+        """
         line: dict[str, Any] = {
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "kind": "share",
             "user": shared.user_id,
             "task": shared.task,
             "record_ids": list(shared.record_ids),
             "fields": list(shared.fields),
             "n_shared": shared.n_shared,
-            "n_total": shared.n_total,
-            "n_denied": shared.n_denied,
             "bytes": shared.bytes,
             "sha256": payload_sha256(shared),
             "redactions": dict(shared.redactions),
         }
+        if local:
+            line["n_total"] = shared.n_total
+            line["n_denied"] = shared.n_denied
         if destination is not None:
             line["destination"] = destination
         if request is not None:
@@ -67,9 +83,26 @@ class AuditLog:
             line["records"] = shared.records
         return line
 
-    def record(self, shared: SharedRecords, *, destination: str | None = None, request: str | None = None) -> dict[str, Any]:
+    def record(self, shared: SharedRecords, *, destination: str | None = None, request: str | None = None,
+               local: bool = False) -> dict[str, Any]:
         """Append one line for ``shared`` and return it."""
-        line = self.entry(shared, destination=destination, request=request)
+        return self._append(self.entry(shared, destination=destination, request=request, local=local))
+
+    def record_payload(self, kind: str, user: str, task: str, payload: Any, *,
+                       destination: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Append one line for any other reply (``kind='result'``): its top-level fields, bytes, SHA-256."""
+        blob = canonical_json(payload)
+        line: dict[str, Any] = {
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "kind": kind, "user": str(user), "task": str(task),
+            "fields": sorted(payload) if isinstance(payload, dict) else [],
+            "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), **extra,
+        }
+        if destination is not None:
+            line["destination"] = destination
+        return self._append(line)
+
+    def _append(self, line: dict[str, Any]) -> dict[str, Any]:
         text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         from filelock import FileLock

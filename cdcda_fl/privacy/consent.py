@@ -21,6 +21,12 @@ Configuration is flat (Flower run-config style, scalar values)::
     consent.seed           = 0             # falls back to the run's ``seed``
     consent.overrides      = "consent.json"  # per-user file: user id -> the same keys
 
+Who decides: the device owner. A device reads its owner's policy from its own disk
+(:func:`load_device_policy`: ``consent.toml`` at the root of its data directory, or the file its
+node config names); the server's ``consent.*`` keys are only a *ceiling*
+(:meth:`ConsentPolicy.stricter`): per key the more restrictive of the two wins, and a device
+without a policy file shares nothing.
+
 Why the fraction is rounded *down* and ranked by a per-record hash: a user who consents to
 "half" must never get more than half out, and ranking by ``sha256(seed:user:record-id)`` makes
 the choice deterministic per user, independent of record order, and nested (raising the
@@ -37,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.privacy.redact import Redactor
+from cdcda_fl.privacy.redact import Redactor, fold
 
 Scalar = str | int | float | bool
 
@@ -55,6 +61,13 @@ KEYS = (
 )
 
 
+DEVICE_POLICY_FILENAME = "consent.toml"
+# Per-user entries ADD these to the [default] table (a user's own deny list never drops a global one).
+ADDITIVE_KEYS = ("deny-terms", "deny-labels", "redact-terms")
+# A device policy file may also say which results the owner lets leave (see cdcda_fl.privacy.report).
+DEVICE_ONLY_KEYS = ("report",)
+
+
 class ConsentError(ValueError):
     """A consent setting is invalid; the message names the key (and the file, for overrides)."""
 
@@ -66,6 +79,11 @@ class SharedRecords:
     ``records`` hold only allowed fields (plus ``id``); ``bytes`` is the size of their JSON
     encoding, i.e. what crosses the network. ``redactions`` counts placeholders by kind (never
     the removed values) so the audit can show that scrubbing happened.
+
+    ``n_total`` and ``n_denied`` stay on the device (its own audit log): they depend on records
+    that were *not* shared, so sending them would let a server that chooses the deny terms ask
+    "does any record of this user mention X?" (a keyword oracle) or learn profile sizes.
+    :meth:`to_dict` -- the wire form -- leaves them out.
     """
 
     user_id: str
@@ -80,14 +98,22 @@ class SharedRecords:
     n_denied: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (for Flower messages or files)."""
-        return asdict(self)
+        """The wire form (Flower messages): everything except the device-local counts."""
+        data = asdict(self)
+        for name in LOCAL_ONLY:
+            data.pop(name, None)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SharedRecords:
         """Inverse of :meth:`to_dict`; ignores unknown keys so old payloads keep loading."""
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        values.setdefault("n_total", 0)  # device-local: never on the wire
+        return cls(**values)
+
+
+LOCAL_ONLY = ("n_total", "n_denied")
 
 
 def payload_bytes(records: Sequence[Mapping[str, Any]]) -> int:
@@ -139,11 +165,12 @@ def _int(value: Any, key: str) -> int:
         raise ConsentError(f"{PREFIX}{key} must be an integer, got {value!r}") from None
 
 
-def load_overrides(path: str | Path) -> dict[str, dict[str, Any]]:
+def load_overrides(path: str | Path, *, extra_keys: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Read a per-user overrides file (``.json`` or ``.toml``): ``{user_id: {key: value}}``.
 
     Keys may be written with or without the ``consent.`` prefix. Errors name the file.
     """
+    allowed_keys = [k for k in KEYS if k != "overrides"] + list(extra_keys)
     p = Path(path).expanduser()
     try:
         raw = p.read_bytes()
@@ -165,10 +192,10 @@ def load_overrides(path: str | Path) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {}
         for key, value in table.items():
             short = key[len(PREFIX):] if key.startswith(PREFIX) else key
-            if short not in KEYS or short == "overrides":
+            if short not in allowed_keys:
                 raise ConsentError(
-                    f"consent overrides file {str(p)!r}: unknown key {key!r} for user {user!r}; "
-                    f"allowed: {', '.join(k for k in KEYS if k != 'overrides')}"
+                    f"consent file {str(p)!r}: unknown key {key!r} for user {user!r}; "
+                    f"allowed: {', '.join(allowed_keys)}"
                 )
             entry[short] = value
         out[str(user)] = entry
@@ -200,16 +227,22 @@ class ConsentPolicy:
     record_ids: tuple[str, ...] | None = None
     scrub: bool = True
     seed: int = 0
+    # Set only by :meth:`stricter` (the server's ceiling): at most this fraction of the records,
+    # and only these ids (None = any).
+    max_fraction: float = 1.0
+    allowed_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _fraction(self.share_fraction)
+        _fraction(self.max_fraction)
         known_fields, known_labels = _known_fields_and_labels()
         unknown = [f for f in self.fields if f not in known_fields]
         if unknown:
             raise ConsentError(
                 f"{PREFIX}fields names unknown field(s) {unknown}; task fields are {sorted(known_fields)}"
             )
-        bad_labels = [label for label in self.deny_labels if label not in known_labels]
+        normal_labels = {normalize_label(x) for x in known_labels}
+        bad_labels = [label for label in self.deny_labels if normalize_label(label) not in normal_labels]
         if bad_labels:
             raise ConsentError(
                 f"{PREFIX}deny-labels names label(s) no task has: {bad_labels}; known labels: {sorted(known_labels)}"
@@ -225,8 +258,13 @@ class ConsentPolicy:
             raise ConsentError(f"unknown consent key(s) {[PREFIX + k for k in unknown]}; allowed: {[PREFIX + k for k in KEYS]}")
         overrides_path = values.pop("overrides", "")
         if overrides_path:
-            values.update(load_overrides(str(overrides_path)).get(str(user_id), {}))
-        seed = values.get("seed", cfg.get("seed", 0))
+            values = merge_entry(values, load_overrides(str(overrides_path)).get(str(user_id), {}))
+        return cls.from_values(values, seed_default=cfg.get("seed", 0))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], *, seed_default: Any = 0) -> ConsentPolicy:
+        """Build a policy from short keys (``share-fraction``, ``deny-terms`` ...), as in a policy file."""
+        seed = values.get("seed", seed_default)
         record_ids = _split_list(values.get("record-ids"), "record-ids")
         return cls(
             share_fraction=_fraction(values.get("share-fraction", 0.0)),
@@ -239,6 +277,48 @@ class ConsentPolicy:
             seed=_int(seed, "seed"),
         )
 
+    @classmethod
+    def ceiling_from_config(cls, cfg: Mapping[str, Scalar]) -> ConsentPolicy:
+        """The server's side of a negotiation: the run config's flat ``consent.*`` keys.
+
+        ``consent.overrides`` names a file on the *server's* disk; a device never opens a path a
+        server chose (that turned overrides into a file probe), so it is ignored here: per-user
+        settings reach simulated devices through the policy file the run writes for them.
+        """
+        values = {k: v for k, v in cfg.items() if k != PREFIX + "overrides"}
+        return cls.from_config(values, "")
+
+    def stricter(self, ceiling: ConsentPolicy) -> ConsentPolicy:
+        """This (device) policy, restricted by ``ceiling`` (the server's): per key the stricter wins.
+
+        Which records go stays the device's choice (its fraction or ids, its seed); the server can
+        only lower how many (``max_fraction``), narrow explicit ids, intersect the fields, add deny
+        and redaction terms and labels, and switch scrubbing on. It can never widen anything.
+        """
+        def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(dict.fromkeys((*a, *b)))
+
+        max_fraction = min(self.max_fraction, ceiling.max_fraction,
+                           ceiling.share_fraction if ceiling.record_ids is None else 1.0)
+        allowed = self.allowed_ids
+        for ids in (ceiling.record_ids, ceiling.allowed_ids):
+            if ids is not None:
+                allowed = tuple(i for i in ids if allowed is None or i in allowed)
+        if self.fields and ceiling.fields:
+            fields_ = tuple(f for f in self.fields if f in ceiling.fields)
+            if not fields_:  # no field both allow: nothing may go
+                fields_, max_fraction = self.fields, 0.0
+        else:
+            fields_ = self.fields or ceiling.fields
+        return ConsentPolicy(
+            share_fraction=self.share_fraction, fields=fields_,
+            deny_terms=union(self.deny_terms, ceiling.deny_terms),
+            deny_labels=union(self.deny_labels, ceiling.deny_labels),
+            redact_terms=union(self.redact_terms, ceiling.redact_terms),
+            record_ids=self.record_ids, scrub=self.scrub or ceiling.scrub, seed=self.seed,
+            max_fraction=max_fraction, allowed_ids=allowed,
+        )
+
     # ------------------------------------------------------------------ decisions
     def fields_for(self, task: Any) -> list[str]:
         """The task's fields this policy allows (``id`` not included; it is always kept)."""
@@ -248,15 +328,24 @@ class ConsentPolicy:
 
     def _denied(self, task: Any, item: Mapping[str, Any]) -> bool:
         """Deny rules look at the WHOLE record (all fields), not just the shared ones: a user
-        who says "never share anything mentioning X" means the record, not the visible part."""
-        if self.deny_labels and task.label_field:
-            label = str(item.get(task.label_field, "")).strip()
-            if label in self.deny_labels:
+        who says "never share anything mentioning X" means the record, not the visible part.
+
+        Terms match after Unicode folding (compatibility forms, accents, case, zero-width
+        characters), so ``ＣＡＮＣＥＲ``, ``cán\u200bcer`` and ``Cancer`` are all ``cancer``.
+        Labels are compared in normal form (``Romance`` is ``romance``, ``5.0`` is ``5``), and a
+        label outside the task's label list is refused: it is free text (a phone number in a
+        ``tag`` went out verbatim before, since label fields are not scrubbed).
+        """
+        if task.label_field and task.label_field in item:
+            label = normalize_label(item.get(task.label_field))
+            if task.labels and label not in {normalize_label(x) for x in task.labels}:
+                return True
+            if label in {normalize_label(x) for x in self.deny_labels}:
                 return True
         if self.deny_terms:
-            # Substring match, case-insensitive: errs on the side of not sharing.
-            text = " ".join(str(v) for k, v in item.items() if k != "id").lower()
-            if any(term.lower() in text for term in self.deny_terms):
+            # Substring match on folded text: errs on the side of not sharing.
+            text = fold(" ".join(str(v) for k, v in item.items() if k != "id"))
+            if any(fold(term) in text for term in self.deny_terms if fold(term)):
                 return True
         return False
 
@@ -268,21 +357,30 @@ class ConsentPolicy:
         """The records to share (in profile order) and how many were refused by deny rules."""
         eligible = [it for it in items if not self._denied(task, it)]
         n_denied = len(items) - len(eligible)
+        rank = lambda it: self.rank_key(user_id, str(it.get("id")))  # noqa: E731
         if self.record_ids is not None:
             wanted = set(self.record_ids)
             chosen = [it for it in eligible if str(it.get("id")) in wanted]
         else:
             k = min(len(eligible), int(math.floor(self.share_fraction * len(items) + 1e-9)))
-            ranked = sorted(eligible, key=lambda it: self.rank_key(user_id, str(it.get("id"))))
-            keep = {id(it) for it in ranked[:k]}
+            keep = {id(it) for it in sorted(eligible, key=rank)[:k]}
             chosen = [it for it in eligible if id(it) in keep]
+        if self.allowed_ids is not None:
+            allowed = set(self.allowed_ids)
+            chosen = [it for it in chosen if str(it.get("id")) in allowed]
+        cap = int(math.floor(self.max_fraction * len(items) + 1e-9))
+        if len(chosen) > cap:  # the ceiling lowers the count; the device's own ranking picks which
+            keep = {id(it) for it in sorted(chosen, key=rank)[:cap]}
+            chosen = [it for it in chosen if id(it) in keep]
         return chosen, n_denied
 
     def apply(self, task: Any, user_id: str, items: Sequence[Mapping[str, Any]]) -> SharedRecords:
         """Select, project onto allowed fields, and scrub: the payload that may leave the device.
 
         Label fields with a fixed label list (LaMP-2 tag, LaMP-3 score) are not scrubbed: they
-        carry no free text and scrubbing could only corrupt them. Free-text outputs (titles) are.
+        carry no free text (values outside the list are refused by :meth:`_denied`) and scrubbing
+        could only corrupt them. Free-text outputs (titles) are. Redaction terms (and deny terms)
+        are replaced whatever ``scrub`` says; ``scrub`` switches the PII detectors only.
         """
         user_id = str(user_id)
         for item in items:
@@ -292,7 +390,7 @@ class ConsentPolicy:
         if not allowed:  # nothing of this task is allowed out: share no records at all
             return SharedRecords(user_id, task.name, [], [], [], len(items), 0, payload_bytes([]))
         chosen, n_denied = self.select(task, user_id, items)
-        redactor = Redactor(self.redact_terms + self.deny_terms)
+        redactor = Redactor(self.redact_terms + self.deny_terms, pii=self.scrub)
         fixed_label = task.label_field if task.labels else None
         records: list[dict[str, Any]] = []
         for item in chosen:
@@ -301,7 +399,7 @@ class ConsentPolicy:
                 if name not in item:
                     continue
                 value = item[name]
-                if self.scrub and isinstance(value, str) and name != fixed_label:
+                if isinstance(value, str) and name != fixed_label:
                     value = redactor(value)
                 rec[name] = value
             records.append(rec)
@@ -322,3 +420,114 @@ class ConsentPolicy:
 def share_nothing() -> ConsentPolicy:
     """The policy of a user who shares no record (trains on real data only)."""
     return ConsentPolicy(share_fraction=0.0)
+
+
+def normalize_label(value: Any) -> str:
+    """A label in comparable form: numbers canonical (``5.0`` -> ``5``), text folded, spaces collapsed."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    text = " ".join(fold(str(value)).split())
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def merge_entry(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by a per-user ``entry``; deny/redact lists are ADDED, never replaced."""
+    out = dict(base)
+    for key, value in entry.items():
+        if key in ADDITIVE_KEYS:
+            out[key] = (*_split_list(base.get(key), key), *_split_list(value, key))
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------- the device's own policy file
+@dataclass(frozen=True)
+class DevicePolicy:
+    """A device owner's consent file: a ``[default]`` table plus one table per user id."""
+
+    path: Path
+    default: Mapping[str, Any]
+    users: Mapping[str, Mapping[str, Any]]
+
+    def values_for(self, user_id: str) -> dict[str, Any]:
+        return merge_entry(self.default, self.users.get(str(user_id), {}))
+
+    def policy_for(self, user_id: str) -> ConsentPolicy:
+        """This user's own policy (before the server's ceiling); errors name the file."""
+        values = {k: v for k, v in self.values_for(user_id).items() if k not in DEVICE_ONLY_KEYS}
+        try:
+            return ConsentPolicy.from_values(values)
+        except ConsentError as exc:
+            raise ConsentError(f"consent file {str(self.path)!r}, user {user_id!r}: {exc}") from None
+
+    def report_for(self, user_id: str) -> str | None:
+        """The result-report level the owner allows (``report`` key), None when the file is silent."""
+        value = self.values_for(user_id).get("report")
+        return None if value in (None, "") else str(value)
+
+    def unknown_users(self, known: Iterable[str]) -> list[str]:
+        """User tables naming nobody this device holds (a typo would otherwise pass silently)."""
+        known = {str(k) for k in known}
+        return sorted(u for u in self.users if u not in known)
+
+
+def load_device_policy(path: str | Path) -> DevicePolicy:
+    """Read a device policy file (TOML or JSON). Keys may carry the ``consent.`` prefix."""
+    p = Path(path).expanduser()
+    tables = load_overrides(p, extra_keys=DEVICE_ONLY_KEYS)
+    default = tables.pop("default", {})
+    return DevicePolicy(p, default, tables)
+
+
+def device_policy_values(cfg: Mapping[str, Scalar]) -> dict[str, dict[str, Any]]:
+    """What a simulated run writes as its users' own policy files: the run's ``consent.*`` keys
+    as ``[default]`` (with the run seed made explicit) and the overrides file's tables per user.
+    With this, a simulation shares exactly what the same run config shared before devices owned
+    their consent."""
+    values: dict[str, Any] = {k[len(PREFIX):]: v for k, v in cfg.items() if k.startswith(PREFIX)}
+    overrides_path = values.pop("overrides", "")
+    if "seed" not in values or values["seed"] in ("", None):
+        values["seed"] = cfg.get("seed", 0)
+    ConsentPolicy.from_values(values)  # fail early, naming the key
+    tables: dict[str, dict[str, Any]] = {"default": values}
+    if overrides_path:
+        for user, entry in load_overrides(str(overrides_path)).items():
+            if user == "default":
+                raise ConsentError(f"consent overrides file {str(overrides_path)!r}: 'default' is not a user id")
+            tables[user] = dict(entry)
+    return tables
+
+
+def write_device_policy(path: str | Path, tables: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write a policy file (TOML, ``[default]`` first) atomically; returns its path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# Consent policy of this device's users (who may share what with the cloud).",
+             "# [default] applies to every user; a user's table overrides it, deny/redact lists add up.", ""]
+    for name in ["default", *sorted(k for k in tables if k != "default")]:
+        if name not in tables:
+            continue
+        lines.append(f"[{json.dumps(str(name))}]")
+        for key, value in tables[name].items():
+            lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
+        lines.append("")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(p)
+    return p
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
+    return json.dumps(str(value))
