@@ -30,6 +30,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
     "device.quantization": ("", "'' (full precision), '8bit' or '4bit' (bitsandbytes)"),
+    "device.runtime": ("torch", "answering runtime: 'torch' (transformers + PEFT) or 'llamacpp' (bundled GGUF base "
+                                "+ the adapter exported to GGUF; needs the edge extra, see docs/edge.md)"),
     "device.storage-dir": ("", "simulated devices' own disk (private adapters); '' = OUT/devices. Adapters are "
                                "keyed by config and data, so runs sharing it reuse identical adapters"),
     "train.steps": (24, "optimizer steps per adapter (used when train.epochs is 0)"),
