@@ -23,6 +23,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "users": (2, "max users per task (the users with most history are kept, as OPPU does)"),
     "split": ("dev", "which split's questions are each user's held-out evaluation"),
     "data-dir": ("", "LaMP data directory (LaMP_k/ folders); empty = seeded personas written into the run dir"),
+    "data.strict": (False, "refuse the run if any record is invalid (default: skip those users, report them)"),
     "out-dir": ("runs/default", "run directory: results, predictions, audit log; rerun resumes here"),
     "seed": (0, "seed for personas, consent sampling, training and generation"),
     "methods": ("base,rag,local,cdcda,cloud", "subset of base,rag,local,cdcda,cloud"),
@@ -58,6 +59,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "rag.cloud-k": (8, "profile items (BM25 order) in the cloud upper bound's prompt: it may see the whole profile"),
     "eval.batch-size": (8, "generation batch size on the device"),
     "eval.max-queries": (0, "answer at most this many queries per user (0 = all)"),
+    "eval.report": ("auto", "what a device's result reply may carry: predictions | metrics | none | auto "
+                            "(= predictions in simulation, metrics on real devices); a device's consent file can only lower it"),
     "mia.enabled": (False, "membership-inference AUC (loss threshold) on each trained adapter"),
     # ------------------------------------------------------------------ consent (device side)
     "consent.share-fraction": (0.5, "fraction of profile records a user shares with the cloud (0..1)"),
@@ -73,6 +76,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "cloud.model": ("gemma3-270m", "cloud model: preset, HF id or path (hf); model name (openai)"),
     "cloud.base-url": ("", "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
     "cloud.api-key-env": ("", "environment variable holding the API key (never logged)"),
+    "cloud.allow-insecure-http": (False, "allow plain http:// to a non-loopback cloud.base-url (records and key unencrypted)"),
     "cloud.batch-size": (8, "prompts per generation batch in the cloud"),
     "cloud.timeout": (120.0, "HTTP timeout per request in seconds"),
     "cloud.max-retries": (4, "retries on 429/5xx/connection errors"),

@@ -145,3 +145,25 @@ def test_hf_backend_batches_and_returns_only_new_text() -> None:
     again = be.generate(prompts, max_new_tokens=5, temperature=0.8, seed=0)
     assert again == [g.text for g in gens]  # seeded sampling is reproducible
     assert be.stats.calls == 2 and be.stats.prompts == 12
+
+
+def test_plain_http_to_a_remote_host_is_refused_unless_allowed(caplog) -> None:
+    """Records and the bearer key must not cross the network in clear text by accident."""
+    for url in ("http://10.1.2.3:8000", "http://gpu-box.lab:8000/v1", "http://127.0.0.1.example.com/v1", "http://0.0.0.0:8000"):
+        with pytest.raises(BackendError, match="cloud.allow-insecure-http"):
+            OpenAIBackend("m", base_url=url)
+    for url in ("http://127.0.0.1:8000", "http://127.9.9.9:1", "http://localhost:8000", "http://[::1]:8000", "https://10.1.2.3/v1"):
+        OpenAIBackend("m", base_url=url).close()  # constructing connects nowhere
+    with caplog.at_level("WARNING", logger="cdcda_fl.cloud.backends"):
+        OpenAIBackend("m", base_url="http://10.1.2.3:8000", allow_insecure_http=True).close()
+    assert "not encrypted" in caplog.text
+    cfg = {"cloud.backend": "openai", "cloud.model": "m", "cloud.base-url": "http://10.1.2.3:8000"}
+    with pytest.raises(BackendError, match="not loopback"):
+        make_backend(cfg)
+    make_backend({**cfg, "cloud.allow-insecure-http": True}).close()
+    make_backend({**cfg, "cloud.allow-insecure-http": "true"}).close()  # flat config strings work too
+    with pytest.raises(BackendError, match="bad cloud"):
+        make_backend({**cfg, "cloud.allow-insecure-http": "maybe"})
+    be = make_backend({"cloud.backend": "openai", "cloud.model": "m", "cloud.base-url": ""})  # the config default
+    assert be.base_url == "http://127.0.0.1:8000/v1"
+    be.close()

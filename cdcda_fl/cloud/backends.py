@@ -18,6 +18,7 @@ tokens/s. It is optional: anything with ``name`` and ``generate`` is an :class:`
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +271,8 @@ class OpenAIBackend(_TextsFromDetails):
     errors, timeouts, 408/409/425/429/5xx and unparseable bodies; other 4xx fail at once (a
     wrong model name or key will not fix itself). The API key is read from the environment
     variable named by ``api_key_env`` and is never logged or put into error messages.
+    Plain ``http://`` to a host that is not loopback is refused unless ``allow_insecure_http``:
+    the requests carry users' shared records and the key.
     """
 
     def __init__(
@@ -284,6 +288,7 @@ class OpenAIBackend(_TextsFromDetails):
         backoff_max: float = 20.0,
         prefers_chat: bool = True,
         transport: Any = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         import httpx
 
@@ -291,6 +296,7 @@ class OpenAIBackend(_TextsFromDetails):
             raise BackendError("cloud.model is required for the openai backend (the model name the server serves)")
         self.model_id = model
         self.base_url = normalize_base_url(base_url)
+        check_transport_security(self.base_url, allow_insecure_http)
         self.name = f"openai:{model}@{self.base_url}"
         self.max_retries = max(0, int(max_retries))
         self.concurrency = max(1, int(concurrency))
@@ -414,6 +420,43 @@ def normalize_base_url(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ``::1`` (brackets allowed); anything else, names included, is remote."""
+    host = host.strip().strip("[]").lower()
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport_security(base_url: str, allow_insecure_http: bool = False) -> None:
+    """Refuse records and keys in clear text to another machine unless the config says so explicitly."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
+        return
+    if not allow_insecure_http:
+        raise BackendError(
+            f"cloud.base-url {base_url} is plain http:// to a host that is not loopback: users' shared records and "
+            "the API key would cross the network unencrypted. Use https://, tunnel to 127.0.0.1 (ssh -L), or set "
+            "cloud.allow-insecure-http = true on a network you trust"
+        )
+    log.warning("%s: plain http:// to a remote host (cloud.allow-insecure-http): records and key are not encrypted", base_url)
+
+
+def _as_bool(value: Any) -> bool:
+    """Config values may arrive as strings (``--set``, raw dicts): ``"false"`` must not be truthy."""
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off", ""):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    return bool(value)
+
+
 # ====================================================================== factory
 BACKEND_KEYS = (
     "cloud.backend",
@@ -425,6 +468,7 @@ BACKEND_KEYS = (
     "cloud.max-retries",
     "cloud.concurrency",
     "cloud.device",
+    "cloud.allow-insecure-http",
 )
 
 
@@ -435,8 +479,9 @@ def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
     ``cloud.batch-size`` (8), ``cloud.device``. ``openai``: ``cloud.model`` (required),
     ``cloud.base-url`` (``http://127.0.0.1:8000/v1``), ``cloud.api-key-env`` (name of the env var
     holding the key; empty = no key), ``cloud.timeout`` (60 s), ``cloud.max-retries`` (3),
-    ``cloud.concurrency`` (4). Also ``cloud.prompt-style``: a ``continuation`` value tells
-    the openai backend the served model is a base model.
+    ``cloud.concurrency`` (4), ``cloud.allow-insecure-http`` (false: plain http only to loopback).
+    Also ``cloud.prompt-style``: a ``continuation`` value tells the openai backend the served
+    model is a base model.
     """
     kind = str(cfg.get("cloud.backend", "hf")).strip().lower()
     try:
@@ -450,12 +495,13 @@ def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
         if kind == "openai":
             return OpenAIBackend(
                 str(cfg.get("cloud.model", "")),
-                base_url=str(cfg.get("cloud.base-url", "http://127.0.0.1:8000/v1")),
+                base_url=str(cfg.get("cloud.base-url") or "http://127.0.0.1:8000/v1"),
                 api_key_env=str(cfg.get("cloud.api-key-env", "")),
                 timeout=float(cfg.get("cloud.timeout", 60.0)),
                 max_retries=int(cfg.get("cloud.max-retries", 3)),
                 concurrency=int(cfg.get("cloud.concurrency", 4)),
                 prefers_chat=str(cfg.get("cloud.prompt-style", "auto")).lower() != "continuation",
+                allow_insecure_http=_as_bool(cfg.get("cloud.allow-insecure-http", False)),
             )
     except (TypeError, ValueError) as exc:
         raise BackendError(f"bad cloud.* setting: {exc}") from exc
