@@ -38,5 +38,8 @@ def private_network_defaults(join_cluster: bool = False) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray 2.55 warns (FutureWarning) on every start that it will stop overriding the visible
+    # accelerators for num_gpus=0; opting in to that future behaviour silences just that notice.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not join_cluster:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -132,6 +132,9 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
     if results.get("skipped"):
         for method, why in results["skipped"].items():
             console.print(f"[yellow]{method} skipped:[/yellow] {why}")
+    for problem in results.get("problems") or []:
+        console.print(f"[red]{problem['task']} {problem['method']}: not scored[/red] "
+                      f"({problem['error']}: {problem['detail'][:200]})", markup=True, highlight=False)
     if results.get("failures"):
         console.print(f"[red]{len(results['failures'])} failure(s)[/red] (see failures.jsonl):")
         for f in results["failures"][:10]:

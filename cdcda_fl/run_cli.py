@@ -27,6 +27,19 @@ def path_overrides(args: argparse.Namespace) -> dict[str, str]:
     return extra
 
 
+def check_config(cfg: dict) -> None:
+    """Checks that need more than one key's type: fail before anything starts (ConfigError)."""
+    from cdcda_fl.config import methods_of
+    from cdcda_fl.data.tasks import parse_task_list
+
+    try:
+        if not parse_task_list(str(cfg["tasks"])):
+            raise ConfigError("tasks: no task given")
+    except KeyError as exc:
+        raise ConfigError(f"tasks: {exc.args[0]}") from None
+    methods_of(cfg)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.help_config:
         _print_config_help()
@@ -36,12 +49,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = load_config(args.config, args.set, extra=path_overrides(args))
+        check_config(cfg)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from strategies.simulation import run_simulation
+    from strategies.simulation import Interrupted, run_simulation
 
-    results = run_simulation(cfg)
+    from cdcda_fl.data.lamp import LampDataError
+    from cdcda_fl.runs import RunDataError
+
+    try:
+        results = run_simulation(cfg)
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the run started: nothing to keep
+        print("interrupted before the run started; nothing was run", file=sys.stderr)
+        return 130
+    except (ConfigError, LampDataError, RunDataError) as exc:
+        print(f"data error: {exc}" if not isinstance(exc, ConfigError) else f"config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 1 if not results.get("table") else 0
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.config import Scalar, csv_list
-from cdcda_fl.data.lamp import User, load_task_users, write_json_atomic, write_outputs
+from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
+from cdcda_fl.data.lamp import User, write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
 from cdcda_fl.stats import task_intervals
@@ -85,17 +86,89 @@ def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
         if missing:
             write_personas(out / "data", users=int(cfg["users"]), tasks=missing, seed=int(cfg["seed"]),
                            splits=(str(cfg["split"]),), queries_per_user=int(cfg["personas.queries"]))
+    write_simulated_consent(out, cfg)
     write_json_atomic(out / "config.json", {"config": cfg, "versions": package_versions(),
                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return cfg
 
 
+def write_simulated_consent(out: Path, cfg: Mapping[str, Scalar]) -> Path:
+    """The simulated users' own consent file, ``devices/consent.toml`` (their shared "disk").
+
+    Devices own their consent (cdcda_fl.privacy.consent): a simulated device reads this file as
+    its owner's policy, written from the run's ``consent.*`` keys (and overrides file) so that a
+    run config shares exactly what it did before. Real devices never read it.
+    """
+    from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, device_policy_values, write_device_policy
+
+    return write_device_policy(out / "devices" / DEVICE_POLICY_FILENAME, device_policy_values(cfg))
+
+
+def index_root(cfg: Mapping[str, Scalar]) -> Path:
+    """Where a run keeps its data indexes (``cdcda_fl.data.index``): built once, read by every node."""
+    return Path(str(cfg["out-dir"])) / "index"
+
+
+def task_indexes(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[TaskIndex]:
+    """One validated index per task of the run (raises LampDataError for a broken file)."""
+    return [task_index(data_dir_of(cfg), spec.name, str(cfg["split"]), root or index_root(cfg))
+            for spec in parse_task_list(str(cfg["tasks"]))]
+
+
+def user_refs(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[UserRef]:
+    """All valid users of the run, task-major, in a fixed order (the order nodes are assigned in).
+
+    Only the index is read, not the users' records: cheap in every Ray worker.
+    """
+    max_users = int(cfg["users"]) or None
+    return [ref for index in task_indexes(cfg, root) for ref in select_users(index.users, max_users)]
+
+
+def load_users(cfg: Mapping[str, Scalar], refs: Sequence[UserRef], root: Path | None = None) -> list[User]:
+    """The records of just these users, read by offset from the LaMP files (order kept)."""
+    by_task = {index.task: index for index in task_indexes(cfg, root)}
+    return [user for ref in refs for user in by_task[ref.task].load_users([ref])]
+
+
 def list_users(cfg: Mapping[str, Scalar]) -> list[User]:
-    """All users of the run, task-major, in a fixed order (the order nodes are assigned in)."""
-    users: list[User] = []
-    for spec in parse_task_list(str(cfg["tasks"])):
-        users += load_task_users(data_dir_of(cfg), spec.name, str(cfg["split"]), max_users=int(cfg["users"]) or None)
-    return users
+    """All users of the run with their records (see :func:`user_refs` for the order)."""
+    return load_users(cfg, user_refs(cfg))
+
+
+def data_issues(cfg: Mapping[str, Scalar]) -> list[DataIssue]:
+    """Every invalid record of the run's data and the user it makes the run skip."""
+    return [issue for index in task_indexes(cfg) for issue in index.issues]
+
+
+class RunDataError(ValueError):
+    """``data.strict=true`` and some records are invalid: the message lists them (bounded)."""
+
+
+def describe_issues(issues: Sequence[DataIssue], limit: int = 10) -> str:
+    lines = [f"  {i.message}" + (f" -> skipping user {i.task}/{i.user}" if i.user else "") for i in issues[:limit]]
+    if len(issues) > limit:
+        lines.append(f"  ... and {len(issues) - limit} more (all in failures.jsonl)")
+    return "\n".join(lines)
+
+
+def check_run_data(cfg: Mapping[str, Scalar]) -> list[DataIssue]:
+    """Validate every data file of the run before anything runs.
+
+    Invalid records make the run skip their users, each reported once in ``failures.jsonl``
+    (phase ``data``, the file, and a message naming record and field); with ``data.strict`` the
+    run is refused instead (RunDataError). A broken file as a whole raises LampDataError.
+    """
+    issues = data_issues(cfg)
+    if issues and cfg["data.strict"]:
+        raise RunDataError(f"{len(issues)} invalid record(s) and data.strict=true, so the run is refused "
+                           f"(drop data.strict to skip these users):\n{describe_issues(issues)}")
+    store = ResultStore(cfg["out-dir"])
+    known = {(f.get("who"), f.get("reason")) for f in store.failures() if f.get("phase") == "data"}
+    for issue in issues:
+        who = user_key(issue.task, issue.user) if issue.user else f"{issue.task} (record of no known user)"
+        if (who, issue.message) not in known:
+            store.record_failure(who, issue.message, phase="data", file=issue.file)
+    return issues
 
 
 class ResultStore:
@@ -105,7 +178,16 @@ class ResultStore:
         self.root = Path(out_dir)
 
     def path(self, task: str, user_id: str) -> Path:
-        return self.root / "users" / task / f"{_safe(user_id)}.json"
+        """``users/<task>/<user>.json``; ``task`` must be a registered task (replies come from
+        untrusted nodes: a ``task`` of ``../../x`` must never choose where the server writes)."""
+        from cdcda_fl.data.tasks import TASKS
+
+        if str(task) not in TASKS:
+            raise ValueError(f"unknown task {str(task)[:40]!r} in a result")
+        path = self.root / "users" / str(task) / f"{_safe(str(user_id))}.json"
+        if not path.resolve().is_relative_to((self.root / "users").resolve()):
+            raise ValueError(f"result path for user {str(user_id)[:40]!r} leaves the run directory")
+        return path
 
     def done(self, task: str, user_id: str) -> bool:
         return self.path(task, user_id).is_file()
@@ -157,6 +239,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
     skipped: dict[str, str] = {}
     users_per_task: dict[str, int] = {}
     intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.stats.task_intervals)
+    problems: list[dict[str, str]] = []  # method rows that could not be scored, and why
     for spec in parse_task_list(str(cfg["tasks"])):
         primary = primary_metric(spec)
         per_user: dict[str, dict[str, tuple[float, float]]] = {}  # method -> user -> (value, n queries)
@@ -166,13 +249,19 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         mia: dict[str, list[float]] = {m: [] for m in methods}
         secs: dict[str, list[float]] = {m: [] for m in methods}
         n_syn: list[int] = []
+        user_metrics: dict[str, list[tuple[dict[str, float], float]]] = {m: [] for m in methods}
+        metrics_only: dict[str, int] = {m: 0 for m in methods}  # users who reported metrics, no predictions
         n_users = 0
         for result in store.iter_results(spec.name):
             n_users += 1
-            golds.update(result["golds"])
+            golds.update(result.get("golds") or {})  # absent under eval.report=metrics|none
             n_syn.append(int(result.get("n_synthetic_used", 0)))
             for m in methods:
-                entry = result["methods"].get(m, {})
+                entry = (result.get("methods") or {}).get(m, {})
+                if entry.get("metrics"):
+                    n_q = float(len(entry.get("predictions") or {}) or result.get("n_queries") or 1)
+                    user_metrics[m].append((entry["metrics"], n_q))
+                    metrics_only[m] += "predictions" not in entry
                 if "skipped" in entry:
                     skipped[m] = entry["skipped"]
                 preds[m].update(entry.get("predictions", {}))
@@ -189,15 +278,27 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         intervals[spec.name] = task_intervals(per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
                                               seed=int(cfg.get("seed", 0)))
         for m in methods:
-            if not preds[m]:
+            if preds[m]:
+                write_outputs(out / "predictions" / spec.name / f"{m}_outputs.json", spec.name, sorted(preds[m].items()))
+            if metrics_only[m]:  # some users kept their predictions: pool everyone's per-user metrics
+                from cdcda_fl.privacy.report import pool_user_metrics
+
+                metrics = pool_user_metrics(user_metrics[m])
+                n_queries = int(sum(n for _, n in user_metrics[m]))
+            elif not preds[m]:
                 continue
-            write_outputs(out / "predictions" / spec.name / f"{m}_outputs.json", spec.name, sorted(preds[m].items()))
-            try:
-                metrics = score(spec, {i: golds[i] for i in preds[m]}, preds[m])
-            except (PredictionMismatchError, KeyError):
-                continue
+            else:
+                try:
+                    metrics = score(spec, {i: golds[i] for i in preds[m]}, preds[m])
+                except (PredictionMismatchError, KeyError) as exc:
+                    # Never a silent "–": the row is missing for a reason the report must name.
+                    missing = sorted(set(preds[m]) - set(golds))[:5]
+                    problems.append({"task": spec.name, "method": m, "error": type(exc).__name__,
+                                     "detail": f"predictions without golds: {missing}" if missing else str(exc)})
+                    continue
+                n_queries = len(preds[m])
             summaries.append(MethodSummary(
-                spec.name, m, metrics, n_users, len(preds[m]),
+                spec.name, m, metrics, n_users, n_queries,
                 max(eps[m]) if eps[m] else None, sum(mia[m]) / len(mia[m]) if mia[m] else None,
                 sum(secs[m]) / len(secs[m]) if secs[m] else 0.0,
                 sum(n_syn) / len(n_syn) if (n_syn and m == "cdcda") else 0.0))
@@ -209,6 +310,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         "intervals": intervals,
         "skipped": skipped,
         "failures": store.failures(),
+        "problems": problems,
         "shared": audit_totals(out),
         **dict(extra or {}),
     }
@@ -228,7 +330,16 @@ def audit_totals(out_dir: Path | str) -> dict[str, dict[str, int]]:
 
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     totals: dict[str, dict[str, int]] = {}
+    # Profile sizes never leave a device; simulated devices (and the lab's) keep their own audit
+    # logs inside the run dir, and only those tell how many records each user had.
+    n_total: dict[tuple[str, str], int] = {}
+    for log in [Path(out_dir) / "devices" / "audit.jsonl", *sorted(Path(out_dir).glob("devices/*/audit.jsonl"))]:
+        for line in read_audit(log):
+            if line.get("kind", "share") == "share" and "n_total" in line:
+                n_total[(str(line.get("task", "")), str(line.get("user", "")))] = int(line["n_total"])
     for line in read_audit(Path(out_dir) / "audit.jsonl"):
+        if line.get("kind", "share") != "share":  # result replies are audited too, not counted here
+            continue
         task = str(line.get("task", ""))
         latest[(task, str(line.get("user", "")))] = line
         t = totals.setdefault(task, {"users": 0, "records": 0, "records_total": 0, "bytes": 0,
@@ -239,7 +350,7 @@ def audit_totals(out_dir: Path | str) -> dict[str, dict[str, int]]:
         t = totals[task]
         t["users"] += 1
         t["records"] += int(line.get("n_shared", 0))
-        t["records_total"] += int(line.get("n_total", 0))
+        t["records_total"] += int(line.get("n_total", n_total.get((task, _user), 0)))
         t["bytes"] += int(line.get("bytes", 0))
     return totals
 

@@ -3,18 +3,27 @@
 Handlers:
 - ``query.share``: reply with the records this node's users consented to share (scrubbed).
 - ``train.personalize``: receive each user's synthetic records, train the private adapters on
-  real + synthetic data, answer the held-out queries offline, reply with predictions, metrics, ε
-  and counts. Adapters and non-consented records never go into a reply.
+  real + synthetic data, answer the held-out queries offline, reply with what the report level
+  allows (:mod:`cdcda_fl.privacy.report`). Adapters and non-consented records never go into a reply.
+
+Consent belongs to the device owner: the policy comes from the device's own disk
+(:func:`policy_path`), never from the server's message, whose ``consent.*`` keys can only make it
+stricter. No policy file = share nothing. Every reply is appended to the device's own audit log
+(:func:`device_home`/``audit.jsonl``) before it is sent, and errors leave as generic codes (the
+full text goes to the device's ``errors.jsonl``).
 
 Which users a node serves comes from its ``node_config``:
 - simulation: ``partition-id`` p of ``num-partitions`` N serves users p, p+N, … of the run's user
   list (one user per node when N equals the number of users);
 - real device: ``data-dir`` (the device's own LaMP files), optional ``user-id`` to serve one user
-  of them, optional ``storage-dir`` for the private adapters.
+  of them, optional ``storage-dir`` for the private adapters (and its audit log), optional
+  ``consent-file`` (default ``<data-dir>/consent.toml``).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -25,9 +34,14 @@ from flwr.clientapp import ClientApp
 
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.lamp import User
-from cdcda_fl.device.personalize import personalize_user, share_records
+from cdcda_fl.data.tasks import get_task
+from cdcda_fl.device.personalize import personalize_user
+from cdcda_fl.privacy.audit_log import AuditLog
+from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, DevicePolicy, load_device_policy, share_nothing
+from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
 from cdcda_fl.quiet import quiet_libraries
-from cdcda_fl.runs import list_users, user_key
+from cdcda_fl.data.index import UserRef
+from cdcda_fl.runs import load_users, user_refs, user_key
 from clients.codec import config_of, pack, unpack
 
 quiet_libraries()
@@ -35,24 +49,32 @@ app = ClientApp()
 
 
 @lru_cache(maxsize=8)
-def _users_cached(frozen_cfg: tuple[tuple[str, Scalar], ...]) -> tuple[User, ...]:
-    """The run's user list, read once per worker process (Ray actors serve many nodes)."""
-    return tuple(list_users(dict(frozen_cfg)))
+def _users_cached(frozen_cfg: tuple[tuple[str, Scalar], ...], root: str | None) -> tuple[UserRef, ...]:
+    """The run's user list from its on-disk index, read once per worker process.
+
+    Only the index (ids, history sizes, byte offsets) is cached, never the users' records, so a
+    Ray actor serving many nodes holds memory that does not grow with the data set.
+    """
+    return tuple(user_refs(dict(frozen_cfg), Path(root) if root else None))
 
 
 def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> list[User]:
-    """The users this node serves (see module docstring)."""
+    """The users this node serves (see module docstring), read from disk by offset."""
     cfg = dict(cfg)
-    if "data-dir" in node_config:  # a real device with its own files
+    root = None
+    if "data-dir" in node_config:  # a real device with its own files (and its own index beside its adapters)
         cfg["data-dir"] = str(node_config["data-dir"])
+        if "storage-dir" in node_config:
+            root = str(Path(str(node_config["storage-dir"])) / "index")
     keys = ("data-dir", "out-dir", "tasks", "split", "users")
-    users = _users_cached(tuple((k, cfg[k]) for k in keys))
+    frozen = tuple((k, cfg[k]) for k in keys)
+    refs = _users_cached(frozen, root)
     if "user-id" in node_config:
-        return [u for u in users if u.user_id == str(node_config["user-id"])]
-    if "partition-id" in node_config:
+        refs = tuple(r for r in refs if r.user_id == str(node_config["user-id"]))
+    elif "partition-id" in node_config:
         p, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        return list(users[p::n])
-    return list(users)
+        refs = refs[p::n]
+    return load_users(dict(frozen), list(refs), Path(root) if root else None)
 
 
 def _storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
@@ -61,6 +83,47 @@ def _storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> P
     if cfg["device.storage-dir"]:
         return Path(str(cfg["device.storage-dir"]))
     return Path(str(cfg["out-dir"])) / "devices"
+
+
+def is_real_device(node_config: Mapping[str, Any]) -> bool:
+    """A SuperNode with its own files (``data-dir`` in its node config), not a simulated user."""
+    return "data-dir" in node_config
+
+
+def device_home(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
+    """Where the device keeps its own records (audit log, error log).
+
+    Real device: its ``storage-dir``, else ``<data-dir>/.cdcda`` -- never a path from the server.
+    Simulation: the run's ``devices/`` folder, the simulated devices' shared disk.
+    """
+    if "storage-dir" in node_config:
+        return Path(str(node_config["storage-dir"]))
+    if is_real_device(node_config):
+        return Path(str(node_config["data-dir"])) / ".cdcda"
+    return Path(str(cfg["out-dir"])) / "devices"
+
+
+def policy_path(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
+    """The owner's consent file: node config ``consent-file``, else ``consent.toml`` at the root of
+    the device's data dir; simulated devices read the one the run wrote into ``devices/``."""
+    if "consent-file" in node_config:
+        return Path(str(node_config["consent-file"])).expanduser()
+    if is_real_device(node_config):
+        return Path(str(node_config["data-dir"])) / DEVICE_POLICY_FILENAME
+    return Path(str(cfg["out-dir"])) / "devices" / DEVICE_POLICY_FILENAME
+
+
+def _own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> DevicePolicy | None:
+    path = policy_path(node_config, cfg)
+    return load_device_policy(path) if path.is_file() else None
+
+
+def _log_error(home: Path, where: str, exc: BaseException) -> None:
+    """The full error stays on the device (its owner may read it; the server gets a code)."""
+    home.mkdir(parents=True, exist_ok=True)
+    line = {"time": time.time(), "where": where, "error": f"{type(exc).__name__}: {exc}"}
+    with (home / "errors.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
@@ -73,33 +136,61 @@ def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
 
 @app.query("share")
 def share(msg: Message, context: Context) -> Message:
+    """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
     cfg = config_of(msg)
-    request = unpack(msg)
-    users = hosted_users(context.node_config, cfg)
+    home = device_home(context.node_config, cfg)
+    try:
+        request = unpack(msg)
+        users = hosted_users(context.node_config, cfg)
+        own = _own_policy(context.node_config, cfg)
+        ceiling = ConsentPolicy.ceiling_from_config(cfg)
+    except Exception as exc:  # the whole node cannot share: say so without the private details
+        _log_error(home, "share", exc)
+        return Message(pack(users=[], shares=[], errors=[{"user": "*", "reason": generic_error(exc)}]), reply_to=msg)
+    audit = AuditLog(home / "audit.jsonl")
     shares, errors = [], []
     for user in users:
         if not request.get("share", True):
             continue
         try:
-            shares.append(share_records(user, cfg).to_dict())
+            policy = own.policy_for(user.user_id) if own is not None else share_nothing()
+            shared = policy.stricter(ceiling).apply(get_task(user.task), user.user_id, user.profile)
+            audit.record(shared, destination="server", request="share", local=True)
+            shares.append(shared.to_dict())
         except Exception as exc:  # one user's bad consent file must not silence the others
-            errors.append({"user": user_key(user.task, user.user_id), "reason": f"{type(exc).__name__}: {exc}"})
+            _log_error(home, f"share {user_key(user.task, user.user_id)}", exc)
+            errors.append({"user": user_key(user.task, user.user_id), "reason": generic_error(exc)})
     hosted = [user_key(u.task, u.user_id) for u in users]
     return Message(pack(users=hosted, shares=shares, errors=errors), reply_to=msg)
 
 
 @app.train("personalize")
 def personalize(msg: Message, context: Context) -> Message:
+    """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
     cfg = config_of(msg)
+    home = device_home(context.node_config, cfg)
+    real = is_real_device(context.node_config)
     request = unpack(msg)
     targets: dict[str, list[dict[str, Any]]] = request["synthetic"]
-    users = [u for u in hosted_users(context.node_config, cfg) if user_key(u.task, u.user_id) in targets]
+    try:
+        users = [u for u in hosted_users(context.node_config, cfg) if user_key(u.task, u.user_id) in targets]
+        own = _own_policy(context.node_config, cfg)
+    except Exception as exc:
+        _log_error(home, "personalize", exc)
+        return Message(pack(results=[{"user_id": "*", "task": "*", "error": generic_error(exc)}]), reply_to=msg)
     _crash_check(users, cfg)
+    audit = AuditLog(home / "audit.jsonl")
     results = []
     for user in users:
         key = user_key(user.task, user.user_id)
         try:
-            results.append(personalize_user(user, targets[key], cfg, storage_dir=_storage_dir(context.node_config, cfg)))
+            level = effective_level(cfg["eval.report"], own.report_for(user.user_id) if own else None, real_device=real)
+            result = personalize_user(user, targets[key], cfg, storage_dir=_storage_dir(context.node_config, cfg))
+            result = filter_result(result, level)
         except Exception as exc:  # reported per user; the node goes on with its other users
-            results.append({"user_id": user.user_id, "task": user.task, "error": f"{type(exc).__name__}: {exc}"})
+            _log_error(home, f"personalize {key}", exc)
+            result = {"user_id": user.user_id, "task": user.task, "error": generic_error(exc)}
+        audit.record_payload("result", user.user_id, user.task, result, destination="server",
+                             report=result.get("report", "error"))
+        results.append(result)
     return Message(pack(results=results), reply_to=msg)

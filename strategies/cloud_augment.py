@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,46 +26,75 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from cdcda_fl.config import Scalar, methods_of, resolve
+from cdcda_fl.node_guard import NodeGuard, Refused
 from cdcda_fl.privacy.consent import SharedRecords
 from cdcda_fl.progress import Progress, log
-from cdcda_fl.runs import ResultStore, aggregate, prepare_run_dir, user_key
+from cdcda_fl.runs import ResultStore, aggregate, check_run_data, prepare_run_dir, user_key
 from clients.codec import pack, unpack
 
 SHARE = "query.share"
 PERSONALIZE = "train.personalize"
 
 
-def wait_for_nodes(grid: Grid, expected: int, wait_s: float) -> list[int]:
-    """Poll until ``expected`` nodes are connected (or the count is stable after ``wait_s``)."""
+def wait_for_nodes(grid: Grid, expected: int, wait_s: float, settle_s: float = 1.0) -> list[int]:
+    """Poll until at least ``expected`` nodes are connected and their number has not changed for
+    ``settle_s`` seconds (or ``wait_s`` has passed).
+
+    Why settle: under plain ``flwr run .`` the ServerApp cannot know how many SuperNodes the
+    federation has (Flower's default is 2, ``--federation-config num-supernodes=N`` changes it),
+    so it takes every node that is there once the count stops growing, instead of waiting
+    ``node-wait`` seconds for a ``min-nodes`` that may never come.
+    """
     deadline = time.monotonic() + wait_s
     nodes: list[int] = []
+    changed = time.monotonic()
     while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= expected or time.monotonic() > deadline:
+        now_nodes = sorted(grid.get_node_ids())
+        if now_nodes != nodes:
+            nodes, changed = now_nodes, time.monotonic()
+        now = time.monotonic()
+        if (len(nodes) >= expected and now - changed >= settle_s) or now > deadline:
             return nodes
-        time.sleep(0.25)
+        time.sleep(0.1)
+
+
+# Set by the driver's SIGINT/SIGTERM handler (strategies/simulation.py): stop at the next poll.
+STOP = threading.Event()
+
+
+class RunInterrupted(Exception):
+    """The run was asked to stop (Ctrl-C / SIGTERM); finished users are on disk, the rest resume."""
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float | None,
-             on_reply: Callable[[Message, Message], None], label: str) -> list[Message]:
+             on_reply: Callable[[Message, Message], int | None], label: str, *,
+             total: int | None = None, unit: str = "nodes") -> list[Message]:
     """Push messages, then pull replies as they arrive, handing each to ``on_reply``.
+
+    Progress counts ``unit``s: ``on_reply`` returns how many a reply finished (None = 1), so a
+    node that hosts several users advances the bar by its users, out of ``total``.
 
     Returns the messages that got no reply before ``timeout`` (None = wait for all).
     Streaming (instead of ``send_and_receive``) lets results be written as soon as a device
-    finishes, so a crash or Ctrl-C loses at most the users in flight.
+    finishes, so a crash or Ctrl-C loses at most the users in flight. Raises RunInterrupted
+    as soon as :data:`STOP` is set (replies still in flight are abandoned).
     """
+    if STOP.is_set():
+        raise RunInterrupted("stop requested")
     ids = list(grid.push_messages(messages))
     pending = {mid: msg for mid, msg in zip(ids, messages)}
     deadline = None if not timeout else time.monotonic() + timeout
     delay = 0.05
-    with Progress(label, total=len(pending)) as bar:
+    with Progress(label, total=len(pending) if total is None else total, unit=unit) as bar:
         while pending and (deadline is None or time.monotonic() < deadline):
+            if STOP.is_set():
+                raise RunInterrupted(f"stop requested during {label}")
             replies = list(grid.pull_messages(list(pending)))
             for reply in replies:
                 sent = pending.pop(reply.metadata.reply_to_message_id, None)
                 if sent is not None:
-                    on_reply(sent, reply)
-                    bar.advance()
+                    done = on_reply(sent, reply)
+                    bar.advance(1 if done is None else done)
             delay = 0.05 if replies else min(delay * 1.5, 1.0)
             if pending:
                 time.sleep(delay)
@@ -80,6 +110,7 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
     methods_of(cfg)  # fail early on a bad method list
     clock = _PhaseClock()
     cfg = prepare_run_dir(cfg)
+    check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict
     store = ResultStore(cfg["out-dir"])
     timeout = float(cfg["timeout"]) or None
     expected = expected_nodes or int(cfg["sim.num-supernodes"]) or int(cfg["min-nodes"])
@@ -91,23 +122,27 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
 
     # ---------------------------------------------------------------- 1. share
     wants_cloud_data = "cdcda" in methods_of(cfg)
-    node_users: dict[int, list[str]] = {}
-    shares: dict[str, SharedRecords] = {}
-    audit = _audit_log(cfg)
+    guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
+    raw_shares: list[tuple[int, Any]] = []
 
     def on_share(sent: Message, reply: Message) -> None:
         node = sent.metadata.dst_node_id
         if reply.has_error():
             store.record_failure(f"node {node}", _error_text(reply), phase="share")
             return
-        body = unpack(reply)
-        node_users[node] = body["users"]
-        for err in body["errors"]:
-            store.record_failure(err["user"], err["reason"], phase="share", node=node)
-        for raw in body["shares"]:
-            shared = SharedRecords.from_dict(raw)
-            shares[user_key(shared.task, shared.user_id)] = shared
-            audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
+        try:
+            body = unpack(reply)
+            users, errors, node_shares = list(body["users"]), list(body["errors"]), list(body["shares"])
+        except (KeyError, TypeError, ValueError):
+            store.record_failure(f"node {node}", "malformed share reply", phase="share")
+            return
+        for who, reason in guard.announce(node, users):
+            store.record_failure(who, reason, phase="share", node=node)
+        for err in errors:
+            who = err.get("user") if isinstance(err, dict) else None
+            store.record_failure(str(who)[:160] if who else f"node {node}", str(err.get("reason", ""))[:500]
+                                 if isinstance(err, dict) else "malformed error", phase="share", node=node)
+        raw_shares.extend((node, raw) for raw in node_shares)
 
     share_msgs = [Message(pack(cfg, share=wants_cloud_data), dst_node_id=n, message_type=SHARE) for n in nodes]
     with clock("share"):
@@ -115,8 +150,22 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
     for lost in lost_shares:
         store.record_failure(f"node {lost.metadata.dst_node_id}", "no reply before timeout", phase="share")
 
+    # Shares are accepted only once every announcement is in: a user claimed by two nodes is
+    # then known to be contested, whichever reply came first.
+    user_node = guard.owner_map()
+    shares: dict[str, SharedRecords] = {}
+    audit = _audit_log(cfg)
+    for node, raw in raw_shares:
+        try:
+            key = guard.check_share(node, raw)
+            shared = SharedRecords.from_dict(raw)
+        except (Refused, TypeError, ValueError) as exc:
+            store.record_failure(f"node {node}", str(exc), phase="share", node=node)
+            continue
+        shares[key] = shared
+        audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
+
     # ---------------------------------------------------------------- 2. rounds: augment + personalize
-    user_node = {u: n for n, users in node_users.items() for u in users}
     # Sorted: which users share a round or chunk must not depend on the order replies arrived in.
     remaining = sorted(u for u in user_node if not store.done(*u.split("/", 1)))
     skipped = len(user_node) - len(remaining)
@@ -166,23 +215,40 @@ def _personalize(grid: Grid, cfg: Mapping[str, Scalar], chunk: list[str], shares
     for u in chunk:
         by_node.setdefault(user_node[u], {})[u] = synthetic.get(u, [])
 
-    def on_result(sent: Message, reply: Message) -> None:
+    def on_result(sent: Message, reply: Message) -> int:
         node = sent.metadata.dst_node_id
+        expected, seen = set(by_node[node]), set()
         if reply.has_error():
             for u in by_node[node]:
                 store.record_failure(u, _error_text(reply), phase="personalize", node=node)
-            return
-        for result in unpack(reply)["results"]:
+            return len(expected)
+        try:
+            results = list(unpack(reply)["results"])
+        except (KeyError, TypeError, ValueError):
+            results = [{"user_id": "*", "task": "*", "error": "malformed result reply"}]
+        for result in results:
+            try:
+                key = NodeGuard.check_result(node, result, expected, seen)
+            except Refused as exc:
+                if isinstance(result, dict) and "error" in result:  # a node-wide error (user "*")
+                    for u in expected - seen:
+                        store.record_failure(u, str(result["error"])[:500], phase="personalize", node=node)
+                    seen.update(expected)
+                else:
+                    store.record_failure(f"node {node}", str(exc), phase="personalize", node=node)
+                continue
             if "error" in result:
-                store.record_failure(user_key(result["task"], result["user_id"]), result["error"],
-                                     phase="personalize", node=node)
+                store.record_failure(key, str(result["error"])[:500], phase="personalize", node=node)
             else:
                 store.write(result)
+        for u in sorted(expected - seen):
+            store.record_failure(u, "the device's reply had no result for this user", phase="personalize", node=node)
+        return len(expected)
 
     msgs = [Message(pack(cfg, synthetic=payload), dst_node_id=node, message_type=PERSONALIZE)
             for node, payload in by_node.items()]
     with clock("personalize"):
-        lost = exchange(grid, msgs, timeout, on_result, label)
+        lost = exchange(grid, msgs, timeout, on_result, label, total=sum(map(len, by_node.values())), unit="users")
     for msg in lost:
         for u in by_node[msg.metadata.dst_node_id]:
             store.record_failure(u, "no reply before timeout", phase="personalize")

@@ -14,12 +14,17 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from cdcda_fl.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
+from cdcda_fl.privacy.audit_log import read_audit
+from cdcda_fl.runs import write_simulated_consent
 from clients.codec import pack, unpack
 from clients.device import app, hosted_users
 
 CANARY_DENIED = "CANARY-DENIED-7f3a"  # in a record with a denied term -> never shared
 CANARY_FIELD = "CANARY-FIELD-91bc"  # in a field outside the allow-list -> never shared
 CANARY_EMAIL = "canary.person@example.org"  # PII in a shared field -> scrubbed
+GOLD_TITLE = "Hidden Gold Title Xq7"  # the user's held-out gold
+QUERY_TEXT = "abstract about zebrafish regeneration Wv3"  # the user's held-out query
+SIM = {"partition-id": 0, "num-partitions": 1}
 
 
 def _user_files(root: Path) -> None:
@@ -28,10 +33,10 @@ def _user_files(root: Path) -> None:
         {"id": "p1", "abstract": "We study speech.", "title": f"Secret project {CANARY_DENIED}"},
         {"id": "p2", "abstract": f"We study robots. {CANARY_FIELD}", "title": "Robot Learning"},
     ]
-    questions = [{"id": "q0", "input": "Generate a title for the following abstract of a paper: x", "profile": profile,
-                  "user_id": "alice"}]
+    questions = [{"id": "q0", "input": f"Generate a title for the following abstract of a paper: {QUERY_TEXT}",
+                  "profile": profile, "user_id": "alice"}]
     write_questions(root / "LaMP_5" / "dev_questions.json", questions)
-    write_outputs(root / "LaMP_5" / "dev_outputs.json", "LaMP_5", {"q0": "A Title"})
+    write_outputs(root / "LaMP_5" / "dev_outputs.json", "LaMP_5", {"q0": GOLD_TITLE})
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +49,7 @@ def _task_identity():
 
 
 @pytest.fixture()
-def cfg(tmp_path: Path) -> dict:
+def run_cfg(tmp_path: Path) -> dict:
     data = tmp_path / "data"
     _user_files(data)
     return resolve({
@@ -53,6 +58,13 @@ def cfg(tmp_path: Path) -> dict:
         "device.model": "tiny-random", "cloud.model": "tiny-random", "methods": "base,local,cdcda",
         "train.steps": 1, "eval.max-queries": 1,
     })
+
+
+@pytest.fixture()
+def cfg(run_cfg: dict) -> dict:
+    """The run config with the simulated users' own consent file written (as prepare_run_dir does)."""
+    write_simulated_consent(Path(run_cfg["out-dir"]), run_cfg)
+    return run_cfg
 
 
 def _call(message_type: str, content: RecordDict, node_config: dict) -> Message:
@@ -84,7 +96,8 @@ def test_share_nothing_sends_no_records(cfg: dict) -> None:
 
 def test_personalize_reply_has_no_adapter_and_no_profile(cfg: dict) -> None:
     synthetic = {"LaMP_5/alice": [{"id": "syn-alice-0", "abstract": "We study cats.", "title": "Cat Nets"}]}
-    reply = _call("train.personalize", pack(cfg, synthetic=synthetic), {"partition-id": 0, "num-partitions": 1})
+    reply = _call("train.personalize", pack(dict(cfg, **{"eval.report": "predictions"}), synthetic=synthetic),
+                  {"partition-id": 0, "num-partitions": 1})
     assert not reply.has_error()
     assert not any(isinstance(rec, ArrayRecord) for rec in reply.content.values())
     text = _reply_bytes(reply)
@@ -102,3 +115,119 @@ def test_real_device_serves_only_its_own_user(cfg: dict) -> None:
     assert [u.user_id for u in hosted_users({"data-dir": cfg["data-dir"], "user-id": "alice"}, cfg)] == ["alice"]
     assert hosted_users({"data-dir": cfg["data-dir"], "user-id": "bob"}, cfg) == []
     assert hosted_users({"partition-id": 1, "num-partitions": 2}, cfg) == []
+
+
+# ------------------------------------------------------------------ consent belongs to the device (issue 16)
+def _share(cfg: dict, node_config: dict = SIM) -> list[dict]:
+    reply = _call("query.share", pack(cfg, share=True), node_config)
+    assert not reply.has_error()
+    return unpack(reply)["shares"]
+
+
+def test_server_config_that_widens_sharing_is_ignored(cfg: dict) -> None:
+    wide = dict(cfg, **{"consent.share-fraction": 1.0, "consent.scrub": False, "consent.fields": "",
+                        "consent.deny-terms": "", "consent.record-ids": "p0,p1,p2"})
+    (share,) = _share(wide)
+    assert [r["id"] for r in share["records"]] == ["p0", "p2"] and all(set(r) == {"id", "title"} for r in share["records"])
+    text = json.dumps(share)
+    assert CANARY_DENIED not in text and CANARY_FIELD not in text and CANARY_EMAIL not in text
+
+
+def test_server_can_make_sharing_stricter(cfg: dict) -> None:
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}))
+    assert len(share["records"]) == 1
+
+
+def test_device_policy_of_zero_shares_nothing_whatever_the_server_sends(cfg: dict) -> None:
+    (Path(cfg["out-dir"]) / "devices" / "consent.toml").write_text("[default]\nshare-fraction = 0\n")
+    for server in ({"consent.share-fraction": 1.0}, {"consent.record-ids": "p0,p1,p2"}, {"consent.scrub": False}):
+        assert all(not s["records"] for s in _share(dict(cfg, **server)))
+
+
+def test_no_device_policy_means_share_nothing(run_cfg: dict) -> None:
+    shares = _share(dict(run_cfg, **{"consent.share-fraction": 1.0}))
+    assert shares and all(not s["records"] for s in shares)
+
+
+def test_real_device_reads_its_own_consent_file(cfg: dict, tmp_path: Path) -> None:
+    real = {"data-dir": cfg["data-dir"], "user-id": "alice", "storage-dir": str(tmp_path / "dev")}
+    assert all(not s["records"] for s in _share(cfg, real))  # none at the data-dir root yet
+    (Path(cfg["data-dir"]) / "consent.toml").write_text('[default]\nshare-fraction = 1.0\nfields = "abstract"\n')
+    (share,) = _share(dict(cfg, **{"consent.fields": "", "consent.deny-terms": ""}), real)
+    assert [set(r) for r in share["records"]] == [{"id", "abstract"}] * 3
+    other = tmp_path / "mine.toml"
+    other.write_text('[alice]\nshare-fraction = 0.34\n')
+    (share,) = _share(cfg, dict(real, **{"consent-file": str(other)}))
+    assert len(share["records"]) == 1
+
+
+def test_share_reply_has_no_oracle_counts(cfg: dict) -> None:
+    (share,) = _share(cfg)
+    assert not {"n_total", "n_denied", "n_profile"} & set(share)
+
+
+def test_server_named_overrides_file_is_never_opened(cfg: dict, tmp_path: Path) -> None:
+    probe = tmp_path / "secret.json"
+    probe.write_text(json.dumps({"github.com": {"oauth_token": "tok-SECRET-1"}}))
+    reply = _call("query.share", pack(dict(cfg, **{"consent.overrides": str(probe)}), share=True), SIM)
+    text = _reply_bytes(reply)
+    assert "oauth_token" not in text and "github.com" not in text and "SECRET" not in text
+    assert unpack(reply)["errors"] == [] and len(unpack(reply)["shares"][0]["records"]) == 2
+
+
+def test_errors_leave_as_codes_without_values_or_paths(cfg: dict) -> None:
+    (Path(cfg["out-dir"]) / "devices" / "consent.toml").write_text(
+        '[default]\nshare-fraction = 1.0\n\n[alice]\nfields = "call 415-555-0100 bob@ex.com"\n')
+    reply = _call("query.share", pack(cfg, share=True), SIM)
+    text = _reply_bytes(reply)
+    assert "415-555-0100" not in text and "bob@ex.com" not in text and cfg["out-dir"] not in text
+    (err,) = unpack(reply)["errors"]
+    assert err["user"] == "LaMP_5/alice" and err["reason"].startswith("consent_error")
+    local = (Path(cfg["out-dir"]) / "devices" / "errors.jsonl").read_text()
+    assert "415-555-0100" in local  # the full message stays on the device
+    bad = Path(cfg["data-dir"]) / "LaMP_5" / "dev_questions.json"
+    bad.write_text('[{"id": "q0", "input": "private call 415-555-0100", "profile": [{"id": 1}]}]')
+    reply = _call("query.share", pack(cfg, share=True), {"data-dir": cfg["data-dir"], "storage-dir": cfg["out-dir"] + "/d"})
+    text = _reply_bytes(reply)
+    assert "415-555-0100" not in text and str(bad) not in text and cfg["data-dir"] not in text
+
+
+# ------------------------------------------------------------------ what results leave (issue 12.3 / 16.2)
+@pytest.mark.parametrize(("level", "node"), [("metrics", "sim"), ("auto", "real"), ("none", "sim")])
+def test_results_under_metrics_or_none_hold_no_golds_or_queries(cfg: dict, tmp_path: Path, level: str, node: str) -> None:
+    node_config = SIM if node == "sim" else {"data-dir": cfg["data-dir"], "user-id": "alice",
+                                             "storage-dir": str(tmp_path / "dev")}
+    synthetic = {"LaMP_5/alice": [{"id": "syn-0", "abstract": "We study cats.", "title": "Cat Nets"}]}
+    reply = _call("train.personalize", pack(dict(cfg, **{"eval.report": level}), synthetic=synthetic), node_config)
+    text = _reply_bytes(reply)
+    for secret in (GOLD_TITLE, QUERY_TEXT, "zebrafish", "q0", "n_profile", "tokens", "predictions", "golds"):
+        assert secret not in text, secret
+    (result,) = unpack(reply)["results"]
+    expected = "none" if level == "none" else "metrics"
+    assert result["report"] == expected
+    if expected == "metrics":
+        assert set(result["methods"]) == {"base", "local", "cdcda"}
+        assert all("rouge-1" in e["metrics"] for e in result["methods"].values())
+
+
+def test_owner_can_lower_the_report_but_not_the_server_raise_it(cfg: dict, tmp_path: Path) -> None:
+    synthetic = {"LaMP_5/alice": []}
+    (Path(cfg["out-dir"]) / "devices" / "consent.toml").write_text('[default]\nshare-fraction = 0\nreport = "none"\n')
+    reply = _call("train.personalize", pack(dict(cfg, **{"eval.report": "predictions", "methods": "base"}),
+                                            synthetic=synthetic), SIM)
+    (result,) = unpack(reply)["results"]
+    assert result == {"user_id": "alice", "task": "LaMP_5", "report": "none"}
+
+
+def test_device_audit_records_every_reply(cfg: dict) -> None:
+    share_reply = _call("query.share", pack(cfg, share=True), SIM)
+    synthetic = {"LaMP_5/alice": []}
+    result_reply = _call("train.personalize", pack(dict(cfg, **{"methods": "base"}), synthetic=synthetic), SIM)
+    lines = read_audit(Path(cfg["out-dir"]) / "devices" / "audit.jsonl")
+    assert [ln["kind"] for ln in lines] == ["share", "result"]
+    assert lines[0]["record_ids"] == [r["id"] for r in unpack(share_reply)["shares"][0]["records"]]
+    assert lines[0]["n_total"] == 3  # kept on the device only
+    from cdcda_fl.privacy.audit_log import canonical_json
+
+    (result,) = unpack(result_reply)["results"]
+    assert lines[1]["bytes"] == len(canonical_json(result))

@@ -68,7 +68,7 @@ def test_flower_app_config_uses_known_keys_and_types() -> None:
     assert flatten(raw) == set(DEFAULTS)
     # ... with the library's defaults, except where the Flower app deliberately differs
     differs = {k for k in DEFAULTS if app_cfg[k] != DEFAULTS[k][0]}
-    assert differs == {"out-dir", "min-nodes"}
+    assert differs == {"out-dir"}
 
 
 @pytest.mark.parametrize("name", ["demo.toml", "tiny.toml"])

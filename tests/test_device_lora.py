@@ -198,6 +198,16 @@ def test_save_is_atomic_and_replaces(tiny_base, tmp_path):
         dm.load_adapter(tmp_path / "missing")
 
 
+def test_adapter_metadata_is_written_with_the_adapter(tiny_base, tmp_path):
+    """Metadata lands in the same atomic rename as the weights: never an adapter without it."""
+    dm = DeviceModel(tiny_base)
+    dm.train(USER_A, FAST)
+    dm.save_adapter(tmp_path / "ad", extra_files={"cdcda_train.json": json.dumps({"epsilon": 8.0})})
+    assert json.loads((tmp_path / "ad" / "cdcda_train.json").read_text()) == {"epsilon": 8.0}
+    assert (tmp_path / "ad" / "adapter_model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ad"]  # no temporary folder left behind
+
+
 def test_generate_stop_strings_and_order(tiny_base):
     dm = DeviceModel(tiny_base)
     prompts = ["a", "a much longer prompt than the first one", "mid length prompt"]

@@ -114,3 +114,28 @@ def test_readme_section_rebuilds_table_with_intervals(tmp_path: Path) -> None:
     assert text.startswith("Quality run (`cdcda run q.toml`, 4 users on LaMP_3")
     assert "stale" not in text and "0.688 [" in text and "| 3/1/0 | better | 4 |" in text
     assert module.main(["--demo", str(tmp_path / "missing")]) == 1
+
+
+def test_unscorable_method_row_is_reported_not_dropped_silently(tmp_path: Path) -> None:
+    _write_users(tmp_path, with_predictions=True)
+    store = ResultStore(tmp_path)
+    broken = json.loads(store.path("LaMP_3", "u0").read_text())
+    broken["methods"]["cdcda"]["predictions"]["stray-q"] = "3"  # a prediction with no gold
+    store.write(broken)
+    results = aggregate(_cfg(tmp_path))
+    assert {r["method"] for r in results["table"]} == {"local"}
+    (problem,) = results["problems"]
+    assert problem["method"] == "cdcda" and "stray-q" in problem["detail"]
+    buf = io.StringIO()
+    print_table(results, Console(file=buf, width=200))
+    assert "cdcda: not scored" in buf.getvalue()
+
+
+
+def test_rate_and_eta_text() -> None:
+    from cdcda_fl.progress import rate_eta
+
+    assert rate_eta(0, 10, 5.0, "users") == "0/10 users"
+    assert rate_eta(2, 10, 60.0, "users") == "2/10 users, 2.0 users/min, ETA 4m00s"
+    assert rate_eta(10, 10, 5.0, "batches") == "10/10 batches, 2.0 batches/s"
+    assert rate_eta(1, 200, 60.0, "users").endswith("ETA 3h19m")

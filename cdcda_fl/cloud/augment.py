@@ -306,21 +306,31 @@ class CloudAugmenter:
         return gens
 
     def _run_jobs(self, jobs: list[PromptJob], states: dict[str, _UserState], rnd: int) -> None:
+        from cdcda_fl.progress import Progress
+
         size = self.cfg.batch_size
-        for b in range(0, len(jobs), size):
-            chunk = [j for j in jobs[b : b + size] if states[j.user_id].error is None]
-            if not chunk:
-                continue
-            seed = int(hashlib.sha256(f"{self.cfg.seed}:{rnd}:{b}".encode()).hexdigest()[:8], 16)
-            try:
-                gens = self._generate([j.prompt for j in chunk], seed)
-            except Exception as exc:  # noqa: BLE001 - any backend failure only costs these users
-                msg = f"{type(exc).__name__}: {exc}"
-                for j in chunk:
-                    states[j.user_id].error = msg
-                continue
-            for job, gen in zip(chunk, gens):
-                self._absorb(states[job.user_id], job, gen)
+        task = next(iter(states.values())).shared.task if states else "?"
+        with Progress(f"cloud {task} round {rnd + 1}: prompt batches", total=-(-len(jobs) // size),
+                      unit="batches") as bar:
+            for b in range(0, len(jobs), size):
+                self._run_batch(jobs[b : b + size], states, rnd, b)
+                bar.advance()
+
+    def _run_batch(self, batch: list[PromptJob], states: dict[str, _UserState], rnd: int, b: int) -> None:
+        """Generate one prompt batch; a backend failure only costs the users in it."""
+        chunk = [j for j in batch if states[j.user_id].error is None]
+        if not chunk:
+            return
+        seed = int(hashlib.sha256(f"{self.cfg.seed}:{rnd}:{b}".encode()).hexdigest()[:8], 16)
+        try:
+            gens = self._generate([j.prompt for j in chunk], seed)
+        except Exception as exc:  # noqa: BLE001 - any backend failure only costs these users
+            msg = f"{type(exc).__name__}: {exc}"
+            for j in chunk:
+                states[j.user_id].error = msg
+            return
+        for job, gen in zip(chunk, gens):
+            self._absorb(states[job.user_id], job, gen)
 
     def _absorb(self, s: _UserState, job: PromptJob, gen: Generation) -> None:
         s.counts["generations"] += 1

@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,6 +277,8 @@ class DeviceModel:
         self._active = False
         self._prefix = f"u{uuid.uuid4().hex[:8]}"
         self._counter = 0
+        # Adapters kept side by side for mixed-adapter batches: handle -> name inside the PeftModel.
+        self._kept: dict[str, str] = {}
 
     # ------------------------------------------------------------------ adapter bookkeeping
     @property
@@ -327,20 +329,31 @@ class DeviceModel:
         }
 
     @contextlib.contextmanager
-    def _adapter_ctx(self) -> Iterator[nn.Module]:
-        """Run with exactly this instance's adapter on (or none); leave LoRA layers off after."""
+    def _adapter_ctx(self, handle: str | None = None, *, mixed: bool = False) -> Iterator[nn.Module]:
+        """Run with exactly one adapter on (this instance's, or the kept ``handle``) or none.
+
+        ``mixed=True`` switches every LoRA layer on for a mixed-adapter batch, where each row
+        names its adapter (``adapter_names``; "__base__" rows see the plain base). LoRA layers
+        are always off again afterwards.
+        """
         if self._peft is None:
             yield self.base.model
             return
-        if self._active:
-            self._peft.base_model.set_adapter(self._name)
-            self._peft.base_model.enable_adapter_layers()
+        layers = self._peft.base_model
+        if mixed:
+            layers.enable_adapter_layers()
+        elif handle is not None:
+            layers.set_adapter(self._kept[handle])
+            layers.enable_adapter_layers()
+        elif self._active:
+            layers.set_adapter(self._name)
+            layers.enable_adapter_layers()
         else:
-            self._peft.base_model.disable_adapter_layers()
+            layers.disable_adapter_layers()
         try:
             yield self._peft
         finally:
-            self._peft.base_model.disable_adapter_layers()
+            layers.disable_adapter_layers()
 
     # ------------------------------------------------------------------ training
     def _lora_config(self, cfg: LoraTrainConfig) -> Any:
@@ -363,12 +376,15 @@ class DeviceModel:
         weights: Sequence[float] | None = None,
         *,
         progress: bool = False,
+        keep_as: str | None = None,
     ) -> TrainResult:
         """Train a fresh adapter for one user on (input, output) pairs; it is left active.
 
         ``weights`` scale each example's loss (e.g. to balance real against synthetic pairs);
         they are normalised to mean 1. With ``dp`` enabled the run is DP-SGD (Opacus) and the
-        result carries the accountant's ε at δ.
+        result carries the accountant's ε at δ. With ``keep_as`` the trained adapter is kept
+        under that handle for mixed-adapter batches (:meth:`generate` with ``adapters=``)
+        instead of being the active one; a later ``train`` does not replace it.
         """
         cfg = cfg or LoraTrainConfig()
         if not examples:
@@ -400,7 +416,33 @@ class DeviceModel:
                         p.grad = None
                         p.requires_grad_(False)
         res.seconds = time.perf_counter() - t0
+        if keep_as is not None:
+            self._keep_own(keep_as)
         return res
+
+    # ------------------------------------------------------------------ kept adapters (mixed batches)
+    def _keep_own(self, handle: str) -> None:
+        """Move the active adapter into the kept set under ``handle`` (replacing an older one)."""
+        if self._name is None:
+            raise RuntimeError("no adapter to keep")
+        self.release(handle)
+        self._kept[handle] = self._name
+        self._name, self._active = None, False
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """Handles of the adapters kept for mixed-adapter batches."""
+        return tuple(self._kept)
+
+    def release(self, handle: str) -> None:
+        """Delete a kept adapter from the model (no-op if there is none under ``handle``)."""
+        name = self._kept.pop(handle, None)
+        if name is not None and self._peft is not None and name in self._peft.peft_config:
+            self._peft.delete_adapter(name)
+
+    def release_all(self) -> None:
+        for handle in list(self._kept):
+            self.release(handle)
 
     def _cuda_devices(self) -> list[int]:
         return [self.base.device.index or 0] if self.base.device.type == "cuda" else []
@@ -416,7 +458,10 @@ class DeviceModel:
         for _ in _progress(range(steps), progress, "LoRA"):
             idx = next(stream)
             batch = self._to_device(collate([encoded[i] for i in idx], [w[i] for i in idx], self._pad_id))
-            loss = (example_loss(model, batch) * batch["weights"]).mean()
+            # Autocast per step, never around the loop: its cast cache would keep feeding the
+            # forward pass bf16 copies of the LoRA weights from before the optimizer step.
+            with self.base.compute_context():
+                loss = (example_loss(model, batch) * batch["weights"]).mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -478,8 +523,12 @@ class DeviceModel:
         return int(self.tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------ save / load / clear
-    def save_adapter(self, path: Path, *, dtype: torch.dtype | None = torch.float16) -> None:
+    def save_adapter(self, path: Path, *, dtype: torch.dtype | None = torch.float16,
+                     extra_files: Mapping[str, str] | None = None) -> None:
         """Write the active adapter in PEFT format (adapter_config.json + safetensors), atomically.
+
+        ``extra_files`` (name -> text, e.g. the training metadata) are written into the same
+        folder before it is renamed into place, so an adapter never exists without them.
 
         Stored in fp16 by default: r=8 on q/k/v/o of SmolLM2-135M is 0.92 M values, 1.8 MB
         instead of 3.7 MB in fp32. The live adapter is rounded to the same precision, so what
@@ -504,6 +553,8 @@ class DeviceModel:
             state = get_peft_model_state_dict(self._peft, adapter_name=self._name)
             state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
             save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
             os.chmod(tmp, 0o700)  # private: the user's adapter never leaves the device
             old = None
             if path.exists():
@@ -516,12 +567,17 @@ class DeviceModel:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def load_adapter(self, path: Path) -> None:
+    def load_adapter(self, path: Path, *, keep_as: str | None = None) -> None:
         """Activate a saved adapter; the base stays loaded, only adapter tensors change.
 
         Fast path: when the adapter has the same shape/config as the current one, its tensors
         are copied in place (milliseconds) after checking that the file covers every tensor.
+        With ``keep_as`` the adapter is kept under that handle (see :meth:`train`).
         """
+        if keep_as is not None:
+            self.load_adapter(path)
+            self._keep_own(keep_as)
+            return
         from peft import LoraConfig
         from safetensors.torch import load_file
 
@@ -567,33 +623,44 @@ class DeviceModel:
         batch_size: int = 8,
         temperature: float = 0.0,
         stop: Sequence[str] = (),
+        *,
+        adapters: Sequence[str | None] | None = None,
     ) -> list[str]:
         """Answer user texts (formatted with :func:`format_prompt`); returns the new text only.
 
-        Greedy when temperature == 0. Prompts are length-sorted into batches (less padding)
-        and answers returned in input order, cut at the first stop string and stripped.
+        Greedy when temperature == 0. Prompts are sorted by token length into batches (less
+        padding) and answers returned in input order, cut at the first stop string and stripped.
+
+        ``adapters`` gives each prompt its own adapter: a kept handle (see ``train(keep_as=)``)
+        or None for the plain base. Rows of different users and methods then share one batch
+        (peft's mixed-adapter forward), which is how a node answers all its users at once.
         """
         tok = self.tokenizer
         texts = [format_prompt(tok, p) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        mixed = adapters is not None and any(a is not None for a in adapters)
+        if adapters is not None and len(adapters) != len(texts):
+            raise ValueError(f"got {len(adapters)} adapters for {len(texts)} prompts")
+        rows = ["__base__" if a is None else self._kept[a] for a in adapters] if mixed else None
+        special = not _has_chat_template(tok)
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=special)["input_ids"]] if texts else []
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
         answers: list[str] = [""] * len(texts)
         sampling = (
             {"do_sample": True, "temperature": temperature}
             if temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
-        with self._adapter_ctx() as model:
+        with self._adapter_ctx(mixed=mixed) as model:
             model.eval()
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
                 enc = tok(
-                    [texts[i] for i in idx],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=not _has_chat_template(tok),
+                    [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special
                 ).to(self.base.device)
-                extra = {"stop_strings": list(stop), "tokenizer": tok} if stop else {}
-                with warnings.catch_warnings():
+                extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": tok} if stop else {}
+                if rows is not None:
+                    extra["adapter_names"] = [rows[i] for i in idx]
+                with warnings.catch_warnings(), self.base.compute_context():
                     warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
                     out = model.generate(
                         **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sampling, **extra
@@ -604,16 +671,23 @@ class DeviceModel:
         return answers
 
     @torch.inference_mode()
-    def example_losses(self, examples: Sequence[tuple[str, str]], batch_size: int = 8) -> list[float]:
-        """Mean loss over each example's output tokens (lower = better fit; used by the MIA audit)."""
+    def example_losses(
+        self, examples: Sequence[tuple[str, str]], batch_size: int = 8, *, adapter: str | None = None
+    ) -> list[float]:
+        """Mean loss over each example's output tokens (lower = better fit).
+
+        Used by the MIA audit and by the device's private checks of cloud data. ``adapter``
+        names a kept adapter; default: this instance's active adapter (or the base).
+        """
         encoded = encode_pairs(self.tokenizer, examples, max_length=1 << 30)
         losses: list[float] = []
-        with self._adapter_ctx() as model:
+        with self._adapter_ctx(adapter) as model:
             model.eval()
             for s in range(0, len(encoded), batch_size):
                 part = encoded[s : s + batch_size]
                 batch = self._to_device(collate(part, [1.0] * len(part), self._pad_id))
-                losses += example_loss(model, batch).tolist()
+                with self.base.compute_context():
+                    losses += example_loss(model, batch).tolist()
         return losses
 
 

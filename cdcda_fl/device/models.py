@@ -12,6 +12,8 @@ asking at once convert exactly once and nobody ever sees a half-written folder.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -249,6 +251,14 @@ class LoadedModel:
     name: str
     device: torch.device
     quantization: str | None
+    #: bf16 autocast around every forward pass (weights and LoRA stay fp32), or None.
+    autocast_dtype: torch.dtype | None = None
+
+    def compute_context(self) -> Any:
+        """The precision context for one forward pass (enter it per step, not around a loop)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @property
     def trained(self) -> bool:
@@ -263,12 +273,41 @@ def _pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _pick_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32  # CPU: fp32 is the fast, exact path (bf16 matmuls are slow on AVX2)
+DTYPES = ("auto", "bf16", "fp32")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), where bf16 is 2-6x fp32."""
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            flags = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").exists() else ""
+            return (" avx512_bf16" in flags or " amx_bf16" in flags) or not flags
+    except (AttributeError, RuntimeError, OSError):
+        pass
+    return False
+
+
+def precision_plan(device: torch.device, dtype: torch.dtype | str | None) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weight dtype, autocast dtype) for ``device.dtype`` = auto | bf16 | fp32 (or a torch dtype).
+
+    CUDA with bf16: bf16 weights. CPU: weights stay fp32 (exact master copy, LoRA optimizer
+    state in fp32) and bf16 autocast runs the matmuls where the CPU has native bf16; ``auto``
+    picks bf16 only on such CPUs and fp32 elsewhere (emulated bf16 is slower than fp32).
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype, None
+    name = {"bfloat16": "bf16", "float32": "fp32", None: "auto", "": "auto"}.get(dtype, dtype)
+    if name not in DTYPES:
+        raise ValueError(f"device.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if name == "bf16" or (name == "auto" and bf16_ok):
+            return torch.bfloat16, None
+        return torch.float32, None
+    if name == "bf16" or (name == "auto" and cpu_has_fast_bf16()):
+        return torch.float32, torch.bfloat16
+    return torch.float32, None
 
 
 def _bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
@@ -332,7 +371,7 @@ def load_base_model(
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     path = resolve_model(name_or_path, cache_dir)
     dev = _pick_device(device)
-    torch_dtype = _pick_dtype(dev, dtype)
+    torch_dtype, autocast_dtype = precision_plan(dev, dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quantization is not None:
         kwargs["quantization_config"] = _bnb_config(quantization, torch_dtype)
@@ -349,7 +388,7 @@ def load_base_model(
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, name_or_path, dev, quantization)
+    return LoadedModel(model, tokenizer, name_or_path, dev, quantization, autocast_dtype)
 
 
 _CACHE: dict[tuple, LoadedModel] = {}

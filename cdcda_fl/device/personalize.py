@@ -33,6 +33,7 @@ from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
 
 TRAINED_METHODS = ("local", "cdcda")
+TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
 
 
 def share_records(user: User, cfg: Mapping[str, Scalar]) -> SharedRecords:
@@ -238,10 +239,11 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
             key = f"{spec.name}-{method}-{_fingerprint({k_: cfg[k_] for k_ in _TRAIN_KEYS}, pairs, weights)}"
             path = store.path(user.user_id, key)
             train_info: dict[str, Any]
-            if store.exists(user.user_id, key) and not cfg["train.retrain"]:
+            # An adapter folder without its metadata is from before metadata was written with
+            # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
+            if store.exists(user.user_id, key) and (path / TRAIN_META).is_file() and not cfg["train.retrain"]:
                 model.load_adapter(path)
-                meta = json.loads((path / "cdcda_train.json").read_text()) if (path / "cdcda_train.json").exists() else {}
-                train_info = {**meta, "reused": True}
+                train_info = {**json.loads((path / TRAIN_META).read_text()), "reused": True}
             else:
                 # Equal real-data exposure: with synthetic data adding mass alpha per unit of real
                 # data, a fixed step budget would give the real records 1/(1+alpha) of the updates
@@ -251,8 +253,7 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
                 train_info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
                               "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
                               "n_real": len(real_pairs), "n_synthetic": len(pairs) - len(real_pairs)}
-                model.save_adapter(path)
-                (path / "cdcda_train.json").write_text(json.dumps(train_info))
+                model.save_adapter(path, extra_files={TRAIN_META: json.dumps(train_info)})
             extra: dict[str, Any] = {"train": train_info, "epsilon": train_info.get("epsilon")}
             if cfg["mia.enabled"]:
                 held_out = [(q.input, q.gold) for q in queries if q.gold is not None]
