@@ -5,7 +5,7 @@
 #       P-384 keys, registered with `flwr supernode register`) unless --insecure / --no-auth;
 #       one SuperNode per user id with --node-config "data-dir=... user-id=... storage-dir=...".
 #   deploy/lab.sh certs DIR [--host NAME_OR_IP ...]   CA + server certificate for a real SuperLink
-#   deploy/lab.sh keys DIR NAME                       a SuperNode key pair NAME, NAME.pub
+#   deploy/lab.sh keys DIR NAME                       a SuperNode key pair NAME (0600), NAME.pub
 #   deploy/lab.sh simulation [CONFIG.toml] ...        same as deploy/local_simulation.sh
 # Every process is stopped (process group) when the run ends or fails. See docs/flower.md.
 set -euo pipefail

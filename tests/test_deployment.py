@@ -1,8 +1,10 @@
 """Real-device path on one machine: a TLS SuperLink with SuperNode authentication and two SuperNodes
-(one user id each, their own data-dir/storage-dir) complete a tiny run; an unregistered SuperNode is refused."""
+(one user id each, their own data-dir/storage-dir) complete a tiny run; an unregistered SuperNode is refused;
+a SuperNode that verifies apps (`--trusted-entities`) refuses the unsigned local app (Flower 1.42)."""
 
 from __future__ import annotations
 
+import stat
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,7 @@ def test_tls_auth_deployment_and_unregistered_node_refused(tmp_path) -> None:
             time.sleep(0.5)
         listed = {str(n["node-id"]) for n in lab.list_supernodes()}
         superlink_log = link.proc.log_text()
+        private = [p for d in ("certs", "keys") for p in (lab.work / d).iterdir() if b"PRIVATE KEY" in p.read_bytes()]
 
     assert results["users"] == {"LaMP_2": 2, "LaMP_5": 2} and not results["failures"]
     # Each device kept its adapters on its own storage-dir.
@@ -57,3 +60,41 @@ def test_tls_auth_deployment_and_unregistered_node_refused(tmp_path) -> None:
     assert listed == registered
     assert rogue.popen.returncode not in (None, 0)
     assert "Failed to activate SuperNode" in rogue.log_text()
+    # The SuperLink's TLS key and every SuperNode key stayed private (tests/test_deploy_pki.py: from creation on).
+    assert len(private) == 1 + len(nodes) + 1
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in private), private
+
+
+def test_supernode_with_trusted_entities_refuses_the_unsigned_local_app(tmp_path) -> None:
+    """Pins Flower 1.42's FAB verification behaviour that docs/flower.md ("App verification") describes.
+
+    `flwr run APP_DIR` builds and sends an unsigned FAB, and the open-source SuperLink attaches no
+    verification records to it (only Flower Hub apps carry signatures), so a SuperNode started with
+    `--trusted-entities` refuses the app before installing or running it, and the ServerApp records
+    the error reply as a failure. If this fails after a Flower upgrade, signed local apps may have
+    become possible: revisit the docs and the lab.
+    """
+    from deploy.lab import (Lab, device_nodes, flwr_run_config, generate_signing_key, generate_supernode_keys,
+                            generate_tls, prepare_cfg, read_results, write_trusted_entities)
+
+    cfg = prepare_cfg(load_config(CONFIG, [f"out-dir={tmp_path / 'out'}", "users=1", "node-wait=60"]))
+    node = device_nodes(cfg)[0]
+    cfg["min-nodes"] = 1
+
+    with Lab(tmp_path / "lab") as lab:
+        lab.start_superlink(tls=generate_tls(lab.work / "certs"), auth=True)
+        keys = generate_supernode_keys(lab.work / "keys", "node0")
+        lab.register(keys)
+        signer = generate_signing_key(lab.work / "keys", "reviewer")
+        trusted = write_trusted_entities(lab.work / "trusted-entities.yaml", {"fpk_lab-reviewer": signer.public_key})
+        verifying = lab.start_supernode("node0", node, keys, trusted_entities=trusted)
+        row = lab.run(ROOT, flwr_run_config(cfg), timeout=300)
+        results = read_results(cfg, row)
+        node_log = verifying.log_text()
+
+    assert "App verification is not supported by the connected SuperLink" in node_log
+    reasons = {f["reason"] for f in results["failures"]}
+    assert reasons == {"The FAB could not be verified."}, results["failures"]
+    assert results["users"] == {"LaMP_2": 0, "LaMP_5": 0}
+    # The ClientApp never ran: nothing was trained or stored on the device.
+    assert not list(Path(node["storage-dir"]).rglob("adapter_model.safetensors"))
