@@ -112,9 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can cause (bad config, data, files, models): one line, no traceback.
+
+    Anything else is a bug and keeps its traceback (``CDCDA_TRACEBACK=1`` shows it for these too).
+    """
+    from cdcda_fl.cloud.backends import BackendError
+    from cdcda_fl.config import ConfigError
+    from cdcda_fl.device.gguf_parts import ModelIntegrityError
+    from cdcda_fl.privacy.consent import ConsentError
+    from cdcda_fl.runs import RunDataError
+
+    return (ConfigError, LampDataError, RunDataError, ConsentError, BackendError, ModelIntegrityError,
+            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except expected_errors() as exc:
+        if os.environ.get("CDCDA_TRACEBACK") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -58,3 +58,51 @@ def test_run_config_rejects_keys_flwr_cannot_set() -> None:
         bad[key] = "x" if isinstance(cfg[key], str) else (not cfg[key] if isinstance(cfg[key], bool) else cfg[key] + 1)
         with pytest.raises(LabError, match="not declared"):
             flwr_run_config(bad)
+
+
+def _stop_managed_superlinks(flwr_home: Path) -> None:
+    """`flwr run .` leaves its managed SuperLink running (Flower's design): stop the test's own."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if "flower-superlink" in cmd and str(flwr_home) in cmd:
+            for p in [*proc.children(recursive=True), proc]:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+
+
+def test_plain_flwr_run_dot_as_the_flower_docs_teach(tmp_path) -> None:
+    """`./run flwr run . --run-config ...` on Flower's managed local SuperLink (default federation,
+    2 SuperNodes): no run-time dependency installation, and the same predictions as `cdcda run`."""
+    import os
+    import subprocess
+
+    from strategies.simulation import run_simulation
+
+    home = tmp_path / "flwr-home"
+    run_config = (f"out-dir='{tmp_path / 'flwr'}' users=3 tasks='LaMP_2' methods='base,local' "
+                  "device.model='tiny-random' cloud.model='tiny-random' train.steps=2 personas.queries=2")
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"}
+    env["FLWR_HOME"] = str(home)  # the switch itself must come from ./run
+    try:
+        proc = subprocess.run([str(ROOT / "run"), "flwr", "run", ".", "--stream", "--run-config", run_config],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        _stop_managed_superlinks(home)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "2 device node(s) connected" in output, output
+    superlink_log = "".join(p.read_text() for p in home.rglob("superlink.log"))
+    assert "uv sync" not in superlink_log and "uv pip" not in superlink_log
+    via_flwr = json.loads((tmp_path / "flwr" / "results.json").read_text())
+    via_cdcda = run_simulation(load_config(None, [f"out-dir={tmp_path / 'cdcda'}", "users=3", "tasks=LaMP_2",
+                                                  "methods=base,local", "device.model=tiny-random",
+                                                  "cloud.model=tiny-random", "train.steps=2", "personas.queries=2"]))
+    assert via_flwr["users"] == via_cdcda["users"] == {"LaMP_2": 3}
+    for method in ("base", "local"):
+        name = Path("predictions") / "LaMP_2" / f"{method}_outputs.json"
+        assert json.loads((tmp_path / "flwr" / name).read_text()) == \
+            json.loads((tmp_path / "cdcda" / name).read_text()), name
