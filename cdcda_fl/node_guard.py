@@ -103,8 +103,10 @@ class NodeGuard:
         records = raw.get("records")
         if not isinstance(records, list) or len(records) > self.max_records:
             raise Refused(f"{key[:80]}: records missing or over the limit of {self.max_records}")
-        size = int(raw.get("bytes") or 0)
-        if size < 0 or size > self.max_bytes:
+        from cdcda_fl.privacy.consent import payload_bytes
+
+        size = payload_bytes(records)  # measured here: a node's own "bytes" figure is not trusted
+        if size > self.max_bytes:
             raise Refused(f"{key[:80]}: share of {size} bytes over the limit of {self.max_bytes}")
         self._shared.add(key)
         return key

@@ -23,6 +23,7 @@ Which users a node serves comes from its ``node_config``:
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -58,28 +59,38 @@ def _users_cached(frozen_cfg: tuple[tuple[str, Scalar], ...], root: str | None) 
     return tuple(user_refs(dict(frozen_cfg), Path(root) if root else None))
 
 
-def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> list[User]:
-    """The users this node serves (see module docstring), read from disk by offset."""
+def _device_refs(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]
+                 ) -> tuple[dict[str, Scalar], tuple[UserRef, ...], str | None]:
+    """(config keys that locate the data, every user of the data, index root) for this node.
+
+    A real device indexes its own files under its own home (:func:`device_home`), never under a
+    directory the server named.
+    """
     cfg = dict(cfg)
     root = None
-    if "data-dir" in node_config:  # a real device with its own files (and its own index beside its adapters)
+    if is_real_device(node_config):
         cfg["data-dir"] = str(node_config["data-dir"])
-        if "storage-dir" in node_config:
-            root = str(Path(str(node_config["storage-dir"])) / "index")
+        root = str(device_home(node_config, cfg) / "index")
     keys = ("data-dir", "out-dir", "tasks", "split", "users")
     frozen = tuple((k, cfg[k]) for k in keys)
-    refs = _users_cached(frozen, root)
+    return dict(frozen), _users_cached(frozen, root), root
+
+
+def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> list[User]:
+    """The users this node serves (see module docstring), read from disk by offset."""
+    located, refs, root = _device_refs(node_config, cfg)
     if "user-id" in node_config:
         refs = tuple(r for r in refs if r.user_id == str(node_config["user-id"]))
     elif "partition-id" in node_config:
         p, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
         refs = refs[p::n]
-    return load_users(dict(frozen), list(refs), Path(root) if root else None)
+    return load_users(located, list(refs), Path(root) if root else None)
 
 
 def _storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
-    if "storage-dir" in node_config:
-        return Path(str(node_config["storage-dir"]))
+    """Where the private adapters live: the device's own choice on a real device."""
+    if "storage-dir" in node_config or is_real_device(node_config):
+        return device_home(node_config, cfg)
     if cfg["device.storage-dir"]:
         return Path(str(cfg["device.storage-dir"]))
     return Path(str(cfg["out-dir"])) / "devices"
@@ -120,10 +131,17 @@ def _own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> De
 
 def _log_error(home: Path, where: str, exc: BaseException) -> None:
     """The full error stays on the device (its owner may read it; the server gets a code)."""
-    home.mkdir(parents=True, exist_ok=True)
     line = {"time": time.time(), "where": where, "error": f"{type(exc).__name__}: {exc}"}
-    with (home / "errors.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with (home / "errors.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    except OSError:  # an unwritable home must not turn into a reply that names its path
+        print(f"cdcda device error ({where}): {line['error']}", file=sys.stderr)
+
+
+class InjectedCrash(RuntimeError):
+    """``debug.crash-users``: the ClientApp fails as a crashing device would (Flower reports it)."""
 
 
 def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
@@ -131,10 +149,48 @@ def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
     crash = set(csv_list(cfg["debug.crash-users"]))
     hit = [u.user_id for u in users if u.user_id in crash]
     if hit:
-        raise RuntimeError(f"injected crash (debug.crash-users) for {hit}")
+        raise InjectedCrash(f"injected crash (debug.crash-users) for {hit}")
 
 
-@app.query("share")
+def _guarded(kind: str, handler):
+    """Run a handler; anything it raises leaves as a generic code, never as exception text.
+
+    Flower turns an uncaught exception into an error reply that carries its message (which can
+    quote a private value or a local path); this makes every reply a normal one with a code.
+    """
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except InjectedCrash:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
+            try:
+                home = device_home(context.node_config, config_of(msg))
+            except Exception:  # noqa: BLE001
+                home = Path(".cdcda-device")
+            _log_error(home, kind, exc)
+            content = (pack(users=[], shares=[], errors=[{"user": "*", "reason": generic_error(exc)}])
+                       if kind == "share" else pack(results=[{"user_id": "*", "task": "*", "error": generic_error(exc)}]))
+            return Message(content, reply_to=msg)
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
+                        home: Path) -> None:
+    """A real device's consent file naming users it does not hold is a typo its owner must see
+    (on the device: the server never learns it)."""
+    if own is None or not is_real_device(node_config):
+        return
+    unknown = own.unknown_users(r.user_id for r in _device_refs(node_config, cfg)[1])
+    if unknown:
+        warning = (f"{policy_path(node_config, cfg)} has tables for user(s) this device does not hold: "
+                   f"{unknown[:10]} (misspelled? they fall back to [default])")
+        print(f"cdcda device warning: {warning}", file=sys.stderr)
+        _log_error(home, "consent", UserWarning(warning))
+
+
 def share(msg: Message, context: Context) -> Message:
     """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
     cfg = config_of(msg)
@@ -147,6 +203,7 @@ def share(msg: Message, context: Context) -> Message:
     except Exception as exc:  # the whole node cannot share: say so without the private details
         _log_error(home, "share", exc)
         return Message(pack(users=[], shares=[], errors=[{"user": "*", "reason": generic_error(exc)}]), reply_to=msg)
+    _warn_unknown_users(own, context.node_config, cfg, home)
     audit = AuditLog(home / "audit.jsonl")
     shares, errors = [], []
     for user in users:
@@ -164,7 +221,6 @@ def share(msg: Message, context: Context) -> Message:
     return Message(pack(users=hosted, shares=shares, errors=errors), reply_to=msg)
 
 
-@app.train("personalize")
 def personalize(msg: Message, context: Context) -> Message:
     """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
     cfg = config_of(msg)
@@ -194,3 +250,7 @@ def personalize(msg: Message, context: Context) -> Message:
                              report=result.get("report", "error"))
         results.append(result)
     return Message(pack(results=results), reply_to=msg)
+
+
+app.query("share")(_guarded("share", share))
+app.train("personalize")(_guarded("personalize", personalize))

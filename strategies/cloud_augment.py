@@ -27,7 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from cdcda_fl.config import Scalar, methods_of, resolve
 from cdcda_fl.node_guard import NodeGuard, Refused
-from cdcda_fl.privacy.consent import SharedRecords
+from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
 from cdcda_fl.runs import ResultStore, aggregate, check_run_data, prepare_run_dir, user_key
 from clients.codec import pack, unpack
@@ -159,6 +159,7 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
         try:
             key = guard.check_share(node, raw)
             shared = SharedRecords.from_dict(raw)
+            shared.bytes = payload_bytes(shared.records)  # the audit counts what arrived, not what was claimed
         except (Refused, TypeError, ValueError) as exc:
             store.record_failure(f"node {node}", str(exc), phase="share", node=node)
             continue
@@ -209,6 +210,7 @@ def _personalize(grid: Grid, cfg: Mapping[str, Scalar], chunk: list[str], shares
                  user_node: Mapping[str, int], augmenter: _Augmenter | None, store: ResultStore,
                  clock: _PhaseClock, timeout: float | None, label: str) -> None:
     """Augment one chunk of users in the cloud, send each device its users' sets, store replies."""
+    audit = _audit_log(cfg)
     with clock("augment"):
         synthetic = augmenter.run([shares[u] for u in chunk if u in shares]) if augmenter else {}
     by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -237,6 +239,9 @@ def _personalize(grid: Grid, cfg: Mapping[str, Scalar], chunk: list[str], shares
                 else:
                     store.record_failure(f"node {node}", str(exc), phase="personalize", node=node)
                 continue
+            # The cloud's view of every result reply, to compare with the device's own log.
+            audit.record_payload("result", str(result.get("user_id")), str(result.get("task")), result,
+                                 destination="server", request="personalize", report=result.get("report", "error"))
             if "error" in result:
                 store.record_failure(key, str(result["error"])[:500], phase="personalize", node=node)
             else:

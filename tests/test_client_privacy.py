@@ -157,7 +157,7 @@ def test_real_device_reads_its_own_consent_file(cfg: dict, tmp_path: Path) -> No
     assert [set(r) for r in share["records"]] == [{"id", "abstract"}] * 3
     other = tmp_path / "mine.toml"
     other.write_text('[alice]\nshare-fraction = 0.34\n')
-    (share,) = _share(cfg, dict(real, **{"consent-file": str(other)}))
+    (share,) = _share(dict(cfg, **{"consent.deny-terms": ""}), dict(real, **{"consent-file": str(other)}))
     assert len(share["records"]) == 1
 
 
@@ -231,3 +231,33 @@ def test_device_audit_records_every_reply(cfg: dict) -> None:
 
     (result,) = unpack(result_reply)["results"]
     assert lines[1]["bytes"] == len(canonical_json(result))
+
+
+# ------------------------------------------------------------------ nothing escapes as exception text
+def test_unexpected_failure_leaves_as_a_code_not_as_flower_error_text(cfg: dict) -> None:
+    reply = _call("train.personalize", pack(cfg, not_synthetic="private call 415-555-0100"), SIM)
+    assert not reply.has_error()  # Flower would forward an exception's message as the error reason
+    (result,) = unpack(reply)["results"]
+    assert result["error"].startswith("device_error KeyError") and "415" not in _reply_bytes(reply)
+    assert "synthetic" in (Path(cfg["out-dir"]) / "devices" / "errors.jsonl").read_text()
+
+
+def test_real_device_keeps_adapters_and_index_at_home_whatever_the_server_says(cfg: dict, tmp_path: Path) -> None:
+    (Path(cfg["data-dir"]) / "consent.toml").write_text("[default]\nshare-fraction = 0\n")
+    server_dir = tmp_path / "server-chosen"
+    real = {"data-dir": cfg["data-dir"], "user-id": "alice"}
+    sent = dict(cfg, **{"out-dir": str(server_dir), "device.storage-dir": str(server_dir / "st"), "methods": "local"})
+    reply = _call("train.personalize", pack(sent, synthetic={"LaMP_5/alice": []}), real)
+    (result,) = unpack(reply)["results"]
+    assert "error" not in result, result
+    home = Path(cfg["data-dir"]) / ".cdcda"
+    assert list(home.rglob("adapter_model.safetensors")) and (home / "index").is_dir()
+    assert not server_dir.exists() or not list(server_dir.rglob("*.safetensors"))
+
+
+def test_consent_file_naming_unknown_users_warns_on_the_device(cfg: dict, capsys) -> None:
+    (Path(cfg["data-dir"]) / "consent.toml").write_text("[default]\nshare-fraction = 1.0\n\n[alcie]\nshare-fraction = 0\n")
+    reply = _call("query.share", pack(cfg, share=True), {"data-dir": cfg["data-dir"], "user-id": "alice"})
+    assert "alcie" not in _reply_bytes(reply)  # the server never learns it
+    assert "alcie" in capsys.readouterr().err
+    assert "alcie" in (Path(cfg["data-dir"]) / ".cdcda" / "errors.jsonl").read_text()

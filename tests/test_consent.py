@@ -149,7 +149,7 @@ def test_server_ceiling_only_makes_a_policy_stricter() -> None:
     narrow = ConsentPolicy.ceiling_from_config({"consent.share-fraction": 0.25, "consent.fields": "description,tag",
                                                 "consent.deny-labels": "comedy", "consent.scrub": True})
     combined = device.stricter(narrow)
-    assert combined.scrub and combined.fields == ("tag",) and "comedy" in combined.deny_labels
+    assert combined.scrub and combined.fields == ("tag",) and "comedy" in combined.ceiling_deny_labels
     got = combined.apply(LAMP2, "u", items)
     assert got.n_shared <= 5 and set(got.record_ids) <= set(device.apply(LAMP2, "u", items).record_ids)
     assert all(r["tag"] != "comedy" for r in got.records)
@@ -159,6 +159,26 @@ def test_server_ceiling_only_makes_a_policy_stricter() -> None:
     # explicit ids from the server narrow, never add
     ids = ConsentPolicy.ceiling_from_config({"consent.record-ids": "u-m0,u-m1,u-m2,u-m3"})
     assert set(device.stricter(ids).apply(LAMP2, "u", items).record_ids) <= {"u-m0", "u-m1", "u-m2", "u-m3"}
+
+
+def test_server_deny_terms_are_no_oracle_over_unshared_fields() -> None:
+    """A server choosing deny terms learns nothing it was not shown: its terms see only the shared
+    fields, and a record they remove is not replaced by another (two runs differ only by removal)."""
+    items = [{"id": f"m{i}", "description": "oncology clinic visit" if i == 3 else f"plain movie {i}",
+              "tag": "comedy"} for i in range(10)]
+    device = ConsentPolicy.from_values({"share-fraction": 0.5, "fields": "tag"})
+    plain = device.stricter(ConsentPolicy.ceiling_from_config({"consent.share-fraction": 1.0})).apply(LAMP2, "u", items)
+    probe = device.stricter(ConsentPolicy.ceiling_from_config({"consent.share-fraction": 1.0,
+                                                               "consent.deny-terms": "oncology"})).apply(LAMP2, "u", items)
+    assert probe.record_ids == plain.record_ids  # the term sits in a field that is never shared
+    visible = ConsentPolicy.from_values({"share-fraction": 0.5})  # all fields shared
+    base = visible.stricter(ConsentPolicy.ceiling_from_config({"consent.share-fraction": 1.0})).apply(LAMP2, "u", items)
+    hit = visible.stricter(ConsentPolicy.ceiling_from_config({"consent.share-fraction": 1.0, "consent.deny-terms": "plain"}
+                                                             )).apply(LAMP2, "u", items)
+    assert set(hit.record_ids) <= set(base.record_ids)  # removal only, never a replacement
+    # the device owner's own deny terms still look at the whole record
+    own = ConsentPolicy.from_values({"share-fraction": 1.0, "fields": "tag", "deny-terms": "oncology"})
+    assert "m3" not in own.apply(LAMP2, "u", items).record_ids
 
 
 def test_zero_device_policy_shares_nothing_whatever_the_ceiling() -> None:

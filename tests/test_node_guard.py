@@ -53,8 +53,9 @@ def test_shares_only_for_announced_users_once_and_bounded() -> None:
     guard.announce(1, ["LaMP_2/big", "LaMP_2/huge"])
     with pytest.raises(Refused, match="limit"):
         guard.check_share(1, {**ok, "user_id": "big", "records": [{}, {}, {}]})
+    # measured by the server, not taken from the node: a small claimed size does not pass
     with pytest.raises(Refused, match="bytes"):
-        guard.check_share(1, {**ok, "user_id": "huge", "bytes": 10_000})
+        guard.check_share(1, {**ok, "user_id": "huge", "records": [{"id": "x" * 200}], "bytes": 10})
     assert NodeGuard(max_users_per_node=1).announce(1, ["LaMP_2/a", "LaMP_2/b"]) == [
         ("node 1", "announced 2 users (limit 1)")]
 

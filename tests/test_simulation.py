@@ -40,17 +40,38 @@ def test_run_directory_is_complete(first_run) -> None:
         assert (out / name).is_file(), name
     preds = json.loads((out / "predictions" / "LaMP_2" / "cdcda_outputs.json").read_text())
     assert preds["task"] == "LaMP_2" and len(preds["golds"]) == 3 * 3
-    rows = list(csv.DictReader((out / "summary.csv").open()))
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
     assert {r["metric"] for r in rows} == {"accuracy", "f1", "rouge-1", "rouge-L"}
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["seed"] == 0 and "flwr" in config["versions"]
     audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert len(audit) == 8  # every user shared (share-fraction 0.5), the crash happens later
+    # every user shared (share-fraction 0.5), the crash happens later; 6 users returned results
+    assert [ln["kind"] for ln in audit].count("share") == 8 and [ln["kind"] for ln in audit].count("result") == 6
     # Adapters stay on the devices' own disks; no adapter in any reply or result file.
     assert list((out / "devices").rglob("adapter_model.safetensors"))
     for result in (out / "users").rglob("*.json"):
         text = result.read_text()
         assert "lora_A" not in text and "safetensors" not in text
+
+
+def test_device_and_server_audit_logs_agree(first_run) -> None:
+    """Every reply the server logged, the device logged before sending, with the same bytes and hash."""
+    from cdcda_fl.privacy.audit_log import read_audit
+
+    out, results = first_run
+    key = lambda ln: (ln["kind"], ln["task"], ln["user"])  # noqa: E731
+    server = {key(ln): ln for ln in read_audit(out / "audit.jsonl")}
+    device = {key(ln): ln for ln in read_audit(out / "devices" / "audit.jsonl")}
+    assert {k for k in server if k[0] == "result"} == {("result", t, u) for t in ("LaMP_2", "LaMP_5")
+                                                       for u in ("dev-u0000", "dev-u0002", "dev-u0003")}
+    assert {k for k in server if k[0] == "share"} == {k for k in device if k[0] == "share"}
+    for k, line in server.items():
+        assert k in device, k
+        assert (line["bytes"], line["sha256"]) == (device[k]["bytes"], device[k]["sha256"]), k
+    # results of the finished users left the device and reached the server, nothing else did
+    assert {k for k in device if k[0] == "result"} == {k for k in server if k[0] == "result"}
+    assert all("n_total" not in ln for ln in server.values())  # device-only counts never left
 
 
 def test_rerun_resumes_and_skips_finished_users(first_run) -> None:

@@ -10,7 +10,7 @@ records themselves for deployments that want a full transcript.
 Two logs, two views: the server appends what it *received* (the cloud's view, ``out/audit.jsonl``)
 and each device appends what it *sent* before replying (its owner's view, on the device's own
 disk). Both name every reply with its ``kind`` (``share`` or ``result``), user, task, byte count
-and SHA-256, so the two can be compared line by line (tests/test_node_privacy.py does).
+and SHA-256, so the two can be compared line by line (tests/test_simulation.py does, after a real run).
 Device lines may also carry ``n_total``/``n_denied``, which never leave the device.
 
 Appends are serialized by a thread lock and a file lock, so Ray workers or threads writing the

@@ -231,6 +231,12 @@ class ConsentPolicy:
     # and only these ids (None = any).
     max_fraction: float = 1.0
     allowed_ids: tuple[str, ...] | None = None
+    # The server's deny rules (also set only by :meth:`stricter`). They see only the fields that
+    # are shared and only remove records after the device's own selection: matched against
+    # non-shared fields, or letting another record take a denied one's place, they would let a
+    # server that picks the terms learn about what it was never shown (a keyword oracle).
+    ceiling_deny_terms: tuple[str, ...] = ()
+    ceiling_deny_labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _fraction(self.share_fraction)
@@ -312,11 +318,13 @@ class ConsentPolicy:
             fields_ = self.fields or ceiling.fields
         return ConsentPolicy(
             share_fraction=self.share_fraction, fields=fields_,
-            deny_terms=union(self.deny_terms, ceiling.deny_terms),
-            deny_labels=union(self.deny_labels, ceiling.deny_labels),
-            redact_terms=union(self.redact_terms, ceiling.redact_terms),
+            deny_terms=self.deny_terms, deny_labels=self.deny_labels,
+            redact_terms=union(union(self.redact_terms, ceiling.redact_terms), ceiling.deny_terms),
             record_ids=self.record_ids, scrub=self.scrub or ceiling.scrub, seed=self.seed,
             max_fraction=max_fraction, allowed_ids=allowed,
+            ceiling_deny_terms=union(union(self.ceiling_deny_terms, ceiling.ceiling_deny_terms), ceiling.deny_terms),
+            ceiling_deny_labels=union(union(self.ceiling_deny_labels, ceiling.ceiling_deny_labels),
+                                      ceiling.deny_labels),
         )
 
     # ------------------------------------------------------------------ decisions
@@ -372,7 +380,23 @@ class ConsentPolicy:
         if len(chosen) > cap:  # the ceiling lowers the count; the device's own ranking picks which
             keep = {id(it) for it in sorted(chosen, key=rank)[:cap]}
             chosen = [it for it in chosen if id(it) in keep]
+        if self.ceiling_deny_terms or self.ceiling_deny_labels:  # only removes, never replaces
+            kept = [it for it in chosen if not self._ceiling_denied(task, it)]
+            n_denied += len(chosen) - len(kept)
+            chosen = kept
         return chosen, n_denied
+
+    def _ceiling_denied(self, task: Any, item: Mapping[str, Any]) -> bool:
+        """The server's deny rules, on the fields that would be shared only."""
+        visible = set(self.fields_for(task))
+        if task.label_field in visible and task.label_field in item and self.ceiling_deny_labels:
+            if normalize_label(item.get(task.label_field)) in {normalize_label(x) for x in self.ceiling_deny_labels}:
+                return True
+        if self.ceiling_deny_terms:
+            text = fold(" ".join(str(v) for k, v in item.items() if k in visible))
+            if any(fold(term) in text for term in self.ceiling_deny_terms if fold(term)):
+                return True
+        return False
 
     def apply(self, task: Any, user_id: str, items: Sequence[Mapping[str, Any]]) -> SharedRecords:
         """Select, project onto allowed fields, and scrub: the payload that may leave the device.

@@ -15,7 +15,7 @@ The level is negotiated like consent: the server asks (``eval.report``; ``auto``
 default), the device's owner allows (``report`` in its consent file; default ``metrics`` on a real
 device, ``predictions`` in simulation), and the lower of the two wins.
 
-Errors leave a device as a code plus record index/id and field name -- never the exception
+Errors leave a device as a code plus record index and field name -- never the exception
 text, which can quote a private value or a local path. The full message stays in the device's
 own log.
 """
@@ -66,7 +66,7 @@ def filter_result(result: Mapping[str, Any], level: str) -> dict[str, Any]:
 
 
 def generic_error(exc: BaseException) -> str:
-    """A code (and, for data errors, record index/id and field) -- never the message text."""
+    """A code (and, for data errors, record index and field) -- never the message text or a record id."""
     from cdcda_fl.data.lamp import LampDataError
     from cdcda_fl.privacy.consent import ConsentError
 
@@ -74,8 +74,7 @@ def generic_error(exc: BaseException) -> str:
         where = []
         if exc.index is not None:
             where.append(f"record {exc.index}")
-        if exc.record_id is not None and len(str(exc.record_id)) <= 64:
-            where.append(f"id {str(exc.record_id)!r}")
+        # No record id: the record may be one the user never shared (ids can be meaningful).
         if exc.field_name is not None:
             where.append(f"field {exc.field_name!r}")
         return "data_error" + (f" ({', '.join(where)})" if where else "")
