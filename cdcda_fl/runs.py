@@ -151,6 +151,19 @@ def describe_issues(issues: Sequence[DataIssue], limit: int = 10) -> str:
     return "\n".join(lines)
 
 
+def unknown_consent_users(cfg: Mapping[str, Scalar]) -> list[str]:
+    """User ids that the run's consent overrides name but no task of the run holds (typos).
+
+    Such a table would silently fall back to ``[default]``; the run names them instead.
+    """
+    path = Path(str(cfg["out-dir"])) / "devices" / "consent.toml"
+    if not path.is_file():
+        return []
+    from cdcda_fl.privacy.consent import load_device_policy
+
+    return load_device_policy(path).unknown_users(ref.user_id for ref in user_refs(cfg))
+
+
 def check_run_data(cfg: Mapping[str, Scalar]) -> list[DataIssue]:
     """Validate every data file of the run before anything runs.
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from cdcda_fl.config import Scalar
 from cdcda_fl.progress import log
-from cdcda_fl.runs import check_run_data, describe_issues, prepare_run_dir, user_refs
+from cdcda_fl.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users, user_refs
 
 # Seconds the run gets to wind down after a stop signal before its Ray processes are killed.
 STOP_GRACE_S = 5.0
@@ -163,6 +163,10 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     if issues:
         log(f"skipping the users of {len(issues)} invalid record(s) (reported in failures.jsonl):\n"
             f"{describe_issues(issues)}")
+    unknown = unknown_consent_users(cfg)
+    if unknown:
+        log(f"[yellow]warning:[/yellow] consent overrides name user(s) no task of this run holds: "
+            f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''} (misspelled? they get the [default] policy)")
     n_users = len(user_refs(cfg))
     if not n_users:
         raise RuntimeError("no valid users to run (see the data errors above)")

@@ -239,3 +239,14 @@ def test_redaction_terms_apply_even_without_scrubbing() -> None:
     cfg = {"consent.share-fraction": 1.0, "consent.redact-terms": "acme", "consent.scrub": False}
     rec = ConsentPolicy.from_config(cfg, "u").apply(get_task("LaMP_3"), "u", items).records[0]
     assert rec["text"] == "[REDACTED] sent bob@x.com"
+
+
+def test_run_names_override_tables_for_users_it_does_not_hold(tmp_path) -> None:
+    from cdcda_fl.config import resolve
+    from cdcda_fl.runs import prepare_run_dir, unknown_consent_users
+
+    overrides = tmp_path / "overrides.toml"
+    overrides.write_text('[dev-u0000]\nshare-fraction = 1.0\n\n[dev-u00O1]\nshare-fraction = 0\n')  # O for 0
+    cfg = prepare_run_dir(resolve({"tasks": "LaMP_2", "users": 2, "out-dir": str(tmp_path / "run"),
+                                   "consent.overrides": str(overrides), "personas.queries": 1}))
+    assert unknown_consent_users(cfg) == ["dev-u00O1"]
