@@ -119,6 +119,11 @@ def defaults() -> dict[str, Scalar]:
     return {k: v for k, (v, _) in DEFAULTS.items()}
 
 
+def config_get(cfg: Mapping[str, Any], key: str) -> Scalar:
+    """``cfg[key]``, else the one default in :data:`DEFAULTS` (never a second literal elsewhere)."""
+    return cfg[key] if key in cfg else DEFAULTS[key][0]
+
+
 def parse_scalar(text: str, like: Scalar | None = None) -> Scalar:
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True; typed like the default where one is known."""
     low = text.strip().lower()

@@ -5,7 +5,7 @@ Flow per call: audit every request -> rounds of (build prompts for users still s
 one prompt -> parse every record -> filter with counted reasons) -> one :class:`AugmentResult`
 per user.
 
-Prompt design (DESIGN.md §4): a base model given a few-shot continuation prompt writes clean
+Prompt design (docs/design.md, "Facts"): a base model given a few-shot continuation prompt writes clean
 records, often several per generation; so the default for base models is continuation, and for
 chat models a chat instruction with the same records. Tasks with a fixed label list are
 *label-conditioned*: each prompt ends in (continuation) or asks for (chat) a target label drawn
@@ -31,6 +31,7 @@ from typing import Any
 
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
 from cdcda_fl.cloud.filters import FilterSettings, RecordFilter, parse_records
+from cdcda_fl.config import config_get
 from cdcda_fl.privacy.consent import SharedRecords
 
 PROMPT_STYLES = ("auto", "continuation", "chat")
@@ -85,29 +86,27 @@ class AugmentConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AugmentConfig:
-        """Keys: ``synthetic.per-user`` (16), ``synthetic.max-rounds`` (3), ``synthetic.temperature``
-        (0.8), ``synthetic.max-new-tokens`` (64), ``synthetic.few-shot`` (4), ``synthetic.seed``
-        (falls back to ``seed``), ``synthetic.max-prompts-per-round`` (32), ``synthetic.near-dup``
-        (0.7, token-set Jaccard), ``synthetic.label-quota`` (true), ``cloud.prompt-style``
-        (auto|continuation|chat), ``cloud.batch-size`` (8), ``cloud.embed-filter`` (false),
-        ``cloud.embed-min-sim`` (0.2), ``cloud.embed-max-sim`` (0.95)."""
-        g = cfg.get
+        """The ``synthetic.*`` and ``cloud.*`` keys this step reads; defaults and meanings are in
+        :data:`cdcda_fl.config.DEFAULTS` (``cdcda run --help-config``). ``seed`` seeds sampling."""
+        def g(key: str) -> Any:
+            return config_get(cfg, key)
+
         try:
             return cls(
-                per_user=int(g("synthetic.per-user", 16)),
-                max_rounds=int(g("synthetic.max-rounds", 3)),
-                temperature=float(g("synthetic.temperature", g("cloud.temperature", 0.8))),
-                max_new_tokens=int(g("synthetic.max-new-tokens", g("cloud.max-new-tokens", 64))),
-                few_shot=int(g("synthetic.few-shot", 4)),
-                seed=int(g("synthetic.seed", g("seed", 0))),
-                prompt_style=str(g("cloud.prompt-style", "auto")).strip().lower(),
-                batch_size=int(g("cloud.batch-size", 8)),
-                max_prompts_per_round=int(g("synthetic.max-prompts-per-round", 32)),
-                near_dup=float(g("synthetic.near-dup", 0.7)),
-                embed_filter=_as_bool(g("cloud.embed-filter", False)),
-                embed_min_sim=float(g("cloud.embed-min-sim", 0.2)),
-                embed_max_sim=float(g("cloud.embed-max-sim", 0.95)),
-                label_quota=_as_bool(g("synthetic.label-quota", True)),
+                per_user=int(g("synthetic.per-user")),
+                max_rounds=int(g("synthetic.max-rounds")),
+                temperature=float(g("synthetic.temperature")),
+                max_new_tokens=int(g("synthetic.max-new-tokens")),
+                few_shot=int(g("synthetic.few-shot")),
+                seed=int(g("seed")),
+                prompt_style=str(g("cloud.prompt-style")).strip().lower(),
+                batch_size=int(g("cloud.batch-size")),
+                max_prompts_per_round=int(g("synthetic.max-prompts-per-round")),
+                near_dup=float(g("synthetic.near-dup")),
+                embed_filter=_as_bool(g("cloud.embed-filter")),
+                embed_min_sim=float(g("cloud.embed-min-sim")),
+                embed_max_sim=float(g("cloud.embed-max-sim")),
+                label_quota=_as_bool(g("synthetic.label-quota")),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad synthetic.*/cloud.* setting: {exc}") from exc

@@ -1,7 +1,7 @@
 """LLM backends for the cloud side: one small interface, two implementations.
 
 * :class:`HFBackend` runs a transformers model in-process (any device preset or HF id/path),
-  batched with left padding -- batching is the main throughput lever on CPU (DESIGN.md §5).
+  batched with left padding -- batching is the main throughput lever on CPU (docs/design.md, "Facts").
 * :class:`OpenAIBackend` talks to any OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp
   server, hosted APIs, or our own :mod:`cdcda_fl.cloud.serve`) over real HTTP, with bounded
   concurrency and retries with exponential backoff and jitter.
@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
+
+from cdcda_fl.config import config_get
 
 log = logging.getLogger(__name__)
 
@@ -475,33 +477,32 @@ BACKEND_KEYS = (
 def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
     """Build the backend that ``cloud.backend`` names (``hf`` by default) from flat run config.
 
-    ``hf``: ``cloud.model`` (default ``gemma3-270m``, the base model that writes clean records),
-    ``cloud.batch-size`` (8), ``cloud.device``. ``openai``: ``cloud.model`` (required),
-    ``cloud.base-url`` (``http://127.0.0.1:8000/v1``), ``cloud.api-key-env`` (name of the env var
-    holding the key; empty = no key), ``cloud.timeout`` (60 s), ``cloud.max-retries`` (3),
-    ``cloud.concurrency`` (4), ``cloud.allow-insecure-http`` (false: plain http only to loopback).
+    ``hf``: ``cloud.model``, ``cloud.batch-size``, ``cloud.device``. ``openai``: ``cloud.model``,
+    ``cloud.base-url`` (empty = ``http://127.0.0.1:8000/v1``), ``cloud.api-key-env``,
+    ``cloud.timeout``, ``cloud.max-retries``, ``cloud.concurrency``, ``cloud.allow-insecure-http``.
+    Defaults and meanings: :data:`cdcda_fl.config.DEFAULTS` (the only place they are set).
     Also ``cloud.prompt-style``: a ``continuation`` value tells the openai backend the served
     model is a base model.
     """
-    kind = str(cfg.get("cloud.backend", "hf")).strip().lower()
+    kind = str(config_get(cfg, "cloud.backend")).strip().lower()
     try:
         if kind == "hf":
             return HFBackend(
-                str(cfg.get("cloud.model", "gemma3-270m")),
-                batch_size=int(cfg.get("cloud.batch-size", 8)),
+                str(config_get(cfg, "cloud.model")),
+                batch_size=int(config_get(cfg, "cloud.batch-size")),
                 device=(str(cfg["cloud.device"]) if cfg.get("cloud.device") else None),
                 loaded=loaded,
             )
         if kind == "openai":
             return OpenAIBackend(
-                str(cfg.get("cloud.model", "")),
+                str(cfg.get("cloud.model") or ""),  # a served model has no preset default: name it
                 base_url=str(cfg.get("cloud.base-url") or "http://127.0.0.1:8000/v1"),
-                api_key_env=str(cfg.get("cloud.api-key-env", "")),
-                timeout=float(cfg.get("cloud.timeout", 60.0)),
-                max_retries=int(cfg.get("cloud.max-retries", 3)),
-                concurrency=int(cfg.get("cloud.concurrency", 4)),
-                prefers_chat=str(cfg.get("cloud.prompt-style", "auto")).lower() != "continuation",
-                allow_insecure_http=_as_bool(cfg.get("cloud.allow-insecure-http", False)),
+                api_key_env=str(config_get(cfg, "cloud.api-key-env")),
+                timeout=float(config_get(cfg, "cloud.timeout")),
+                max_retries=int(config_get(cfg, "cloud.max-retries")),
+                concurrency=int(config_get(cfg, "cloud.concurrency")),
+                prefers_chat=str(config_get(cfg, "cloud.prompt-style")).lower() != "continuation",
+                allow_insecure_http=_as_bool(config_get(cfg, "cloud.allow-insecure-http")),
             )
     except (TypeError, ValueError) as exc:
         raise BackendError(f"bad cloud.* setting: {exc}") from exc

@@ -66,7 +66,7 @@ def _package_dir(module: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"Python package {module!r} is not installed; it carries a bundled model. "
-            "Install it (see DESIGN.md §4 / ./run) or pass a local model folder instead."
+            "Install it (see docs/design.md, Facts, and ./run) or pass a local model folder instead."
         )
     return Path(list(spec.submodule_search_locations)[0])
 
