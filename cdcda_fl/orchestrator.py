@@ -1,0 +1,332 @@
+"""The cloud side of a CDCDA run, without Flower: scheduling, rounds, resume, failures, reporting.
+
+Flow:
+1. wait for the device nodes (their number settles: see :func:`wait_for_nodes`);
+2. ``share`` to every node: each returns its users and the records they consented to share;
+   the server's :class:`~cdcda_fl.node_guard.NodeGuard` decides which node may speak for which
+   user, and every accepted share is appended to the server's audit log;
+3. per round, for a ``fraction`` of the unfinished users, in chunks of ``chunk-users``: the cloud
+   LLM writes synthetic records per user (batched across users, one user per prompt), then
+   ``personalize`` sends each node its users' sets; results are written to disk as they arrive
+   (atomic, resumable) and audited;
+4. the report: LaMP-format predictions, ``results.json``, ``summary.csv``, plots, a table.
+
+A node that fails (error reply, malformed reply, timeout) is reported with its users and the
+run goes on. Messages travel through a :class:`Transport`: the Flower ServerApp adapts Flower's
+Grid to it (``strategies/cloud_augment.py``), and tests use an in-memory one, so everything here
+runs in seconds without Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cdcda_fl.config import Scalar, methods_of
+from cdcda_fl.node_guard import NodeGuard, Refused
+from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
+from cdcda_fl.progress import Progress, log
+from cdcda_fl.runs import ResultStore, aggregate, check_run_data, prepare_run_dir, user_key
+
+SHARE = "share"
+PERSONALIZE = "personalize"
+
+# Set by the driver's SIGINT/SIGTERM handler (strategies/simulation.py): stop at the next poll.
+STOP = threading.Event()
+
+
+class RunInterrupted(Exception):
+    """The run was asked to stop (Ctrl-C / SIGTERM); finished users are on disk, the rest resume."""
+
+
+@dataclass
+class Reply:
+    """A node's answer: its decoded payload, or the transport's error text (then ``body`` is None)."""
+
+    node: int
+    body: dict[str, Any] | None
+    error: str = ""
+
+
+class Transport(Protocol):
+    """How the orchestrator reaches device nodes (Flower's Grid in production)."""
+
+    def node_ids(self) -> list[int]:
+        """The nodes connected now."""
+
+    def send(self, kind: str, cfg: Mapping[str, Scalar], requests: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
+        """Queue ``(node, payload)`` requests of one ``kind`` (SHARE | PERSONALIZE); one handle each."""
+
+    def poll(self, handles: list[str]) -> list[tuple[str, Reply]]:
+        """The replies that have arrived for these handles (each at most once)."""
+
+
+def wait_for_nodes(transport: Transport, expected: int, wait_s: float, settle_s: float = 1.0) -> list[int]:
+    """Poll until at least ``expected`` nodes are connected and their number has not changed for
+    ``settle_s`` seconds (or ``wait_s`` has passed).
+
+    Why settle: under plain ``flwr run .`` the server cannot know how many SuperNodes the
+    federation has (Flower's default is 2, ``--federation-config num-supernodes=N`` changes it),
+    so it takes every node that is there once the count stops growing, instead of waiting
+    ``node-wait`` seconds for a ``min-nodes`` that may never come.
+    """
+    deadline = time.monotonic() + wait_s
+    nodes: list[int] = []
+    changed = time.monotonic()
+    while True:
+        now_nodes = sorted(transport.node_ids())
+        if now_nodes != nodes:
+            nodes, changed = now_nodes, time.monotonic()
+        now = time.monotonic()
+        if (len(nodes) >= expected and now - changed >= settle_s) or now > deadline:
+            return nodes
+        time.sleep(0.1)
+
+
+def exchange(transport: Transport, requests: list[tuple[int, Mapping[str, Any]]], kind: str,
+             cfg: Mapping[str, Scalar], timeout: float | None, on_reply: Callable[[Reply], int | None],
+             label: str, *, total: int | None = None, unit: str = "nodes") -> list[int]:
+    """Send ``(node, payload)`` requests, then hand each reply to ``on_reply`` as it arrives.
+
+    Returns the nodes that did not reply before ``timeout`` (None = wait for all). Streaming lets
+    results be written as soon as a device finishes, so a crash or Ctrl-C loses at most the users
+    in flight. Progress counts ``unit``s: ``on_reply`` returns how many a reply finished (None =
+    1) out of ``total``. Raises RunInterrupted as soon as :data:`STOP` is set.
+    """
+    if STOP.is_set():
+        raise RunInterrupted("stop requested")
+    pending = dict(zip(transport.send(kind, cfg, requests), (node for node, _ in requests)))
+    deadline = None if not timeout else time.monotonic() + timeout
+    delay = 0.05
+    with Progress(label, total=len(pending) if total is None else total, unit=unit) as bar:
+        while pending and (deadline is None or time.monotonic() < deadline):
+            if STOP.is_set():
+                raise RunInterrupted(f"stop requested during {label}")
+            replies = transport.poll(list(pending))
+            for handle, reply in replies:
+                if pending.pop(handle, None) is not None:
+                    done = on_reply(reply)
+                    bar.advance(1 if done is None else done)
+            delay = 0.05 if replies else min(delay * 1.5, 1.0)
+            if pending:
+                time.sleep(delay)
+    return list(pending.values())
+
+
+class PhaseClock:
+    """Wall seconds per phase of the run (summed over rounds), for results.json and benchmarks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
+
+
+class CloudWriter:
+    """The cloud model, loaded once per run, writing synthetic records task by task."""
+
+    def __init__(self, cfg: Mapping[str, Scalar]):
+        from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
+        from cdcda_fl.cloud.backends import make_backend
+
+        log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
+        self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
+
+    def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
+        by_task: dict[str, list[SharedRecords]] = {}
+        for s in shared:
+            by_task.setdefault(s.task, []).append(s)
+        out: dict[str, list[dict[str, Any]]] = {}
+        # Sorted, so the cloud's sampling does not depend on the order in which devices replied.
+        for task, requests in sorted(by_task.items()):
+            requests = sorted(requests, key=lambda r: r.user_id)
+            started = time.perf_counter()
+            results = self.augmenter.augment(requests)
+            accepted = 0
+            for uid, res in results.items():
+                out[user_key(task, uid)] = list(res.records)
+                accepted += len(res.records)
+                if res.error:
+                    log(f"cloud: {task}/{uid}: {res.error} (falls back to real data only)")
+            log(f"cloud: {task}: {accepted} synthetic records for {len(requests)} user(s) "
+                f"in {time.perf_counter() - started:.1f}s")
+        return out
+
+
+def _audit_log(cfg: Mapping[str, Scalar]):
+    from cdcda_fl.privacy.audit_log import AuditLog
+
+    return AuditLog(Path(str(cfg["out-dir"])) / "audit.jsonl")
+
+
+def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: int | None = None,
+              writer_factory: Callable[[Mapping[str, Scalar]], Any] = CloudWriter) -> dict[str, Any]:
+    """The whole CDCDA run over ``transport``; returns the aggregated results.
+
+    ``writer_factory`` builds the cloud writer (anything with ``run(shares) -> {user key: records}``);
+    tests pass a stub, the product the real :class:`CloudWriter`.
+    """
+    methods_of(cfg)  # fail early on a bad method list
+    clock = PhaseClock()
+    cfg = prepare_run_dir(cfg)
+    check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict
+    store = ResultStore(cfg["out-dir"])
+    timeout = float(cfg["timeout"]) or None
+    expected = expected_nodes or int(cfg["sim.num-supernodes"]) or int(cfg["min-nodes"])
+    with clock("wait_nodes"):
+        nodes = wait_for_nodes(transport, expected, float(cfg["node-wait"]))
+    log(f"{len(nodes)} device node(s) connected")
+    if not nodes:
+        raise RuntimeError("no device nodes connected")
+
+    wants_cloud_data = "cdcda" in methods_of(cfg)
+    with clock("share"):
+        user_node, shares = _share_phase(transport, cfg, nodes, store, wants_cloud_data, timeout)
+
+    # Sorted: which users share a round or chunk must not depend on the order replies arrived in.
+    remaining = sorted(u for u in user_node if not store.done(*u.split("/", 1)))
+    skipped = len(user_node) - len(remaining)
+    if skipped:
+        log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
+    rng = random.Random(int(cfg["seed"]))
+    with clock("cloud_load"):
+        writer = writer_factory(cfg) if wants_cloud_data else None
+    chunk_size = max(1, int(cfg["chunk-users"]))
+    for rnd in range(1, int(cfg["rounds"]) + 1):
+        if not remaining:
+            break
+        take = max(1, round(float(cfg["fraction"]) * len(remaining)))
+        selected = sorted(rng.sample(remaining, take)) if take < len(remaining) else list(remaining)
+        # Chunks bound what the server holds at once (synthetic sets, messages in flight), so its
+        # memory does not grow with the number of users; results stream to disk as they arrive.
+        for start in range(0, len(selected), chunk_size):
+            chunk = selected[start:start + chunk_size]
+            label = f"round {rnd}: personalize on devices" + (
+                f" ({start + len(chunk)}/{len(selected)})" if len(selected) > chunk_size else "")
+            with clock("augment"):
+                synthetic = writer.run([shares[u] for u in chunk if u in shares]) if writer else {}
+            with clock("personalize"):
+                _personalize_chunk(transport, cfg, chunk, synthetic, user_node, store, timeout, label)
+            for u in chunk:
+                shares.pop(u, None)
+        done_now = set(selected)
+        remaining = [u for u in remaining if u not in done_now]
+
+    from cdcda_fl.data.lamp import write_json_atomic
+    from cdcda_fl.results import print_table, write_paper_table, write_plots
+
+    with clock("report"):
+        results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes)})
+        results["plots"] = write_plots(cfg["out-dir"], results)
+        results["table_md"] = str(write_paper_table(cfg["out-dir"], results))
+        write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
+    print_table(results)
+    return results
+
+
+def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[int], store: ResultStore,
+                 wants_cloud_data: bool, timeout: float | None) -> tuple[dict[str, int], dict[str, SharedRecords]]:
+    """Ask every node for its users and consented records; returns (user -> node, user -> share)."""
+    guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
+    raw_shares: list[tuple[int, Any]] = []
+
+    def on_share(reply: Reply) -> None:
+        node = reply.node
+        if reply.body is None:
+            store.record_failure(f"node {node}", reply.error, phase="share")
+            return
+        try:
+            body = reply.body
+            users, errors, node_shares = list(body["users"]), list(body["errors"]), list(body["shares"])
+        except (KeyError, TypeError, ValueError):
+            store.record_failure(f"node {node}", "malformed share reply", phase="share")
+            return
+        for who, reason in guard.announce(node, users):
+            store.record_failure(who, reason, phase="share", node=node)
+        for err in errors:
+            who = err.get("user") if isinstance(err, dict) else None
+            store.record_failure(str(who)[:160] if who else f"node {node}", str(err.get("reason", ""))[:500]
+                                 if isinstance(err, dict) else "malformed error", phase="share", node=node)
+        raw_shares.extend((node, raw) for raw in node_shares)
+
+    lost = exchange(transport, [(n, {"share": wants_cloud_data}) for n in nodes], SHARE, cfg, timeout, on_share,
+                    "share (consented records)")
+    for node in lost:
+        store.record_failure(f"node {node}", "no reply before timeout", phase="share")
+
+    # Shares are accepted only once every announcement is in: a user claimed by two nodes is
+    # then known to be contested, whichever reply came first.
+    shares: dict[str, SharedRecords] = {}
+    audit = _audit_log(cfg)
+    for node, raw in raw_shares:
+        try:
+            key = guard.check_share(node, raw)
+            shared = SharedRecords.from_dict(raw)
+            shared.bytes = payload_bytes(shared.records)  # the audit counts what arrived, not what was claimed
+        except (Refused, TypeError, ValueError) as exc:
+            store.record_failure(f"node {node}", str(exc), phase="share", node=node)
+            continue
+        shares[key] = shared
+        audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
+    return guard.owner_map(), shares
+
+
+def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: list[str],
+                       synthetic: Mapping[str, list[dict[str, Any]]], user_node: Mapping[str, int],
+                       store: ResultStore, timeout: float | None, label: str) -> None:
+    """Send each device its users' synthetic sets; validate, audit and store the results."""
+    audit = _audit_log(cfg)
+    by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for u in chunk:
+        by_node.setdefault(user_node[u], {})[u] = list(synthetic.get(u, []))
+
+    def on_result(reply: Reply) -> int:
+        node = reply.node
+        expected, seen = set(by_node[node]), set()
+        if reply.body is None:
+            for u in by_node[node]:
+                store.record_failure(u, reply.error, phase="personalize", node=node)
+            return len(expected)
+        try:
+            results = list(reply.body["results"])
+        except (KeyError, TypeError, ValueError):
+            results = [{"user_id": "*", "task": "*", "error": "malformed result reply"}]
+        for result in results:
+            try:
+                key = NodeGuard.check_result(node, result, expected, seen)
+            except Refused as exc:
+                if isinstance(result, dict) and "error" in result:  # a node-wide error (user "*")
+                    for u in expected - seen:
+                        store.record_failure(u, str(result["error"])[:500], phase="personalize", node=node)
+                    seen.update(expected)
+                else:
+                    store.record_failure(f"node {node}", str(exc), phase="personalize", node=node)
+                continue
+            # The cloud's view of every result reply, to compare with the device's own log.
+            audit.record_payload("result", str(result.get("user_id")), str(result.get("task")), result,
+                                 destination="server", request="personalize", report=result.get("report", "error"))
+            if "error" in result:
+                store.record_failure(key, str(result["error"])[:500], phase="personalize", node=node)
+            else:
+                store.write(result)
+        for u in sorted(expected - seen):
+            store.record_failure(u, "the device's reply had no result for this user", phase="personalize", node=node)
+        return len(expected)
+
+    lost = exchange(transport, [(node, {"synthetic": payload}) for node, payload in by_node.items()], PERSONALIZE,
+                    cfg, timeout, on_result, label, total=sum(map(len, by_node.values())), unit="users")
+    for node in lost:
+        for u in by_node[node]:
+            store.record_failure(u, "no reply before timeout", phase="personalize")

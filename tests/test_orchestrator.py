@@ -1,0 +1,181 @@
+"""The Flower-free orchestrator over an in-memory transport: rounds, fraction, timeouts, lost replies.
+
+No Ray, no Flower: nodes are functions that answer (or do not). Each test runs in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdcda_fl import orchestrator
+from cdcda_fl.config import resolve
+from cdcda_fl.orchestrator import PERSONALIZE, SHARE, Reply
+from cdcda_fl.runs import list_users, prepare_run_dir, user_key
+
+Node = Callable[[str, Mapping[str, Any]], "dict[str, Any] | Exception | None"]
+
+
+class MemoryTransport:
+    """Requests are answered at once by the node's function; None = the node never replies."""
+
+    def __init__(self, nodes: dict[int, Node]) -> None:
+        self.nodes = nodes
+        self.sent: list[tuple[int, str, dict]] = []
+        self.batches: list[tuple[str, int]] = []  # (kind, users asked) per send: one per round chunk
+        self._ready: dict[str, Reply] = {}
+        self._n = 0
+
+    def node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send(self, kind: str, cfg: Mapping[str, Any], requests: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
+        handles = []
+        self.batches.append((kind, sum(len(p.get("synthetic", {})) for _, p in requests)))
+        for node, payload in requests:
+            self._n += 1
+            handle = f"m{self._n}"
+            self.sent.append((node, kind, json.loads(json.dumps(payload))))
+            answer = self.nodes[node](kind, payload)
+            if isinstance(answer, Exception):
+                self._ready[handle] = Reply(node, None, f"{type(answer).__name__}: {answer}")
+            elif answer is not None:
+                self._ready[handle] = Reply(node, json.loads(json.dumps(answer)))
+            handles.append(handle)
+        return handles
+
+    def poll(self, handles: list[str]) -> list[tuple[str, Reply]]:
+        return [(h, self._ready.pop(h)) for h in handles if h in self._ready]
+
+
+def _cfg(tmp_path: Path, **extra: Any) -> dict:
+    return prepare_run_dir(resolve({"tasks": "LaMP_2", "users": 4, "out-dir": str(tmp_path / "run"),
+                                    "methods": "base", "personas.queries": 2, "node-wait": 3.0, **extra}))
+
+
+def fake_device(cfg: dict, hosted: list[str], *, drop: set[str] = frozenset()) -> Node:
+    """A device that hosts ``hosted`` users and answers every query with its gold label."""
+    users = {user_key(u.task, u.user_id): u for u in list_users(cfg)}
+
+    def node(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        if kind == SHARE:
+            return {"users": hosted, "shares": [], "errors": []}
+        results = []
+        for key in payload["synthetic"]:
+            if key in drop:
+                continue
+            u = users[key]
+            preds = {q.id: q.gold for q in u.queries}
+            results.append({"user_id": u.user_id, "task": u.task, "n_queries": len(preds), "golds": preds,
+                            "methods": {"base": {"predictions": preds, "metrics": {"accuracy": 1.0}}}})
+        return {"results": results}
+
+    return node
+
+
+def _keys(cfg: dict) -> list[str]:
+    return sorted(user_key(u.task, u.user_id) for u in list_users(cfg))
+
+
+def test_rounds_and_fraction_cover_every_user_once(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, rounds=3, fraction=0.5)
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: fake_device(cfg, keys[:2]), 2: fake_device(cfg, keys[2:])})
+    results = orchestrator.run_cdcda(transport, cfg)
+    asked = [k for _, kind, p in transport.sent if kind == PERSONALIZE for k in p["synthetic"]]
+    assert sorted(asked) == keys  # every user exactly once over the rounds
+    # round 1 takes round(0.5*4)=2 users, round 2 round(0.5*2)=1, round 3 the last one
+    assert [n for kind, n in transport.batches if kind == PERSONALIZE] == [2, 1, 1]
+    assert results["users"] == {"LaMP_2": 4} and not results["failures"]
+    assert results["table"][0]["metrics"]["accuracy"] == 1.0
+
+
+def test_fraction_below_one_with_one_round_leaves_the_rest_for_a_rerun(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, rounds=1, fraction=0.5)
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: fake_device(cfg, keys)})
+    assert orchestrator.run_cdcda(transport, cfg)["users"] == {"LaMP_2": 2}
+    rerun = MemoryTransport({1: fake_device(cfg, keys)})
+    assert orchestrator.run_cdcda(rerun, cfg)["users"] == {"LaMP_2": 3}  # resumes: half of the remaining 2
+    asked_again = [k for _, kind, p in rerun.sent if kind == PERSONALIZE for k in p["synthetic"]]
+    assert len(asked_again) == 1
+
+
+def test_a_silent_node_times_out_and_the_others_finish(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, timeout=0.5)
+    keys = _keys(cfg)
+
+    def silent_in_personalize(kind: str, payload: Mapping[str, Any]):
+        return {"users": keys[2:], "shares": [], "errors": []} if kind == SHARE else None
+
+    transport = MemoryTransport({1: fake_device(cfg, keys[:2]), 2: silent_in_personalize})
+    results = orchestrator.run_cdcda(transport, cfg)
+    assert results["users"] == {"LaMP_2": 2}
+    timed_out = {f["who"] for f in results["failures"] if f["reason"] == "no reply before timeout"}
+    assert timed_out == set(keys[2:])
+
+
+def test_error_replies_and_lost_results_are_failures_not_crashes(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    keys = _keys(cfg)
+
+    def crashing(kind: str, payload: Mapping[str, Any]):
+        return {"users": [keys[3]], "shares": [], "errors": []} if kind == SHARE else RuntimeError("device died")
+
+    transport = MemoryTransport({1: fake_device(cfg, keys[:3], drop={keys[1]}), 2: crashing,
+                                 3: lambda kind, p: RuntimeError("no share") if kind == SHARE else None})
+    results = orchestrator.run_cdcda(transport, cfg)
+    reasons = {f["who"]: f["reason"] for f in results["failures"]}
+    assert reasons[keys[3]] == "RuntimeError: device died"
+    assert reasons[keys[1]] == "the device's reply had no result for this user"
+    assert reasons["node 3"] == "RuntimeError: no share"
+    assert results["users"] == {"LaMP_2": 2}
+
+
+def test_synthetic_sets_go_only_to_the_node_that_holds_the_user(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, methods="base,cdcda")
+    keys = _keys(cfg)
+
+    class StubWriter:
+        def __init__(self, cfg: Mapping[str, Any]) -> None:
+            pass
+
+        def run(self, shares) -> dict[str, list[dict]]:
+            return {user_key(s.task, s.user_id): [{"id": f"syn-{s.user_id}", "description": "x", "tag": "comedy"}]
+                    for s in shares}
+
+    def sharing(hosted: list[str]) -> Node:
+        inner = fake_device(cfg, hosted)
+
+        def node(kind: str, payload: Mapping[str, Any]):
+            if kind != SHARE:
+                return inner(kind, payload)
+            shares = [{"user_id": k.split("/", 1)[1], "task": "LaMP_2", "records": [{"id": "r1", "tag": "comedy"}],
+                       "record_ids": ["r1"], "fields": ["id", "tag"], "n_shared": 1, "bytes": 0} for k in hosted]
+            return {"users": hosted, "shares": shares, "errors": []}
+        return node
+
+    transport = MemoryTransport({1: sharing(keys[:2]), 2: sharing(keys[2:])})
+    orchestrator.run_cdcda(transport, cfg, writer_factory=StubWriter)
+    for node, kind, payload in transport.sent:
+        if kind == PERSONALIZE:
+            hosted = keys[:2] if node == 1 else keys[2:]
+            assert set(payload["synthetic"]) <= set(hosted)
+            for key, records in payload["synthetic"].items():
+                assert records == [{"id": f"syn-{key.split('/', 1)[1]}", "description": "x", "tag": "comedy"}]
+
+
+def test_stop_flag_interrupts_between_polls(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, timeout=5.0)
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: lambda kind, p: {"users": keys, "shares": [], "errors": []} if kind == SHARE
+                                 else (orchestrator.STOP.set() or None)})
+    try:
+        with pytest.raises(orchestrator.RunInterrupted):
+            orchestrator.run_cdcda(transport, cfg)
+    finally:
+        orchestrator.STOP.clear()
