@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cdcda_fl.atomic import atomic_path, write_text_atomic
 from cdcda_fl.config import METHODS
 from cdcda_fl.metrics import LOWER_IS_BETTER
 from cdcda_fl.stats import format_interval
@@ -175,10 +176,9 @@ def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
             ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     path = out / "methods.png"
-    tmp = out / ".methods.png.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return [str(path)]
 
 
@@ -248,8 +248,4 @@ def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
 
 def write_paper_table(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
     """Write :func:`paper_table` to ``OUT/table.md`` (atomically) and return the path."""
-    path = Path(out_dir) / "table.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(paper_table(results), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(Path(out_dir) / "table.md", paper_table(results))

@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User, write_json_atomic, write_outputs
@@ -379,6 +380,4 @@ def _write_summary_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
                              s.n_queries, "" if s.epsilon is None else f"{s.epsilon:.4f}",
                              "" if s.mia_auc is None else f"{s.mia_auc:.4f}", f"{s.train_seconds:.2f}",
                              f"{s.n_synthetic:.1f}"])
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, buffer.getvalue())

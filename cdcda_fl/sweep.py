@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.config import ConfigError, Scalar, load_config, read_toml
 from cdcda_fl.progress import Progress, log
 
@@ -351,9 +351,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     for r in rows:
         cells = ["" if r[c] is None else r[c] for c in CSV_COLUMNS]
         writer.writerow([*cells, *("" if r["metrics"].get(m) is None else r["metrics"][m] for m in metric_names)])
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def print_sweep(sweep: Mapping[str, Any], console: Any = None) -> None:

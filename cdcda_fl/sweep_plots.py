@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import atomic_path
 from cdcda_fl.config import METHODS
 
 OFF = "off"
@@ -170,9 +171,8 @@ def write_sweep_plots(out_dir: Path | str, sweep: Mapping[str, Any]) -> list[str
     paths = []
     for name, draw in PLOTS.items():
         fig = draw(sweep)
-        tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        with atomic_path(folder / name, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
-        tmp.replace(folder / name)
         paths.append(str(folder / name))
     return paths

@@ -137,3 +137,17 @@ def test_validate_path_reports_summary_and_errors(tmp_path: Path) -> None:
     write_questions(tmp_path / "LaMP_3" / "dev_questions.json", questions)
     with pytest.raises(LampDataError, match=r"record 5 .*'profile'.*empty"):
         validate_path(tmp_path)
+
+
+def test_atomic_writes_leave_the_old_file_on_failure(tmp_path) -> None:
+    """A writer that fails half-way leaves the previous file intact and no temp file behind."""
+    from cdcda_fl.atomic import atomic_path, write_text_atomic
+
+    target = tmp_path / "report.txt"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]

@@ -16,14 +16,13 @@ local training data; their questions with golds are their held-out evaluation.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
 from cdcda_fl.data.tasks import TaskSpec, get_task
 
 
@@ -236,21 +235,7 @@ def detect_task(path: Path | str) -> str | None:
 
 
 # ---------------------------------------------------------------------- writing
-def write_json_atomic(path: Path | str, data: Any, *, indent: int | None = 1) -> None:
-    """Write JSON so that a reader (or a crash) never sees half a file: temp file, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=indent)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
 
 
 def write_questions(path: Path | str, questions: Sequence[Mapping[str, Any]]) -> None:

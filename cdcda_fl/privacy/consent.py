@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.privacy.redact import Redactor, fold
+from cdcda_fl.atomic import write_text_atomic
 
 Scalar = str | int | float | bool
 
@@ -541,10 +542,7 @@ def write_device_policy(path: str | Path, tables: Mapping[str, Mapping[str, Any]
         for key, value in tables[name].items():
             lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
         lines.append("")
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    return write_text_atomic(p, "\n".join(lines))
 
 
 def _toml_value(value: Any) -> str:

@@ -1,0 +1,49 @@
+"""Atomic file writes: a reader, a crash or Ctrl-C never sees half a file.
+
+Every write goes to a temporary file in the target's own folder (same filesystem), is flushed and
+fsynced, and is renamed over the target in one step; on any error the temporary file is removed.
+One implementation for every result, report, plot, policy and index file of the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    For writers that want a file name (``savefig``, a GGUF assembler): they write the temp path,
+    and ``path`` appears complete or not at all. ``suffix`` keeps the extension tools look at.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: Path | str, data: Any, *, indent: int | None = 1) -> None:
+    """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
