@@ -55,6 +55,15 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "dp.max-grad-norm": (1.0, "per-sample clipping norm"),
     "dp.delta": (0.0, "delta (0 = 1/n^1.1 for n training examples)"),
     "dp.accountant": ("rdp", "Opacus accountant: rdp or prv"),
+    "dp.auto": (True, "with dp.enabled: train the few-record DP plans (rank 1-4 LoRA on v/q+v, full batch, few "
+                      "steps; see docs/dp.md) instead of train.* and dp.max-grad-norm, which suit non-private training"),
+    "dp.candidates": (1, "DP adapters trained per user and method (dp.auto plans, 1-3); one noise multiplier makes "
+                         "their composition meet dp.epsilon, and the best on validation is kept"),
+    "dp.fallback": (True, "answer with the base model when no DP adapter beats it on the privacy-free validation "
+                          "(the synthetic records: they derive from consented records only)"),
+    "dp.fallback-margin": (0.01, "relative validation-loss margin a DP adapter must beat the base by to be kept"),
+    "dp.validation-fraction": (0.25, "CDCDA+DP: fraction of the synthetic records held out of training to validate "
+                                     "on (local+DP validates on all of them; it never trains on them)"),
     "rag.k": (2, "profile items retrieved (BM25) into the prompt for the rag method"),
     "rag.cloud-k": (8, "profile items (BM25 order) in the cloud upper bound's prompt: it may see the whole profile"),
     "eval.batch-size": (8, "generation batch size on the device"),
@@ -124,15 +133,31 @@ def config_get(cfg: Mapping[str, Any], key: str) -> Scalar:
     return cfg[key] if key in cfg else DEFAULTS[key][0]
 
 
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
+
+
+def parse_bool(value: Any, error: type[Exception] = ConfigError, what: str = "") -> bool:
+    """A flag from TOML, ``--set`` or a raw dict: ``"false"`` must not be truthy; anything
+    that is not clearly true or false is an ``error`` naming ``what``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in TRUE_WORDS:
+            return True
+        if low in FALSE_WORDS:
+            return False
+    raise error(f"{what + ': ' if what else ''}expected true/false, got {value!r}")
+
+
 def parse_scalar(text: str, like: Scalar | None = None) -> Scalar:
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True; typed like the default where one is known."""
     low = text.strip().lower()
     if isinstance(like, bool) or (like is None and low in {"true", "false"}):
-        if low in {"true", "1", "yes", "on"}:
-            return True
-        if low in {"false", "0", "no", "off", ""}:
-            return False
-        raise ConfigError(f"expected true/false, got {text!r}")
+        return parse_bool(text)
     if isinstance(like, int) and not isinstance(like, bool):
         try:
             return int(text)

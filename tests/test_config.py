@@ -74,3 +74,15 @@ def test_flower_app_config_uses_known_keys_and_types() -> None:
 @pytest.mark.parametrize("name", ["demo.toml", "tiny.toml"])
 def test_shipped_configs_load(name: str) -> None:
     load_config(ROOT / "experiments" / "configs" / name)
+
+
+def test_one_bool_parser_for_every_flag() -> None:
+    from cdcda_fl.config import ConfigError, parse_bool
+
+    for yes in (True, 1, "true", " YES ", "on", "1"):
+        assert parse_bool(yes) is True
+    for no in (False, 0, "false", "Off", "no", "0", ""):
+        assert parse_bool(no) is False
+    for bad in ("maybe", 2, None, "tru"):
+        with pytest.raises(ConfigError, match="expected true/false"):
+            parse_bool(bad, what="x")

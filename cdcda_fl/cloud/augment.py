@@ -31,7 +31,7 @@ from typing import Any
 
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
 from cdcda_fl.cloud.filters import FilterSettings, RecordFilter, parse_records
-from cdcda_fl.config import config_get
+from cdcda_fl.config import config_get, parse_bool
 from cdcda_fl.privacy.consent import SharedRecords
 
 PROMPT_STYLES = ("auto", "continuation", "chat")
@@ -49,9 +49,7 @@ SHORT_FIELDS = frozenset({"title", "tag", "score"})
 
 
 def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
+    return parse_bool(value, ValueError)
 
 
 @dataclass(frozen=True)

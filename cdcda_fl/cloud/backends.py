@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from cdcda_fl.config import config_get
+from cdcda_fl.config import config_get, parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -449,14 +449,7 @@ def check_transport_security(base_url: str, allow_insecure_http: bool = False) -
 
 def _as_bool(value: Any) -> bool:
     """Config values may arrive as strings (``--set``, raw dicts): ``"false"`` must not be truthy."""
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off", ""):
-            return False
-        raise ValueError(f"expected true/false, got {value!r}")
-    return bool(value)
+    return parse_bool(value, ValueError)
 
 
 # ====================================================================== factory

@@ -43,8 +43,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.privacy.redact import Redactor, fold
 from cdcda_fl.atomic import write_text_atomic
+from cdcda_fl.config import parse_bool
+from cdcda_fl.privacy.redact import Redactor, fold
 
 Scalar = str | int | float | bool
 
@@ -148,13 +149,9 @@ def _fraction(value: Any) -> float:
 
 
 def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
-        return value.strip().lower() in {"true", "1", "yes", "on"}
-    raise ConsentError(f"{PREFIX}{key} must be true or false, got {value!r}")
+    if isinstance(value, str) and not value.strip():
+        raise ConsentError(f"{PREFIX}{key} must be true or false, got {value!r}")
+    return parse_bool(value, ConsentError, f"{PREFIX}{key} must be true or false")
 
 
 def _int(value: Any, key: str) -> int:
