@@ -97,12 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object metric -> value")
     ev.set_defaults(func=_cmd_eval)
 
-    from cdcda_fl import run_cli
-
-    run_cli.register(sub)
-    from cdcda_fl import sweep_cli
-
-    sweep_cli.register(sub)
+    for register in plugin_commands():
+        register(sub)
     from cdcda_fl.cloud.serve import add_serve_subcommand
 
     add_serve_subcommand(sub)
@@ -110,6 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     edge_cli.register(sub)
     return parser
+
+
+COMMANDS_GROUP = "cdcda.commands"
+
+
+def plugin_commands() -> list:
+    """``register(subparsers)`` functions of the ``cdcda.commands`` entry points, by name.
+
+    Why plug-ins: ``cdcda run``/``demo``/``sweep`` start Flower's engine, and the library must not
+    import Flower or the app layer (docs/design.md); the app layer (``strategies/``) declares its
+    commands in pyproject.toml instead. A broken plug-in is skipped with a warning, not a crash.
+    """
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except ImportError as exc:
+            print(f"warning: cdcda command {ep.name!r} unavailable ({exc})", file=sys.stderr)
+    return found
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

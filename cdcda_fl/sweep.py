@@ -284,10 +284,12 @@ def rows_of(outcome: PointOutcome) -> list[dict[str, Any]]:
     return rows
 
 
-def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner | None = None) -> dict[str, Any]:
-    """Run every grid point (resuming finished ones), then write sweep.json, sweep.csv and the plots."""
-    if runner is None:
-        from strategies.simulation import run_simulation as runner
+def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner) -> dict[str, Any]:
+    """Run every grid point (resuming finished ones), then write sweep.json, sweep.csv and the plots.
+
+    ``runner`` runs one point's config and returns its results (the app layer passes
+    ``strategies.simulation.run_simulation``; tests pass fakes): the library starts no engine itself.
+    """
     out = Path(out_dir).expanduser().resolve()
     (out / "points").mkdir(parents=True, exist_ok=True)
     points = spec.points()

@@ -25,6 +25,8 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     if "tiny" not in _MEMO:
         out = tmp_path_factory.getbasetemp() / "privacy_tiny_sweep"
         spec = load_sweep(PRIVACY_TINY, extra={"out-dir": str(out)})
-        run_sweep(spec, out)
+        from strategies.simulation import run_simulation
+
+        run_sweep(spec, out, runner=run_simulation)
         _MEMO["tiny"] = (out, json.loads((out / "sweep.json").read_text()))
     return _MEMO["tiny"]

@@ -115,7 +115,7 @@ def test_sweep_outputs_resume_and_failures(tmp_path: Path) -> None:
 
 
 def test_cli_dry_run_lists_points(capsys: pytest.CaptureFixture[str]) -> None:
-    from cdcda_fl import sweep_cli
+    from strategies import sweep_cli
 
     parser = argparse.ArgumentParser()
     sweep_cli.register(parser.add_subparsers())

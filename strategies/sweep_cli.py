@@ -1,4 +1,9 @@
-"""`cdcda sweep`: the privacy-versus-utility grid from a TOML file (the work is in cdcda_fl.sweep)."""
+"""`cdcda sweep`: the privacy-versus-utility grid from a TOML file (the work is in cdcda_fl.sweep).
+
+A ``cdcda`` subcommand plugged in through the ``cdcda.commands`` entry point (pyproject.toml): the
+core library never imports the Flower layer; this module gives the sweep its runner, one Flower
+simulation per point.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "confi
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep
-
-    from cdcda_fl.run_cli import path_overrides
+    from strategies.run_cli import path_overrides
+    from strategies.simulation import run_simulation
 
     try:
         spec = load_sweep(args.config, args.set, extra=path_overrides(args), grid=args.grid)
@@ -25,7 +30,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for point in spec.points():
             print(point.name)
         return 0
-    sweep = run_sweep(spec, str(spec.config["out-dir"]))
+    sweep = run_sweep(spec, str(spec.config["out-dir"]), runner=run_simulation)
     print_sweep(sweep)
     return 0 if sweep["complete"] else 1
 

@@ -1,4 +1,8 @@
-"""`cdcda run` and `cdcda demo`: argument parsing for the runs (the work is in strategies/)."""
+"""`cdcda run` and `cdcda demo`: argument parsing for the runs (the work is in strategies/simulation.py).
+
+Plugged into the ``cdcda`` command through the ``cdcda.commands`` entry point (pyproject.toml),
+so that ``cdcda_fl`` (the library) never imports Flower or this layer.
+"""
 
 from __future__ import annotations
 
