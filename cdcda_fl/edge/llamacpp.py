@@ -67,18 +67,19 @@ class LlamaCppModel:
     """A llama.cpp base (+ at most one LoRA adapter, fixed at load) that answers like DeviceModel.generate."""
 
     def __init__(self, base_gguf: Path, adapter_gguf: Path | None = None, *, n_threads: int | None = None,
-                 n_ctx: int = DEFAULT_CTX, lora_scale: float = 1.0):
+                 n_ctx: int = DEFAULT_CTX, lora_scale: float = 1.0, **llama_kwargs: Any):
+        """``n_threads`` is used for prompt processing too (llama.cpp's ``n_threads_batch`` would
+        otherwise default to every core); ``llama_kwargs`` go to ``llama_cpp.Llama`` as they are."""
         for label, path in (("base GGUF", base_gguf), ("adapter GGUF", adapter_gguf)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{label} {path} does not exist")
         Llama = _llama_class()
-        kwargs: dict[str, Any] = {}
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        kwargs: dict[str, Any] = {"seed": 0, "verbose": False, "logits_all": False, "n_threads_batch": threads}
         if adapter_gguf is not None:
             kwargs.update(lora_path=str(adapter_gguf), lora_scale=float(lora_scale))
-        self.llm = Llama(
-            model_path=str(base_gguf), n_ctx=n_ctx, n_threads=n_threads or max(1, os.cpu_count() or 1),
-            seed=0, verbose=False, logits_all=False, **kwargs,
-        )
+        kwargs.update(llama_kwargs)
+        self.llm = Llama(model_path=str(base_gguf), n_ctx=n_ctx, n_threads=threads, **kwargs)
         self.n_ctx = n_ctx
         self.template = self.llm.metadata.get("tokenizer.chat_template") or None
         self._special = {

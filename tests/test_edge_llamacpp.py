@@ -1,0 +1,186 @@
+"""llama.cpp answering end to end: a LoRA adapter trained with PyTorch, exported, applied by llama.cpp.
+
+Needs llama-cpp-python (the optional ``edge`` extra, built from source: docs/edge.md); every test
+that loads a model is skipped with that reason when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from device_fixtures import USER_A, USER_B, one_thread  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A word no movie-tag answer contains; the adapter is trained to answer it to every prompt.
+WORD = "xylophone"
+PROBES = [
+    "Which tag fits this movie? A spaceship drifts past Jupiter.",
+    "Which tag fits this movie? A family reunion turns into chaos.",
+    "Which tag fits this movie? A detective hunts a thief across Rome.",
+]
+
+
+def _llama_cpp():
+    return pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (optional extra: pip install '.[edge]', docs/edge.md)"
+    )
+
+
+def test_llamacpp_module_imports_without_torch_or_transformers() -> None:
+    """A board that only answers never loads PyTorch: the module and its imports stay torch-free."""
+    code = textwrap.dedent("""
+        import json, sys
+        import cdcda_fl.edge.llamacpp as m
+        try:
+            import llama_cpp  # noqa: F401  (the real dependency, when installed)
+        except ImportError:
+            pass
+        print(json.dumps(sorted(k for k in ("torch", "transformers", "peft") if k in sys.modules)))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_missing_llama_cpp_gives_one_actionable_error(monkeypatch, tmp_path: Path) -> None:
+    from cdcda_fl.edge import llamacpp
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import now raises ImportError
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"")
+    with pytest.raises(llamacpp.LlamaCppUnavailable, match=r"pip install '\.\[edge\]'"):
+        llamacpp.LlamaCppModel(base)
+
+
+@pytest.fixture(scope="module")
+def smollm2_base_gguf() -> Path:
+    _llama_cpp()
+    from cdcda_fl.device.models import _smollm2_gguf
+
+    return _smollm2_gguf()
+
+
+def test_prompt_tokens_equal_the_pytorch_path(smollm2_base_gguf: Path) -> None:
+    """llama.cpp sees exactly the tokens DeviceModel feeds the model (chat template from the GGUF)."""
+    from transformers import AutoTokenizer
+
+    from cdcda_fl.device.lora import _encode_text, format_prompt
+    from cdcda_fl.device.models import resolve_model
+    from cdcda_fl.edge.llamacpp import LlamaCppModel
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    llm = LlamaCppModel(smollm2_base_gguf, n_threads=1, n_ctx=512)
+    try:
+        for text in PROBES[:2] + ["Ünïcode — quotes \"x\" & <tags>\nsecond line", "  leading spaces"]:
+            assert llm.format_prompt(text) == format_prompt(tok, text)
+            assert llm.prompt_tokens(text) == _encode_text(tok, format_prompt(tok, text))
+    finally:
+        llm.close()
+
+
+@pytest.fixture(scope="module")
+def word_adapter(tmp_path_factory) -> Path:
+    """A SmolLM2 LoRA adapter (project defaults: r=8 on q/k/v/o) trained to answer WORD to everything."""
+    _llama_cpp()
+    import torch
+
+    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.models import get_base_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # see device_fixtures.one_thread: 2-thread OpenMP spins badly on a shared CPU
+    try:
+        dm = DeviceModel(get_base_model("smollm2-135m", dtype="fp32"))
+        pairs = [(q, WORD) for q, _ in USER_A + USER_B]
+        res = dm.train(pairs, LoraTrainConfig(steps=12, learning_rate=5e-3, batch_size=4, seed=0))
+        assert res.final_loss < 0.5, res.losses
+        path = tmp_path_factory.mktemp("word-adapter") / "u1"
+        dm.save_adapter(path)
+        torch_answers = dm.generate(PROBES, max_new_tokens=8)
+        dm.clear_adapter()
+        torch_base = dm.generate(PROBES, max_new_tokens=8)
+    finally:
+        torch.set_num_threads(before)
+    (path / "torch_answers.json").write_text(json.dumps({"adapter": torch_answers, "base": torch_base}))
+    return path
+
+
+@pytest.mark.slow  # trains SmolLM2 for 12 steps and loads it twice in llama.cpp: ~30-60 s on 2 cores
+@pytest.mark.usefixtures("one_thread")
+def test_exported_adapter_steers_llamacpp_like_pytorch(word_adapter: Path, smollm2_base_gguf: Path,
+                                                       tmp_path: Path, capsys) -> None:
+    from cdcda_fl.cli import main
+    from cdcda_fl.edge.llamacpp import answer_llamacpp
+
+    # What a user runs: `cdcda export ADAPTER --out u1.gguf --base-out base.gguf`, then copies both to the board.
+    adapter, base_gguf = tmp_path / "u1.gguf", tmp_path / "base.gguf"
+    assert main(["export", str(word_adapter), "--out", str(adapter), "--base-out", str(base_gguf)]) == 0
+    out = capsys.readouterr().out
+    assert "llama LoRA adapter, 120 layers (attn_q, attn_k, attn_v, attn_output), rank 8, alpha 16" in out
+    torch_answers = json.loads((word_adapter / "torch_answers.json").read_text())
+    assert all(WORD in a.lower() for a in torch_answers["adapter"]), torch_answers
+    assert not any(WORD in a.lower() for a in torch_answers["base"]), torch_answers
+
+    base = answer_llamacpp(base_gguf, None, PROBES, max_new_tokens=8, n_threads=1)
+    tuned = answer_llamacpp(base_gguf, adapter, PROBES, max_new_tokens=8, n_threads=1)
+    assert not any(WORD in a.lower() for a in base), base
+    assert all(WORD in a.lower() for a in tuned), tuned
+    assert tuned == torch_answers["adapter"]  # greedy llama.cpp (Q4_1) == greedy PyTorch (its fp32 dequantization)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_adapter_shifts_llamacpp_logits_as_it_shifts_pytorch_logits(word_adapter: Path, smollm2_base_gguf: Path,
+                                                                    tmp_path: Path, monkeypatch) -> None:
+    """What the adapter adds to the next-token logits is the same in both runtimes.
+
+    The base logits differ a little (llama.cpp runs the Q4_1 file with 8-bit activations, PyTorch
+    its fp32 dequantization), but the adapter's *change* must line up; a wrong q/k row permutation
+    or scale would break this (checked with an unpermuted export below).
+    """
+    import torch
+
+    from cdcda_fl.device.lora import DeviceModel, _encode_text, format_prompt
+    from cdcda_fl.device.models import get_base_model
+    from cdcda_fl.edge import export
+    from cdcda_fl.edge.llamacpp import LlamaCppModel
+
+    dm = DeviceModel(get_base_model("smollm2-135m", dtype="fp32"))
+    ids = torch.tensor([_encode_text(dm.tokenizer, format_prompt(dm.tokenizer, PROBES[0]))])
+
+    def torch_logits(adapter: bool) -> np.ndarray:
+        if adapter:
+            dm.load_adapter(word_adapter)
+        else:
+            dm.clear_adapter()
+        with torch.inference_mode(), dm._adapter_ctx() as model:
+            return model(input_ids=ids).logits[0, -1].float().numpy()
+
+    def cpp_logits(adapter: Path | None) -> np.ndarray:
+        llm = LlamaCppModel(smollm2_base_gguf, adapter, n_threads=1, n_ctx=512, logits_all=True)
+        try:
+            tokens = llm.prompt_tokens(PROBES[0])
+            assert tokens == ids[0].tolist()
+            llm.llm.eval(tokens)
+            return np.array(llm.llm.scores[len(tokens) - 1], dtype=np.float32)
+        finally:
+            llm.close()
+
+    t_delta = torch_logits(True) - torch_logits(False)
+    good = export.export_adapter(word_adapter, tmp_path / "good.gguf").path
+    c_base = cpp_logits(None)
+    c_delta = cpp_logits(good) - c_base
+    corr = float(np.corrcoef(t_delta, c_delta)[0, 1])
+    assert corr > 0.98, corr
+    assert np.linalg.norm(c_delta) == pytest.approx(np.linalg.norm(t_delta), rel=0.1)
+
+    # Control: without the q/k permutation llama.cpp adds B @ A to the wrong rows.
+    monkeypatch.setitem(export.ARCHS, "llama", export.ArchSpec("llama", False))
+    bad = export.export_adapter(word_adapter, tmp_path / "bad.gguf").path
+    bad_corr = float(np.corrcoef(t_delta, cpp_logits(bad) - c_base)[0, 1])
+    assert bad_corr < 0.95, (bad_corr, corr)  # measured: 0.997 exported vs 0.79 unpermuted
