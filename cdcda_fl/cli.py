@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cdcda_fl.edge import cli as edge_cli
 
     edge_cli.register(sub)
+    from cdcda_fl.privacy import audit as audit_cli
+
+    audit_cli.register(sub)
     return parser
 
 

@@ -34,5 +34,5 @@ def test_flower_commands_plug_into_the_cli() -> None:
     from cdcda_fl.cli import build_parser
 
     help_text = build_parser().format_help()
-    for command in ("run", "demo", "sweep", "data", "eval", "serve", "export"):
+    for command in ("run", "demo", "sweep", "data", "eval", "serve", "export", "audit"):
         assert command in help_text, command

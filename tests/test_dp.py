@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -97,20 +98,52 @@ def test_private_gradient_equals_hand_clipped_per_sample_gradients(tiny_base, mo
     assert any(float(e.abs().max()) > 1e-4 for e in expected)  # not trivially zero
 
 
+def _base_weights(base) -> dict[str, torch.Tensor]:
+    """The base's own tensors, keyed without peft's ``base_layer`` (present once an adapter exists)."""
+    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in base.model.state_dict().items()
+            if "lora_" not in k}
+
+
+def _assert_only_lora_changed(base, before: dict[str, torch.Tensor]) -> None:
+    after = _base_weights(base)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # No Opacus leftovers on the shared model: hooks and per-sample attributes are gone.
+    assert not any(hasattr(p, "grad_sample") for p in base.model.parameters())
+    assert not any(m._forward_hooks or m._backward_hooks for m in base.model.modules())
+
+
 def test_dp_training_changes_only_lora_tensors(tiny_base):
-    before = {k: v.detach().clone() for k, v in tiny_base.model.state_dict().items() if "lora_" not in k}
+    before = _base_weights(tiny_base)
     dm = DeviceModel(tiny_base)
     res = dm.train(DATA, LoraTrainConfig(steps=6, learning_rate=1e-2),
                    dp=DPConfig(enabled=True, noise_multiplier=1.0))
-    after = {k: v for k, v in tiny_base.model.state_dict().items() if "lora_" not in k}
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    _assert_only_lora_changed(tiny_base, before)
     lora = adapter_tensors(dm)
     assert any(float(v.abs().max()) > 0 for k, v in lora.items() if "lora_B" in k)
     assert 0 < res.epsilon < math.inf and res.delta == default_delta(len(DATA))
-    # No Opacus leftovers on the shared model: hooks and per-sample attributes are gone.
-    assert not any(hasattr(p, "grad_sample") for p in tiny_base.model.parameters())
-    assert not any(m._forward_hooks or m._backward_hooks for m in tiny_base.model.modules())
+
+
+def test_dp_adapter_at_loose_epsilon_learns_a_seeded_case(tiny_base):
+    """ε = 50 on a learnable case (every answer 'comedy'): the few-record plan's shape with a step
+    size tiny-random can move in 16 full-batch steps; the adapter differs from the base, lowers the
+    training loss, and only LoRA tensors changed."""
+    from cdcda_fl.privacy.dp import few_record_plans
+
+    plan = few_record_plans(len(USER_B), 50.0)[2]  # r4 on q+v, full batch, clip 0.1
+    assert plan.batch_size == len(USER_B) and plan.max_grad_norm == 0.1
+    before = _base_weights(tiny_base)
+    dm = DeviceModel(tiny_base)
+    base_loss = sum(dm.example_losses(USER_B)) / len(USER_B)
+    lora = replace(plan.lora_config(LoraTrainConfig(seed=0)), learning_rate=5e-2)  # the plan's 3e-3 is for SmolLM2
+    res = dm.train(USER_B, lora, dp=plan.dp_config(DPConfig(enabled=True, target_epsilon=50.0)))
+    assert res.epsilon == pytest.approx(50.0, abs=0.5) and res.steps == plan.steps
+    trained = sum(dm.example_losses(USER_B)) / len(USER_B)
+    assert trained < 0.99 * base_loss  # learned something, through the noise
+    assert any(float(v.abs().max()) > 0 for k, v in adapter_tensors(dm).items() if "lora_B" in k)
+    _assert_only_lora_changed(tiny_base, before)
+    dm.clear_adapter()
+    assert sum(dm.example_losses(USER_B)) / len(USER_B) == pytest.approx(base_loss)  # cleared: the base again
 
 
 def test_target_epsilon_is_met_and_deterministic(tiny_base):

@@ -9,6 +9,9 @@ holds predictions, metrics, ε and counts — never adapter weights or profile r
 - ``rag``: the same with the top-k BM25 profile items in the prompt;
 - ``local``: a private LoRA adapter trained on the user's real records only (OPPU-style);
 - ``cdcda``: a private LoRA adapter trained on real + cloud-written synthetic records;
+- with ``dp.enabled``, ``local`` and ``cdcda`` go through :func:`private_method` instead: DP
+  candidates, a privacy-free choice on the cloud's synthetic records, and a fall-back to the base
+  model when no candidate beats it (docs/dp.md);
 - ``cloud``: the cloud model answering with the user's whole profile retrieved into the prompt.
   It is the non-private upper bound, so it is computed *here* with the cloud model loaded
   in-process (hf backend), never by sending the user's queries out; with a remote backend it is
@@ -24,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, csv_list, methods_of
+from cdcda_fl.config import Scalar, config_get, csv_list, methods_of
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
@@ -231,6 +234,20 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
             retrieved = retrieve(spec, user.profile, retrieval_queries, int(cfg["rag.cloud-k"]))
             texts = _answer_with_cloud(spec, [spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)], cfg)
             record(method, [spec.parse_answer(t) for t in texts], started)
+        elif method in TRAINED_METHODS and cfg["dp.enabled"]:
+            extra = private_method(model, store, spec, user, method, valid_synthetic, cfg)
+            if method == "cdcda":  # under DP: every valid cloud record but the validation split
+                result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
+            base_entry = result["methods"].get("base")
+            if extra["dp"]["fell_back"] and base_entry and "predictions" in base_entry:
+                preds = [base_entry["predictions"][q.id] for q in queries]  # the base model's own answers
+            else:
+                preds = answer(inputs)
+            if cfg["mia.enabled"]:
+                held_out = [(q.input, q.gold) for q in queries if q.gold is not None]
+                extra["mia_auc"] = membership_auc(model.example_losses(real_pairs), model.example_losses(held_out))
+            record(method, preds, started, **extra)
+            model.clear_adapter()
         elif method in TRAINED_METHODS:
             if method == "cdcda":
                 pairs, weights = list(real_pairs) + list(synth_pairs), list(real_weights) + list(synth_weights)
@@ -261,3 +278,113 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
             record(method, answer(inputs), started, **extra)
             model.clear_adapter()
     return result
+
+
+# ---------------------------------------------------------------------- the DP methods
+_DP_KEYS = _TRAIN_KEYS + ("dp.auto", "dp.candidates", "dp.fallback", "dp.fallback-margin", "dp.validation-fraction",
+                          "train.equal-real-exposure")
+
+
+def dp_training_data(spec: TaskSpec, user: User, synthetic: Sequence[Mapping[str, Any]], method: str,
+                     cfg: Mapping[str, Scalar]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[float],
+                                                         list[tuple[str, str]]]:
+    """(real pairs, synthetic training pairs, their weights, validation pairs) for a DP method.
+
+    ``synthetic`` are the cloud's records that passed the task's validation: written from the
+    records the user consented to share, so everything derived from them alone is free of the
+    DP budget. Only the real pairs are private. Hence, unlike :func:`mixture_weights` (which
+    uses the private label counts), under DP:
+
+    - validation pairs are cloud-written records only: all of them for ``local`` (it never
+      trains on them), a seeded ``dp.validation-fraction`` held out of training for ``cdcda``;
+    - CDCDA's synthetic training pairs all get the same weight ``alpha * n_real / n_synthetic``
+      (the mixing ratio; n is public in this accounting, as for δ and the plan), and none is
+      dropped by the user's private label set: a weight or a record chosen from non-shared
+      records would change with one of them, which the DP-SGD sensitivity bound does not allow.
+    """
+    from cdcda_fl.device.dp_select import holdout_split
+
+    real_pairs = spec.profile_to_pairs(user.profile)
+    records = [dict(r) for r in synthetic]
+    if method == "cdcda" and records:
+        fraction = float(config_get(cfg, "dp.validation-fraction"))
+        train_recs, _, val_recs = holdout_split(records, None, fraction, seed=f"{cfg['seed']}:{user.user_id}")
+    elif method == "cdcda":
+        train_recs, val_recs = [], []
+    else:
+        train_recs, val_recs = [], records
+    alpha = float(cfg["train.synthetic-weight"])
+    synth_pairs = spec.profile_to_pairs(train_recs) if alpha > 0 else []
+    synth_weights = [alpha * len(real_pairs) / len(synth_pairs)] * len(synth_pairs) if synth_pairs else []
+    return real_pairs, synth_pairs, synth_weights, spec.profile_to_pairs(val_recs)
+
+
+def _write_meta_only(path: Path, text: str) -> None:
+    """A fall-back leaves no adapter: store just its metadata (atomically) so a rerun reuses the decision."""
+    import os
+    import shutil
+    import tempfile
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / TRAIN_META).write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o700)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:6]}")
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: str,
+                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar]) -> dict[str, Any]:
+    """Train (or reuse) one DP method's adapter with :func:`cdcda_fl.device.dp_select.train_private`.
+
+    On return the model holds the chosen adapter, or none when the decision fell back to the base.
+    Returns the method's report entry: ``train`` (private training info), ``epsilon`` (composed over
+    every candidate trained: what the release costs, fall-back included, since the decision to fall
+    back is computed from the candidates) and ``dp`` (the decision: chosen candidate or fell back,
+    validation losses of the base and of every candidate, σ, ε, δ).
+    """
+    from cdcda_fl.device.dp_select import candidates_for, train_private
+
+    real_pairs, synth_pairs, synth_weights, validation = dp_training_data(spec, user, synthetic, method, cfg)
+    weights = [1.0] * len(real_pairs) + synth_weights
+    key = f"{spec.name}-{method}-dp-" + _fingerprint({k_: config_get(cfg, k_) for k_ in _DP_KEYS}, real_pairs,
+                                                     synth_pairs, synth_weights, validation)
+    path = store.path(user.user_id, key)
+    meta = path / TRAIN_META
+    if meta.is_file() and not cfg["train.retrain"]:
+        info = json.loads(meta.read_text())
+        decision = info.get("dp") or {}
+        train = {**{k_: v for k_, v in info.items() if k_ != "dp"}, "reused": True}
+        if decision.get("fell_back"):
+            model.clear_adapter()
+            return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}
+        if decision and store.exists(user.user_id, key):
+            model.load_adapter(path)
+            return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}
+    scale = sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
+    candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
+    started = time.perf_counter()
+    decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,
+                                  synth_weights=synth_weights if synth_pairs else None, candidates=candidates)
+    d = decision.to_dict()
+    info: dict[str, Any] = {
+        "steps": sum(int(c["steps"]) for c in d["candidates"]), "seconds": round(time.perf_counter() - started, 3),
+        "final_loss": None if res is None else res.final_loss, "tokens": None if res is None else res.trained_tokens,
+        "epsilon": decision.epsilon, "delta": decision.delta, "n_real": len(real_pairs),
+        "n_synthetic": len(synth_pairs), "n_validation": decision.n_validation, "dp": d}
+    text = json.dumps(info)
+    if decision.fell_back:
+        _write_meta_only(path, text)
+    else:
+        model.save_adapter(path, extra_files={TRAIN_META: text})
+    return {"train": {k_: v for k_, v in info.items() if k_ != "dp"}, "epsilon": decision.epsilon, "dp": d}

@@ -200,3 +200,87 @@ def mark_empty_batch(params: Iterable[nn.Parameter]) -> None:
     for p in params:
         if p.requires_grad:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+
+
+# --------------------------------------------------------------------------- few-record DP plan
+#: Candidates dp_select tries by default, smallest first (see docs/dp.md for the measurements).
+FEW_RECORD_TARGETS: tuple[tuple[str, ...], ...] = (("v_proj",), ("q_proj", "v_proj"))
+
+
+@dataclass(frozen=True)
+class DPTrainPlan:
+    """LoRA and DP-SGD settings for one private adapter, chosen for a user's dataset size.
+
+    Why these shapes (docs/dp.md has the argument and the numbers):
+
+    - **few parameters**: the Gaussian noise added to the summed clipped gradient has norm
+      ≈ σ·C·√d while the signal is at most C per example, so d (rank × target modules) is the
+      lever: rank 1 on ``v_proj`` is ~23 k parameters on SmolLM2-135M instead of 0.92 M for
+      rank 8 on q/k/v/o (√d 152 vs 960);
+    - **full batch, few steps**: with a handful of records subsampling amplifies little, and the
+      noise per useful gradient is σ/B; for a fixed ε, σ grows like √steps while the per-step
+      signal is fixed, so a short run with every record in every (Poisson, q = 1) step wins;
+    - **clip**: the optimizer is AdamW, which is invariant to a common gradient scale, so the
+      clip only decides how many per-example gradients are clipped; a small clip clips them all
+      (every example weighs the same: the regime the accountant's worst case describes anyway);
+    - **dropout 0**: dropout noise on top of DP noise only slows a short run down.
+    """
+
+    rank: int
+    alpha: int
+    target_modules: tuple[str, ...]
+    learning_rate: float
+    batch_size: int
+    steps: int
+    max_grad_norm: float
+    dropout: float = 0.0
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rank": self.rank, "alpha": self.alpha,
+                "target_modules": list(self.target_modules), "learning_rate": self.learning_rate,
+                "batch_size": self.batch_size, "steps": self.steps, "max_grad_norm": self.max_grad_norm,
+                "dropout": self.dropout}
+
+    def lora_config(self, base: Any) -> Any:
+        """``base`` (a LoraTrainConfig) with this plan's shape and budget; seed and max_length kept."""
+        from dataclasses import replace
+
+        return replace(base, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
+                       target_modules=tuple(self.target_modules), steps=self.steps, epochs=None,
+                       learning_rate=self.learning_rate, batch_size=self.batch_size)
+
+    def dp_config(self, base: DPConfig) -> DPConfig:
+        """``base`` with this plan's clip and Poisson sampling (ε/σ, δ and accountant kept)."""
+        from dataclasses import replace
+
+        return replace(base, enabled=True, max_grad_norm=self.max_grad_norm, poisson_sampling=True)
+
+
+def few_record_plans(n_examples: int, target_epsilon: float | None = None) -> list[DPTrainPlan]:
+    """The DP candidates for a user with ``n_examples`` training pairs, best-guess first.
+
+    All are full batch (every record in every Poisson step, sampling rate 1) up to 64 examples;
+    larger datasets (CDCDA's real + synthetic) use batches of 64, where subsampling starts to
+    amplify. Fewer steps at a strong target ε (small ε: each step costs more noise). The learning
+    rate shrinks with the noise-to-signal ratio σ/B the budget implies, so the weak-signal
+    runs move the adapter less far from the base.
+    """
+    if n_examples < 1:
+        raise ValueError("need at least one training example for a DP plan")
+    eps = 8.0 if target_epsilon is None or target_epsilon <= 0 else float(target_epsilon)
+    batch = min(n_examples, 64)
+    steps = 16 if eps >= 4 else 10
+    lr = 5e-3 if batch >= 16 else 3e-3
+    plans = []
+    for i, targets in enumerate(FEW_RECORD_TARGETS):
+        for rank in (1, 4) if i else (1,):
+            plans.append(DPTrainPlan(rank=rank, alpha=2 * rank, target_modules=targets, learning_rate=lr,
+                                     batch_size=batch, steps=steps, max_grad_norm=0.1,
+                                     name=f"r{rank}-{'+'.join(t.split('_')[0] for t in targets)}"))
+    return plans
+
+
+def few_record_plan(n_examples: int, target_epsilon: float | None = None) -> DPTrainPlan:
+    """The default DP settings for ``n_examples`` pairs at ``target_epsilon`` (the first candidate)."""
+    return few_record_plans(n_examples, target_epsilon)[0]

@@ -1,0 +1,301 @@
+"""Private adapters that never make a user worse: DP candidates, privacy-free selection, fall-back.
+
+One entry point, :func:`train_private`, for the two DP methods (local+DP, CDCDA+DP):
+
+1. **Candidates.** With ``dp.auto`` on, the LoRA/DP shape comes from
+   :func:`cdcda_fl.privacy.dp.few_record_plans` (rank 1–4 on v/q+v, full batch, few steps) rather
+   than the run's ``train.*`` keys, which are tuned for non-private training. ``dp.candidates``
+   (default 1) of them are trained with DP-SGD on the user's training pairs.
+2. **One privacy budget for all of them.** Training K candidates on the same private records
+   and keeping one is the composition of K DP runs (selection is post-processing of all K). So
+   one noise multiplier σ is solved such that the *composition* of the K runs meets the target
+   ε (RDP/PRV accountant over the K runs' histories), and the ε reported is that composed ε.
+3. **Privacy-free criterion.** Each candidate and the untrained base are scored by their mean
+   loss on ``validation_pairs`` — pairs built only from records the user consented to share
+   (the cloud's synthetic records written from them, or the shared records themselves), never
+   from non-shared records, and never pairs the candidates trained on (removed here if passed).
+4. **Fall-back.** If no candidate beats the base on that criterion by ``dp.fallback-margin``
+   (relative), the device answers with the base model and the decision says so. Without any
+   validation pair there is no privacy-free evidence that the adapter helps, so it falls back.
+
+docs/dp.md states precisely why step 3 spends no privacy budget of the non-shared records and
+what it does not cover.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdcda_fl.config import config_get
+from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, TrainResult
+from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
+
+_SIGMA_TOL = 1e-3
+
+
+class DPSelectError(ValueError):
+    """train_private was called with arguments that would make its decision meaningless."""
+
+
+@dataclass
+class Candidate:
+    """One DP training configuration to try."""
+
+    name: str
+    lora: LoraTrainConfig
+    dp: DPConfig
+    plan: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrivateDecision:
+    """What train_private did and why: this is what a report (results.json) should carry.
+
+    Everything :meth:`to_dict` returns is a function of the DP candidates, of public settings
+    (σ, sampling rate, steps, dataset size) and of the consented-derived validation pairs only:
+    it is post-processing of the DP release and may leave the device with it. Per-candidate
+    training loss and wall time are functions of the private records themselves and are kept
+    apart, in ``details`` (not in to_dict).
+    """
+
+    chosen: str | None  # candidate name; None = fell back to the base model
+    fell_back: bool
+    reason: str
+    criterion: str
+    n_validation: int
+    base_loss: float | None
+    candidates: list[dict[str, Any]]
+    epsilon: float | None  # composed over every candidate trained (what the released model costs)
+    delta: float | None
+    noise_multiplier: float | None
+    details: list[dict[str, Any]] = field(default_factory=list)  # private: train loss, seconds per candidate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "fell_back": self.fell_back, "reason": self.reason,
+                "criterion": self.criterion, "n_validation": self.n_validation, "base_loss": self.base_loss,
+                "candidates": self.candidates, "epsilon": self.epsilon, "delta": self.delta,
+                "noise_multiplier": self.noise_multiplier}
+
+
+# ---------------------------------------------------------------------- configuration
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def base_dp_config(cfg: Mapping[str, Any]) -> DPConfig:
+    """The DPConfig the run config asks for (ε target or σ, clip, δ, accountant), enabled."""
+    eps = float(config_get(cfg, "dp.epsilon") or 0.0)
+    delta = float(config_get(cfg, "dp.delta") or 0.0)
+    dp = DPConfig(enabled=True, target_epsilon=eps if eps > 0 else None,
+                  noise_multiplier=None if eps > 0 else float(config_get(cfg, "dp.noise-multiplier")),
+                  max_grad_norm=float(config_get(cfg, "dp.max-grad-norm")), delta=delta if delta > 0 else None,
+                  accountant=str(config_get(cfg, "dp.accountant")))
+    dp.validate()
+    return dp
+
+
+def lora_from_config(cfg: Mapping[str, Any], step_scale: float = 1.0) -> LoraTrainConfig:
+    """LoraTrainConfig from the run's ``train.*`` keys (what non-DP training uses).
+
+    ``step_scale`` stretches a step budget (not epochs), as personalize's equal-real-exposure does.
+    """
+    epochs = float(config_get(cfg, "train.epochs") or 0.0)
+    steps = max(1, round(int(config_get(cfg, "train.steps")) * step_scale))
+    return LoraTrainConfig(
+        rank=int(config_get(cfg, "train.rank")), alpha=int(config_get(cfg, "train.alpha")),
+        dropout=float(config_get(cfg, "train.dropout")),
+        target_modules=tuple(t.strip() for t in str(config_get(cfg, "train.target-modules")).split(",")
+                             if t.strip()),
+        steps=None if epochs > 0 else steps, epochs=epochs if epochs > 0 else None,
+        learning_rate=float(config_get(cfg, "train.lr")), batch_size=int(config_get(cfg, "train.batch-size")),
+        max_length=int(config_get(cfg, "train.max-length")), seed=int(config_get(cfg, "seed")))
+
+
+def candidates_for(cfg: Mapping[str, Any], n_examples: int, step_scale: float = 1.0) -> list[Candidate]:
+    """The DP candidates for a user with ``n_examples`` training pairs (``dp.auto``/``dp.candidates``).
+
+    ``step_scale`` only applies to the ``dp.auto = false`` candidate (the run's ``train.*``
+    settings); the automatic plans have their own fixed step budget.
+    """
+    base_lora, base_dp = lora_from_config(cfg, step_scale), base_dp_config(cfg)
+    k = int(config_get(cfg, "dp.candidates"))
+    if k < 1:
+        raise DPSelectError(f"dp.candidates must be >= 1, got {k}")
+    if not _flag(config_get(cfg, "dp.auto")):
+        if k > 1:
+            raise DPSelectError("dp.candidates > 1 needs dp.auto = true (the candidates are the automatic plans)")
+        return [Candidate("config", base_lora, base_dp, {"name": "config"})]
+    plans: list[DPTrainPlan] = few_record_plans(n_examples, base_dp.target_epsilon)
+    if k > len(plans):
+        raise DPSelectError(f"dp.candidates = {k}, but there are only {len(plans)} automatic plans "
+                            f"({', '.join(p.name for p in plans)})")
+    return [Candidate(p.name, p.lora_config(base_lora), p.dp_config(base_dp), p.to_dict()) for p in plans[:k]]
+
+
+# ---------------------------------------------------------------------- one budget for K runs
+def composed_epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """ε of running every (σ, sampling rate, steps) in ``history`` on the same records."""
+    from opacus.accountants import create_accountant
+
+    if any(s == 0 for s, _, _ in history):
+        return math.inf
+    acc = create_accountant(accountant)
+    acc.history = [(float(s), float(q), int(t)) for s, q, t in history]
+    return float(acc.get_epsilon(delta))
+
+
+def shared_noise_multiplier(runs: Sequence[tuple[float, int]], target_epsilon: float, delta: float,
+                            accountant: str) -> float:
+    """The smallest common σ whose composition over ``runs`` ((sampling rate, steps) each) meets ε."""
+    if len(runs) == 1:
+        from opacus.accountants.utils import get_noise_multiplier
+
+        (q, t), = runs
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
+                                          steps=t, accountant=accountant))
+    lo, hi = 0.05, 1.0
+    while composed_epsilon([(hi, q, t) for q, t in runs], delta, accountant) > target_epsilon:
+        hi *= 2
+        if hi > 1e4:
+            raise DPSelectError(f"no noise multiplier reaches ε={target_epsilon} for {len(runs)} runs")
+    while hi - lo > _SIGMA_TOL * hi:
+        mid = (lo + hi) / 2
+        if composed_epsilon([(mid, q, t) for q, t in runs], delta, accountant) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _sample_rate(lora: LoraTrainConfig, n: int) -> float:
+    # What DeviceModel's DP loader does: batch_size = min(batch, n), sample rate = 1 / len(loader).
+    return 1.0 / math.ceil(n / min(lora.batch_size, n))
+
+
+# ---------------------------------------------------------------------- validation data
+def holdout_split(pairs: Sequence[tuple[str, str]], weights: Sequence[float] | None, fraction: float,
+                  seed: int = 0) -> tuple[list[tuple[str, str]], list[float], list[tuple[str, str]]]:
+    """Split synthetic pairs into (train pairs, their weights, held-out validation pairs), seeded.
+
+    For CDCDA+DP the synthetic records are also training data; validating on pairs the candidates
+    trained on would favour the adapter, so a ``fraction`` is held out (at least one pair when
+    there are two or more, and never all of them).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DPSelectError(f"validation fraction must be in [0, 1), got {fraction}")
+    w = list(weights) if weights is not None else [1.0] * len(pairs)
+    if len(w) != len(pairs):
+        raise DPSelectError(f"got {len(w)} weights for {len(pairs)} synthetic pairs")
+    n_val = min(len(pairs) - 1, max(1 if len(pairs) >= 2 and fraction > 0 else 0, round(fraction * len(pairs))))
+    order = list(range(len(pairs)))
+    random.Random(f"dp-holdout/{seed}").shuffle(order)
+    val_idx = set(order[:max(0, n_val)])
+    train = [(p, x) for i, (p, x) in enumerate(zip(pairs, w)) if i not in val_idx]
+    return [p for p, _ in train], [x for _, x in train], [pairs[i] for i in sorted(val_idx)]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs))
+
+
+# ---------------------------------------------------------------------- the entry point
+def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], synth_pairs: Sequence[tuple[str, str]],
+                  validation_pairs: Sequence[tuple[str, str]], cfg: Mapping[str, Any], *,
+                  real_weights: Sequence[float] | None = None, synth_weights: Sequence[float] | None = None,
+                  candidates: Sequence[Candidate] | None = None) -> tuple[PrivateDecision, TrainResult | None]:
+    """Train DP candidates on real (+ synthetic) pairs, keep the best by a privacy-free criterion, or none.
+
+    ``validation_pairs`` must come only from consented data (cloud-written synthetic records not
+    trained on, or the user's shared records); pairs that are also training pairs are dropped.
+    On return the model holds the chosen adapter (active), or no adapter when it fell back; the
+    TrainResult is the chosen candidate's (None on fall-back). ``candidates`` overrides the
+    config's (tests; experiments).
+    """
+    train_pairs = [*real_pairs, *synth_pairs]
+    if not train_pairs:
+        raise DPSelectError("train_private: no training pairs")
+    weights: list[float] | None = None
+    if real_weights is not None or synth_weights is not None:
+        rw = list(real_weights) if real_weights is not None else [1.0] * len(real_pairs)
+        sw = list(synth_weights) if synth_weights is not None else [1.0] * len(synth_pairs)
+        if len(rw) != len(real_pairs) or len(sw) != len(synth_pairs):
+            raise DPSelectError("train_private: one weight per real and per synthetic pair")
+        weights = rw + sw
+    seen = set(train_pairs)
+    validation = [p for p in validation_pairs if p not in seen]
+    cands = list(candidates) if candidates is not None else candidates_for(cfg, len(train_pairs))
+    if not cands:
+        raise DPSelectError("train_private: no candidates")
+    margin = float(config_get(cfg, "dp.fallback-margin") or 0.0)
+    if not 0.0 <= margin < 1.0:
+        raise DPSelectError(f"dp.fallback-margin must be in [0, 1), got {margin}")
+    fallback = _flag(config_get(cfg, "dp.fallback"))
+    criterion = (f"mean loss on {len(validation)} consented/synthetic validation pair(s) not trained on; "
+                 f"an adapter must beat the base by {margin:.1%}")
+
+    # One σ for all candidates so that their composition meets the target ε.
+    n = len(train_pairs)
+    first = cands[0].dp
+    delta = first.resolve_delta(n)
+    runs = [(_sample_rate(c.lora, n), c.lora.total_steps(n)) for c in cands]
+    if first.target_epsilon is not None:
+        sigma = shared_noise_multiplier(runs, first.target_epsilon, delta, first.accountant)
+    else:
+        sigma = float(first.noise_multiplier)
+    epsilon = composed_epsilon([(sigma, q, t) for q, t in runs], delta, first.accountant)
+
+    model.clear_adapter()
+    base_loss = _mean(model.example_losses(validation)) if validation else None
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    best: tuple[float, int, TrainResult] | None = None
+    tmp = Path(tempfile.mkdtemp(prefix="cdcda-dp-select-"))
+    try:
+        for i, cand in enumerate(cands):
+            dp = DPConfig(**{**cand.dp.__dict__, "target_epsilon": None, "noise_multiplier": sigma, "delta": delta})
+            res = model.train(train_pairs, cand.lora, dp, weights=weights)
+            val = _mean(model.example_losses(validation)) if validation else None
+            rows.append({"name": cand.name, "plan": cand.plan, "validation_loss": val, "run_epsilon": res.epsilon,
+                         "steps": res.steps})
+            details.append({"name": cand.name, "seconds": round(res.seconds, 3), "final_train_loss": res.final_loss,
+                            "first_train_loss": res.losses[0] if res.losses else None})
+            if val is not None and (best is None or val < best[0]):
+                best = (val, i, res)
+                if len(cands) > 1:
+                    model.save_adapter(tmp / "best", dtype=None)
+        if not validation:
+            chosen, reason = None, "no consented/synthetic validation pair: no privacy-free evidence the adapter helps"
+        elif best is not None and best[0] < base_loss * (1 - margin):
+            chosen, reason = best[1], (f"{cands[best[1]].name}: validation loss {best[0]:.4f} < base {base_loss:.4f}")
+        else:
+            chosen, reason = None, (f"no candidate beats the base on validation (best {best[0]:.4f} vs base "
+                                    f"{base_loss:.4f})") if best else "no candidate scored"
+        if chosen is None and not fallback:
+            chosen = best[1] if best is not None else len(cands) - 1
+            reason += "; dp.fallback = false: keeping the adapter anyway"
+        if chosen is None:
+            model.clear_adapter()
+            result = None
+        else:
+            if len(cands) > 1 and best is not None and chosen == best[1]:
+                model.load_adapter(tmp / "best")
+            elif len(cands) > 1 and chosen != len(cands) - 1:
+                raise DPSelectError("internal: chosen candidate is not the stored one")  # pragma: no cover
+            result = best[2] if best is not None and chosen == best[1] else res
+            result.epsilon, result.delta = epsilon, delta  # the release's cost: all candidates composed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    decision = PrivateDecision(
+        chosen=None if chosen is None else cands[chosen].name, fell_back=chosen is None, reason=reason,
+        criterion=criterion, n_validation=len(validation), base_loss=base_loss, candidates=rows,
+        epsilon=epsilon, delta=delta, noise_multiplier=sigma, details=details)
+    return decision, result
