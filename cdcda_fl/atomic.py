@@ -47,3 +47,32 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
 def write_json_atomic(path: Path | str, data: Any, *, indent: int | None = 1) -> None:
     """Write ``data`` as JSON (UTF-8, a trailing newline) to ``path`` atomically."""
     write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str, mode: int = 0o700) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    For folders that must appear complete or not at all (an adapter with its metadata). The old
+    folder is moved aside first and removed after the swap; ``mode`` is set before the swap, so the
+    folder is never visible with wider permissions (adapters are private: 0700).
+    """
+    import shutil
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:6]}")
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -19,10 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -34,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from cdcda_fl.atomic import atomic_dir
 from cdcda_fl.device.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -543,10 +541,8 @@ class DeviceModel:
             with torch.no_grad():
                 for p in self._adapter_params(self._name).values():
                     p.copy_(p.to(dtype).to(p.dtype))
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        # 0700: private, the user's adapter never leaves the device
+        with atomic_dir(Path(path), mode=0o700) as tmp:
             config = self._peft.peft_config[self._name]
             config.base_model_name_or_path = self.base.model.name_or_path
             config.save_pretrained(str(tmp))
@@ -555,17 +551,6 @@ class DeviceModel:
             save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text, encoding="utf-8")
-            os.chmod(tmp, 0o700)  # private: the user's adapter never leaves the device
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:6]}")
-                os.rename(path, old)
-            os.rename(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     def load_adapter(self, path: Path, *, keep_as: str | None = None) -> None:
         """Activate a saved adapter; the base stays loaded, only adapter tensors change.

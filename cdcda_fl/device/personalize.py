@@ -321,26 +321,10 @@ def dp_training_data(spec: TaskSpec, user: User, synthetic: Sequence[Mapping[str
 
 def _write_meta_only(path: Path, text: str) -> None:
     """A fall-back leaves no adapter: store just its metadata (atomically) so a rerun reuses the decision."""
-    import os
-    import shutil
-    import tempfile
-    import uuid
+    from cdcda_fl.atomic import atomic_dir
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / TRAIN_META).write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o700)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:6]}")
-            os.rename(path, old)
-        os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: str,
