@@ -262,6 +262,16 @@ def load_config(path: Path | str | None = None, sets: list[str] | None = None,
     return resolve(overrides)
 
 
+def path_overrides(args: Any) -> dict[str, str]:
+    """``--data-dir`` / ``--out`` of a CLI command as config overrides (run, demo, sweep, audit)."""
+    extra = {}
+    if getattr(args, "data_dir", None) is not None:
+        extra["data-dir"] = str(args.data_dir)
+    if getattr(args, "out", None) is not None:
+        extra["out-dir"] = str(args.out)
+    return extra
+
+
 def csv_list(value: Scalar) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import DEFAULTS, ConfigError, load_config
+from cdcda_fl.config import DEFAULTS, ConfigError, load_config, path_overrides
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "demo.toml"
 
@@ -19,16 +19,6 @@ def _print_config_help() -> None:
     width = max(len(k) for k in DEFAULTS)
     for key, (default, text) in DEFAULTS.items():
         print(f"{key:<{width}}  {default!r:<28} {text}")
-
-
-def path_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """--data-dir / --out as config overrides (shared by `cdcda run`, `demo` and `sweep`)."""
-    extra = {}
-    if args.data_dir is not None:
-        extra["data-dir"] = str(args.data_dir)
-    if args.out is not None:
-        extra["out-dir"] = str(args.out)
-    return extra
 
 
 def check_config(cfg: dict) -> None:

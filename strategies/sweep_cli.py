@@ -18,7 +18,7 @@ PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "confi
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep
-    from strategies.run_cli import path_overrides
+    from cdcda_fl.config import path_overrides
     from strategies.simulation import run_simulation
 
     try:

@@ -182,11 +182,9 @@ def _cmd_canaries(args) -> int:
     from cdcda_fl.config import ConfigError, load_config
     from cdcda_fl.privacy.canary import CanaryError
 
-    extra = {}
-    if args.data_dir is not None:
-        extra["data-dir"] = str(args.data_dir)
-    if args.out is not None:
-        extra["out-dir"] = str(args.out)
+    from cdcda_fl.config import path_overrides
+
+    extra = path_overrides(args)
     try:
         cfg = load_config(args.config, args.set, extra=extra)
         settings = canary_settings(args.dp_epsilon)
