@@ -94,13 +94,7 @@ class Lab:
         if auth:
             args.append("--enable-supernode-auth")
         proc = self.start("superlink", args)
-        deadline = time.monotonic() + timeout
-        while "Application startup complete" not in proc.log_text() or not port_open(HOST, port):
-            if not proc.alive():
-                raise LabError(f"flower-superlink exited with {proc.popen.returncode}:\n{tail(proc.log)}")
-            if time.monotonic() > deadline:
-                raise LabError(f"flower-superlink not ready after {timeout:.0f}s:\n{tail(proc.log)}")
-            time.sleep(0.2)
+        _wait_ready(proc, "Application startup complete", port, timeout, "flower-superlink", 0.2)
         address = f"{HOST}:{port}"
         self.connection = "local-simulation" if simulation else "local-deployment"
         conn: dict[str, Any] = {"address": address}
@@ -226,13 +220,7 @@ class Lab:
                 "--metrics-export-port", str(free_port())]
         proc = self.start("ray-head", args)
         self.ray_temp_dirs.append(temp)
-        deadline = time.monotonic() + timeout
-        while "Ray runtime started" not in proc.log_text() or not port_open(HOST, port):
-            if not proc.alive():
-                raise LabError(f"ray start exited with {proc.popen.returncode}:\n{tail(proc.log)}")
-            if time.monotonic() > deadline:
-                raise LabError(f"Ray head not ready after {timeout:.0f}s:\n{tail(proc.log)}")
-            time.sleep(0.3)
+        _wait_ready(proc, "Ray runtime started", port, timeout, "ray start", 0.3, ready_name="Ray head")
         return f"{HOST}:{port}"
 
 
@@ -247,3 +235,16 @@ def _run_id(log: Path) -> str | None:
 def run_succeeded(row: Mapping[str, Any]) -> bool:
     """Whether a ``flwr ls`` row is a completed run (stopped and failed runs are not)."""
     return str(row.get("status", "")) == "finished:completed"
+
+
+def _wait_ready(proc: Any, marker: str, port: int, timeout: float, name: str, interval: float,
+                ready_name: str | None = None) -> None:
+    """Wait until ``proc`` logged ``marker`` and listens on ``port``; LabError (with its log tail)
+    if it exits first or is not ready in ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while marker not in proc.log_text() or not port_open(HOST, port):
+        if not proc.alive():
+            raise LabError(f"{name} exited with {proc.popen.returncode}:\n{tail(proc.log)}")
+        if time.monotonic() > deadline:
+            raise LabError(f"{ready_name or name} not ready after {timeout:.0f}s:\n{tail(proc.log)}")
+        time.sleep(interval)
