@@ -8,8 +8,10 @@ One implementation for every result, report, plot, policy and index file of the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,15 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def safe_filename(name: str) -> str:
+    """``name`` as one safe path component: other characters become ``_``, plus a short hash when
+    anything changed, so ``a/b`` and ``a_b`` never share a file. Used for user ids from any source."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name:
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return safe
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:

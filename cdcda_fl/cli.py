@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cdcda_fl.privacy import audit as audit_cli
 
     audit_cli.register(sub)
+    from cdcda_fl import inspect_cli
+
+    inspect_cli.register(sub)
     return parser
 
 

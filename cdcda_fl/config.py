@@ -48,6 +48,14 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                     "kept per label for labelled tasks (see device/personalize.py)"),
     "train.equal-real-exposure": (True, "scale CDCDA's step budget by (real + synthetic weight) / real weight, so "
                                         "real records get as many updates as in local training"),
+    "train.synthetic-record-cap": (1.0, "no synthetic record weighs more than this many real records "
+                                        "(0 = no cap; see device/synthetic_gate.py)"),
+    "train.synthetic-gate": ("holdout", "does the device use the cloud's records? holdout = only if they lower the "
+                                        "loss on held-out real items (else CDCDA falls back to local-only); "
+                                        "none = always"),
+    "train.synthetic-gate-fraction": (0.34, "share of the user's real items the holdout check holds out"),
+    "train.synthetic-gate-margin": (0.0, "nats per output token synthetic data must gain on held-out items"),
+    "train.synthetic-gate-min-real": (3, "real items needed to run the check (fewer: synthetic data is used)"),
     "train.retrain": (False, "retrain adapters even if a finished one is stored"),
     "dp.enabled": (False, "DP-SGD (Opacus) on the LoRA parameters"),
     "dp.epsilon": (0.0, "target epsilon (0 = use dp.noise-multiplier)"),

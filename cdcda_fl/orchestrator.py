@@ -134,8 +134,20 @@ class PhaseClock:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
 
 
+def cloud_accounting(records: list[dict[str, Any]], counts: Mapping[str, Any] | None,
+                     error: str | None) -> dict[str, Any]:
+    """The server's per-user record of what the cloud did (stored with the user's result, so it
+    reaches results.json): records sent to the device, the filter counts by reason, any error."""
+    return {"n_records": len(records), "counts": {str(k): int(v) for k, v in dict(counts or {}).items()},
+            "error": None if error is None else str(error)[:500]}
+
+
 class CloudWriter:
-    """The cloud model, loaded once per run, writing synthetic records task by task."""
+    """The cloud model, loaded once per run, writing synthetic records task by task.
+
+    After each :meth:`run`, :attr:`accounting` holds that call's per-user counts and errors
+    (:func:`cloud_accounting`, by user key), which the orchestrator stores with each result.
+    """
 
     def __init__(self, cfg: Mapping[str, Scalar]):
         from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
@@ -143,12 +155,14 @@ class CloudWriter:
 
         log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
         self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
+        self.accounting: dict[str, dict[str, Any]] = {}
 
     def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
         by_task: dict[str, list[SharedRecords]] = {}
         for s in shared:
             by_task.setdefault(s.task, []).append(s)
         out: dict[str, list[dict[str, Any]]] = {}
+        self.accounting = {}
         # Sorted, so the cloud's sampling does not depend on the order in which devices replied.
         for task, requests in sorted(by_task.items()):
             requests = sorted(requests, key=lambda r: r.user_id)
@@ -157,6 +171,7 @@ class CloudWriter:
             accepted = 0
             for uid, res in results.items():
                 out[user_key(task, uid)] = list(res.records)
+                self.accounting[user_key(task, uid)] = cloud_accounting(list(res.records), res.counts, res.error)
                 accepted += len(res.records)
                 if res.error:
                     log(f"cloud: {task}/{uid}: {res.error} (falls back to real data only)")
@@ -217,8 +232,16 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
                 f" ({start + len(chunk)}/{len(selected)})" if len(selected) > chunk_size else "")
             with clock("augment"):
                 synthetic = writer.run([shares[u] for u in chunk if u in shares]) if writer else {}
+            # The cloud's counts and errors per user (writers without ``accounting``, e.g. test stubs,
+            # get the record counts only); stored with each result, so they reach results.json.
+            cloud_info = ({u: dict(getattr(writer, "accounting", {}).get(u)
+                                   or cloud_accounting(list(synthetic.get(u, [])), None, None)) for u in chunk}
+                          if writer else {})
+            for u in chunk:
+                if writer and u not in shares:  # the cloud was never asked for this user
+                    cloud_info[u]["counts"].setdefault("no_share_received", 1)
             with clock("personalize"):
-                _personalize_chunk(transport, cfg, chunk, synthetic, user_node, store, timeout, label)
+                _personalize_chunk(transport, cfg, chunk, synthetic, user_node, store, timeout, label, cloud_info)
             for u in chunk:
                 shares.pop(u, None)
         done_now = set(selected)
@@ -285,8 +308,14 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
 
 def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: list[str],
                        synthetic: Mapping[str, list[dict[str, Any]]], user_node: Mapping[str, int],
-                       store: ResultStore, timeout: float | None, label: str) -> None:
-    """Send each device its users' synthetic sets; validate, audit and store the results."""
+                       store: ResultStore, timeout: float | None, label: str,
+                       cloud_info: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Send each device its users' synthetic sets; validate, audit and store the results.
+
+    ``cloud_info`` (user key -> :func:`cloud_accounting`) is the server's own data: it is stored
+    as the result's ``cloud`` entry, replacing anything a device put under that key.
+    """
+    cloud_info = cloud_info or {}
     audit = _audit_log(cfg)
     by_node: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for u in chunk:
@@ -320,6 +349,9 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
             if "error" in result:
                 store.record_failure(key, str(result["error"])[:500], phase="personalize", node=node)
             else:
+                result = {k: v for k, v in result.items() if k != "cloud"}  # the cloud's part is the server's
+                if key in cloud_info:
+                    result["cloud"] = dict(cloud_info[key])
                 store.write(result)
         for u in sorted(expected - seen):
             store.record_failure(u, "the device's reply had no result for this user", phase="personalize", node=node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,99 @@ from cdcda_fl.stats import format_interval
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
                  "cdcda": "CDCDA", "cloud": "cloud (not private)"}
 GAIN_LABEL = "Δ CDCDA vs local"
+_SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)([kmbt])(?![A-Za-z0-9])", re.IGNORECASE)
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def _model_name(results: Mapping[str, Any], role: str) -> str | None:
+    """The device's or the cloud's model name: results.json ``models.<role>.name``, else the config."""
+    info = (results.get("models") or {}).get(role) or {}
+    name = str(info.get("name") or (results.get("config") or {}).get(f"{role}.model") or "").strip()
+    return name or None
+
+
+def model_params(results: Mapping[str, Any], role: str) -> float | None:
+    """Parameter count of the ``device`` or ``cloud`` model: ``models.<role>.params`` if the run
+    recorded it, else the size in its name (``smollm2-135m`` -> 135e6, ``Qwen2.5-Coder-0.5B`` -> 0.5e9)."""
+    info = (results.get("models") or {}).get(role) or {}
+    if info.get("params"):
+        return float(info["params"])
+    name = _model_name(results, role)
+    found = _SIZE.findall(Path(name).name) if name else []
+    if not found:
+        return None
+    number, unit = found[-1]
+    return float(number) * _SCALE[unit.lower()]
+
+
+def cloud_vs_device(results: Mapping[str, Any]) -> str:
+    """'larger', 'same', 'smaller' or 'unknown': is the cloud model larger than the device's?
+
+    Parameter counts when both are known (recorded, or in the model names); else equal names mean
+    'same'. Only 'larger' makes the cloud row an upper bound.
+    """
+    device, cloud = model_params(results, "device"), model_params(results, "cloud")
+    if device and cloud:
+        ratio = cloud / device
+        return "larger" if ratio > 1.05 else "smaller" if ratio < 1 / 1.05 else "same"
+    d_name, c_name = _model_name(results, "device"), _model_name(results, "cloud")
+    if d_name and c_name and d_name.lower() == c_name.lower():
+        return "same"
+    return "unknown"
+
+
+def cloud_method_label(results: Mapping[str, Any]) -> str:
+    """The cloud row's label: an upper bound only when the cloud model is larger than the device's."""
+    return {"larger": "cloud (not private): upper bound",
+            "same": "cloud model (same size as device: not an upper bound)",
+            "smaller": "cloud model (smaller than device: not an upper bound)",
+            }.get(cloud_vs_device(results), "cloud model (not private; size vs device unknown: not an upper bound)")
+
+
+def cloud_note(results: Mapping[str, Any]) -> str:
+    """The † footnote of the paper table's cloud column."""
+    relation = cloud_vs_device(results)
+    d_name, c_name = _model_name(results, "device"), _model_name(results, "cloud")
+    if relation == "larger":
+        models = f" (`{c_name}`, larger than the device's `{d_name}`)" if c_name and d_name else ""
+        return f"† Cloud LLM{models} with the whole profile retrieved: the non-private upper bound."
+    why = {"same": "the same size as", "smaller": "smaller than"}.get(relation)
+    if why:
+        return (f"† Cloud model with the whole profile retrieved (not private). Not an upper bound: the cloud model "
+                f"`{c_name}` is {why} the device model `{d_name}`.")
+    return ("† Cloud model with the whole profile retrieved (not private). Not labelled an upper bound: the run "
+            "does not show that the cloud model is larger than the device model.")
+
+
+def cloud_block(results: Mapping[str, Any], task: str) -> dict[str, Any] | None:
+    """The task's cloud accounting (results.json ``cloud``), if the cloud wrote for any user."""
+    block = (results.get("cloud") or {}).get(task)
+    return block if block and block.get("users") else None
+
+
+def cloud_outage(results: Mapping[str, Any], task: str) -> bool:
+    """Every user of the task got a cloud error: CDCDA there is local-only training, not CDCDA."""
+    block = cloud_block(results, task)
+    return bool(block and block.get("outage"))
+
+
+def outage_text(block: Mapping[str, Any]) -> str:
+    error = next(iter(block.get("errors") or {}), "")
+    return (f"cloud outage: all {block['users']} users got a cloud error, no synthetic data (CDCDA = local-only)"
+            + (f"; e.g. {error[:120]}" if error else ""))
+
+
+def cloud_summary_text(task: str, block: Mapping[str, Any]) -> str:
+    """One line: records written/accepted, rejections by reason, cloud errors, device fall-backs."""
+    rejected = ", ".join(f"{k} {v}" for k, v in list(block.get("rejected", {}).items())[:4])
+    text = (f"{task} cloud: {block['records_written']} synthetic records written, {block['records_accepted']} "
+            f"accepted, {block['records_sent']} sent" + (f" (rejected: {rejected})" if rejected else "")
+            + f"; cloud errors: {block['users_with_error']} of {block['users']} users")
+    if block.get("decisions"):
+        text += f"; devices fell back to local-only: {block['fell_back']} of {block['decisions']}"
+    if block.get("outage"):
+        text += f". {outage_text(block)}"
+    return text
 
 
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -85,8 +179,11 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
         for name in r["metrics"]:
             if name not in metric_names:
                 metric_names.append(name)
+    outages = {r["task"] for r in rows if cloud_outage(results, r["task"])}
     best: dict[tuple[str, str], float] = {}
     for r in rows:
+        if r["method"] == "cdcda" and r["task"] in outages:  # not a CDCDA result: never "best"
+            continue
         for name, value in r["metrics"].items():
             key = (r["task"], name)
             better = min if name in LOWER_IS_BETTER else max
@@ -117,11 +214,16 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
             cells.append(text)
         eps = r.get("epsilon")
         first = i == 0 or ordered[i - 1]["task"] != r["task"]
-        table.add_row(r["task"] if first else "", METHOD_LABELS.get(r["method"], r["method"]), *cells,
+        label = cloud_method_label(results) if r["method"] == "cloud" else METHOD_LABELS.get(r["method"], r["method"])
+        if r["method"] == "cdcda" and r["task"] in outages:  # said in words, not shown as a CDCDA row
+            label = "[red]CDCDA: cloud outage[/red]"
+            cells = [f"[red]{outage_text(cloud_block(results, r['task']))}[/red]" if j == 0 else ""
+                     for j in range(len(metric_names))]
+        table.add_row(r["task"] if first else "", label, *cells,
                       str(r["n_users"]), "" if eps is None else ("∞" if eps == float("inf") else f"{eps:.2f}"),
                       f"{r['n_synthetic']:.1f}" if r["method"] == "cdcda" else "", "")
         last_of_task = i == len(ordered) - 1 or ordered[i + 1]["task"] != r["task"]
-        block = comparison(results, r["task"]) if last_of_task else None
+        block = comparison(results, r["task"]) if last_of_task and r["task"] not in outages else None
         if block:
             gain_cells = [gain_text(block) if name == primary else "" for name in metric_names]
             table.add_row("", f"[italic]{GAIN_LABEL}[/italic]", *gain_cells, str(block["n_users"]), "", "",
@@ -130,6 +232,11 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
     note = interval_note(results)
     if note:
         console.print(note, markup=False, highlight=False)  # "[lo, hi]" is text, not a style tag
+    for task in sorted({r["task"] for r in rows}):
+        cblock = cloud_block(results, task)
+        if cblock:
+            console.print(cloud_summary_text(task, cblock), style="red" if cblock.get("outage") else None,
+                          markup=False, highlight=False)
     if results.get("skipped"):
         for method, why in results["skipped"].items():
             console.print(f"[yellow]{method} skipped:[/yellow] {why}")
@@ -206,12 +313,18 @@ def paper_table(results: Mapping[str, Any]) -> str:
         metric = primary_metric(task)
         lower = metric in LOWER_IS_BETTER
         values = {m: by_key[(task, m)]["metrics"].get(metric) for m in PAPER_COLUMNS if (task, m) in by_key}
+        outage = cloud_outage(results, task)
+        if outage and "cdcda" in values:  # not a CDCDA result: said in words, never bold
+            values["cdcda"] = None
         private = [v for m, v in values.items() if m != "cloud" and v is not None]
         best = (min(private) if lower else max(private)) if private else None
         cells = []
         for m in PAPER_COLUMNS:
             v = values.get(m)
             text = "–" if v is None else value_with_interval(v, method_interval(results, task, m))
+            if m == "cdcda" and outage:
+                block = cloud_block(results, task)
+                text = f"cloud outage ({block['users_with_error']}/{block['users']} users): no synthetic data"
             if v is not None and m != "cloud" and v == best:
                 text = f"**{text}**"
             cells.append(text)
@@ -220,13 +333,36 @@ def paper_table(results: Mapping[str, Any]) -> str:
         lines.append(f"| {task.replace('_', '-')} ({title}) | {metric} {'↓' if lower else '↑'} | "
                      + " | ".join(cells) + f" | {n_users} |")
         eps_values += [float(r["epsilon"]) for r in rows if r["task"] == task and r.get("epsilon") is not None]
-    notes = ["", "Bold: best private method per task. † Cloud LLM with the whole profile retrieved: the non-private "
-             "upper bound. –: method not run or skipped. ↑/↓: higher/lower is better."]
+    if cloud_vs_device(results) in ("same", "smaller"):
+        lines[0] = lines[0].replace(PAPER_LABELS["cloud"], "Cloud model (not an upper bound) †")
+    notes = ["", f"Bold: best private method per task. {cloud_note(results)} –: method not run or skipped. "
+             "↑/↓: higher/lower is better."]
     if eps_values:
         notes.append(f"Local LoRA and CDCDA trained with DP-SGD, ε ≤ {max(eps_values):.2f} per user.")
     gains = gain_table(results, tasks)
     note = interval_note(results)
-    return "\n".join(lines + notes + ([note] if note else []) + gains) + "\n"
+    return "\n".join(lines + notes + ([note] if note else []) + gains + cloud_table(results, tasks)) + "\n"
+
+
+def cloud_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """Per task: what the cloud wrote and what reached the devices (empty when no cloud ran)."""
+    rows = [(task, cloud_block(results, task)) for task in tasks]
+    rows = [(task, block) for task, block in rows if block]
+    if not rows:
+        return []
+    lines = ["", "| Task | Synthetic written | Accepted | Sent | Rejected (by reason) | Users with cloud error "
+             "| Devices fell back to local-only |", "|---|---:|---:|---:|---|---:|---:|"]
+    for task, b in rows:
+        rejected = ", ".join(f"{k} {v}" for k, v in list(b.get("rejected", {}).items())[:4]) or "–"
+        fell_back = f"{b['fell_back']}/{b['decisions']}" if b.get("decisions") else "–"
+        error = f"{b['users_with_error']}/{b['users']}" + (" (**cloud outage**)" if b.get("outage") else "")
+        lines.append(f"| {task.replace('_', '-')} | {b['records_written']} | {b['records_accepted']} | "
+                     f"{b['records_sent']} | {rejected} | {error} | {fell_back} |")
+    lines.append("")
+    lines.append("Written: records the cloud parsed from its generations; accepted: those its filters kept; sent: "
+                 "to the devices. Fell back: devices whose rule chose not to use the synthetic data "
+                 "(of those that reported a decision).")
+    return lines
 
 
 def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
@@ -241,6 +377,10 @@ def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
              "|---|---|---:|---:|---|---:|"]
     for task, block in rows:
         metric = primary_metric(task)
+        if cloud_outage(results, task):
+            lines.append(f"| {task.replace('_', '-')} | {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'} | – | – | "
+                         f"not compared: cloud outage (CDCDA trained on real data only) | {block['n_users']} |")
+            continue
         lines.append(f"| {task.replace('_', '-')} | {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'} | "
                      f"{gain_text(block)} | {wtl_text(block)} | {block['verdict']} | {block['n_users']} |")
     return lines

@@ -8,8 +8,11 @@ Layout of ``out-dir``::
     users/<task>/<user>.json   one finished user's result (written atomically; a rerun skips it)
     failures.jsonl         users/nodes that failed, with the reason
     devices/               the simulated devices' own disks (private adapters; never uploaded)
+    devices/synthetic/<task>/<user>.json   what a simulated device received, kept and dropped of the
+                           cloud's records, and its decision (device/synthetic_store.py; never uploaded)
     predictions/<task>/<method>_outputs.json   LaMP-format predictions
-    results.json, summary.csv, plots/*.png       the report
+    results.json, summary.csv, plots/*.png       the report (results.json ``per_user``: each user's
+                           cloud accounting, device decision and metrics; ``cloud``: their sums per task)
 
 Results are written per user as they arrive, so the server holds no per-user state beyond what
 the final report needs, and an interrupted run resumes where it stopped.
@@ -18,20 +21,18 @@ the final report needs, and an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 import platform
-import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
+from cdcda_fl.atomic import safe_filename, write_text_atomic
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User, write_json_atomic, write_outputs
@@ -47,11 +48,7 @@ def user_key(task: str, user_id: str) -> str:
     return f"{task}/{user_id}"
 
 
-def _safe(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    if safe != name:
-        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return safe
+_safe = safe_filename  # a user id as a file name (also the device's synthetic store: one rule)
 
 
 def package_versions() -> dict[str, str]:
@@ -254,6 +251,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
     users_per_task: dict[str, int] = {}
     intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.stats.task_intervals)
     problems: list[dict[str, str]] = []  # method rows that could not be scored, and why
+    per_user_entries: dict[str, dict[str, dict[str, Any]]] = {}  # task -> user -> cloud, decision, metrics
     for spec in parse_task_list(str(cfg["tasks"])):
         primary = primary_metric(spec)
         per_user: dict[str, dict[str, tuple[float, float]]] = {}  # method -> user -> (value, n queries)
@@ -266,8 +264,10 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         user_metrics: dict[str, list[tuple[dict[str, float], float]]] = {m: [] for m in methods}
         metrics_only: dict[str, int] = {m: 0 for m in methods}  # users who reported metrics, no predictions
         n_users = 0
+        task_users = per_user_entries.setdefault(spec.name, {})
         for result in store.iter_results(spec.name):
             n_users += 1
+            task_users[str(result["user_id"])] = user_entry(result)
             golds.update(result.get("golds") or {})  # absent under eval.report=metrics|none
             n_syn.append(int(result.get("n_synthetic_used", 0)))
             for m in methods:
@@ -326,11 +326,74 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         "failures": store.failures(),
         "problems": problems,
         "shared": audit_totals(out),
+        "cloud": {task: cloud_summary(entries.values()) for task, entries in per_user_entries.items()},
+        "per_user": per_user_entries,
         **dict(extra or {}),
     }
     write_json_atomic(out / "results.json", results)
     _write_summary_csv(out / "summary.csv", summaries)
     return results
+
+
+USER_ENTRY_KEYS = ("cloud", "synthetic_decision", "n_synthetic_received", "n_synthetic_used", "n_queries", "report")
+
+
+def user_entry(result: Mapping[str, Any]) -> dict[str, Any]:
+    """One user's entry in results.json ``per_user``: the cloud's accounting for the user (server
+    data: records sent, filter counts by reason, error), the device's synthetic decision if it
+    reported one, and the metrics per method."""
+    entry = {k: result[k] for k in USER_ENTRY_KEYS if k in result}
+    cdcda = (result.get("methods") or {}).get("cdcda")
+    if "synthetic_decision" not in entry and isinstance(cdcda, Mapping) and isinstance(cdcda.get("decision"), Mapping):
+        entry["synthetic_decision"] = dict(cdcda["decision"])  # a metrics-level reply: the flag only
+    metrics = {m: dict(e["metrics"]) for m, e in (result.get("methods") or {}).items()
+               if isinstance(e, Mapping) and e.get("metrics")}
+    if metrics:
+        entry["metrics"] = metrics
+    return entry
+
+
+def _used_synthetic(entry: Mapping[str, Any]) -> bool | None:
+    decision = entry.get("synthetic_decision")
+    if isinstance(decision, Mapping) and isinstance(decision.get("used_synthetic"), bool):
+        return decision["used_synthetic"]
+    return None
+
+
+def cloud_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A task's cloud accounting over its users (results.json ``cloud``).
+
+    ``records_written``: records the cloud parsed from its generations; ``records_accepted``: those
+    that passed its filters; ``rejected``: filter rejections by reason; ``users_with_error`` and
+    ``outage`` (every user with a cloud entry got an error: CDCDA then is local-only training);
+    ``fell_back``/``used_synthetic``: devices that reported a ``synthetic_decision``.
+    """
+    entries = list(entries)
+    clouds = [e["cloud"] for e in entries if isinstance(e.get("cloud"), Mapping)]
+    rejected: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    written = accepted = sent = 0
+    for c in clouds:
+        counts = c.get("counts") or {}
+        written += int(counts.get("generated", 0))
+        accepted += int(counts.get("accepted", 0))
+        sent += int(c.get("n_records", 0))
+        for key, value in counts.items():
+            if key.startswith("rejected_"):
+                rejected[key[len("rejected_"):]] = rejected.get(key[len("rejected_"):], 0) + int(value)
+        if c.get("error"):
+            text = str(c["error"])[:200]
+            errors[text] = errors.get(text, 0) + 1
+    with_error = sum(errors.values())
+    decisions = [d for d in map(_used_synthetic, entries) if d is not None]
+    return {
+        "users": len(clouds), "records_written": written, "records_accepted": accepted, "records_sent": sent,
+        "rejected": dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "users_with_error": with_error,
+        "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
+        "outage": bool(clouds) and with_error == len(clouds),
+        "decisions": len(decisions), "used_synthetic": sum(decisions), "fell_back": len(decisions) - sum(decisions),
+    }
 
 
 def audit_totals(out_dir: Path | str) -> dict[str, dict[str, int]]:

@@ -179,3 +179,94 @@ def test_stop_flag_interrupts_between_polls(tmp_path: Path) -> None:
             orchestrator.run_cdcda(transport, cfg)
     finally:
         orchestrator.STOP.clear()
+
+
+def test_cloud_counts_and_errors_reach_each_users_result_and_results_json(tmp_path: Path) -> None:
+    """The cloud's per-user accounting is server data: stored with the result (replacing anything a
+    device sent under ``cloud``) and summarised per task; a writer without ``accounting`` still
+    records how many records each user got."""
+    cfg = _cfg(tmp_path, methods="base,cdcda")
+    keys = _keys(cfg)
+
+    class AccountingWriter:
+        def __init__(self, cfg: Mapping[str, Any]) -> None:
+            self.accounting: dict[str, dict] = {}
+
+        def run(self, shares) -> dict[str, list[dict]]:
+            out = {}
+            for s in shares:
+                key = user_key(s.task, s.user_id)
+                failed = key == keys[0]
+                out[key] = [] if failed else [{"id": f"syn-{s.user_id}", "description": "x", "tag": "comedy"}]
+                self.accounting[key] = orchestrator.cloud_accounting(
+                    out[key], {"generated": 4, "accepted": len(out[key]), "rejected_near_copy": 3},
+                    "BackendError: HTTP 503" if failed else None)
+            return out
+
+    def sharing(run_cfg: dict, hosted: list[str], *, spoof: bool = False) -> Node:
+        inner = fake_device(run_cfg, hosted)
+
+        def node(kind: str, payload: Mapping[str, Any]):
+            if kind != SHARE:
+                body = inner(kind, payload)
+                if spoof:  # a device must not be able to write the cloud's accounting
+                    for r in body["results"]:
+                        r["cloud"] = {"n_records": 999, "counts": {}, "error": None}
+                return body
+            shares = [{"user_id": k.split("/", 1)[1], "task": "LaMP_2", "records": [{"id": "r1", "tag": "comedy"}],
+                       "record_ids": ["r1"], "fields": ["id", "tag"], "n_shared": 1, "bytes": 0} for k in hosted]
+            return {"users": hosted, "shares": shares, "errors": []}
+        return node
+
+    transport = MemoryTransport({1: sharing(cfg, keys[:2], spoof=True), 2: sharing(cfg, keys[2:])})
+    results = orchestrator.run_cdcda(transport, cfg, writer_factory=AccountingWriter)
+    uid0 = keys[0].split("/", 1)[1]
+    stored = json.loads((Path(cfg["out-dir"]) / "users" / "LaMP_2" / f"{uid0}.json").read_text())
+    assert stored["cloud"] == {"n_records": 0, "counts": {"generated": 4, "accepted": 0, "rejected_near_copy": 3},
+                               "error": "BackendError: HTTP 503"}
+    on_disk = json.loads((Path(cfg["out-dir"]) / "results.json").read_text())
+    per_user = on_disk["per_user"]["LaMP_2"]
+    assert {u: e["cloud"]["n_records"] for u, e in per_user.items()} == {k.split("/", 1)[1]: (0 if k == keys[0] else 1)
+                                                                         for k in keys}
+    block = on_disk["cloud"]["LaMP_2"]
+    assert (block["users"], block["records_written"], block["records_accepted"], block["users_with_error"]) == (4, 16, 3, 1)
+    assert block["rejected"] == {"near_copy": 12} and block["outage"] is False
+    assert results["cloud"] == on_disk["cloud"]
+
+    # A writer without accounting (and a later resume) still leaves a per-user record count.
+    cfg2 = _cfg(tmp_path / "b", methods="base,cdcda")
+    keys2 = _keys(cfg2)
+
+    class Plain:
+        def __init__(self, cfg: Mapping[str, Any]) -> None:
+            pass
+
+        def run(self, shares) -> dict[str, list[dict]]:
+            return {user_key(s.task, s.user_id): [] for s in shares}
+
+    orchestrator.run_cdcda(MemoryTransport({1: sharing(cfg2, keys2)}), cfg2, writer_factory=Plain)
+    plain = json.loads((Path(cfg2["out-dir"]) / "results.json").read_text())["per_user"]["LaMP_2"]
+    assert all(e["cloud"] == {"n_records": 0, "counts": {}, "error": None} for e in plain.values())
+
+
+def test_cloud_writer_keeps_the_augmenters_counts_and_errors_per_user() -> None:
+    from cdcda_fl.cloud.augment import AugmentResult
+    from cdcda_fl.privacy.consent import SharedRecords
+
+    class FakeAugmenter:
+        def augment(self, requests):
+            return {r.user_id: (AugmentResult(r.user_id, r.task, [], {"accepted": 0, "generations": 2}, "TimeoutError: x")
+                                if r.user_id == "b" else
+                                AugmentResult(r.user_id, r.task, [{"id": "s0", "tag": "comedy", "description": "d"}],
+                                              {"accepted": 1, "generated": 3, "rejected_truncated": 2}))
+                    for r in requests}
+
+    writer = orchestrator.CloudWriter.__new__(orchestrator.CloudWriter)
+    writer.augmenter, writer.accounting = FakeAugmenter(), {}
+    shares = [SharedRecords(u, "LaMP_2", [{"id": "r", "tag": "comedy"}], ["r"], ["id", "tag"], 1, 1, 10) for u in "ab"]
+    out = writer.run(shares)
+    assert len(out["LaMP_2/a"]) == 1 and out["LaMP_2/b"] == []
+    assert writer.accounting == {
+        "LaMP_2/a": {"n_records": 1, "counts": {"accepted": 1, "generated": 3, "rejected_truncated": 2}, "error": None},
+        "LaMP_2/b": {"n_records": 0, "counts": {"accepted": 0, "generations": 2}, "error": "TimeoutError: x"},
+    }

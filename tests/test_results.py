@@ -132,6 +132,107 @@ def test_unscorable_method_row_is_reported_not_dropped_silently(tmp_path: Path) 
 
 
 
+def _with_cloud(out: Path, errors: dict[str, str | None], used: dict[str, bool]) -> None:
+    """Add the server's cloud accounting (and a device decision) to every user of _write_users."""
+    store = ResultStore(out)
+    for i, uid in enumerate(USERS):
+        result = json.loads(store.path("LaMP_3", uid).read_text())
+        err = errors.get(uid)
+        result["cloud"] = {"n_records": 0 if err else 3, "error": err,
+                           "counts": {"generated": 0 if err else 5 + i, "accepted": 0 if err else 3,
+                                      **({} if err else {"rejected_near_copy": 1 + i, "rejected_label_quota": 1})}}
+        if uid in used:
+            result["synthetic_decision"] = {"rule": "r", "used_synthetic": used[uid]}
+        store.write(result)
+
+
+def test_cloud_accounting_reaches_results_json_and_both_reports(tmp_path: Path) -> None:
+    _write_users(tmp_path, with_predictions=True)
+    _with_cloud(tmp_path, {"u3": "BackendError: HTTP 503"}, {"u0": True, "u1": False, "u2": True})
+    aggregate(_cfg(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    entry = results["per_user"]["LaMP_3"]["u0"]
+    assert entry["cloud"] == {"n_records": 3, "error": None,
+                              "counts": {"generated": 5, "accepted": 3, "rejected_near_copy": 1, "rejected_label_quota": 1}}
+    assert entry["synthetic_decision"]["used_synthetic"] is True and entry["metrics"]["cdcda"]["mae"] == 0.25
+    assert results["per_user"]["LaMP_3"]["u3"]["cloud"]["error"] == "BackendError: HTTP 503"
+    block = results["cloud"]["LaMP_3"]
+    assert (block["users"], block["records_written"], block["records_accepted"], block["records_sent"]) == (4, 18, 9, 9)
+    assert block["rejected"] == {"near_copy": 6, "label_quota": 3}
+    assert (block["users_with_error"], block["outage"]) == (1, False)
+    assert (block["decisions"], block["used_synthetic"], block["fell_back"]) == (3, 2, 1)
+    md = paper_table(results)
+    assert "| LaMP-3 | 18 | 9 | 9 | near_copy 6, label_quota 3 | 1/4 | 1/3 |" in md
+    assert "**0.375 [" in md  # a normal CDCDA cell: no outage
+    buffer = io.StringIO()
+    print_table(results, Console(file=buffer, width=250))
+    text = buffer.getvalue()
+    assert "LaMP_3 cloud: 18 synthetic records written, 9 accepted, 9 sent" in text
+    assert "cloud errors: 1 of 4 users; devices fell back to local-only: 1 of 3" in text
+
+
+def test_full_cloud_outage_is_said_in_words_not_shown_as_a_cdcda_row(tmp_path: Path) -> None:
+    _write_users(tmp_path, with_predictions=True)
+    _with_cloud(tmp_path, {uid: "BackendError: connection refused" for uid in USERS}, {})
+    results = aggregate(_cfg(tmp_path))
+    assert results["cloud"]["LaMP_3"]["outage"] is True
+    md = paper_table(results)
+    row = next(line for line in md.splitlines() if line.startswith("| LaMP-3 (product rating)"))
+    assert "cloud outage (4/4 users): no synthetic data" in row and "0.375" not in row
+    assert "**0.688 [" in row  # local-only is then the best private method
+    assert "not compared: cloud outage" in md and "| 3/1/0 |" not in md
+    assert "4/4 (**cloud outage**)" in md
+    buffer = io.StringIO()
+    print_table(results, Console(file=buffer, width=250))
+    text = buffer.getvalue()
+    assert "CDCDA: cloud outage" in text and "all 4 users got a cloud error" in text and "connection refused" in text
+    assert "0.375" not in text and "Δ CDCDA vs local" not in text.split("[lo, hi]")[0]
+
+
+def _cloud_results(device: str, cloud: str, **extra) -> dict:
+    rows = [{"task": "LaMP_2", "method": m, "metrics": {"accuracy": v}, "n_users": 2, "n_queries": 4, "epsilon": None,
+             "mia_auc": None, "train_seconds": 0.0, "n_synthetic": 0.0} for m, v in (("local", 0.5), ("cloud", 0.3))]
+    return {"table": rows, "config": {"device.model": device, "cloud.model": cloud}, **extra}
+
+
+@pytest.mark.parametrize(("device", "cloud", "relation"), [
+    ("smollm2-135m", "gemma3-270m", "larger"),
+    ("smollm2-135m", "qwen2.5-coder-0.5b", "larger"),
+    ("smollm2-135m", "smollm2-135m", "same"),
+    ("tiny-random", "tiny-random", "same"),
+    ("gemma3-270m", "/models/SmolLM2-135M-Instruct", "smaller"),
+    ("smollm2-135m", "some/unsized-model", "unknown"),
+])
+def test_cloud_row_is_an_upper_bound_only_when_the_cloud_model_is_larger(device: str, cloud: str, relation: str) -> None:
+    from cdcda_fl.results import cloud_method_label, cloud_vs_device
+
+    results = _cloud_results(device, cloud)
+    assert cloud_vs_device(results) == relation
+    md = paper_table(results)
+    buffer = io.StringIO()
+    print_table(results, Console(file=buffer, width=250))
+    text = buffer.getvalue()
+    assert cloud_method_label(results) in text
+    if relation == "larger":
+        assert "the non-private upper bound" in md and "not an upper bound" not in md + text
+        assert "| Cloud LLM † |" in md
+    else:
+        assert "upper bound." not in md.replace("not an upper bound", "").replace("Not an upper bound", "")
+        assert "not an upper bound" in text
+    if relation in ("same", "smaller"):
+        assert "| Cloud model (not an upper bound) † |" in md
+        assert ("same size as device" if relation == "same" else "smaller than device") in text
+
+
+def test_recorded_parameter_counts_beat_the_names() -> None:
+    from cdcda_fl.results import cloud_vs_device
+
+    results = _cloud_results("smollm2-135m", "gemma3-270m",
+                             models={"device": {"params": 270_000_000}, "cloud": {"params": 268_000_000}})
+    assert cloud_vs_device(results) == "same"
+    assert "not an upper bound" in paper_table(results)
+
+
 def test_rate_and_eta_text() -> None:
     from cdcda_fl.progress import rate_eta
 

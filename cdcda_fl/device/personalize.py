@@ -31,6 +31,7 @@ from cdcda_fl.config import Scalar, config_get, csv_list, methods_of
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
+from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, cap_record_weights, decide, mean_loss
 from cdcda_fl.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
@@ -171,113 +172,244 @@ def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     return _DEVICE_MODELS[key]
 
 
+class _UserRun:
+    """One user's personalization in progress: what every method needs, and the result being built."""
+
+    def __init__(self, user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
+                 storage_dir: Path, model: Any, on_step: Callable[[str], None] | None) -> None:
+        from cdcda_fl.device.lora import AdapterStore
+
+        self.user, self.cfg, self.model = user, cfg, model
+        self.storage_dir = Path(storage_dir)
+        self.spec = spec = get_task(user.task)
+        max_q = int(cfg["eval.max-queries"])
+        self.queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
+        self.golds = {q.id: q.gold for q in self.queries if q.gold is not None}
+        self.inputs = [q.input for q in self.queries]
+        self.retrieval_queries = [spec.query_text_of_input(i) for i in self.inputs]  # RAG and cloud share them
+        self.batch = int(cfg["eval.batch-size"])
+        self.step = on_step or (lambda _name: None)
+        self.store = AdapterStore(self.storage_dir / "adapters")
+        self.real_pairs = spec.profile_to_pairs(user.profile)
+        self.received = [dict(r) for r in synthetic]
+        self.dropped: list[tuple[dict[str, Any], str]] = []
+        self.valid_synthetic: list[dict[str, Any]] = []
+        for rec in self.received:
+            problem = spec.validate_item(rec)
+            if problem is None:
+                self.valid_synthetic.append(rec)
+            else:
+                self.dropped.append((rec, f"invalid: {problem}"))
+        alpha = float(cfg["train.synthetic-weight"])
+        kept, self.real_weights, synth_weights = mixture_weights(spec, user.profile, self.valid_synthetic, alpha)
+        kept_ids = {id(r) for r in kept}
+        self.dropped += [(r, "label not in the user's profile") for r in self.valid_synthetic if id(r) not in kept_ids]
+        self.kept_synthetic = kept
+        self.synth_weights = cap_record_weights(synth_weights, float(config_get(cfg, "train.synthetic-record-cap")))
+        self.synth_pairs = spec.profile_to_pairs(kept)
+        self.decision: GateDecision | None = None
+        self.result: dict[str, Any] = {
+            "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile),
+            "n_queries": len(self.queries), "n_synthetic_received": len(synthetic),
+            "n_synthetic_used": len(self.synth_pairs),
+            "synthetic_bytes": len(json.dumps(list(synthetic), ensure_ascii=False, separators=(",", ":")).encode()),
+            "methods": {}, "golds": self.golds,
+        }
+
+    # ------------------------------------------------------------------ helpers every method uses
+    def answer(self, prompts: list[str]) -> list[str]:
+        texts = self.model.generate(prompts, max_new_tokens=self.spec.max_new_tokens, batch_size=self.batch)
+        return [self.spec.parse_answer(t) for t in texts]
+
+    def record(self, method: str, preds: list[str], started: float, **extra: Any) -> None:
+        predictions = {q.id: p for q, p in zip(self.queries, preds)}
+        entry: dict[str, Any] = {"predictions": predictions, "seconds": round(time.perf_counter() - started, 3),
+                                 **extra}
+        if self.golds and len(self.golds) == len(predictions):
+            entry["metrics"] = score(self.spec, self.golds, predictions)
+        self.result["methods"][method] = entry
+
+    def mia(self) -> dict[str, Any]:
+        if not self.cfg["mia.enabled"]:
+            return {}
+        held_out = [(q.input, q.gold) for q in self.queries if q.gold is not None]
+        return {"mia_auc": membership_auc(self.model.example_losses(self.real_pairs),
+                                          self.model.example_losses(held_out))}
+
+    def train_or_reuse(self, method: str, pairs: list[tuple[str, str]], weights: list[float]) -> dict[str, Any]:
+        """Train (or reload from the device's store) an adapter; on return the model holds it."""
+        cfg = self.cfg
+        key = f"{self.spec.name}-{method}-{_fingerprint({k_: cfg[k_] for k_ in _TRAIN_KEYS}, pairs, weights)}"
+        path = self.store.path(self.user.user_id, key)
+        # An adapter folder without its metadata is from before metadata was written with
+        # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
+        if self.store.exists(self.user.user_id, key) and (path / TRAIN_META).is_file() and not cfg["train.retrain"]:
+            self.model.load_adapter(path)
+            return {**json.loads((path / TRAIN_META).read_text()), "reused": True}
+        res = self.model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, self.real_pairs)),
+                               dp_config_from(cfg), weights=weights)
+        info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
+                "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
+                "n_real": len(self.real_pairs), "n_synthetic": len(pairs) - len(self.real_pairs)}
+        self.model.save_adapter(path, extra_files={TRAIN_META: json.dumps(info)})
+        return info
+
+    # ------------------------------------------------------------------ the device's trust in cloud data
+    def synthetic_decision(self) -> GateDecision:
+        """The ``train.synthetic-gate`` rule for this user (decided once, stored on the device)."""
+        if self.decision is not None:
+            return self.decision
+        gate = GateConfig.from_config(self.cfg)
+        key = f"{self.spec.name}-gate-" + _fingerprint(
+            {k_: config_get(self.cfg, k_) for k_ in _TRAIN_KEYS + _GATE_KEYS}, self.real_pairs, self.synth_pairs,
+            self.synth_weights)
+        path = self.store.path(self.user.user_id, key)
+        if (path / TRAIN_META).is_file() and not self.cfg["train.retrain"]:
+            self.decision = GateDecision(**json.loads((path / TRAIN_META).read_text()))
+            return self.decision
+        self.step("check")
+        self.decision = decide(gate, self.user.profile, len(self.synth_pairs),
+                               seed=f"{self.cfg['seed']}:{self.user.user_id}", held_out_losses=self._held_out_losses)
+        if self.decision.n_validation:  # only a decision that trained something is worth storing
+            _write_meta_only(path, json.dumps(self.decision.to_dict()))
+        return self.decision
+
+    def _held_out_losses(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> tuple[float, float]:
+        """Mean held-out loss of a real-only and a real + synthetic adapter trained on ``train_items``."""
+        spec, cfg, model = self.spec, self.cfg, self.model
+        alpha = float(cfg["train.synthetic-weight"])
+        real = spec.profile_to_pairs(train_items)
+        kept, real_w, syn_w = mixture_weights(spec, train_items, self.valid_synthetic, alpha)
+        syn_w = cap_record_weights(syn_w, float(config_get(cfg, "train.synthetic-record-cap")))
+        held_pairs = spec.profile_to_pairs(held)
+        losses = []
+        for pairs, weights in ((real, [1.0] * len(real)), (real + spec.profile_to_pairs(kept), real_w + syn_w)):
+            model.clear_adapter()
+            model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, real)), None, weights=weights)
+            losses.append(mean_loss(model.example_losses(held_pairs)))
+        model.clear_adapter()
+        return losses[0], losses[1]
+
+    def save_synthetic_log(self) -> None:
+        """What this device received from the cloud, kept and dropped, and why: on its own disk only."""
+        if not self.received:
+            return
+        from cdcda_fl.device.synthetic_store import save_synthetic_log
+
+        decision = self.decision.to_dict() if self.decision else {"rule": "not run", "used_synthetic": None,
+                                                                  "reason": "CDCDA was not among the methods"}
+        save_synthetic_log(self.storage_dir, self.user.user_id, self.spec.name, received=self.received,
+                           kept=[dict(r) for r in self.kept_synthetic], dropped=self.dropped, decision=decision)
+
+
+def _exposure_scale(cfg: Mapping[str, Scalar], weights: Sequence[float], real_pairs: Sequence[Any]) -> float:
+    """Equal real-data exposure: with synthetic data adding mass alpha per unit of real data, a fixed
+    step budget would give the real records 1/(1+alpha) of the updates they get in local training,
+    and CDCDA would lose the user's exact patterns; so CDCDA's budget is stretched by the mass."""
+    return sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
+
+
+_GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-fraction", "train.synthetic-gate-margin",
+              "train.synthetic-gate-min-real", "train.synthetic-record-cap", "train.equal-real-exposure")
+
+
+# ---------------------------------------------------------------------- the method registry
+def _base(run: _UserRun) -> None:
+    started = time.perf_counter()
+    run.record("base", run.answer(run.inputs), started)
+
+
+def _rag(run: _UserRun) -> None:
+    started = time.perf_counter()
+    retrieved = retrieve(run.spec, run.user.profile, run.retrieval_queries, int(run.cfg["rag.k"]))
+    run.record("rag", run.answer([run.spec.rag_prompt(i, r) for i, r in zip(run.inputs, retrieved)]), started)
+
+
+def _cloud(run: _UserRun) -> None:
+    started = time.perf_counter()
+    if str(run.cfg["cloud.backend"]) != "hf":
+        run.result["methods"]["cloud"] = {"skipped": "the cloud upper bound runs only with an in-process (hf) "
+                                                     "cloud model: a remote one would need the user's queries"}
+        return
+    retrieved = retrieve(run.spec, run.user.profile, run.retrieval_queries, int(run.cfg["rag.cloud-k"]))
+    texts = _answer_with_cloud(run.spec, [run.spec.rag_prompt(i, r) for i, r in zip(run.inputs, retrieved)], run.cfg)
+    run.record("cloud", [run.spec.parse_answer(t) for t in texts], started)
+
+
+def _local(run: _UserRun) -> None:
+    if run.cfg["dp.enabled"]:
+        return _private(run, "local")
+    started = time.perf_counter()
+    info = run.train_or_reuse("local", list(run.real_pairs), [1.0] * len(run.real_pairs))
+    extra = {"train": info, "epsilon": info.get("epsilon"), **run.mia()}
+    run.record("local", run.answer(run.inputs), started, **extra)
+    run.model.clear_adapter()
+
+
+def _cdcda(run: _UserRun) -> None:
+    """Real + synthetic, if the device's check says the cloud's records help this user; else local-only."""
+    if run.cfg["dp.enabled"]:
+        return _private(run, "cdcda")
+    decision = run.synthetic_decision()
+    run.result["synthetic_decision"] = decision.to_dict()
+    started = time.perf_counter()
+    if decision.used_synthetic:
+        pairs = list(run.real_pairs) + list(run.synth_pairs)
+        weights = list(run.real_weights) + list(run.synth_weights)
+        info = run.train_or_reuse("cdcda", pairs, weights)
+        preds = run.answer(run.inputs)
+    else:
+        run.result["n_synthetic_used"] = 0
+        info = run.train_or_reuse("local", list(run.real_pairs), [1.0] * len(run.real_pairs))
+        local = run.result["methods"].get("local")
+        # Same adapter, greedy answers: local-only's own predictions, when it ran first.
+        preds = ([local["predictions"][q.id] for q in run.queries] if local and "predictions" in local
+                 else run.answer(run.inputs))
+    extra = {"train": info, "epsilon": info.get("epsilon"),
+             "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic}, **run.mia()}
+    run.record("cdcda", preds, started, **extra)
+    run.model.clear_adapter()
+
+
+def _private(run: _UserRun, method: str) -> None:
+    started = time.perf_counter()
+    extra = private_method(run.model, run.store, run.spec, run.user, method, run.valid_synthetic, run.cfg)
+    if method == "cdcda":  # under DP: every valid cloud record but the validation split
+        run.result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
+    base_entry = run.result["methods"].get("base")
+    if extra["dp"]["fell_back"] and base_entry and "predictions" in base_entry:
+        preds = [base_entry["predictions"][q.id] for q in run.queries]  # the base model's own answers
+    else:
+        preds = run.answer(run.inputs)
+    run.record(method, preds, started, **extra, **run.mia())
+    run.model.clear_adapter()
+
+
+#: name -> what the method does for one user. A new method is one function and one entry here
+#: (plus its name in config.METHODS for validation); nothing else in the device layer changes.
+METHODS: dict[str, Callable[[_UserRun], None]] = {
+    "base": _base, "rag": _rag, "local": _local, "cdcda": _cdcda, "cloud": _cloud,
+}
+
+
 def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
                      storage_dir: Path, device_model: Any | None = None,
                      on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train this user's private adapters, answer their held-out queries with every method, score.
 
     ``storage_dir`` is the device's own disk: adapters are saved there (atomically) and reused on
-    a rerun with the same configuration and data. The returned dict is what may leave the device.
+    a rerun with the same configuration and data, and so is what the device received from the
+    cloud and decided about it (``synthetic/``, never sent). The returned dict is what may leave
+    the device, as far as the report level allows (privacy/report.py).
     """
-    from cdcda_fl.device.lora import AdapterStore
-
-    spec = get_task(user.task)
-    methods = methods_of(cfg)
-    max_q = int(cfg["eval.max-queries"])
-    queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
-    golds = {q.id: q.gold for q in queries if q.gold is not None}
-    inputs = [q.input for q in queries]
-    retrieval_queries = [spec.query_text_of_input(i) for i in inputs]  # RAG and the cloud bound share them
-    batch = int(cfg["eval.batch-size"])
-    step = on_step or (lambda _name: None)
-
-    model = device_model or device_model_for(cfg)
-    store = AdapterStore(Path(storage_dir) / "adapters")
-    real_pairs = spec.profile_to_pairs(user.profile)
-    valid_synthetic = [dict(r) for r in synthetic if spec.validate_item(r) is None]
-    kept_synthetic, real_weights, synth_weights = mixture_weights(
-        spec, user.profile, valid_synthetic, float(cfg["train.synthetic-weight"]))
-    synth_pairs = spec.profile_to_pairs(kept_synthetic)
-    k = int(cfg["rag.k"])
-    result: dict[str, Any] = {
-        "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile), "n_queries": len(queries),
-        "n_synthetic_received": len(synthetic), "n_synthetic_used": len(synth_pairs),
-        "synthetic_bytes": len(json.dumps(list(synthetic), ensure_ascii=False, separators=(",", ":")).encode()),
-        "methods": {}, "golds": golds,
-    }
-
-    def answer(prompts: list[str]) -> list[str]:
-        texts = model.generate(prompts, max_new_tokens=spec.max_new_tokens, batch_size=batch)
-        return [spec.parse_answer(t) for t in texts]
-
-    def record(method: str, preds: list[str], started: float, **extra: Any) -> None:
-        predictions = {q.id: p for q, p in zip(queries, preds)}
-        entry: dict[str, Any] = {"predictions": predictions, "seconds": round(time.perf_counter() - started, 3), **extra}
-        if golds and len(golds) == len(predictions):
-            entry["metrics"] = score(spec, golds, predictions)
-        result["methods"][method] = entry
-
-    model.clear_adapter()
-    for method in methods:
-        started = time.perf_counter()
-        step(method)
-        if method == "base":
-            record(method, answer(inputs), started)
-        elif method == "rag":
-            retrieved = retrieve(spec, user.profile, retrieval_queries, k)
-            record(method, answer([spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)]), started)
-        elif method == "cloud":
-            if str(cfg["cloud.backend"]) != "hf":
-                result["methods"][method] = {"skipped": "the cloud upper bound runs only with an in-process (hf) "
-                                                        "cloud model: a remote one would need the user's queries"}
-                continue
-            retrieved = retrieve(spec, user.profile, retrieval_queries, int(cfg["rag.cloud-k"]))
-            texts = _answer_with_cloud(spec, [spec.rag_prompt(i, r) for i, r in zip(inputs, retrieved)], cfg)
-            record(method, [spec.parse_answer(t) for t in texts], started)
-        elif method in TRAINED_METHODS and cfg["dp.enabled"]:
-            extra = private_method(model, store, spec, user, method, valid_synthetic, cfg)
-            if method == "cdcda":  # under DP: every valid cloud record but the validation split
-                result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
-            base_entry = result["methods"].get("base")
-            if extra["dp"]["fell_back"] and base_entry and "predictions" in base_entry:
-                preds = [base_entry["predictions"][q.id] for q in queries]  # the base model's own answers
-            else:
-                preds = answer(inputs)
-            if cfg["mia.enabled"]:
-                held_out = [(q.input, q.gold) for q in queries if q.gold is not None]
-                extra["mia_auc"] = membership_auc(model.example_losses(real_pairs), model.example_losses(held_out))
-            record(method, preds, started, **extra)
-            model.clear_adapter()
-        elif method in TRAINED_METHODS:
-            if method == "cdcda":
-                pairs, weights = list(real_pairs) + list(synth_pairs), list(real_weights) + list(synth_weights)
-            else:
-                pairs, weights = list(real_pairs), [1.0] * len(real_pairs)
-            key = f"{spec.name}-{method}-{_fingerprint({k_: cfg[k_] for k_ in _TRAIN_KEYS}, pairs, weights)}"
-            path = store.path(user.user_id, key)
-            train_info: dict[str, Any]
-            # An adapter folder without its metadata is from before metadata was written with
-            # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
-            if store.exists(user.user_id, key) and (path / TRAIN_META).is_file() and not cfg["train.retrain"]:
-                model.load_adapter(path)
-                train_info = {**json.loads((path / TRAIN_META).read_text()), "reused": True}
-            else:
-                # Equal real-data exposure: with synthetic data adding mass alpha per unit of real
-                # data, a fixed step budget would give the real records 1/(1+alpha) of the updates
-                # they get in local training, and CDCDA would lose the user's exact patterns.
-                scale = sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
-                res = model.train(pairs, lora_config_from(cfg, scale), dp_config_from(cfg), weights=weights)
-                train_info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
-                              "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
-                              "n_real": len(real_pairs), "n_synthetic": len(pairs) - len(real_pairs)}
-                model.save_adapter(path, extra_files={TRAIN_META: json.dumps(train_info)})
-            extra: dict[str, Any] = {"train": train_info, "epsilon": train_info.get("epsilon")}
-            if cfg["mia.enabled"]:
-                held_out = [(q.input, q.gold) for q in queries if q.gold is not None]
-                extra["mia_auc"] = membership_auc(model.example_losses(real_pairs), model.example_losses(held_out))
-            record(method, answer(inputs), started, **extra)
-            model.clear_adapter()
-    return result
+    run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=device_model or device_model_for(cfg),
+                   on_step=on_step)
+    run.model.clear_adapter()
+    for method in methods_of(cfg):
+        run.step(method)
+        METHODS[method](run)
+    run.save_synthetic_log()
+    return run.result
 
 
 # ---------------------------------------------------------------------- the DP methods

@@ -28,7 +28,7 @@ from typing import Any
 
 LEVELS = ("none", "metrics", "predictions")  # increasing disclosure
 AUTO = "auto"
-METRIC_ENTRY_KEYS = ("metrics", "epsilon", "mia_auc", "skipped")
+METRIC_ENTRY_KEYS = ("metrics", "epsilon", "mia_auc", "skipped", "decision")
 
 
 class ReportError(ValueError):

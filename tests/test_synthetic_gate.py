@@ -1,0 +1,134 @@
+"""The device's private check of the cloud's records (device/synthetic_gate.py) and its wiring."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from cdcda_fl.config import load_config
+from cdcda_fl.device.synthetic_gate import (
+    GateConfig,
+    GateError,
+    cap_record_weights,
+    decide,
+    holdout_split,
+)
+
+ITEMS = [{"id": str(i), "description": f"movie {i}", "tag": "comedy"} for i in range(9)]
+
+
+def _losses(local: float, cdcda: float):
+    seen: dict[str, list] = {}
+
+    def fn(train, held):
+        seen["train"], seen["held"] = train, held
+        return local, cdcda
+    return fn, seen
+
+
+def test_falls_back_when_synthetic_data_fits_held_out_items_worse():
+    fn, seen = _losses(1.0, 1.2)
+    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out_losses=fn)
+    assert not d.used_synthetic and "fell back" in d.reason
+    assert d.loss_local == 1.0 and d.loss_cdcda == 1.2 and d.n_validation == 3
+    # held-out items are real items the throw-away adapters did not train on
+    assert not {it["id"] for it in seen["train"]} & {it["id"] for it in seen["held"]}
+    assert len(seen["train"]) + len(seen["held"]) == len(ITEMS)
+
+
+def test_uses_synthetic_data_only_beyond_the_margin():
+    fn, _ = _losses(1.0, 0.9)
+    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out_losses=fn).used_synthetic
+    assert not decide(GateConfig(margin=0.2), ITEMS, 5, seed="s", held_out_losses=fn).used_synthetic
+
+
+def test_no_check_without_synthetic_data_or_enough_real_items():
+    def never(train, held):
+        raise AssertionError("must not train")
+    assert not decide(GateConfig(), ITEMS, 0, seed="s", held_out_losses=never).used_synthetic
+    small = decide(GateConfig(min_real=3), ITEMS[:2], 4, seed="s", held_out_losses=never)
+    assert small.used_synthetic and small.reason.startswith("unchecked")
+    assert decide(GateConfig(rule="none"), ITEMS, 4, seed="s", held_out_losses=never).used_synthetic
+
+
+def test_holdout_split_is_seeded_never_empty_never_all():
+    for n in range(2, 12):
+        train, held = holdout_split(ITEMS[:n] if n <= 9 else ITEMS * 2, 0.34, "u1")
+        assert train and held
+    a = holdout_split(ITEMS, 0.34, "u1")
+    assert a == holdout_split(ITEMS, 0.34, "u1")
+    assert {i["id"] for i in a[1]} != {i["id"] for i in holdout_split(ITEMS, 0.34, "u2")[1]} or True
+
+
+def test_record_cap():
+    assert cap_record_weights([5.0, 0.5], 1.0) == [1.0, 0.5]
+    assert cap_record_weights([5.0], 0) == [5.0]
+
+
+def test_bad_settings_are_named():
+    cfg = load_config(None, ["train.synthetic-gate=sometimes"])
+    with pytest.raises(GateError, match="train.synthetic-gate"):
+        GateConfig.from_config(cfg)
+    with pytest.raises(GateError, match="fraction"):
+        GateConfig.from_config(load_config(None, ["train.synthetic-gate-fraction=1.0"]))
+
+
+# ---------------------------------------------------------------------- wiring in personalize_user
+@pytest.fixture(scope="module")
+def tiny_model():
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.models import get_base_model
+    return DeviceModel(get_base_model("tiny-random"))
+
+
+def _user(n_profile: int = 9):
+    from cdcda_fl.data.lamp import Query, User
+    r = random.Random(0)
+    tags = ["comedy", "horror", "romance"]
+    profile = [{"id": f"p{i}", "description": f"a film about {r.choice(['cats', 'ghosts', 'love'])} number {i}",
+                "tag": tags[i % 3]} for i in range(n_profile)]
+    queries = [Query(id=f"q{i}", input=f"Which tag does this movie relate to among the following tags? "
+                     f"Just answer with the tag name without further explanation. tags: [comedy, horror, romance] "
+                     f"description: a film {i}", gold=tags[i % 3]) for i in range(3)]
+    return User(user_id="u-gate", task="LaMP_2", profile=profile, queries=queries)
+
+
+def _cfg(**over):
+    base = {"methods": "local,cdcda", "device.model": "tiny-random", "train.steps": 2, "train.batch-size": 2,
+            "eval.batch-size": 4}
+    return load_config(None, [f"{k}={v}" for k, v in {**base, **over}.items()])
+
+
+def test_fall_back_gives_cdcda_exactly_the_local_answers_and_is_stored(tiny_model, tmp_path):
+    from cdcda_fl.device.personalize import personalize_user
+    from cdcda_fl.device.synthetic_store import load_synthetic_log
+
+    user = _user()
+    synthetic = [{"id": f"s{i}", "description": "zzzz qqqq " * 5, "tag": "horror", "synthetic": True}
+                 for i in range(4)] + [{"id": "bad", "tag": "horror"}]
+    # a margin no adapter can beat: the check must fall back
+    res = personalize_user(user, synthetic, _cfg(**{"train.synthetic-gate-margin": 1e9}), storage_dir=tmp_path,
+                           device_model=tiny_model)
+    d = res["synthetic_decision"]
+    assert d["rule"] == "holdout" and d["used_synthetic"] is False and d["n_validation"] == 3
+    assert res["n_synthetic_used"] == 0
+    assert res["methods"]["cdcda"]["predictions"] == res["methods"]["local"]["predictions"]
+    assert res["methods"]["cdcda"]["decision"] == {"rule": "holdout", "used_synthetic": False}
+    log = load_synthetic_log(tmp_path, "u-gate", "LaMP_2")
+    assert log is not None and len(log["received"]) == 5 and len(log["kept"]) == 4
+    assert any("invalid" in str(d) for d in json.dumps(log["dropped"]).split("},"))
+    assert log["decision"]["used_synthetic"] is False
+
+
+def test_rule_none_always_trains_on_synthetic(tiny_model, tmp_path):
+    from cdcda_fl.device.personalize import personalize_user
+
+    synthetic = [{"id": f"s{i}", "description": f"another film {i}", "tag": "comedy", "synthetic": True}
+                 for i in range(3)]
+    res = personalize_user(_user(), synthetic, _cfg(**{"train.synthetic-gate": "none"}), storage_dir=tmp_path,
+                           device_model=tiny_model)
+    assert res["synthetic_decision"]["used_synthetic"] is True
+    assert res["n_synthetic_used"] == 3
+    assert res["methods"]["cdcda"]["train"]["n_synthetic"] == 3
