@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -107,7 +106,7 @@ def test_fall_back_gives_cdcda_exactly_the_local_answers_and_is_stored(tiny_mode
 
     user = _user()
     synthetic = [{"id": f"s{i}", "description": "zzzz qqqq " * 5, "tag": "horror", "synthetic": True}
-                 for i in range(4)] + [{"id": "bad", "tag": "horror"}]
+                 for i in range(4)] + [{"id": "bad", "description": 5, "tag": "horror"}]
     # a margin no adapter can beat: the check must fall back
     res = personalize_user(user, synthetic, _cfg(**{"train.synthetic-gate-margin": 1e9}), storage_dir=tmp_path,
                            device_model=tiny_model)
@@ -118,7 +117,7 @@ def test_fall_back_gives_cdcda_exactly_the_local_answers_and_is_stored(tiny_mode
     assert res["methods"]["cdcda"]["decision"] == {"rule": "holdout", "used_synthetic": False}
     log = load_synthetic_log(tmp_path, "u-gate", "LaMP_2")
     assert log is not None and len(log["received"]) == 5 and len(log["kept"]) == 4
-    assert any("invalid" in str(d) for d in json.dumps(log["dropped"]).split("},"))
+    assert [d["reason"] for d in log["dropped"]] == ["invalid: field 'description' must be a string, got int"]
     assert log["decision"]["used_synthetic"] is False
 
 
@@ -132,3 +131,40 @@ def test_rule_none_always_trains_on_synthetic(tiny_model, tmp_path):
     assert res["synthetic_decision"]["used_synthetic"] is True
     assert res["n_synthetic_used"] == 3
     assert res["methods"]["cdcda"]["train"]["n_synthetic"] == 3
+
+
+# ---------------------------------------------------------------------- partial-field shares
+def _lamp5_user():
+    from cdcda_fl.data.lamp import Query, User
+    profile = [{"id": f"p{i}", "abstract": f"We study problem {i} with method {i % 3} and find gains.",
+                "title": f"Method {i % 3} for Problem {i}"} for i in range(6)]
+    queries = [Query(id=f"q{i}", input=f"Generate a title for the following abstract of a paper: We study "
+                     f"question {i}.", gold=f"Question {i}") for i in range(2)]
+    return User(user_id="u-partial", task="LaMP_5", profile=profile, queries=queries)
+
+
+@pytest.mark.parametrize("shared_field", ["title", "abstract"])
+def test_partial_field_records_are_completed_on_the_device_and_used(tiny_model, tmp_path, shared_field,
+                                                                    monkeypatch):
+    """consent.fields=title (or abstract): the cloud can only write that field; the device completes
+    the other (base model writes the abstract; the local adapter writes the title) and trains on it."""
+    from cdcda_fl.device.personalize import personalize_user
+    from cdcda_fl.device.synthetic_store import load_synthetic_log
+
+    real_generate = tiny_model.generate
+
+    def generate(prompts, *args, **kwargs):  # tiny-random answers only EOS: give its rows some text
+        return [text or f"text {n}" for n, text in enumerate(real_generate(prompts, *args, **kwargs))]
+    monkeypatch.setattr(tiny_model, "generate", generate)
+
+    texts = {"title": "Sparse Methods for Dense Problems", "abstract": "We propose a sparse method for dense data."}
+    synthetic = [{"id": f"s{i}", shared_field: f"{texts[shared_field]} {i}", "synthetic": True} for i in range(3)]
+    res = personalize_user(_lamp5_user(), synthetic,
+                           _cfg(**{"train.synthetic-gate": "none", "consent.fields": shared_field}),
+                           storage_dir=tmp_path, device_model=tiny_model)
+    log = load_synthetic_log(tmp_path, "u-partial", "LaMP_5")
+    assert res["n_synthetic_completed"] + len(log["dropped"]) == 3
+    assert res["n_synthetic_used"] == res["n_synthetic_completed"] > 0
+    assert res["methods"]["cdcda"]["train"]["n_synthetic"] == res["n_synthetic_used"]
+    other = "abstract" if shared_field == "title" else "title"
+    assert all(r["completed"] == other and r[other] for r in log["kept"])

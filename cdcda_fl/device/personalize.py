@@ -31,6 +31,7 @@ from cdcda_fl.config import Scalar, config_get, csv_list, methods_of
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
+from cdcda_fl.device.complete import complete_records, missing_fields
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, cap_record_weights, decide, mean_loss
 from cdcda_fl.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
@@ -172,6 +173,11 @@ def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     return _DEVICE_MODELS[key]
 
 
+def _filler(spec: TaskSpec) -> str:
+    """A valid stand-in value: only to ask whether a partial record is otherwise well formed."""
+    return "3" if spec.kind == "regression" else (spec.labels[0] if spec.labels else "x")
+
+
 class _UserRun:
     """One user's personalization in progress: what every method needs, and the result being built."""
 
@@ -194,24 +200,27 @@ class _UserRun:
         self.received = [dict(r) for r in synthetic]
         self.dropped: list[tuple[dict[str, Any], str]] = []
         self.valid_synthetic: list[dict[str, Any]] = []
+        self.incomplete: list[dict[str, Any]] = []  # records with fields the user did not share
         for rec in self.received:
             problem = spec.validate_item(rec)
             if problem is None:
                 self.valid_synthetic.append(rec)
+            elif problem.startswith("missing field") and "id" in rec and spec.validate_item(
+                    {**{f: _filler(spec) for f in missing_fields(spec, rec)}, **rec}) is None:
+                self.incomplete.append(rec)
             else:
                 self.dropped.append((rec, f"invalid: {problem}"))
-        alpha = float(cfg["train.synthetic-weight"])
-        kept, self.real_weights, synth_weights = mixture_weights(spec, user.profile, self.valid_synthetic, alpha)
-        kept_ids = {id(r) for r in kept}
-        self.dropped += [(r, "label not in the user's profile") for r in self.valid_synthetic if id(r) not in kept_ids]
-        self.kept_synthetic = kept
-        self.synth_weights = cap_record_weights(synth_weights, float(config_get(cfg, "train.synthetic-record-cap")))
-        self.synth_pairs = spec.profile_to_pairs(kept)
+        self.usable_synthetic: list[dict[str, Any]] = list(self.valid_synthetic)
+        self.kept_synthetic: list[dict[str, Any]] = []
+        self.real_weights: list[float] = [1.0] * len(self.real_pairs)
+        self.synth_weights: list[float] = []
+        self.synth_pairs: list[tuple[str, str]] = []
+        self._prepared = False
         self.decision: GateDecision | None = None
         self.result: dict[str, Any] = {
             "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile),
             "n_queries": len(self.queries), "n_synthetic_received": len(synthetic),
-            "n_synthetic_used": len(self.synth_pairs),
+            "n_synthetic_used": 0,
             "synthetic_bytes": len(json.dumps(list(synthetic), ensure_ascii=False, separators=(",", ":")).encode()),
             "methods": {}, "golds": self.golds,
         }
@@ -255,6 +264,44 @@ class _UserRun:
         return info
 
     # ------------------------------------------------------------------ the device's trust in cloud data
+    def prepare_synthetic(self) -> None:
+        """Complete partial records (device/complete.py), then weigh real and synthetic data.
+
+        Completing a missing output uses the local-only adapter (trained here if need be), so this
+        runs when CDCDA does, after local-only; under DP it never runs (the completion would be
+        computed from private data the DP accounting does not cover).
+        """
+        if self._prepared:
+            return
+        self._prepared = True
+        spec, cfg = self.spec, self.cfg
+        if self.incomplete:
+            self.step("complete")
+            done, dropped = complete_records(spec, self.incomplete, answer_with_local=self._answer_with_local,
+                                             write_with_base=self._write_with_base)
+            self.usable_synthetic += done
+            self.dropped += dropped
+            self.result["n_synthetic_completed"] = len(done)
+        kept, self.real_weights, synth_weights = mixture_weights(spec, self.user.profile, self.usable_synthetic,
+                                                                 float(cfg["train.synthetic-weight"]))
+        kept_ids = {id(r) for r in kept}
+        self.dropped += [(r, "label not in the user's profile") for r in self.usable_synthetic if id(r) not in kept_ids]
+        self.kept_synthetic = kept
+        self.synth_weights = cap_record_weights(synth_weights, float(config_get(cfg, "train.synthetic-record-cap")))
+        self.synth_pairs = spec.profile_to_pairs(kept)
+        self.result["n_synthetic_used"] = len(self.synth_pairs)
+
+    def _answer_with_local(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        self.train_or_reuse("local", list(self.real_pairs), [1.0] * len(self.real_pairs))
+        try:
+            return self.model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=self.batch)
+        finally:
+            self.model.clear_adapter()
+
+    def _write_with_base(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        self.model.clear_adapter()
+        return self.model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=self.batch)
+
     def synthetic_decision(self) -> GateDecision:
         """The ``train.synthetic-gate`` rule for this user (decided once, stored on the device)."""
         if self.decision is not None:
@@ -279,7 +326,7 @@ class _UserRun:
         spec, cfg, model = self.spec, self.cfg, self.model
         alpha = float(cfg["train.synthetic-weight"])
         real = spec.profile_to_pairs(train_items)
-        kept, real_w, syn_w = mixture_weights(spec, train_items, self.valid_synthetic, alpha)
+        kept, real_w, syn_w = mixture_weights(spec, train_items, self.usable_synthetic, alpha)
         syn_w = cap_record_weights(syn_w, float(config_get(cfg, "train.synthetic-record-cap")))
         held_pairs = spec.profile_to_pairs(held)
         losses = []
@@ -296,6 +343,9 @@ class _UserRun:
             return
         from cdcda_fl.device.synthetic_store import save_synthetic_log
 
+        if not self._prepared:
+            self.dropped += [(r, "incomplete: not completed (CDCDA did not run, or ran under DP)")
+                             for r in self.incomplete]
         decision = self.decision.to_dict() if self.decision else {"rule": "not run", "used_synthetic": None,
                                                                   "reason": "CDCDA was not among the methods"}
         save_synthetic_log(self.storage_dir, self.user.user_id, self.spec.name, received=self.received,
@@ -350,6 +400,7 @@ def _cdcda(run: _UserRun) -> None:
     """Real + synthetic, if the device's check says the cloud's records help this user; else local-only."""
     if run.cfg["dp.enabled"]:
         return _private(run, "cdcda")
+    run.prepare_synthetic()
     decision = run.synthetic_decision()
     run.result["synthetic_decision"] = decision.to_dict()
     started = time.perf_counter()
