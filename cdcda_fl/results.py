@@ -113,6 +113,19 @@ def cloud_summary_text(task: str, block: Mapping[str, Any]) -> str:
     return text
 
 
+def steps_text(results: Mapping[str, Any], task: str) -> str:
+    """Which training budget the comparison shows: mean optimizer steps per user of each trained method."""
+    steps = {r["method"]: r.get("train_steps") for r in results.get("table", []) if r["task"] == task
+             and r.get("train_steps")}
+    if not steps:
+        return ""
+    cfg = results.get("config") or {}
+    how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
+           "(train.equal-real-exposure)" if cfg.get("train.equal-real-exposure", True) else "equal step budgets")
+    parts = ", ".join(f"{METHOD_LABELS.get(m, m)} {v:.1f}" for m, v in steps.items())
+    return f"{task} training steps per user: {parts}; {how}."
+
+
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(results.get("table", []))
 
@@ -233,6 +246,9 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
     if note:
         console.print(note, markup=False, highlight=False)  # "[lo, hi]" is text, not a style tag
     for task in sorted({r["task"] for r in rows}):
+        budget = steps_text(results, task)
+        if budget:
+            console.print(budget, markup=False, highlight=False)
         cblock = cloud_block(results, task)
         if cblock:
             console.print(cloud_summary_text(task, cblock), style="red" if cblock.get("outage") else None,
@@ -341,7 +357,9 @@ def paper_table(results: Mapping[str, Any]) -> str:
         notes.append(f"Local LoRA and CDCDA trained with DP-SGD, ε ≤ {max(eps_values):.2f} per user.")
     gains = gain_table(results, tasks)
     note = interval_note(results)
-    return "\n".join(lines + notes + ([note] if note else []) + gains + cloud_table(results, tasks)) + "\n"
+    budgets = [t for t in (steps_text(results, task) for task in tasks) if t]
+    budgets = ["", *budgets] if budgets else []
+    return "\n".join(lines + notes + ([note] if note else []) + gains + budgets + cloud_table(results, tasks)) + "\n"
 
 
 def cloud_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:

@@ -236,6 +236,7 @@ class MethodSummary:
     mia_auc: float | None
     train_seconds: float
     n_synthetic: float
+    train_steps: float = 0.0  # optimizer steps per user (CDCDA's budget differs with equal real exposure)
 
 
 def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -260,6 +261,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         eps: dict[str, list[float]] = {m: [] for m in methods}
         mia: dict[str, list[float]] = {m: [] for m in methods}
         secs: dict[str, list[float]] = {m: [] for m in methods}
+        steps: dict[str, list[float]] = {m: [] for m in methods}
         n_syn: list[int] = []
         user_metrics: dict[str, list[tuple[dict[str, float], float]]] = {m: [] for m in methods}
         metrics_only: dict[str, int] = {m: 0 for m in methods}  # users who reported metrics, no predictions
@@ -288,6 +290,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
                     mia[m].append(float(entry["mia_auc"]))
                 if "train" in entry:
                     secs[m].append(float(entry["train"].get("seconds", 0.0)))
+                    steps[m].append(float(entry["train"].get("steps") or 0))
         users_per_task[spec.name] = n_users
         intervals[spec.name] = task_intervals(per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
                                               seed=int(cfg.get("seed", 0)))
@@ -315,7 +318,8 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
                 spec.name, m, metrics, n_users, n_queries,
                 max(eps[m]) if eps[m] else None, sum(mia[m]) / len(mia[m]) if mia[m] else None,
                 sum(secs[m]) / len(secs[m]) if secs[m] else 0.0,
-                sum(n_syn) / len(n_syn) if (n_syn and m == "cdcda") else 0.0))
+                sum(n_syn) / len(n_syn) if (n_syn and m == "cdcda") else 0.0,
+                sum(steps[m]) / len(steps[m]) if steps[m] else 0.0))
     results = {
         "config": dict(cfg),
         "versions": package_versions(),
