@@ -45,3 +45,11 @@ def test_no_synthetic_or_zero_alpha() -> None:
     assert mixture_weights(spec, real, [{"id": "s", "text": "y", "score": 4}], 0.0)[0] == []
     kept, _, syn_w = mixture_weights(spec, real, [{"id": "s", "text": "y", "score": 4.0}], 1.0)
     assert len(kept) == 1 and syn_w == [1.0]  # scores compare as ratings, not strings
+
+
+def test_every_configurable_method_has_an_implementation():
+    """config.METHODS (what `methods=` accepts) and the device's registry name the same methods."""
+    from cdcda_fl.config import METHODS as CONFIGURABLE
+    from cdcda_fl.device.personalize import METHODS as REGISTRY
+
+    assert set(CONFIGURABLE) == set(REGISTRY)
