@@ -85,13 +85,15 @@ def synthetic_for(cfg: dict, cloud: str, users: list, cache: Path) -> tuple[dict
     return entry["records"], info
 
 
-def summarize(rows: list[dict]) -> str:
+def summarize(rows: list[dict], markdown: bool = False) -> str:
     """Per (task, cloud, setting): methods with intervals and CDCDA's paired gain over local-only."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["task"], r["cloud"], r["setting"])].append(r)
     lines = [f"{'task':<7} {'cloud':<19} {'setting':<14} {'n':>3} {'base':>20} {'local':>20} {'cdcda':>20} "
              f"{'gain cdcda-local':>24} {'W/T/L':>8} {'fallback':>8}"]
+    md = ["| Task | Cloud writer | Device rule | Users | Base | Local LoRA | CDCDA | CDCDA − local (paired, 95 % CI) "
+          "| W/T/L | Fell back |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (task, cloud, setting), rs in sorted(groups.items()):
         metric = primary_metric(task)
         lower = metric in LOWER_IS_BETTER
@@ -109,10 +111,20 @@ def summarize(rows: list[dict]) -> str:
             diff = type(diff)(-diff.mean, None if diff.hi is None else -diff.hi, None if diff.lo is None else -diff.lo)
         wtl = win_tie_loss(a, b, lower_is_better=lower) if ok else None
         fb = sum(1 for r in ok if r.get("fell_back"))
+        gain = format_interval(diff, ci_digits=3, signed=True)
+        wtl_s = f"{wtl.wins}/{wtl.ties}/{wtl.losses}" if wtl else "-"
         lines.append(f"{task:<7} {cloud:<19} {setting:<14} {len(ok):>3} {cells[0]:>20} {cells[1]:>20} {cells[2]:>20} "
-                     f"{format_interval(diff, ci_digits=3, signed=True):>24} "
-                     f"{(f'{wtl.wins}/{wtl.ties}/{wtl.losses}' if wtl else '-'):>8} {fb:>8}")
-    return "\n".join(lines)
+                     f"{gain:>24} {wtl_s:>8} {fb:>8}")
+        md.append(f"| {task.replace('_', '-')} ({metric}{' ↓' if lower else ''}) | {cloud} | {setting} | {len(ok)} | "
+                  f"{' | '.join(cells)} | {gain} | {wtl_s} | {fb} |")
+    return "\n".join(md if markdown else lines)
+
+
+def write_summary(rows: list[dict], out: Path) -> Path:
+    """``summary.md`` beside the rows file: the markdown table (experiments/update_readme.py --realtext)."""
+    from cdcda_fl.atomic import write_text_atomic
+
+    return write_text_atomic(out.parent / "summary.md", summarize(rows, markdown=True) + "\n")
 
 
 def main() -> None:
@@ -134,6 +146,7 @@ def main() -> None:
     done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.is_file() else []
     if args.summary_only:
         print(summarize(done))
+        write_summary(done, args.out)
         return
     from cdcda_fl.device.personalize import device_model_for, personalize_user
 
@@ -181,6 +194,7 @@ def main() -> None:
                                                               "n_synthetic_used", "scores", "fell_back", "seconds")}),
                               flush=True)
     print(summarize(done))
+    write_summary(done, args.out)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,17 @@ def demo_section(demo: Path, name: str = "Demo", command: str = "./run demo") ->
     return lines
 
 
+def realtext_section(folder: Path) -> list[str]:
+    """The real-writing check (docs/augmentation.md): augment_compare's summary.md as written."""
+    summary = folder / "summary.md"
+    if not summary.is_file():
+        raise SystemExit(f"{summary} not found: run experiments/augment_compare.py --summary-only --out {folder}/rows.jsonl")
+    return ["Real writing (`experiments/realtext_git.py`: git.git commit bodies → subject lines of 12 real authors in "
+            "LaMP-4 format, 6 profile items and 6 time-later queries each; `experiments/augment_compare.py`; "
+            "rule `holdout` is the product default, `none` always uses the cloud's records):", "",
+            summary.read_text().strip(), ""]
+
+
 def sweep_section(sweep: Path) -> list[str]:
     data = json.loads((sweep / "sweep.json").read_text())
     plots = [Path(p) for p in data.get("plots", [])]
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=Path, default=None,
                         help="a finished run of experiments/configs/quality.toml (optional)")
     parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep directory (optional)")
+    parser.add_argument("--realtext", type=Path, default=None,
+                        help="an experiments/augment_compare.py output folder on real writing (its summary.md)")
     args = parser.parse_args(argv)
     for run in (args.demo, args.quality):
         if run is not None and not (run / "results.json").is_file():
@@ -83,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = demo_section(args.demo)
     if args.quality is not None:
         lines += demo_section(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml")
+    if args.realtext is not None:
+        lines += realtext_section(args.realtext)
     if args.sweep is not None:
         lines += sweep_section(args.sweep)
     readme = ROOT / "README.md"
