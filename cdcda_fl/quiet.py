@@ -27,6 +27,9 @@ def quiet_libraries() -> None:
     # Only known noise is silenced, never whole categories: deprecations of the APIs we call
     # and numerical warnings must stay visible (tests show them in pytest's summary).
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    # torch 2.13 deprecates torch.jit.script_method, which a dependency still calls at import
+    # (not our code): one line per Ray actor in every run's console otherwise.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method.* is deprecated", category=DeprecationWarning)
 
 
 def private_network_defaults(join_cluster: bool = False) -> None:
