@@ -1,7 +1,7 @@
 """On-device model benchmark: LoRA training throughput + MFU, adapter switching, answer latency
-and memory for fp32 / 8-bit / 4-bit bases, adapter size on disk.
+and memory for fp32 / bf16 / bf16-autocast / 8-bit / 4-bit bases, adapter size on disk.
 
-    .venv/bin/python benchmarks/bench_device.py [--quick] [--model smollm2-135m]
+    .venv/bin/python benchmarks/bench_device.py [--quick] [--model smollm2-135m] [--dtype auto]
 
 Prints a table and writes benchmarks/results/device.json. Every number comes from this one
 run on this machine (the matmul peak too), so ratios are comparable within the file.
@@ -43,9 +43,9 @@ def pairs(n: int, words: int) -> list[tuple[str, str]]:
     return out
 
 
-def matmul_peak(size: int = 2048, repeats: int = 6) -> float:
-    """Best-of-N fp32 GEMM rate (GFLOP/s) with torch's current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 6, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-N GEMM rate (GFLOP/s) in ``dtype`` with torch's current thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -55,7 +55,13 @@ def matmul_peak(size: int = 2048, repeats: int = 6) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def bench_training(base, quick: bool, peaks: list[float]) -> list[dict]:
+def both_peaks(peaks: dict[str, list[float]]) -> None:
+    """One fp32 and one bf16 GEMM measurement, appended: MFU is reported against both."""
+    peaks["fp32"].append(matmul_peak())
+    peaks["bf16"].append(matmul_peak(dtype=torch.bfloat16))
+
+
+def bench_training(base, quick: bool, peaks: dict[str, list[float]]) -> list[dict]:
     from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, encode_pairs
 
     dm = DeviceModel(base)
@@ -70,7 +76,7 @@ def bench_training(base, quick: bool, peaks: list[float]) -> list[dict]:
         mean_out = statistics.mean(len(c) for _, c in enc)
         dm.train(data, LoraTrainConfig(steps=1, batch_size=batch))  # warm-up (allocator, kernels)
         steps = 3 if quick else 6
-        peaks.append(matmul_peak())  # right next to the timed run: same machine load
+        both_peaks(peaks)  # right next to the timed run: same machine load
         res = dm.train(data, LoraTrainConfig(steps=steps, batch_size=batch, max_length=512))
         tps = res.trained_tokens / res.seconds
         # Nominal: 4 x params per token (forward 2N + backward-to-activations 2N, frozen base).
@@ -136,14 +142,27 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _latency_child(name: str, quantization: str | None, quick: bool, queue) -> None:
-    """One quantization per process so peak RSS belongs to that variant alone."""
+def _gen_tokens_per_s(dm, queries: list[str], new_tokens: int = 24) -> float:
+    """Greedy decoding of exactly ``new_tokens`` per row (min = max), one batch, adapter on."""
+    from cdcda_fl.device.lora import format_prompt
+
+    tok = dm.tokenizer
+    enc = tok([format_prompt(tok, q) for q in queries], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode(), dm._adapter_ctx() as model, dm.base.compute_context():
+        t = time.perf_counter()
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=tok.pad_token_id, logits_to_keep=torch.tensor([-1]))  # as DeviceModel.generate
+        return len(queries) * new_tokens / (time.perf_counter() - t)
+
+
+def _latency_child(name: str, quantization: str | None, quick: bool, queue, dtype: str = "auto") -> None:
+    """One base variant per process so peak RSS belongs to that variant alone."""
     _reset_peak_rss()
     from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
     from cdcda_fl.device.models import load_base_model
 
     rss0 = _peak_rss_mb()
-    base = load_base_model(name, quantization=quantization)
+    base = load_base_model(name, quantization=quantization, dtype=dtype)
     footprint = base.model.get_memory_footprint()
     dm = DeviceModel(base)
     queries = [q for q, _ in pairs(5 if quick else 12, 30)]
@@ -158,27 +177,40 @@ def _latency_child(name: str, quantization: str | None, quick: bool, queue) -> N
     batched = (time.perf_counter() - t) / len(queries)
     peak_infer = _peak_rss_mb()
     res = dm.train(pairs(16, 40), LoraTrainConfig(steps=2 if quick else 4, batch_size=4 if quick else 8))
+    peak_train = _peak_rss_mb()
+    gen8 = max(_gen_tokens_per_s(dm, queries[:8]) for _ in range(1 if quick else 2))  # with the adapter on
     lat.sort()
+    weights = str(base.model.dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
     queue.put({
-        "quantization": quantization or "fp32",
+        "base": f"{quantization or 'full'} / {weights}" + (" autocast" if base.autocast_dtype else ""),
         "weights_mb": round(footprint / 1e6, 1),
         "rss_after_imports_mb": round(rss0, 1),
         "peak_rss_inference_mb": round(peak_infer, 1),
-        "peak_rss_training_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_training_mb": round(peak_train, 1),
         "latency_ms_p50": round(1000 * statistics.median(lat), 1),
         "latency_ms_p95": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1),
         "batched_ms_per_query": round(1000 * batched, 1),
+        "gen_tokens_per_s_batch8": round(gen8, 1),
         "train_tokens_per_s": round(res.tokens_per_second, 1),
         "train_batch": 4 if quick else 8,
     })
 
 
+#: (quantization, device.dtype) per row of the precision table; 8/4-bit keep non-quantized tensors in bf16.
+VARIANTS = ((None, "fp32"), (None, "bf16"), (None, "bf16-autocast"), ("8bit", "bf16"), ("4bit", "bf16"))
+
+
 def bench_quantized(name: str, quick: bool) -> list[dict]:
+    from cdcda_fl.device.models import resolve_variant
+
+    for q, d in VARIANTS:  # build stored variants first so no child pays (or counts) a build
+        if d != "bf16-autocast":
+            resolve_variant(name, None, q, torch.bfloat16 if d == "bf16" else torch.float32)
     ctx = mp.get_context("spawn")
     rows = []
-    for q in (None, "8bit", "4bit"):
+    for q, d in VARIANTS:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_latency_child, args=(name, q, quick, queue))
+        proc = ctx.Process(target=_latency_child, args=(name, q, quick, queue, d))
         proc.start()
         rows.append(queue.get(timeout=900))
         proc.join()
@@ -189,6 +221,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer configs and repeats (~2 min)")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="auto", help="device.dtype of the training section: auto | bf16 | fp32")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
@@ -199,34 +232,41 @@ def main() -> None:
 
     console = Console()
     load_before = os.getloadavg()[0]
-    peaks = [matmul_peak()]
-    base = load_base_model(args.model)
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    both_peaks(peaks)
+    base = load_base_model(args.model, dtype=args.dtype)
+    train_dtype = str(base.model.dtype).removeprefix("torch.")
     train_rows = bench_training(base, args.quick, peaks)
-    peaks.append(matmul_peak())
-    peak = max(peaks)  # a peak is a best case: the best of all measurements in this run
-    console.print(f"fp32 matmul peak (2048², best of 6 x {len(peaks)}, {torch.get_num_threads()} threads): "
-                  f"{peak:.1f} GFLOP/s (all: {[round(p) for p in peaks]})")
+    both_peaks(peaks)
+    # A peak is a best case: the best of all measurements in this run, per dtype.
+    peak = {k: max(v) for k, v in peaks.items()}
+    for k, v in peaks.items():
+        console.print(f"{k} matmul peak (2048², best of 6 x {len(v)}, {torch.get_num_threads()} threads): "
+                      f"{peak[k]:.1f} GFLOP/s (all: {[round(p) for p in v]})")
     for r in train_rows:
-        r["mfu_nominal"] = round(r["gflops_nominal"] / peak, 3)
-        r["mfu_executed"] = round(r["gflops_executed"] / peak, 3)
+        for k in ("fp32", "bf16"):
+            r[f"mfu_nominal_{k}"] = round(r["gflops_nominal"] / peak[k], 3)
+            r[f"mfu_executed_{k}"] = round(r["gflops_executed"] / peak[k], 3)
     with tempfile.TemporaryDirectory() as tmp:
         switch = bench_switch(base, Path(tmp), args.quick)
     del base
     quant_rows = bench_quantized(args.model, args.quick)
 
-    t = Table(title=f"LoRA training, {args.model}, r=8 q/k/v/o (peak {peak:.0f} GFLOP/s)")
-    for col in ("batch", "tok/example", "tokens/s", "s/step", "MFU nominal", "MFU executed"):
+    t = Table(title=f"LoRA training, {args.model} ({train_dtype} base), r=8 q/k/v/o "
+                    f"(peaks fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s)")
+    for col in ("batch", "tok/example", "tokens/s", "s/step", "MFU nominal fp32|bf16", "MFU executed fp32|bf16"):
         t.add_column(col, justify="right")
     for r in train_rows:
         t.add_row(str(r["batch"]), str(r["mean_tokens_per_example"]), str(r["tokens_per_s"]),
-                  str(r["seconds_per_step"]), f"{r['mfu_nominal']:.0%}", f"{r['mfu_executed']:.0%}")
+                  str(r["seconds_per_step"]), f"{r['mfu_nominal_fp32']:.0%} | {r['mfu_nominal_bf16']:.0%}",
+                  f"{r['mfu_executed_fp32']:.0%} | {r['mfu_executed_bf16']:.0%}")
     console.print(t)
     t = Table(title="Adapter switching")
     for k in switch:
         t.add_column(k, justify="right")
     t.add_row(*[str(v) for v in switch.values()])
     console.print(t)
-    t = Table(title="Base precision: memory, answer latency (8 new tokens), LoRA training")
+    t = Table(title="Base precision: memory, answer latency (8 new tokens), generation, LoRA training")
     for k in quant_rows[0]:
         t.add_column(k, justify="right")
     for r in quant_rows:
@@ -236,12 +276,14 @@ def main() -> None:
     out = {
         "model": args.model, "quick": args.quick, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "matmul_peak_gflops": round(peak, 1),
-        "matmul_peak_all": [round(p, 1) for p in peaks],
+        "torch": torch.__version__, "training_dtype": train_dtype,
+        "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
+        "matmul_peak_all": {k: [round(p, 1) for p in v] for k, v in peaks.items()},
         "loadavg_1min_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "training": train_rows, "switch": switch, "precision": quant_rows,
-        "notes": "MFU nominal = tokens/s * 4 * params / peak; executed counts the lm_head only on "
-                 "answer positions (what the loop runs). Latency = one query at batch 1, greedy.",
+        "notes": "MFU nominal = tokens/s * 4 * params / peak, against the fp32 and the bf16 GEMM peak "
+                 "of this run; executed counts the lm_head only on answer positions (what the loop "
+                 "runs). Latency = one query at batch 1, greedy; gen tokens/s = 8 rows x 24 tokens.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m:<8} {d['total']:>14} {d['train']:>9} {d['answer']:>10}")
     print(f"\nactor-seconds per user (median): {report['actor_seconds_per_user']}")
     print(f"cloud augmentation per user: {report['augment_seconds_per_user']} s")
-    print(f"phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["timing"].items()))
+    print("phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["timing"].items()))
     print(f"users per hour (whole run): {report['users_per_hour']}")
     if peak:
         print(f"peak RSS, all processes: {peak} MiB")

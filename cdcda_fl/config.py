@@ -31,6 +31,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
     "device.quantization": ("", "'' (full precision), '8bit' or '4bit' (bitsandbytes)"),
+    "device.dtype": ("auto", "base weights: auto (bf16 where measured faster: CUDA, and SmolLM2 on CPUs with "
+                             "native bf16), bf16 (LoRA parameters and optimizer state stay fp32) or fp32"),
     "device.runtime": ("torch", "answering runtime: 'torch' (transformers + PEFT) or 'llamacpp' (bundled GGUF base "
                                 "+ the adapter exported to GGUF; needs the edge extra, see docs/edge.md)"),
     "device.storage-dir": ("", "simulated devices' own disk (private adapters); '' = OUT/devices. Adapters are "

@@ -273,3 +273,145 @@ def test_4bit_gradients_survive_inference(tiny_cache):
     dm.generate(PROBES, max_new_tokens=3)
     after = grads()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+
+
+# --------------------------------------------------------------------------- kept adapters, mixed batches
+MIXED_PROMPTS = PROBES + [q for q, _ in USER_A[:3]] + [q for q, _ in USER_B[:2]]
+STRONG = LoraTrainConfig(steps=15, learning_rate=1e-2)
+
+
+@pytest.fixture(scope="module")
+def two_kept(tiny_base):
+    """A DeviceModel with adapters kept as "a" (USER_A) and "b" (USER_B), plus an active one."""
+    dm = DeviceModel(tiny_base)
+    dm.train(USER_B, LoraTrainConfig(steps=6, learning_rate=1e-2, seed=7))  # the active adapter
+    active = dm.generate(PROBES, max_new_tokens=6)
+    dm.train(USER_A, STRONG, keep_as="a")
+    dm.train(USER_B, LoraTrainConfig(steps=15, learning_rate=1e-2, seed=3), keep_as="b")
+    assert dm.has_adapter and dm.generate(PROBES, max_new_tokens=6) == active  # keep_as left it alone
+    yield dm
+    dm.release_all()
+    dm._drop_own_adapter()
+
+
+def test_mixed_batch_answers_equal_per_adapter_answers(two_kept, tiny_base, tiny_cache, tmp_path):
+    dm = two_kept
+    n = len(MIXED_PROMPTS)
+    per = {h: dm.generate(MIXED_PROMPTS, max_new_tokens=6, adapters=[h] * n) for h in ("a", "b")}
+    per[None] = DeviceModel(tiny_base).generate(MIXED_PROMPTS, max_new_tokens=6)  # untouched plain base
+    assert per["a"] != per["b"] and per["a"] != per[None]  # the adapters matter, so the test means something
+    # The per-adapter path a user gets alone: saved, then loaded as the active adapter of a fresh model.
+    dm.save_adapter(tmp_path / "a", adapter="a")
+    alone = DeviceModel(tiny_base)
+    alone.load_adapter(tmp_path / "a")
+    assert alone.generate(MIXED_PROMPTS, max_new_tokens=6) == per["a"]
+    alone._drop_own_adapter()
+
+    handles = ["a", None, "b", "a", "__base__", "b", "a"][:n]
+    want = [per[None if h == "__base__" else h][i] for i, h in enumerate(handles)]
+    for batch_size in (n, 3):  # one mixed batch; several, each sorted by length
+        assert dm.generate(MIXED_PROMPTS, max_new_tokens=6, batch_size=batch_size, adapters=handles) == want
+    # A base that never had an adapter (no PeftModel yet) answers base rows too.
+    fresh = DeviceModel(load_base_model("tiny-random", cache_dir=tiny_cache))
+    assert fresh.generate(PROBES, max_new_tokens=6, adapters=[None, "__base__"]) == per[None][:2]
+    # Rows naming no adapter see the plain base even while this instance has an active adapter.
+    assert dm.has_adapter
+    assert dm.generate(MIXED_PROMPTS, max_new_tokens=6, adapters=[None] * n) == per[None]
+
+
+def test_mixed_example_losses_equal_per_adapter_losses(two_kept):
+    dm = two_kept
+    pairs = USER_A + USER_B
+    handles = ["a", "b", None] * (len(pairs) // 3) + ["a"] * (len(pairs) % 3)
+    per = {h: dm.example_losses(pairs, adapters=[h] * len(pairs)) for h in ("a", "b", None)}
+    assert per["a"] == pytest.approx(dm.example_losses(pairs, adapter="a"), abs=1e-6)
+    mixed = dm.example_losses(pairs, batch_size=4, adapters=handles)
+    assert mixed == pytest.approx([per[h][i] for i, h in enumerate(handles)], rel=1e-5, abs=1e-5)
+    assert per["a"] != pytest.approx(per["b"], abs=1e-3)
+
+
+def test_per_row_max_new_tokens_batch_by_budget(two_kept):
+    dm = two_kept
+    budgets = [2, 6, 2, 6, 4, 2, 6][: len(MIXED_PROMPTS)]
+    got = dm.generate(MIXED_PROMPTS, max_new_tokens=budgets, adapters=["a"] * len(budgets))
+    for b in set(budgets):
+        rows = [i for i, x in enumerate(budgets) if x == b]
+        alone = dm.generate([MIXED_PROMPTS[i] for i in rows], max_new_tokens=b, adapters=["a"] * len(rows))
+        assert [got[i] for i in rows] == alone
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        dm.generate(PROBES, max_new_tokens=[4])
+
+
+def test_kept_adapters_keep_load_save_release(tiny_base, tmp_path):
+    dm = DeviceModel(tiny_base)
+    dm.train(USER_A, FAST)
+    dm.save_adapter(tmp_path / "a")
+    answers = dm.generate(PROBES, max_new_tokens=6)
+    dm.keep("u1")
+    assert not dm.has_adapter and dm.kept == ("u1",)
+    assert dm.generate(PROBES, max_new_tokens=6, adapters=["u1", "u1"]) == answers
+    dm.save_adapter(tmp_path / "again", adapter="u1")
+    assert (tmp_path / "again" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "a" / "adapter_model.safetensors"
+    ).read_bytes()
+    # load_adapter(keep_as=) fills a new slot, then overwrites a slot in place; the active one stays.
+    dm.train(USER_B, FAST)
+    active = adapter_tensors(dm)
+    dm.load_adapter(tmp_path / "a", keep_as="u2")
+    name = dm._kept["u2"]
+    dm.load_adapter(tmp_path / "a", keep_as="u2")
+    assert dm._kept["u2"] == name and dm.generate(PROBES, max_new_tokens=6, adapters=["u2", "u2"]) == answers
+    assert all(torch.equal(active[k], v) for k, v in adapter_tensors(dm).items())
+    with pytest.raises(KeyError, match="nope"):
+        dm.generate(PROBES, adapters=["nope", None])
+    with pytest.raises(ValueError):
+        dm.generate(PROBES, adapters=["u1"])
+    dm.release("u1")
+    dm.release_all()
+    assert dm.kept == () and name not in dm._peft.peft_config
+    dm._drop_own_adapter()
+
+
+# --------------------------------------------------------------------------- precision (device.dtype)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_bf16_and_fp32_bases_train_and_answer(dtype, tiny_cache):
+    """bf16 = bf16 base weights (no autocast) with fp32 LoRA parameters, hence fp32 AdamW state."""
+    from cdcda_fl.privacy.dp import DPConfig
+
+    base = load_base_model("tiny-random", dtype=dtype, cache_dir=tiny_cache)
+    want = torch.bfloat16 if dtype == "bf16" else torch.float32
+    assert base.model.dtype == want and base.autocast_dtype is None
+    assert {p.dtype for p in base.model.parameters()} == {want}
+    dm = DeviceModel(base)
+    before = sum(dm.example_losses(USER_A))
+    res = dm.train(USER_A, LoraTrainConfig(steps=15, learning_rate=1e-2))
+    assert sum(dm.example_losses(USER_A)) < before - 0.3
+    assert res.losses[-1] < res.losses[0]
+    dm.train(USER_B, FAST, keep_as="b")  # adapters added to an existing PeftModel are fp32 too
+    for name in (dm._name, dm._kept["b"]):
+        assert {p.dtype for p in dm._adapter_params(name).values()} == {torch.float32}
+    answers = dm.generate(PROBES, max_new_tokens=4)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert dm.generate(PROBES, max_new_tokens=4, adapters=[None, "b"])[1] == dm.generate(
+        PROBES[1:], max_new_tokens=4, adapters=["b"])[0]
+    dp = dm.train(USER_A, LoraTrainConfig(steps=2), dp=DPConfig(enabled=True, noise_multiplier=1.0))
+    assert dp.epsilon is not None and dp.epsilon > 0
+    assert not any(p.requires_grad for p in base.model.parameters())
+
+
+def test_answering_leaves_every_tensor_frozen(tiny_base):
+    """Only training marks LoRA tensors trainable; answering with any adapter leaves none so."""
+    dm = DeviceModel(tiny_base)
+    keeper = DeviceModel(tiny_base)  # another user's adapter on the same base survives both deletions
+    keeper.train(USER_B, FAST)
+    dm.train(USER_A, FAST, keep_as="k")
+    dm.train(USER_B, FAST)
+    dm.generate(PROBES, max_new_tokens=2)
+    dm.generate(PROBES, max_new_tokens=2, adapters=["k", None])
+    dm.example_losses(USER_A[:2], adapter="k")  # leaves "k" the adapter peft marks active
+    assert not any(p.requires_grad for p in tiny_base.model.parameters())
+    dm.release_all()  # deleting peft's active adapter makes peft activate another one trainable
+    assert not any(p.requires_grad for p in tiny_base.model.parameters())
+    dm._drop_own_adapter()
+    assert not any(p.requires_grad for p in tiny_base.model.parameters())
+    keeper._drop_own_adapter()

@@ -121,3 +121,74 @@ def test_gemma3_preset_assembles_converts_and_continues_text():
     with torch.no_grad():
         out = base.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
     assert len(tok.decode(out[0, enc["input_ids"].shape[1]:]).strip()) > 0
+
+
+def test_precision_plan_auto_bf16_only_where_measured(monkeypatch):
+    """auto: bf16 weights on CUDA; on CPU only for presets measured faster in bf16 (SmolLM2)."""
+    cpu = torch.device("cpu")
+    assert models.precision_plan(cpu, "fp32") == (torch.float32, None)
+    assert models.precision_plan(cpu, "bf16") == (torch.bfloat16, None)  # weights, not autocast
+    assert models.precision_plan(cpu, "bf16-autocast") == (torch.float32, torch.bfloat16)
+    assert models.precision_plan(cpu, "auto", "tiny-random") == (torch.float32, None)
+    assert models.precision_plan(cpu, None, "/some/local/folder") == (torch.float32, None)
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    assert models.precision_plan(cpu, "auto", "smollm2-135m") == (torch.bfloat16, None)
+    assert models.precision_plan(cpu, "", "smollm2-135m") == (torch.bfloat16, None)
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    assert models.precision_plan(cpu, "auto", "smollm2-135m") == (torch.float32, None)
+    with pytest.raises(ValueError, match="device.dtype"):
+        models.precision_plan(cpu, "fp16")
+
+
+def test_quantized_base_is_loaded_prequantized_without_fp32_weights(tiny_cache):
+    """A 4-bit/8-bit base is read from a folder stored quantized (built by another process):
+    no fp32 Linear weight exists at any point in this process, and with bf16 nothing is fp32."""
+    import bitsandbytes as bnb
+
+    for quantization, layer_type in (("4bit", bnb.nn.Linear4bit), ("8bit", bnb.nn.Linear8bitLt)):
+        base = load_base_model("tiny-random", quantization=quantization, dtype="bf16", cache_dir=tiny_cache)
+        folder = Path(resolve_model("tiny-random", tiny_cache))
+        variant = folder.parent / f"{folder.name}-{quantization}-bf16-bnb0.50"
+        assert (variant / "config.json").is_file() and "quantization_config" in (variant / "config.json").read_text()
+        assert (variant / "UNTRAINED.txt").is_file()
+        linears = [m for m in base.model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(isinstance(m, layer_type) for m in linears)
+        assert torch.float32 not in {p.dtype for p in base.model.parameters()}
+        assert base.model.get_memory_footprint() < load_base_model("tiny-random", dtype="bf16",
+                                                                   cache_dir=tiny_cache).model.get_memory_footprint()
+
+
+_PEAK_CHILD = """
+import sys
+from pathlib import Path
+import torch
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.models import load_base_model
+torch.set_num_threads(1)
+q, dtype = (sys.argv[1] or None), sys.argv[2]
+Path("/proc/self/clear_refs").write_text("5")  # the peak mark survives exec; count this process only
+dm = DeviceModel(load_base_model("smollm2-135m", quantization=q, dtype=dtype))
+dm.generate(["What is the capital of France?"], max_new_tokens=4)
+hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")][0]
+print("PEAK", int(hwm.split()[1]) // 1024)
+"""
+
+
+def _peak_mb(quantization: str, dtype: str) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, quantization, dtype], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    return int(out.split("PEAK")[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_smollm2_quantized_answering_peak_rss_is_below_fp32():
+    """Peak RSS of a fresh process that loads SmolLM2 and answers once: 4-bit < bf16 < fp32."""
+    models.resolve_variant("smollm2-135m", None, "4bit", torch.bfloat16)  # build outside the measurement
+    models.resolve_variant("smollm2-135m", None, None, torch.bfloat16)
+    fp32, bf16, q4 = _peak_mb("", "fp32"), _peak_mb("", "bf16"), _peak_mb("4bit", "bf16")
+    assert q4 < bf16 < fp32, (q4, bf16, fp32)
+    assert fp32 - q4 > 250, (q4, fp32)  # 538 MB of fp32 weights against ~110 MB

@@ -42,6 +42,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 IGNORE = -100
 # Batches are sorted by length inside windows of this many batches: less padding, still shuffled.
 _BUCKET_BATCHES = 8
+BASE = "__base__"  # peft's row name for "no adapter" in a mixed-adapter batch
 _EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "shared")
 
 
@@ -175,8 +176,10 @@ def collate(
     }
 
 
-def example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def example_loss(model: nn.Module, batch: dict[str, torch.Tensor], **forward: Any) -> torch.Tensor:
     """Per-example mean cross-entropy over output tokens, shape (batch,).
+
+    ``forward`` goes to the model call (e.g. peft's ``adapter_names`` for a mixed batch).
 
     A mean per example (not per token over the batch) keeps every example's influence on the
     gradient separable, which per-sample clipping in DP-SGD relies on.
@@ -187,8 +190,14 @@ def example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     keep = labels.shape[1] - int(has_label.float().argmax()) + 1 if bool(has_label.any()) else 1
     keep = min(keep, labels.shape[1])
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    # Positions as an index tensor, not an int: HF then gathers a *contiguous* copy of the last
+    # `keep` hidden states. A plain slice is a strided view, and matmul cannot fold a strided
+    # 3-D input that needs grad into one GEMM: it broadcasts the (V, d) lm_head weight per row
+    # and copies it (8 x 49152 x 576 values per step for SmolLM2, ~20 % of a bf16 step).
+    kept = torch.arange(labels.shape[1] - keep, labels.shape[1], device=ids.device)
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep, use_cache=False
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=kept, use_cache=False,
+        **forward,
     ).logits
     # logits[:, j] predicts token (L - keep + j + 1); the last logit predicts nothing.
     target = labels[:, -keep + 1 :] if keep > 1 else labels[:, :0]
@@ -262,11 +271,25 @@ def _check_no_embedding_targets(model: nn.Module, target_modules: Any) -> None:
 
 
 class DeviceModel:
-    """A shared base model plus (at most) one active private LoRA adapter.
+    """A shared base model plus one active private LoRA adapter and any number of kept ones.
 
-    Reuse one instance for many users: ``train`` / ``load_adapter`` replace the adapter,
-    ``clear_adapter`` returns to the plain base. Not thread-safe (one call at a time, as in a
-    Ray actor).
+    Reuse one instance for many users: ``train`` / ``load_adapter`` replace the *active*
+    adapter, ``clear_adapter`` returns to the plain base. Not thread-safe (one call at a time,
+    as in a Ray actor).
+
+    Kept adapters (mixed-adapter batches): a node that hosts several users answers all their
+    queries, for every method, in large batches on one base, each row with its own adapter::
+
+        dm.train(pairs_u1, cfg, keep_as="u1/local")          # or: train, save_adapter, keep(...)
+        dm.load_adapter(path_u2, keep_as="u2/cdcda")          # in-place copy when the slot exists
+        answers = dm.generate(prompts, max_new_tokens=[8, 8, 24],
+                              adapters=["u1/local", None, "u2/cdcda"])   # None = plain base
+        losses = dm.example_losses(pairs, adapters=["u1/local", "u2/cdcda"])
+        dm.release("u1/local")   # or release_all() when the node is done
+
+    Handles are the caller's strings; each names one resident adapter (r=8 q/k/v/o of
+    SmolLM2-135M: 3.7 MB fp32). Keeping, loading or training under a handle never touches the
+    active adapter, and rows that name None (or ``"__base__"``) see exactly the plain base.
     """
 
     def __init__(self, base: LoadedModel):
@@ -297,7 +320,12 @@ class DeviceModel:
         return f"{self._prefix}_{self._counter}"
 
     def _add_adapter(self, lora_cfg: Any) -> str:
-        """Create a fresh adapter, then delete this instance's previous one (never stack)."""
+        """Create a fresh adapter, then delete this instance's previous one (never stack).
+
+        LoRA parameters are always fp32, also on a bf16 or quantized base: they and their
+        AdamW state are the only trained values, and bf16 updates of ~1e-4 relative size round
+        away. peft casts the first adapter on its own but not ones added later, hence the cast.
+        """
         from peft import get_peft_model
 
         name = self._new_name()
@@ -310,14 +338,49 @@ class DeviceModel:
             else:
                 self._peft.add_adapter(name, lora_cfg)
         self._peft.base_model.set_adapter(name)  # so deleting the old one warns about nothing
+        for p in self._adapter_params(name).values():
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
         self._drop_own_adapter()
         self._name, self._active = name, False
         return name
 
     def _drop_own_adapter(self) -> None:
-        if self._name is not None and self._name in self._peft.peft_config:
-            self._peft.delete_adapter(self._name)
+        if self._name is not None:
+            self._delete(self._name)
         self._name, self._active = None, False
+
+    def _delete(self, name: str) -> None:
+        """Delete an adapter from the shared PeftModel.
+
+        Which adapter peft then marks active is moot (every call here sets the layers up
+        itself), but peft activates a remaining one *trainable* when the active one goes, so
+        all remaining adapters are frozen again: outside ``train`` no tensor needs grad.
+        """
+        if self._peft is not None and name in self._peft.peft_config:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+                self._peft.delete_adapter(name)
+            remaining = list(self._peft.peft_config)
+            if remaining:
+                self._peft.base_model.set_adapter(remaining[0], inference_mode=True)
+
+    @contextlib.contextmanager
+    def _own_aside(self) -> Iterator[None]:
+        """Build an adapter as this instance's own without disturbing the active one.
+
+        ``train`` / ``load_adapter`` with ``keep_as`` run inside: they create a new own adapter
+        and move it into the kept set; the previously active adapter is restored untouched, and
+        a half-built one (an exception) is deleted.
+        """
+        saved = (self._name, self._active)
+        self._name, self._active = None, False
+        try:
+            yield
+        finally:
+            if self._name is not None:
+                self._drop_own_adapter()
+            self._name, self._active = saved
 
     def _adapter_params(self, name: str) -> dict[str, nn.Parameter]:
         """Adapter tensors keyed as in a saved PEFT file (adapter name removed)."""
@@ -326,13 +389,25 @@ class DeviceModel:
             k.replace(tag, ""): p for k, p in self._peft.named_parameters() if tag + "." in k or k.endswith(tag)
         }
 
+    def _row_name(self, handle: str | None) -> str:
+        """peft's name for a row's adapter: a kept handle's adapter, or "__base__"."""
+        if handle is None or handle == BASE:
+            return BASE
+        try:
+            return self._kept[handle]
+        except KeyError:
+            raise KeyError(f"no kept adapter {handle!r} (kept: {sorted(self._kept)})") from None
+
     @contextlib.contextmanager
-    def _adapter_ctx(self, handle: str | None = None, *, mixed: bool = False) -> Iterator[nn.Module]:
+    def _adapter_ctx(
+        self, handle: str | None = None, *, mixed: bool = False, trainable: bool = False
+    ) -> Iterator[nn.Module]:
         """Run with exactly one adapter on (this instance's, or the kept ``handle``) or none.
 
         ``mixed=True`` switches every LoRA layer on for a mixed-adapter batch, where each row
         names its adapter (``adapter_names``; "__base__" rows see the plain base). LoRA layers
-        are always off again afterwards.
+        are always off again afterwards. Only ``trainable=True`` (training) lets peft mark the
+        active adapter's tensors requires_grad; answering leaves every tensor frozen.
         """
         if self._peft is None:
             yield self.base.model
@@ -341,10 +416,10 @@ class DeviceModel:
         if mixed:
             layers.enable_adapter_layers()
         elif handle is not None:
-            layers.set_adapter(self._kept[handle])
+            layers.set_adapter(self._kept[handle], inference_mode=True)
             layers.enable_adapter_layers()
         elif self._active:
-            layers.set_adapter(self._name)
+            layers.set_adapter(self._name, inference_mode=not trainable)
             layers.enable_adapter_layers()
         else:
             layers.disable_adapter_layers()
@@ -352,6 +427,25 @@ class DeviceModel:
             yield self._peft
         finally:
             layers.disable_adapter_layers()
+
+    def _route(self, names: Sequence[str]) -> dict[str, Any]:
+        """Set the LoRA layers up for one batch of rows with peft adapter ``names``.
+
+        One adapter (or only base rows) in the batch: plain single-adapter forward, no per-row
+        indexing. Several: peft's mixed forward, returned as the ``adapter_names`` kwarg.
+        """
+        if self._peft is None:  # no adapter was ever built on this base: every row is a base row
+            return {}
+        layers = self._peft.base_model
+        unique = set(names)
+        if unique == {BASE}:
+            layers.disable_adapter_layers()
+            return {}
+        layers.enable_adapter_layers()
+        if len(unique) == 1:
+            layers.set_adapter(names[0], inference_mode=True)
+            return {}
+        return {"adapter_names": list(names)}
 
     # ------------------------------------------------------------------ training
     def _lora_config(self, cfg: LoraTrainConfig) -> Any:
@@ -381,9 +475,14 @@ class DeviceModel:
         ``weights`` scale each example's loss (e.g. to balance real against synthetic pairs);
         they are normalised to mean 1. With ``dp`` enabled the run is DP-SGD (Opacus) and the
         result carries the accountant's ε at δ. With ``keep_as`` the trained adapter is kept
-        under that handle for mixed-adapter batches (:meth:`generate` with ``adapters=``)
-        instead of being the active one; a later ``train`` does not replace it.
+        under that handle (replacing an adapter kept there) for mixed-adapter batches instead
+        of becoming the active one; the active adapter stays as it was.
         """
+        if keep_as is not None:
+            with self._own_aside():
+                res = self.train(examples, cfg, dp, weights, progress=progress)
+                self._keep_own(keep_as)
+            return res
         cfg = cfg or LoraTrainConfig()
         if not examples:
             raise ValueError("no training examples")
@@ -399,7 +498,7 @@ class DeviceModel:
             torch.manual_seed(cfg.seed)
             self._add_adapter(self._lora_config(cfg))
             self._active = True
-            with self._adapter_ctx() as model:
+            with self._adapter_ctx(trainable=True) as model:
                 params = [p for p in model.parameters() if p.requires_grad]
                 opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
                 model.train()
@@ -414,13 +513,21 @@ class DeviceModel:
                         p.grad = None
                         p.requires_grad_(False)
         res.seconds = time.perf_counter() - t0
-        if keep_as is not None:
-            self._keep_own(keep_as)
         return res
 
     # ------------------------------------------------------------------ kept adapters (mixed batches)
+    def keep(self, handle: str) -> None:
+        """Keep the active adapter under ``handle`` for mixed batches; afterwards none is active.
+
+        For the train-then-save flow: ``train(...)``, ``save_adapter(path)``, ``keep(handle)``.
+        An adapter already kept under ``handle`` is released first.
+        """
+        if not self._active:
+            raise RuntimeError("no active adapter to keep (train or load one first)")
+        self._keep_own(handle)
+
     def _keep_own(self, handle: str) -> None:
-        """Move the active adapter into the kept set under ``handle`` (replacing an older one)."""
+        """Move this instance's adapter into the kept set under ``handle`` (replacing an older one)."""
         if self._name is None:
             raise RuntimeError("no adapter to keep")
         self.release(handle)
@@ -435,8 +542,8 @@ class DeviceModel:
     def release(self, handle: str) -> None:
         """Delete a kept adapter from the model (no-op if there is none under ``handle``)."""
         name = self._kept.pop(handle, None)
-        if name is not None and self._peft is not None and name in self._peft.peft_config:
-            self._peft.delete_adapter(name)
+        if name is not None:
+            self._delete(name)
 
     def release_all(self) -> None:
         for handle in list(self._kept):
@@ -522,8 +629,8 @@ class DeviceModel:
 
     # ------------------------------------------------------------------ save / load / clear
     def save_adapter(self, path: Path, *, dtype: torch.dtype | None = torch.float16,
-                     extra_files: Mapping[str, str] | None = None) -> None:
-        """Write the active adapter in PEFT format (adapter_config.json + safetensors), atomically.
+                     extra_files: Mapping[str, str] | None = None, adapter: str | None = None) -> None:
+        """Write the active adapter (or the kept ``adapter``) in PEFT format, atomically.
 
         ``extra_files`` (name -> text, e.g. the training metadata) are written into the same
         folder before it is renamed into place, so an adapter never exists without them.
@@ -535,34 +642,35 @@ class DeviceModel:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        if not self._active or self._name is None:
+        if adapter is not None:
+            name = self._row_name(adapter)
+        elif not self._active or self._name is None:
             raise RuntimeError("no active adapter to save (train or load one first)")
+        else:
+            name = self._name
         if dtype is not None:
             with torch.no_grad():
-                for p in self._adapter_params(self._name).values():
+                for p in self._adapter_params(name).values():
                     p.copy_(p.to(dtype).to(p.dtype))
         # 0700: private, the user's adapter never leaves the device
         with atomic_dir(Path(path), mode=0o700) as tmp:
-            config = self._peft.peft_config[self._name]
+            config = self._peft.peft_config[name]
             config.base_model_name_or_path = self.base.model.name_or_path
             config.save_pretrained(str(tmp))
-            state = get_peft_model_state_dict(self._peft, adapter_name=self._name)
+            state = get_peft_model_state_dict(self._peft, adapter_name=name)
             state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
             save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text, encoding="utf-8")
+            for fname, text in (extra_files or {}).items():
+                (tmp / fname).write_text(text, encoding="utf-8")
 
     def load_adapter(self, path: Path, *, keep_as: str | None = None) -> None:
         """Activate a saved adapter; the base stays loaded, only adapter tensors change.
 
         Fast path: when the adapter has the same shape/config as the current one, its tensors
         are copied in place (milliseconds) after checking that the file covers every tensor.
-        With ``keep_as`` the adapter is kept under that handle (see :meth:`train`).
+        With ``keep_as`` the adapter is kept under that handle instead (in place into the
+        adapter already kept there when the layout matches); the active adapter is untouched.
         """
-        if keep_as is not None:
-            self.load_adapter(path)
-            self._keep_own(keep_as)
-            return
         from peft import LoraConfig
         from safetensors.torch import load_file
 
@@ -571,14 +679,32 @@ class DeviceModel:
             raise FileNotFoundError(f"{path} is not a saved adapter ({ADAPTER_CONFIG}, {ADAPTER_WEIGHTS})")
         config = LoraConfig.from_pretrained(str(path))
         weights = load_file(str(path / ADAPTER_WEIGHTS), device=str(self.base.device))
-        if self._name is not None and _same_layout(self._peft.peft_config[self._name], config):
-            params = self._adapter_params(self._name)
-            if set(params) == set(weights):
-                with torch.no_grad():
-                    for k, p in params.items():
-                        p.copy_(weights[k])  # casts fp16 files back to the live dtype
-                self._active = True
+        if keep_as is not None:
+            if keep_as in self._kept and self._copy_in(self._kept[keep_as], config, weights):
                 return
+            with self._own_aside():
+                self._load_new(config, weights, path)
+                self._keep_own(keep_as)
+            return
+        if self._name is not None and self._copy_in(self._name, config, weights):
+            self._active = True
+            return
+        self._load_new(config, weights, path)
+
+    def _copy_in(self, name: str, config: Any, weights: Mapping[str, torch.Tensor]) -> bool:
+        """Copy saved tensors into the existing adapter ``name`` if layout and keys match."""
+        if not _same_layout(self._peft.peft_config[name], config):
+            return False
+        params = self._adapter_params(name)
+        if set(params) != set(weights):
+            return False
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(weights[k])  # casts fp16 files back to the live dtype
+        return True
+
+    def _load_new(self, config: Any, weights: Mapping[str, torch.Tensor], path: Path) -> None:
+        """Build a fresh own adapter from a saved config and fill it; it becomes active."""
         config.inference_mode = True
         name = self._add_adapter(config)
         params = self._adapter_params(name)
@@ -600,11 +726,21 @@ class DeviceModel:
         self._active = False
 
     # ------------------------------------------------------------------ inference
+    def _row_names(self, n: int, adapter: str | None, adapters: Sequence[str | None] | None) -> list[str] | None:
+        """peft adapter name per row, or None for the single-adapter path (``adapter`` / active)."""
+        if adapters is None:
+            return None
+        if adapter is not None:
+            raise ValueError("pass either adapter= or adapters=, not both")
+        if len(adapters) != n:
+            raise ValueError(f"got {len(adapters)} adapters for {n} rows")
+        return [self._row_name(a) for a in adapters]
+
     @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
-        max_new_tokens: int = 32,
+        max_new_tokens: int | Sequence[int] = 32,
         batch_size: int = 8,
         temperature: float = 0.0,
         stop: Sequence[str] = (),
@@ -616,39 +752,48 @@ class DeviceModel:
         Greedy when temperature == 0. Prompts are sorted by token length into batches (less
         padding) and answers returned in input order, cut at the first stop string and stripped.
 
-        ``adapters`` gives each prompt its own adapter: a kept handle (see ``train(keep_as=)``)
-        or None for the plain base. Rows of different users and methods then share one batch
-        (peft's mixed-adapter forward), which is how a node answers all its users at once.
+        ``max_new_tokens`` may be one number per prompt (e.g. per task): rows are then batched
+        only with rows of the same budget, so a short-answer task never waits for a long one.
+
+        ``adapters`` gives each prompt its own adapter: a kept handle (``train`` /
+        ``load_adapter`` with ``keep_as=``) or None / ``"__base__"`` for the plain base; the
+        active adapter is then not used. Rows of different users and methods share one batch
+        (peft's mixed-adapter forward, ``adapter_names``), which is how a node answers all its
+        users at once. Greedy answers equal answering each adapter's prompts on their own.
         """
         tok = self.tokenizer
         texts = [format_prompt(tok, p) for p in prompts]
-        mixed = adapters is not None and any(a is not None for a in adapters)
-        if adapters is not None and len(adapters) != len(texts):
-            raise ValueError(f"got {len(adapters)} adapters for {len(texts)} prompts")
-        rows = ["__base__" if a is None else self._kept[a] for a in adapters] if mixed else None
+        rows = self._row_names(len(texts), None, adapters)
+        budgets = [int(max_new_tokens)] * len(texts) if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+        if len(budgets) != len(texts):
+            raise ValueError(f"got {len(budgets)} max_new_tokens for {len(texts)} prompts")
         special = not _has_chat_template(tok)
         lengths = [len(ids) for ids in tok(texts, add_special_tokens=special)["input_ids"]] if texts else []
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
         answers: list[str] = [""] * len(texts)
         sampling = (
             {"do_sample": True, "temperature": temperature}
             if temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
-        with self._adapter_ctx(mixed=mixed) as model:
+        # The last position as an index tensor, not generate's default int 1: HF then gathers a
+        # contiguous (B, 1, d) copy for the lm_head. The int's strided slice of the prefill makes
+        # matmul broadcast and copy the whole (V, d) lm_head weight once per row: +113 MB per row
+        # of fp32 SmolLM2 at every generate call, most of a batched answer's peak RSS.
+        last = torch.tensor([-1], device=self.base.device)
+        with self._adapter_ctx(mixed=rows is not None) as model:
             model.eval()
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
+            for idx in _length_batches(lengths, batch_size, budgets):
                 enc = tok(
                     [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special
                 ).to(self.base.device)
                 extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": tok} if stop else {}
+                extra["logits_to_keep"] = last
                 if rows is not None:
-                    extra["adapter_names"] = [rows[i] for i in idx]
+                    extra.update(self._route([rows[i] for i in idx]))
                 with warnings.catch_warnings(), self.base.compute_context():
                     warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
                     out = model.generate(
-                        **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sampling, **extra
+                        **enc, max_new_tokens=budgets[idx[0]], pad_token_id=tok.pad_token_id, **sampling, **extra
                     )
                 new = out[:, enc["input_ids"].shape[1] :]
                 for i, row in zip(idx, tok.batch_decode(new, skip_special_tokens=True)):
@@ -657,23 +802,46 @@ class DeviceModel:
 
     @torch.inference_mode()
     def example_losses(
-        self, examples: Sequence[tuple[str, str]], batch_size: int = 8, *, adapter: str | None = None
+        self,
+        examples: Sequence[tuple[str, str]],
+        batch_size: int = 8,
+        *,
+        adapter: str | None = None,
+        adapters: Sequence[str | None] | None = None,
     ) -> list[float]:
-        """Mean loss over each example's output tokens (lower = better fit).
+        """Mean loss over each example's output tokens (lower = better fit), in input order.
 
         Used by the MIA audit and by the device's private checks of cloud data. ``adapter``
         names a kept adapter; default: this instance's active adapter (or the base).
+        ``adapters`` gives each example its own kept adapter (None = plain base), as in
+        :meth:`generate`; examples are length-sorted into mixed batches either way.
         """
         encoded = encode_pairs(self.tokenizer, examples, max_length=1 << 30)
-        losses: list[float] = []
-        with self._adapter_ctx(adapter) as model:
+        rows = self._row_names(len(encoded), adapter, adapters)
+        losses: list[float] = [0.0] * len(encoded)
+        lengths = [len(p) + len(c) for p, c in encoded]
+        with self._adapter_ctx(adapter, mixed=rows is not None) as model:
             model.eval()
-            for s in range(0, len(encoded), batch_size):
-                part = encoded[s : s + batch_size]
-                batch = self._to_device(collate(part, [1.0] * len(part), self._pad_id))
+            for idx in _length_batches(lengths, batch_size):
+                batch = self._to_device(collate([encoded[i] for i in idx], [1.0] * len(idx), self._pad_id))
+                extra = self._route([rows[i] for i in idx]) if rows is not None else {}
                 with self.base.compute_context():
-                    losses += example_loss(model, batch).tolist()
+                    for i, v in zip(idx, example_loss(model, batch, **extra).tolist()):
+                        losses[i] = v
         return losses
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int, groups: Sequence[int] | None = None) -> list[list[int]]:
+    """Index batches sorted by length (little padding), never mixing two ``groups`` values."""
+    key = (lambda i: (groups[i], lengths[i])) if groups is not None else (lambda i: lengths[i])
+    order = sorted(range(len(lengths)), key=key)
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (groups is None or groups[batches[-1][0]] == groups[i]):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _collate_items(items: list[tuple[tuple[list[int], list[int]], float]], pad_id: int) -> dict | None:

