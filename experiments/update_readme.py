@@ -82,7 +82,7 @@ def sweep_section(sweep: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--demo", type=Path, default=None, help="a finished ./run demo directory (e.g. runs/demo)")
     parser.add_argument("--quality", type=Path, default=None,
                         help="a finished run of experiments/configs/quality.toml (optional)")
     parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep directory (optional)")
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None and not (run / "results.json").is_file():
             print(f"{run}/results.json not found: run it first", file=sys.stderr)
             return 1
-    lines = demo_section(args.demo)
+    if args.demo is None and args.quality is None and args.realtext is None:
+        parser.error("name at least one of --demo, --quality, --realtext")
+    lines = demo_section(args.demo) if args.demo is not None else []
     if args.quality is not None:
         lines += demo_section(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml")
     if args.realtext is not None:

@@ -114,6 +114,8 @@ def test_readme_section_rebuilds_table_with_intervals(tmp_path: Path) -> None:
     assert text.startswith("Quality run (`cdcda run q.toml`, 4 users on LaMP_3")
     assert "stale" not in text and "0.688 [" in text and "| 3/1/0 | better | 4 |" in text
     assert module.main(["--demo", str(tmp_path / "missing")]) == 1
+    (tmp_path / "summary.md").write_text("| Task | x |\n|---|---|\n| LaMP-4 | 1 |\n")
+    assert "| LaMP-4 | 1 |" in "\n".join(module.realtext_section(tmp_path))
 
 
 def test_unscorable_method_row_is_reported_not_dropped_silently(tmp_path: Path) -> None:
