@@ -10,6 +10,7 @@ from cdcda_fl.config import load_config
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateError,
+    HeldOutScores,
     cap_record_weights,
     decide,
     holdout_split,
@@ -18,18 +19,19 @@ from cdcda_fl.device.synthetic_gate import (
 ITEMS = [{"id": str(i), "description": f"movie {i}", "tag": "comedy"} for i in range(9)]
 
 
-def _losses(local: float, cdcda: float):
+def _losses(local: float, cdcda: float, metric_local: float | None = None, metric_cdcda: float | None = None,
+            higher_is_better: bool = True):
     seen: dict[str, list] = {}
 
     def fn(train, held):
         seen["train"], seen["held"] = train, held
-        return local, cdcda
+        return HeldOutScores(local, cdcda, metric_local, metric_cdcda, higher_is_better)
     return fn, seen
 
 
 def test_falls_back_when_synthetic_data_fits_held_out_items_worse():
     fn, seen = _losses(1.0, 1.2)
-    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out_losses=fn)
+    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn)
     assert not d.used_synthetic and "fell back" in d.reason
     assert d.loss_local == 1.0 and d.loss_cdcda == 1.2 and d.n_validation == 3
     # held-out items are real items the throw-away adapters did not train on
@@ -39,17 +41,30 @@ def test_falls_back_when_synthetic_data_fits_held_out_items_worse():
 
 def test_uses_synthetic_data_only_beyond_the_margin():
     fn, _ = _losses(1.0, 0.9)
-    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out_losses=fn).used_synthetic
-    assert not decide(GateConfig(margin=0.2), ITEMS, 5, seed="s", held_out_losses=fn).used_synthetic
+    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    assert not decide(GateConfig(margin=0.2), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+
+
+def test_a_worse_held_out_metric_vetoes_a_better_loss():
+    """Real writing showed lower held-out loss with worse ROUGE: loss+metric falls back then."""
+    fn, _ = _losses(3.0, 2.5, metric_local=0.23, metric_cdcda=0.16)
+    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn)
+    assert not d.used_synthetic and "metric got worse" in d.reason
+    assert decide(GateConfig(criterion="loss"), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    fn, _ = _losses(3.0, 2.5, metric_local=1.0, metric_cdcda=0.5, higher_is_better=False)  # MAE went down
+    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    same = lambda train, held: HeldOutScores(1.0, 1.0, 0.5, 0.5, same_data=True)  # noqa: E731
+    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out=same)
+    assert not d.used_synthetic and "no synthetic record" in d.reason
 
 
 def test_no_check_without_synthetic_data_or_enough_real_items():
     def never(train, held):
         raise AssertionError("must not train")
-    assert not decide(GateConfig(), ITEMS, 0, seed="s", held_out_losses=never).used_synthetic
-    small = decide(GateConfig(min_real=3), ITEMS[:2], 4, seed="s", held_out_losses=never)
+    assert not decide(GateConfig(), ITEMS, 0, seed="s", held_out=never).used_synthetic
+    small = decide(GateConfig(min_real=3), ITEMS[:2], 4, seed="s", held_out=never)
     assert small.used_synthetic and small.reason.startswith("unchecked")
-    assert decide(GateConfig(rule="none"), ITEMS, 4, seed="s", held_out_losses=never).used_synthetic
+    assert decide(GateConfig(rule="none"), ITEMS, 4, seed="s", held_out=never).used_synthetic
 
 
 def test_holdout_split_is_seeded_never_empty_never_all():

@@ -32,7 +32,14 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, missing_fields
-from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, cap_record_weights, decide, mean_loss
+from cdcda_fl.device.synthetic_gate import (
+    GateConfig,
+    GateDecision,
+    HeldOutScores,
+    cap_record_weights,
+    decide,
+    mean_loss,
+)
 from cdcda_fl.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
@@ -319,26 +326,40 @@ class _UserRun:
             return self.decision
         self.step("check")
         self.decision = decide(gate, self.user.profile, len(self.synth_pairs),
-                               seed=f"{self.cfg['seed']}:{self.user.user_id}", held_out_losses=self._held_out_losses)
+                               seed=f"{self.cfg['seed']}:{self.user.user_id}", held_out=self._held_out)
         if self.decision.n_validation:  # only a decision that trained something is worth storing
             _write_meta_only(path, json.dumps(self.decision.to_dict()))
         return self.decision
 
-    def _held_out_losses(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> tuple[float, float]:
-        """Mean held-out loss of a real-only and a real + synthetic adapter trained on ``train_items``."""
+    def _held_out(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> HeldOutScores:
+        """A real-only and a real + synthetic adapter trained on ``train_items``, scored on ``held``:
+        mean loss of the held-out outputs and the task metric of greedy answers to their inputs."""
+        from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
+
         spec, cfg, model = self.spec, self.cfg, self.model
-        alpha = float(cfg["train.synthetic-weight"])
         real = spec.profile_to_pairs(train_items)
-        kept, real_w, syn_w = mixture_weights(spec, train_items, self.usable_synthetic, alpha)
+        kept, real_w, syn_w = mixture_weights(spec, train_items, self.usable_synthetic,
+                                              float(cfg["train.synthetic-weight"]))
         syn_w = cap_record_weights(syn_w, float(config_get(cfg, "train.synthetic-record-cap")))
         held_pairs = spec.profile_to_pairs(held)
-        losses = []
-        for pairs, weights in ((real, [1.0] * len(real)), (real + spec.profile_to_pairs(kept), real_w + syn_w)):
+        golds = {str(i): out for i, (_inp, out) in enumerate(held_pairs)}
+        metric = primary_metric(spec)
+        scores: list[tuple[float, float | None]] = []
+        variants = [(real, [1.0] * len(real))]
+        if kept:
+            variants.append((real + spec.profile_to_pairs(kept), real_w + syn_w))
+        for pairs, weights in variants:
             model.clear_adapter()
             model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, real)), None, weights=weights)
-            losses.append(mean_loss(model.example_losses(held_pairs)))
+            loss = mean_loss(model.example_losses(held_pairs))
+            answers = self.answer([inp for inp, _out in held_pairs])
+            value = score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
+            scores.append((loss, value))
         model.clear_adapter()
-        return losses[0], losses[1]
+        if not kept:
+            scores.append(scores[0])
+        return HeldOutScores(scores[0][0], scores[1][0], scores[0][1], scores[1][1],
+                             higher_is_better=metric not in LOWER_IS_BETTER, same_data=not kept)
 
     def save_synthetic_log(self) -> None:
         """What this device received from the cloud, kept and dropped, and why: on its own disk only."""
@@ -362,7 +383,8 @@ def _exposure_scale(cfg: Mapping[str, Scalar], weights: Sequence[float], real_pa
     return sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
 
 
-_GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-fraction", "train.synthetic-gate-margin",
+_GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
+              "train.synthetic-gate-margin",
               "train.synthetic-gate-min-real", "train.synthetic-record-cap", "train.equal-real-exposure")
 
 
