@@ -40,7 +40,8 @@ def demo_section(demo: Path, name: str = "Demo", command: str = "./run demo") ->
         f"{name} (`{command}`, {sum(results['users'].values())} users on {cfg['tasks']}, device model "
         f"`{cfg['device.model']}`, cloud model `{cfg['cloud.model']}`, {cfg['train.steps']} LoRA steps per adapter, "
         f"{cfg['synthetic.per-user']} synthetic records asked per user, share fraction {cfg['consent.share-fraction']}, "
-        f"seed {cfg['seed']}; phases took {total:.0f} s on this 2-core machine):",
+        f"seed {cfg['seed']}; phases took {total:.0f} s on this 2-core machine"
+        + (f"; **partial: {results['partial']}**" if results.get("partial") else "") + "):",
         "",
         run_table(demo),
         "",
