@@ -47,6 +47,13 @@ def missing_fields(spec: TaskSpec, record: Mapping[str, Any]) -> list[str]:
     return [f for f in spec.profile_fields if f not in record or str(record[f]).strip() == ""]
 
 
+def is_partial(spec: TaskSpec, record: Mapping[str, Any]) -> bool:
+    """True for a record that lacks some profile fields but is otherwise well formed (so worth completing)."""
+    missing = missing_fields(spec, record)
+    filled = {**record, **{f: _placeholder(spec) for f in missing}}
+    return bool(missing) and "id" in record and spec.validate_item(filled) is None
+
+
 def complete_records(spec: TaskSpec, records: Sequence[Mapping[str, Any]], *, answer_with_local: Generate,
                      write_with_base: Generate) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
     """(completed records, [(record, reason dropped)]) for records missing one field of the task's pair.

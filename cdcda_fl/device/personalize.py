@@ -31,7 +31,7 @@ from cdcda_fl.config import Scalar, config_get, csv_list, methods_of
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
-from cdcda_fl.device.complete import complete_records, missing_fields
+from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateDecision,
@@ -183,11 +183,6 @@ def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     return _DEVICE_MODELS[key]
 
 
-def _filler(spec: TaskSpec) -> str:
-    """A valid stand-in value: only to ask whether a partial record is otherwise well formed."""
-    return "3" if spec.kind == "regression" else (spec.labels[0] if spec.labels else "x")
-
-
 class _UserRun:
     """One user's personalization in progress: what every method needs, and the result being built."""
 
@@ -215,8 +210,7 @@ class _UserRun:
             problem = spec.validate_item(rec)
             if problem is None:
                 self.valid_synthetic.append(rec)
-            elif problem.startswith("missing field") and "id" in rec and spec.validate_item(
-                    {**{f: _filler(spec) for f in missing_fields(spec, rec)}, **rec}) is None:
+            elif is_partial(spec, rec):
                 self.incomplete.append(rec)
             else:
                 self.dropped.append((rec, f"invalid: {problem}"))
@@ -273,6 +267,18 @@ class _UserRun:
         self.model.save_adapter(path, extra_files={TRAIN_META: json.dumps(info)})
         return info
 
+    def train_local(self) -> dict[str, Any]:
+        """The local-only adapter (real records, weight 1): trained once, then reloaded from the store."""
+        return self.train_or_reuse("local", list(self.real_pairs), [1.0] * len(self.real_pairs))
+
+    def weighted_synthetic(self, real_items: Sequence[Mapping[str, Any]]
+                           ) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+        """(kept synthetic records, real weights, capped synthetic weights) against ``real_items``:
+        the mixture the final CDCDA adapter and the holdout check's adapter both train on."""
+        kept, real_w, syn_w = mixture_weights(self.spec, real_items, self.usable_synthetic,
+                                              float(self.cfg["train.synthetic-weight"]))
+        return kept, real_w, cap_record_weights(syn_w, float(config_get(self.cfg, "train.synthetic-record-cap")))
+
     # ------------------------------------------------------------------ the device's trust in cloud data
     def prepare_synthetic(self) -> None:
         """Complete partial records (device/complete.py), then weigh real and synthetic data.
@@ -284,7 +290,7 @@ class _UserRun:
         if self._prepared:
             return
         self._prepared = True
-        spec, cfg = self.spec, self.cfg
+        spec = self.spec
         if self.incomplete:
             self.step("complete")
             done, dropped = complete_records(spec, self.incomplete, answer_with_local=self._answer_with_local,
@@ -292,17 +298,15 @@ class _UserRun:
             self.usable_synthetic += done
             self.dropped += dropped
             self.result["n_synthetic_completed"] = len(done)
-        kept, self.real_weights, synth_weights = mixture_weights(spec, self.user.profile, self.usable_synthetic,
-                                                                 float(cfg["train.synthetic-weight"]))
+        kept, self.real_weights, self.synth_weights = self.weighted_synthetic(self.user.profile)
         kept_ids = {id(r) for r in kept}
         self.dropped += [(r, "label not in the user's profile") for r in self.usable_synthetic if id(r) not in kept_ids]
         self.kept_synthetic = kept
-        self.synth_weights = cap_record_weights(synth_weights, float(config_get(cfg, "train.synthetic-record-cap")))
         self.synth_pairs = spec.profile_to_pairs(kept)
         self.result["n_synthetic_used"] = len(self.synth_pairs)
 
     def _answer_with_local(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        self.train_or_reuse("local", list(self.real_pairs), [1.0] * len(self.real_pairs))
+        self.train_local()
         try:
             return self.model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=self.batch)
         finally:
@@ -338,9 +342,7 @@ class _UserRun:
 
         spec, cfg, model = self.spec, self.cfg, self.model
         real = spec.profile_to_pairs(train_items)
-        kept, real_w, syn_w = mixture_weights(spec, train_items, self.usable_synthetic,
-                                              float(cfg["train.synthetic-weight"]))
-        syn_w = cap_record_weights(syn_w, float(config_get(cfg, "train.synthetic-record-cap")))
+        kept, real_w, syn_w = self.weighted_synthetic(train_items)
         held_pairs = spec.profile_to_pairs(held)
         golds = {str(i): out for i, (_inp, out) in enumerate(held_pairs)}
         metric = primary_metric(spec)
@@ -415,7 +417,7 @@ def _local(run: _UserRun) -> None:
     if run.cfg["dp.enabled"]:
         return _private(run, "local")
     started = time.perf_counter()
-    info = run.train_or_reuse("local", list(run.real_pairs), [1.0] * len(run.real_pairs))
+    info = run.train_local()
     extra = {"train": info, "epsilon": info.get("epsilon"), **run.mia()}
     run.record("local", run.answer(run.inputs), started, **extra)
     run.model.clear_adapter()
@@ -436,7 +438,7 @@ def _cdcda(run: _UserRun) -> None:
         preds = run.answer(run.inputs)
     else:
         run.result["n_synthetic_used"] = 0
-        info = run.train_or_reuse("local", list(run.real_pairs), [1.0] * len(run.real_pairs))
+        info = run.train_local()
         local = run.result["methods"].get("local")
         # Same adapter, greedy answers: local-only's own predictions, when it ran first.
         preds = ([local["predictions"][q.id] for q in run.queries] if local and "predictions" in local
@@ -563,7 +565,7 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
         if decision and store.exists(user.user_id, key):
             model.load_adapter(path)
             return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}
-    scale = sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
+    scale = _exposure_scale(cfg, weights, real_pairs)
     candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
     started = time.perf_counter()
     decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,
