@@ -184,3 +184,33 @@ def test_adapter_shifts_llamacpp_logits_as_it_shifts_pytorch_logits(word_adapter
     bad = export.export_adapter(word_adapter, tmp_path / "bad.gguf").path
     bad_corr = float(np.corrcoef(t_delta, cpp_logits(bad) - c_base)[0, 1])
     assert bad_corr < 0.95, (bad_corr, corr)  # measured: 0.997 exported vs 0.79 unpermuted
+
+
+@pytest.mark.slow  # trains SmolLM2 once (24 steps), answers 4 queries x 2 methods in both runtimes
+@pytest.mark.usefixtures("one_thread")
+def test_device_runtime_llamacpp_in_personalize_agrees_with_torch(smollm2_base_gguf: Path, tmp_path: Path) -> None:
+    """`device.runtime=llamacpp` end to end on the device: the same stored adapter, answered by llama.cpp."""
+    from cdcda_fl.config import load_config
+    from cdcda_fl.data.lamp import Query, User
+    from cdcda_fl.device.personalize import personalize_user
+
+    prefix = ("Which tag does this movie relate to among the following tags? Just answer with the tag name "
+              "without further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, "
+              "dark comedy, classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, "
+              "true story] description: ")
+    profile = [{"id": f"p{i}", "description": q.split("? ", 1)[1], "tag": "sci-fi"} for i, (q, _) in
+               enumerate(USER_A + USER_B)]
+    queries = [Query(id=f"q{i}", input=prefix + p.split("? ", 1)[1], gold="sci-fi") for i, p in enumerate(PROBES)]
+    user = User(user_id="u-cpp", task="LaMP_2", profile=profile, queries=queries)
+    sets = ["methods=base,local", "device.model=smollm2-135m", "device.dtype=fp32", "train.steps=24",
+            "train.lr=3e-3"]
+    torch_res = personalize_user(user, [], load_config(None, sets), storage_dir=tmp_path)
+    cpp_res = personalize_user(user, [], load_config(None, sets + ["device.runtime=llamacpp"]), storage_dir=tmp_path)
+
+    assert cpp_res["methods"]["local"]["train"]["reused"] is True  # the very adapter PyTorch answered with
+    for method in ("base", "local"):
+        t, c = torch_res["methods"][method]["predictions"], cpp_res["methods"][method]["predictions"]
+        agree = sum(t[q] == c[q] for q in t)
+        assert agree >= len(t) - 1, (method, t, c)
+    assert sum(p == "sci-fi" for p in cpp_res["methods"]["local"]["predictions"].values()) >= 2
+    assert not list(tmp_path.glob(".gguf-*"))

@@ -190,8 +190,15 @@ class _UserRun:
                  storage_dir: Path, model: Any, on_step: Callable[[str], None] | None) -> None:
         from cdcda_fl.device.lora import AdapterStore
 
+        from cdcda_fl.edge.runtime import make_answerer
+
         self.user, self.cfg, self.model = user, cfg, model
         self.storage_dir = Path(storage_dir)
+        #: the saved adapter folder the model holds now (None: the plain base); what a runtime
+        #: other than PyTorch answers with (cdcda_fl/edge/runtime.py)
+        self.adapter_dir: Path | None = None
+        self.answerer = make_answerer(cfg, device_model=model, storage_dir=self.storage_dir,
+                                      n_threads=_threads() if str(cfg["device.runtime"]) != "torch" else None)
         self.spec = spec = get_task(user.task)
         max_q = int(cfg["eval.max-queries"])
         self.queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
@@ -231,8 +238,19 @@ class _UserRun:
 
     # ------------------------------------------------------------------ helpers every method uses
     def answer(self, prompts: list[str]) -> list[str]:
+        """A reported method's answers, by the ``device.runtime`` engine, with the adapter held now."""
+        texts = self.answerer.answer(prompts, max_new_tokens=self.spec.max_new_tokens, adapter_dir=self.adapter_dir)
+        return [self.spec.parse_answer(t) for t in texts]
+
+    def answer_in_training_runtime(self, prompts: list[str]) -> list[str]:
+        """Answers from the PyTorch model as it is now (a throw-away adapter of the holdout check)."""
         texts = self.model.generate(prompts, max_new_tokens=self.spec.max_new_tokens, batch_size=self.batch)
         return [self.spec.parse_answer(t) for t in texts]
+
+    def clear(self) -> None:
+        """Back to the plain base model."""
+        self.model.clear_adapter()
+        self.adapter_dir = None
 
     def record(self, method: str, preds: list[str], started: float, **extra: Any) -> None:
         predictions = {q.id: p for q, p in zip(self.queries, preds)}
@@ -258,6 +276,7 @@ class _UserRun:
         # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
         if self.store.exists(self.user.user_id, key) and (path / TRAIN_META).is_file() and not cfg["train.retrain"]:
             self.model.load_adapter(path)
+            self.adapter_dir = path
             return {**json.loads((path / TRAIN_META).read_text()), "reused": True}
         res = self.model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, self.real_pairs)),
                                dp_config_from(cfg), weights=weights)
@@ -265,6 +284,7 @@ class _UserRun:
                 "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
                 "n_real": len(self.real_pairs), "n_synthetic": len(pairs) - len(self.real_pairs)}
         self.model.save_adapter(path, extra_files={TRAIN_META: json.dumps(info)})
+        self.adapter_dir = path
         return info
 
     def train_local(self) -> dict[str, Any]:
@@ -310,10 +330,10 @@ class _UserRun:
         try:
             return self.model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=self.batch)
         finally:
-            self.model.clear_adapter()
+            self.clear()
 
     def _write_with_base(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        self.model.clear_adapter()
+        self.clear()
         return self.model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=self.batch)
 
     def synthetic_decision(self) -> GateDecision:
@@ -351,13 +371,13 @@ class _UserRun:
         if kept:
             variants.append((real + spec.profile_to_pairs(kept), real_w + syn_w))
         for pairs, weights in variants:
-            model.clear_adapter()
+            self.clear()
             model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, real)), None, weights=weights)
             loss = mean_loss(model.example_losses(held_pairs))
-            answers = self.answer([inp for inp, _out in held_pairs])
+            answers = self.answer_in_training_runtime([inp for inp, _out in held_pairs])
             value = score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
             scores.append((loss, value))
-        model.clear_adapter()
+        self.clear()
         if not kept:
             scores.append(scores[0])
         return HeldOutScores(scores[0][0], scores[1][0], scores[0][1], scores[1][1],
@@ -376,6 +396,13 @@ class _UserRun:
                                                                   "reason": "CDCDA was not among the methods"}
         save_synthetic_log(self.storage_dir, self.user.user_id, self.spec.name, received=self.received,
                            kept=[dict(r) for r in self.kept_synthetic], dropped=self.dropped, decision=decision)
+
+
+def _threads() -> int:
+    """The CPU threads this worker's PyTorch uses (Ray sets them per actor); llama.cpp gets the same."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _exposure_scale(cfg: Mapping[str, Scalar], weights: Sequence[float], real_pairs: Sequence[Any]) -> float:
@@ -420,7 +447,7 @@ def _local(run: _UserRun) -> None:
     info = run.train_local()
     extra = {"train": info, "epsilon": info.get("epsilon"), **run.mia()}
     run.record("local", run.answer(run.inputs), started, **extra)
-    run.model.clear_adapter()
+    run.clear()
 
 
 def _cdcda(run: _UserRun) -> None:
@@ -446,12 +473,13 @@ def _cdcda(run: _UserRun) -> None:
     extra = {"train": info, "epsilon": info.get("epsilon"),
              "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic}, **run.mia()}
     run.record("cdcda", preds, started, **extra)
-    run.model.clear_adapter()
+    run.clear()
 
 
 def _private(run: _UserRun, method: str) -> None:
     started = time.perf_counter()
-    extra = private_method(run.model, run.store, run.spec, run.user, method, run.valid_synthetic, run.cfg)
+    extra, run.adapter_dir = private_method(run.model, run.store, run.spec, run.user, method, run.valid_synthetic,
+                                            run.cfg)
     if method == "cdcda":  # under DP: every valid cloud record but the validation split
         run.result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
     base_entry = run.result["methods"].get("base")
@@ -460,7 +488,7 @@ def _private(run: _UserRun, method: str) -> None:
     else:
         preds = run.answer(run.inputs)
     run.record(method, preds, started, **extra, **run.mia())
-    run.model.clear_adapter()
+    run.clear()
 
 
 #: name -> what the method does for one user. A new method is one function and one entry here
@@ -482,7 +510,7 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     """
     run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=device_model or device_model_for(cfg),
                    on_step=on_step)
-    run.model.clear_adapter()
+    run.clear()
     for method in methods_of(cfg):
         run.step(method)
         METHODS[method](run)
@@ -538,11 +566,13 @@ def _write_meta_only(path: Path, text: str) -> None:
 
 
 def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: str,
-                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar]) -> dict[str, Any]:
+                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar]
+                   ) -> tuple[dict[str, Any], Path | None]:
     """Train (or reuse) one DP method's adapter with :func:`cdcda_fl.device.dp_select.train_private`.
 
-    On return the model holds the chosen adapter, or none when the decision fell back to the base.
-    Returns the method's report entry: ``train`` (private training info), ``epsilon`` (composed over
+    On return the model holds the chosen adapter, or none when the decision fell back to the base;
+    the second value is that adapter's folder in ``store`` (None after a fall-back).
+    The first is the method's report entry: ``train`` (private training info), ``epsilon`` (composed over
     every candidate trained: what the release costs, fall-back included, since the decision to fall
     back is computed from the candidates) and ``dp`` (the decision: chosen candidate or fell back,
     validation losses of the base and of every candidate, σ, ε, δ).
@@ -561,10 +591,10 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
         train = {**{k_: v for k_, v in info.items() if k_ != "dp"}, "reused": True}
         if decision.get("fell_back"):
             model.clear_adapter()
-            return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}
+            return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}, None
         if decision and store.exists(user.user_id, key):
             model.load_adapter(path)
-            return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}
+            return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}, path
     scale = _exposure_scale(cfg, weights, real_pairs)
     candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
     started = time.perf_counter()
@@ -581,4 +611,5 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
         _write_meta_only(path, text)
     else:
         model.save_adapter(path, extra_files={TRAIN_META: text})
-    return {"train": {k_: v for k_, v in info.items() if k_ != "dp"}, "epsilon": decision.epsilon, "dp": d}
+    entry = {"train": {k_: v for k_, v in info.items() if k_ != "dp"}, "epsilon": decision.epsilon, "dp": d}
+    return entry, None if decision.fell_back else path
