@@ -189,7 +189,6 @@ class _UserRun:
     def __init__(self, user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
                  storage_dir: Path, model: Any, on_step: Callable[[str], None] | None) -> None:
         from cdcda_fl.device.lora import AdapterStore
-
         from cdcda_fl.edge.runtime import make_answerer
 
         self.user, self.cfg, self.model = user, cfg, model
