@@ -1,0 +1,313 @@
+"""Training one user's LoRA adapter: the hyper-parameters, the loss, and two optimizer loops.
+
+The loops are our own (AdamW, loss on output tokens only) because one of them must run under
+Opacus DP-SGD, which HF's Trainer does not support; keeping the plain loop next to it keeps
+the two identical except for what DP changes (Poisson batches, clipping, noise). Nothing here
+knows which adapter is being trained: the caller hands in a model whose only trainable
+tensors are that adapter's.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cdcda_fl.device.adapters import _target_names
+from cdcda_fl.device.encoding import (
+    IGNORE,
+    Encoded,
+    _bucketed_batches,
+    _collate_items,
+    _PairDataset,
+    collate,
+    to_device,
+)
+
+if TYPE_CHECKING:
+    from cdcda_fl.privacy.dp import DPConfig
+
+_EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "shared")
+
+
+@dataclass
+class LoraTrainConfig:
+    """LoRA hyper-parameters and the training budget for one user's adapter.
+
+    ``epochs``, when set, overrides ``steps`` (steps = ceil(epochs * n / batch_size)).
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    steps: int | None = 24
+    epochs: float | None = None
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    max_length: int = 256
+    seed: int = 0
+
+    def total_steps(self, n_examples: int) -> int:
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+        if self.steps is None:
+            raise ValueError("LoraTrainConfig: set steps or epochs")
+        return int(self.steps)
+
+
+@dataclass
+class TrainResult:
+    """What one adapter training did; ε/δ are None without DP (ε = inf with σ = 0)."""
+
+    steps: int
+    trained_tokens: int
+    seconds: float
+    final_loss: float  # mean of the last min(4, steps) step losses
+    losses: list[float] = field(default_factory=list)
+    epsilon: float | None = None
+    delta: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.trained_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def lora_config(cfg: LoraTrainConfig) -> Any:
+    """peft's LoraConfig for a fresh trainable adapter (no bias: the base stays untouched)."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(_target_names(cfg.target_modules)),
+        bias="none",
+    )
+
+
+# --------------------------------------------------------------------------- loss and weights
+
+
+def example_loss(model: nn.Module, batch: dict[str, torch.Tensor], **forward: Any) -> torch.Tensor:
+    """Per-example mean cross-entropy over output tokens, shape (batch,).
+
+    ``forward`` goes to the model call (e.g. peft's ``adapter_names`` for a mixed batch).
+
+    A mean per example (not per token over the batch) keeps every example's influence on the
+    gradient separable, which per-sample clipping in DP-SGD relies on.
+    """
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    # Left padding: completions end every row, so only the last `keep` logits are needed.
+    has_label = (labels != IGNORE).any(0)
+    keep = labels.shape[1] - int(has_label.float().argmax()) + 1 if bool(has_label.any()) else 1
+    keep = min(keep, labels.shape[1])
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    # Positions as an index tensor, not an int: HF then gathers a *contiguous* copy of the last
+    # `keep` hidden states. A plain slice is a strided view, and matmul cannot fold a strided
+    # 3-D input that needs grad into one GEMM: it broadcasts the (V, d) lm_head weight per row
+    # and copies it (8 x 49152 x 576 values per step for SmolLM2, ~20 % of a bf16 step).
+    kept = torch.arange(labels.shape[1] - keep, labels.shape[1], device=ids.device)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=kept, use_cache=False,
+        **forward,
+    ).logits
+    # logits[:, j] predicts token (L - keep + j + 1); the last logit predicts nothing.
+    target = labels[:, -keep + 1 :] if keep > 1 else labels[:, :0]
+    logits = logits[:, :-1].float()
+    tok_loss = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(target.shape)
+    counts = (target != IGNORE).sum(-1).clamp(min=1)
+    return tok_loss.sum(-1) / counts
+
+
+def _normalized_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Scale weights to mean 1 so the learning rate means the same with or without them."""
+    if weights is None:
+        return [1.0] * n
+    if len(weights) != n:
+        raise ValueError(f"got {len(weights)} weights for {n} examples")
+    w = [float(x) for x in weights]
+    if any(x < 0 or not math.isfinite(x) for x in w) or sum(w) <= 0:
+        raise ValueError("weights must be finite, >= 0, and not all zero")
+    mean = sum(w) / n
+    return [x / mean for x in w]
+
+
+def _check_no_embedding_targets(model: nn.Module, target_modules: Any) -> None:
+    """Refuse LoRA on embeddings under DP before any adapter is built (Opacus cannot clip it)."""
+    names = _target_names(target_modules)
+    for n in names:
+        if n in _EMBEDDING_NAMES:
+            raise ValueError(
+                f"LoRA on embeddings ({n!r}) cannot be trained with DP-SGD: Opacus has no correct "
+                "per-sample gradient for it. Embeddings stay frozen under DP; remove it from "
+                "target_modules."
+            )
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and mod_name.split(".")[-1] in names:
+            raise ValueError(f"LoRA target {mod_name} is an embedding; not allowed with DP-SGD")
+
+
+# --------------------------------------------------------------------------- the loops
+
+
+def fit(
+    model: nn.Module,
+    encoded: list[Encoded],
+    weights: list[float],
+    cfg: LoraTrainConfig,
+    dp: DPConfig | None,
+    steps: int,
+    *,
+    pad_id: int,
+    device: torch.device,
+    compute_context: Callable[[], AbstractContextManager[Any]],
+    progress: bool = False,
+) -> TrainResult:
+    """Train the tensors of ``model`` that require grad (one fresh adapter) for ``steps`` steps.
+
+    Afterwards the model is in eval mode and those tensors are frozen with no grad, whatever
+    happened: outside training no tensor of a shared base may need grad. ``seconds`` is left
+    at 0 for the caller, who also times building the adapter.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    model.train()
+    try:
+        if dp is not None and dp.enabled:
+            return train_dp(model, opt, encoded, weights, cfg, dp, steps, progress, pad_id=pad_id, device=device)
+        return train_plain(
+            model, opt, encoded, weights, cfg, steps, progress,
+            pad_id=pad_id, device=device, compute_context=compute_context,
+        )
+    finally:
+        model.eval()
+        for p in params:
+            p.grad = None
+            p.requires_grad_(False)
+
+
+def train_plain(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    encoded: list[Encoded],
+    w: list[float],
+    cfg: LoraTrainConfig,
+    steps: int,
+    progress: bool,
+    *,
+    pad_id: int,
+    device: torch.device,
+    compute_context: Callable[[], AbstractContextManager[Any]],
+) -> TrainResult:
+    """AdamW on length-bucketed, seeded batches: the same data and seed give the same adapter."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    lengths = [len(p) + len(c) for p, c in encoded]
+    stream = _bucketed_batches(lengths, cfg.batch_size, gen)
+    losses, tokens = [], 0
+    for _ in _progress(range(steps), progress, "LoRA"):
+        idx = next(stream)
+        batch = to_device(collate([encoded[i] for i in idx], [w[i] for i in idx], pad_id), device)
+        # Autocast per step, never around the loop: its cast cache would keep feeding the
+        # forward pass bf16 copies of the LoRA weights from before the optimizer step.
+        with compute_context():
+            loss = (example_loss(model, batch) * batch["weights"]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        tokens += int(batch["attention_mask"].sum())
+    return _result(steps, tokens, losses)
+
+
+def train_dp(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    encoded: list[Encoded],
+    w: list[float],
+    cfg: LoraTrainConfig,
+    dp: DPConfig,
+    steps: int,
+    progress: bool,
+    *,
+    pad_id: int,
+    device: torch.device,
+) -> TrainResult:
+    """DP-SGD (Opacus): Poisson-sampled batches, per-example clipping, noise; ε at δ in the result."""
+    from cdcda_fl.privacy.dp import make_private
+
+    loader = torch.utils.data.DataLoader(
+        _PairDataset(encoded, w),
+        batch_size=min(cfg.batch_size, len(encoded)),
+        shuffle=True,
+        collate_fn=lambda items: _collate_items(items, pad_id),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    priv = make_private(model, opt, loader, dp, steps=steps, seed=cfg.seed)
+    bar = _progress(range(steps), progress, "DP-LoRA")
+    ticks = iter(bar)
+    with warnings.catch_warnings():
+        # The first LoRA layer's input needs no grad; Opacus' backward hook still fires: fine.
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+        return _dp_loop(model, priv, steps, bar, ticks, device)
+
+
+def _dp_loop(model: nn.Module, priv: Any, steps: int, bar: Any, ticks: Iterator[Any], device: torch.device) -> TrainResult:
+    """Exactly ``steps`` optimizer steps over as many Poisson epochs as that takes."""
+    from cdcda_fl.privacy.dp import mark_empty_batch
+
+    losses, tokens, done = [], 0, 0
+    try:
+        while done < steps:
+            for batch in priv.data_loader:
+                if done >= steps:
+                    break
+                if _is_empty(batch):  # Poisson sampling drew nobody: noise-only step
+                    mark_empty_batch(model.parameters())
+                else:
+                    batch = to_device(batch, device)
+                    loss = (example_loss(priv.module, batch) * batch["weights"]).mean()
+                    loss.backward()
+                    losses.append(float(loss.detach()))
+                    tokens += int(batch["attention_mask"].sum())
+                priv.optimizer.step()
+                priv.optimizer.zero_grad(set_to_none=True)
+                done += 1
+                next(ticks, None)
+        eps = priv.epsilon()
+    finally:
+        priv.close()
+        if hasattr(bar, "close"):
+            bar.close()
+    res = _result(steps, tokens, losses or [float("nan")])
+    res.epsilon, res.delta = eps, priv.delta
+    return res
+
+
+def _is_empty(batch: Any) -> bool:
+    """Opacus renders an empty Poisson batch as None, [], zero-row tensors or a 0-row dict."""
+    if batch is None or isinstance(batch, (list, tuple)):
+        return True
+    return batch["input_ids"].shape[0] == 0
+
+
+def _result(steps: int, tokens: int, losses: list[float]) -> TrainResult:
+    tail = losses[-min(4, len(losses)) :]
+    return TrainResult(steps, tokens, 0.0, sum(tail) / len(tail), losses)
+
+
+def _progress(it: range, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
