@@ -36,7 +36,7 @@ from flwr.clientapp import ClientApp
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.personalize import personalize_user
+from cdcda_fl.device.personalize import personalize_users
 from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, DevicePolicy, load_device_policy, share_nothing
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
@@ -237,12 +237,18 @@ def personalize(msg: Message, context: Context) -> Message:
     _crash_check(users, cfg)
     audit = AuditLog(home / "audit.jsonl")
     results = []
-    for user in users:
+    jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in users]
+    try:  # all hosted users together: their answers share mixed-adapter batches
+        outcomes = personalize_users(jobs, cfg, storage_dir=_storage_dir(context.node_config, cfg))
+    except Exception as exc:  # the node cannot personalize at all (e.g. its model does not load)
+        outcomes = [exc] * len(users)
+    for user, outcome in zip(users, outcomes):
         key = user_key(user.task, user.user_id)
         try:
+            if isinstance(outcome, Exception):
+                raise outcome
             level = effective_level(cfg["eval.report"], own.report_for(user.user_id) if own else None, real_device=real)
-            result = personalize_user(user, targets[key], cfg, storage_dir=_storage_dir(context.node_config, cfg))
-            result = filter_result(result, level)
+            result = filter_result(outcome, level)
         except Exception as exc:  # reported per user; the node goes on with its other users
             _log_error(home, f"personalize {key}", exc)
             result = {"user_id": user.user_id, "task": user.task, "error": generic_error(exc)}

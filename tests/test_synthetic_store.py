@@ -144,7 +144,10 @@ def test_no_device_reply_carries_the_synthetic_log(tmp_path: Path, monkeypatch, 
                 "synthetic_decision": {"used_synthetic": True},
                 "methods": {m: {"predictions": {"q0": "A title"}, "metrics": metrics} for m in ("base", "local", "cdcda")}}
 
-    monkeypatch.setattr(device, "personalize_user", fake_personalize_user)
+    def fake_personalize_users(jobs, cfg_, *, storage_dir, **_kw):
+        return [fake_personalize_user(user, synthetic, cfg_, storage_dir=storage_dir) for user, synthetic in jobs]
+
+    monkeypatch.setattr(device, "personalize_users", fake_personalize_users)
     node = {"partition-id": 0, "num-partitions": 1}
 
     def call(kind: str, content: RecordDict) -> Message:

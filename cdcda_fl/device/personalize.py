@@ -24,6 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
+from cdcda_fl.edge.runtime import AnswerRequest
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateDecision,
@@ -183,6 +185,21 @@ def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     return _DEVICE_MODELS[key]
 
 
+@dataclass
+class _Deferred:
+    """A method whose answers wait for the node's batched answering step (:func:`personalize_users`).
+
+    ``request`` None: the method's answers are, by construction, another method's (``same_as``):
+    CDCDA that fell back to local-only, a DP method that fell back to the base model.
+    """
+
+    method: str
+    request: AnswerRequest | None
+    seconds: float  # the method's own time before answering (training, checks)
+    extra: dict[str, Any] = field(default_factory=dict)
+    same_as: str | None = None
+
+
 class _UserRun:
     """One user's personalization in progress: what every method needs, and the result being built."""
 
@@ -198,6 +215,8 @@ class _UserRun:
         self.adapter_dir: Path | None = None
         self.answerer = make_answerer(cfg, device_model=model, storage_dir=self.storage_dir,
                                       n_threads=_threads() if str(cfg["device.runtime"]) != "torch" else None)
+        self.pending: list[_Deferred] = []
+        self.kept_handles: list[str] = []  # adapters kept in the PyTorch model until the answering step
         self.spec = spec = get_task(user.task)
         max_q = int(cfg["eval.max-queries"])
         self.queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
@@ -236,11 +255,6 @@ class _UserRun:
         }
 
     # ------------------------------------------------------------------ helpers every method uses
-    def answer(self, prompts: list[str]) -> list[str]:
-        """A reported method's answers, by the ``device.runtime`` engine, with the adapter held now."""
-        texts = self.answerer.answer(prompts, max_new_tokens=self.spec.max_new_tokens, adapter_dir=self.adapter_dir)
-        return [self.spec.parse_answer(t) for t in texts]
-
     def answer_in_training_runtime(self, prompts: list[str]) -> list[str]:
         """Answers from the PyTorch model as it is now (a throw-away adapter of the holdout check)."""
         texts = self.model.generate(prompts, max_new_tokens=self.spec.max_new_tokens, batch_size=self.batch)
@@ -251,10 +265,53 @@ class _UserRun:
         self.model.clear_adapter()
         self.adapter_dir = None
 
-    def record(self, method: str, preds: list[str], started: float, **extra: Any) -> None:
+    def defer(self, method: str, prompts: list[str], started: float, **extra: Any) -> None:
+        """Queue ``method``'s answers to ``prompts`` with the adapter held now (or the base).
+
+        The node answers every queued request of all its users together (mixed-adapter batches
+        for PyTorch): the adapter is kept in the model under a handle until then, and the model
+        goes back to the plain base for the next method.
+        """
+        handle = None
+        if self.adapter_dir is not None and self.answerer.mixed_batches:
+            handle = f"{self.spec.name}/{self.user.user_id}/{method}"
+            self.model.keep(handle)
+            self.kept_handles.append(handle)
+        request = AnswerRequest(tuple(prompts), self.spec.max_new_tokens, self.adapter_dir, handle)
+        self.pending.append(_Deferred(method, request, time.perf_counter() - started, extra))
+        self.clear()
+
+    def same_answers(self, method: str, as_method: str, started: float, **extra: Any) -> None:
+        """``method`` answers exactly as ``as_method`` (same adapter, greedy): no second answering."""
+        self.pending.append(_Deferred(method, None, time.perf_counter() - started, extra, same_as=as_method))
+        self.clear()
+
+    def answers_queued(self, method: str) -> bool:
+        return any(d.method == method and d.request is not None for d in self.pending)
+
+    def finish(self, texts: Mapping[int, list[str]], seconds_per_row: float) -> None:
+        """Record every deferred method from its answers (``texts`` by ``id`` of the request)."""
+        for d in self.pending:
+            if d.request is not None:
+                preds = [self.spec.parse_answer(t) for t in texts[id(d.request)]]
+                self.record(d.method, preds, d.seconds + seconds_per_row * len(d.request.prompts), **d.extra)
+        for d in self.pending:
+            if d.same_as is not None:
+                source = self.result["methods"][d.same_as]["predictions"]
+                self.record(d.method, [source[q.id] for q in self.queries], d.seconds, **d.extra)
+        self.pending = []
+        order = {m: i for i, m in enumerate(methods_of(self.cfg))}
+        self.result["methods"] = dict(sorted(self.result["methods"].items(), key=lambda kv: order.get(kv[0], 99)))
+
+    def release(self) -> None:
+        """Drop this user's kept adapters from the shared model."""
+        for handle in self.kept_handles:
+            self.model.release(handle)
+        self.kept_handles = []
+
+    def record(self, method: str, preds: list[str], seconds: float, **extra: Any) -> None:
         predictions = {q.id: p for q, p in zip(self.queries, preds)}
-        entry: dict[str, Any] = {"predictions": predictions, "seconds": round(time.perf_counter() - started, 3),
-                                 **extra}
+        entry: dict[str, Any] = {"predictions": predictions, "seconds": round(seconds, 3), **extra}
         if self.golds and len(self.golds) == len(predictions):
             entry["metrics"] = score(self.spec, self.golds, predictions)
         self.result["methods"][method] = entry
@@ -418,14 +475,13 @@ _GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.s
 
 # ---------------------------------------------------------------------- the method registry
 def _base(run: _UserRun) -> None:
-    started = time.perf_counter()
-    run.record("base", run.answer(run.inputs), started)
+    run.defer("base", run.inputs, time.perf_counter())
 
 
 def _rag(run: _UserRun) -> None:
     started = time.perf_counter()
     retrieved = retrieve(run.spec, run.user.profile, run.retrieval_queries, int(run.cfg["rag.k"]))
-    run.record("rag", run.answer([run.spec.rag_prompt(i, r) for i, r in zip(run.inputs, retrieved)]), started)
+    run.defer("rag", [run.spec.rag_prompt(i, r) for i, r in zip(run.inputs, retrieved)], started)
 
 
 def _cloud(run: _UserRun) -> None:
@@ -436,7 +492,7 @@ def _cloud(run: _UserRun) -> None:
         return
     retrieved = retrieve(run.spec, run.user.profile, run.retrieval_queries, int(run.cfg["rag.cloud-k"]))
     texts = _answer_with_cloud(run.spec, [run.spec.rag_prompt(i, r) for i, r in zip(run.inputs, retrieved)], run.cfg)
-    run.record("cloud", [run.spec.parse_answer(t) for t in texts], started)
+    run.record("cloud", [run.spec.parse_answer(t) for t in texts], time.perf_counter() - started)
 
 
 def _local(run: _UserRun) -> None:
@@ -444,9 +500,7 @@ def _local(run: _UserRun) -> None:
         return _private(run, "local")
     started = time.perf_counter()
     info = run.train_local()
-    extra = {"train": info, "epsilon": info.get("epsilon"), **run.mia()}
-    run.record("local", run.answer(run.inputs), started, **extra)
-    run.clear()
+    run.defer("local", run.inputs, started, train=info, epsilon=info.get("epsilon"), **run.mia())
 
 
 def _cdcda(run: _UserRun) -> None:
@@ -461,18 +515,15 @@ def _cdcda(run: _UserRun) -> None:
         pairs = list(run.real_pairs) + list(run.synth_pairs)
         weights = list(run.real_weights) + list(run.synth_weights)
         info = run.train_or_reuse("cdcda", pairs, weights)
-        preds = run.answer(run.inputs)
     else:
         run.result["n_synthetic_used"] = 0
         info = run.train_local()
-        local = run.result["methods"].get("local")
-        # Same adapter, greedy answers: local-only's own predictions, when it ran first.
-        preds = ([local["predictions"][q.id] for q in run.queries] if local and "predictions" in local
-                 else run.answer(run.inputs))
     extra = {"train": info, "epsilon": info.get("epsilon"),
              "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic}, **run.mia()}
-    run.record("cdcda", preds, started, **extra)
-    run.clear()
+    if not decision.used_synthetic and run.answers_queued("local"):
+        run.same_answers("cdcda", "local", started, **extra)  # same adapter, greedy: local-only's answers
+    else:
+        run.defer("cdcda", run.inputs, started, **extra)
 
 
 def _private(run: _UserRun, method: str) -> None:
@@ -481,13 +532,11 @@ def _private(run: _UserRun, method: str) -> None:
                                             run.cfg)
     if method == "cdcda":  # under DP: every valid cloud record but the validation split
         run.result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
-    base_entry = run.result["methods"].get("base")
-    if extra["dp"]["fell_back"] and base_entry and "predictions" in base_entry:
-        preds = [base_entry["predictions"][q.id] for q in run.queries]  # the base model's own answers
+    extra.update(run.mia())
+    if extra["dp"]["fell_back"] and run.answers_queued("base"):
+        run.same_answers(method, "base", started, **extra)  # the base model's own answers
     else:
-        preds = run.answer(run.inputs)
-    run.record(method, preds, started, **extra, **run.mia())
-    run.clear()
+        run.defer(method, run.inputs, started, **extra)
 
 
 #: name -> what the method does for one user. A new method is one function and one entry here
@@ -507,14 +556,95 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
     cloud and decided about it (``synthetic/``, never sent). The returned dict is what may leave
     the device, as far as the report level allows (privacy/report.py).
     """
-    run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=device_model or device_model_for(cfg),
-                   on_step=on_step)
-    run.clear()
-    for method in methods_of(cfg):
-        run.step(method)
-        METHODS[method](run)
-    run.save_synthetic_log()
-    return run.result
+    (outcome,) = personalize_users([(user, synthetic)], cfg, storage_dir=storage_dir, device_model=device_model,
+                                   on_step=on_step)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], cfg: Mapping[str, Scalar], *,
+                      storage_dir: Path, device_model: Any | None = None,
+                      on_step: Callable[[str], None] | None = None) -> list[dict[str, Any] | Exception]:
+    """:func:`personalize_user` for every (user, synthetic records) a node hosts, answering them together.
+
+    Each user's methods train (or reuse) their adapters in turn; the answers of every method of
+    every user are then generated in one pass: with PyTorch, mixed-adapter batches over one base
+    model (each row with its own user's adapter, rows sorted by length and batched per answer
+    budget), which keeps batches full where one user's 8 queries per method would not. Greedy
+    answers equal answering user by user (tests/test_personalize_batch.py). A method's
+    ``seconds`` is its own time plus its rows' share of the batched answering.
+
+    One user's failure is that user's outcome (the exception), never the others'.
+    """
+    model = device_model or device_model_for(cfg)
+    outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
+    runs: list[tuple[int, _UserRun]] = []
+    try:
+        for i, (user, synthetic) in enumerate(jobs):
+            run = None
+            try:
+                run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, on_step=on_step)
+                run.clear()
+                for method in methods_of(cfg):
+                    run.step(method)
+                    METHODS[method](run)
+                runs.append((i, run))
+            except Exception as exc:  # this user only; its kept adapters go
+                outcomes[i] = exc
+                if run is not None:
+                    run.release()
+                model.clear_adapter()
+        for i, run in runs:
+            run.step("answer")
+        failed = _answer_pending([run for _i, run in runs])
+        for i, run in runs:
+            if id(run) in failed:
+                outcomes[i] = failed[id(run)]
+                continue
+            try:
+                run.save_synthetic_log()
+                outcomes[i] = run.result
+            except Exception as exc:
+                outcomes[i] = exc
+    finally:
+        for _i, run in runs:
+            run.release()
+    return outcomes  # type: ignore[return-value]
+
+
+def _answer_pending(runs: Sequence[_UserRun]) -> dict[int, Exception]:
+    """Answer every queued request of ``runs`` in one call, then record them; {id(run): error} for failures.
+
+    If the joint call fails (one user's prompt too long for llama.cpp's context, say), each user
+    is answered on its own, so the failure stays that user's.
+    """
+    if not runs:
+        return {}
+    answerer = runs[0].answerer  # one node, one config: every run has the same runtime
+    failed: dict[int, Exception] = {}
+
+    def answer(group: Sequence[_UserRun]) -> None:
+        requests = [d.request for run in group for d in run.pending if d.request is not None]
+        started = time.perf_counter()
+        texts = answerer.answer_all(requests)
+        rows = sum(len(r.prompts) for r in requests)
+        per_row = (time.perf_counter() - started) / rows if rows else 0.0
+        by_request = {id(r): t for r, t in zip(requests, texts)}
+        for run in group:
+            run.finish(by_request, per_row)
+
+    try:
+        answer(runs)
+    except Exception as exc:
+        if len(runs) == 1:
+            return {id(runs[0]): exc}
+        for run in runs:
+            try:
+                answer([run])
+            except Exception as exc:
+                failed[id(run)] = exc
+    return failed
 
 
 # ---------------------------------------------------------------------- the DP methods
