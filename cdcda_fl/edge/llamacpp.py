@@ -5,7 +5,7 @@ optional ``edge`` extra), jinja2 and the standard library, never torch or transf
 (tests/test_edge_llamacpp.py checks ``sys.modules`` in a fresh interpreter).
 
 The model must see exactly the text the PyTorch path feeds it (``format_prompt`` in
-cdcda_fl/device/lora.py: the chat template with one user turn and the generation prompt). The
+cdcda_fl/device/encoding.py: the chat template with one user turn and the generation prompt). The
 chat template travels inside the GGUF (``tokenizer.chat_template``), so it is rendered here the
 way transformers renders it (sandboxed jinja2, ``trim_blocks``/``lstrip_blocks``, the
 tokenizer's special tokens as variables, its ``tojson`` and ``raise_exception``), and tokenized
@@ -92,7 +92,7 @@ class LlamaCppModel:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def format_prompt(self, user_text: str) -> str:
-        """Same text as cdcda_fl.device.lora.format_prompt with the base's HF tokenizer."""
+        """Same text as cdcda_fl.device.encoding.format_prompt with the base's HF tokenizer."""
         if self.template:
             return _render(self.template, user_text, self._special)
         return user_text + "\n"

@@ -16,7 +16,7 @@ scores *control* canaries of the same format that were never planted: their expo
 "nothing leaked" reference a planted canary is compared with.
 
 Where the secret sits: the training loss covers the output tokens only (see
-:func:`cdcda_fl.device.lora.example_loss`), so the loss of a record is −log P(output | input):
+:func:`cdcda_fl.device.training.example_loss`), so the loss of a record is −log P(output | input):
 
 - generation tasks (LaMP-4, LaMP-5): the secret is in the output (the headline/title), the
   classic Secret Sharer setting — the adapter is scored on writing the secret;

@@ -9,7 +9,7 @@ per-sample-gradient check in the tests verifies).
 
 Sampling is Poisson (Opacus's ``DPDataLoader``), which is what the RDP/PRV accountants
 assume; batches then vary in size and may be empty, which the training loop in
-:mod:`cdcda_fl.device.lora` handles (an empty batch still takes a noise-only step, as the
+:mod:`cdcda_fl.device.training` handles (an empty batch still takes a noise-only step, as the
 accounting assumes).
 """
 
