@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,12 +57,19 @@ def analyse(run: Path) -> dict:
     n_users = len(actor_seconds)
     timing = results.get("timing", {})
     wall = sum(timing.values())
+    cfg = results["config"]
+    cpus = int(cfg.get("sim.cpus") or 0) or os.cpu_count() or 1
+    actors = max(1, min(n_users or 1, int(cpus // float(cfg.get("sim.client-cpus") or 1.0))))
+    # What the devices really spent: the personalize phase's wall time on every actor. The method
+    # seconds above miss what no method owns (loading models in a fresh actor, Flower messaging).
+    occupied = round(timing.get("personalize", 0.0) * actors / n_users, 1) if n_users else None
     return {
         "run": str(run), "users": n_users, "config": {k: results["config"].get(k) for k in
                                                       ("tasks", "users", "methods", "device.model", "cloud.model",
                                                        "train.steps", "personas.queries", "sim.client-cpus")},
         "methods": {m: {k: _median(v) for k, v in d.items()} for m, d in per_method.items()},
         "actor_seconds_per_user": _median(actor_seconds),
+        "actors": actors, "personalize_actor_seconds_per_user": occupied,
         "augment_seconds_per_user": round(timing.get("augment", 0.0) / n_users, 2) if n_users else None,
         "timing": timing, "wall_seconds": round(wall, 1),
         "users_per_hour": round(3600 * n_users / wall, 1) if wall else None,
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'method':<8} {'median s/user':>14} {'training':>9} {'answering':>10}")
     for m, d in report["methods"].items():
         print(f"{m:<8} {d['total']:>14} {d['train']:>9} {d['answer']:>10}")
-    print(f"\nactor-seconds per user (median): {report['actor_seconds_per_user']}")
+    print(f"\nactor-seconds per user (median of the methods' sums): {report['actor_seconds_per_user']}")
+    print(f"personalize phase x {report['actors']} actors / users: {report['personalize_actor_seconds_per_user']} s")
     print(f"cloud augmentation per user: {report['augment_seconds_per_user']} s")
     print("phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["timing"].items()))
     print(f"users per hour (whole run): {report['users_per_hour']}")

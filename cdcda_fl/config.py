@@ -78,7 +78,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                      "on (local+DP validates on all of them; it never trains on them)"),
     "rag.k": (2, "profile items retrieved (BM25) into the prompt for the rag method"),
     "rag.cloud-k": (8, "profile items (BM25 order) in the cloud upper bound's prompt: it may see the whole profile"),
-    "eval.batch-size": (8, "generation batch size on the device"),
+    "eval.batch-size": (16, "generation batch size on the device (rows of all methods and hosted users "
+                                "share batches)"),
     "eval.max-queries": (0, "answer at most this many queries per user (0 = all)"),
     "eval.report": ("auto", "what a device's result reply may carry: predictions | metrics | none | auto "
                             "(= predictions in simulation, metrics on real devices); a device's consent file can only lower it"),

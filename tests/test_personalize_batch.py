@@ -137,6 +137,8 @@ def test_cdcda_that_falls_back_reuses_local_answers_without_answering_twice(tiny
     assert res["methods"]["cdcda"]["decision"]["used_synthetic"] is False
     assert res["methods"]["cdcda"]["predictions"] == res["methods"]["local"]["predictions"]
     assert rows == [3]  # local's 3 queries; CDCDA's fall-back answers are local's, not generated again
+    # Regression: CDCDA's seconds started after the holdout check, so its two trainings cost nothing.
+    assert res["methods"]["cdcda"]["seconds"] >= 0.5 * res["methods"]["local"]["train"]["seconds"]
 
 
 def test_after_every_adapter_is_released_the_base_still_answers(tiny_model):

@@ -507,10 +507,10 @@ def _cdcda(run: _UserRun) -> None:
     """Real + synthetic, if the device's check says the cloud's records help this user; else local-only."""
     if run.cfg["dp.enabled"]:
         return _private(run, "cdcda")
+    started = time.perf_counter()  # CDCDA's cost includes completing records and the holdout check
     run.prepare_synthetic()
     decision = run.synthetic_decision()
     run.result["synthetic_decision"] = decision.to_dict()
-    started = time.perf_counter()
     if decision.used_synthetic:
         pairs = list(run.real_pairs) + list(run.synth_pairs)
         weights = list(run.real_weights) + list(run.synth_weights)
