@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from cdcda_fl.atomic import write_json_atomic
     from cdcda_fl.config import resolve
+    from cdcda_fl.data.tasks import get_task
     from cdcda_fl.device.personalize import personalize_users
     from cdcda_fl.device.synthetic_store import load_synthetic_log
     from cdcda_fl.metrics import primary_metric, score
-    from cdcda_fl.data.tasks import get_task
     from clients.device import _storage_dir, hosted_users
 
     results = json.loads((args.run / "config.json").read_text())
@@ -104,12 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     for m, d in report["agreement"].items():
         print(f"{m:<8} {d['equal']:>7}/{d['total']:<6} {d['rate']:>6.3f}")
     for t, tm in report["metric_means"].items():
-        print(t + ": " + ", ".join(f"{m} torch {d['torch']:.3f} / llama.cpp {d['llamacpp']:.3f}" for m, d in tm.items()))
+        print(t + ": " + ", ".join(f"{m} torch {d['torch']:.3f} / llama.cpp {d['llamacpp']:.3f}"
+                                   for m, d in tm.items()))
     print(f"{len(jobs)} users answered through llama.cpp in {seconds:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, report, indent=2)
     print(f"wrote {args.out}")
     return 0
 

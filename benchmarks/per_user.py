@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from cdcda_fl.atomic import write_json_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -129,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"users per hour (whole run): {report['users_per_hour']}")
     if peak:
         print(f"peak RSS, all processes: {peak} MiB")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, report, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -33,7 +33,6 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
-from cdcda_fl.edge.runtime import AnswerRequest
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateDecision,
@@ -42,6 +41,7 @@ from cdcda_fl.device.synthetic_gate import (
     decide,
     mean_loss,
 )
+from cdcda_fl.edge.runtime import Answerer, AnswerRequest, make_answerer
 from cdcda_fl.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
@@ -204,17 +204,16 @@ class _UserRun:
     """One user's personalization in progress: what every method needs, and the result being built."""
 
     def __init__(self, user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
-                 storage_dir: Path, model: Any, on_step: Callable[[str], None] | None) -> None:
+                 storage_dir: Path, model: Any, answerer: Answerer,
+                 on_step: Callable[[str], None] | None) -> None:
         from cdcda_fl.device.lora import AdapterStore
-        from cdcda_fl.edge.runtime import make_answerer
 
         self.user, self.cfg, self.model = user, cfg, model
         self.storage_dir = Path(storage_dir)
         #: the saved adapter folder the model holds now (None: the plain base); what a runtime
         #: other than PyTorch answers with (cdcda_fl/edge/runtime.py)
         self.adapter_dir: Path | None = None
-        self.answerer = make_answerer(cfg, device_model=model, storage_dir=self.storage_dir,
-                                      n_threads=_threads() if str(cfg["device.runtime"]) != "torch" else None)
+        self.answerer = answerer  # the node's ``device.runtime`` engine, shared by all its users
         self.pending: list[_Deferred] = []
         self.kept_handles: list[str] = []  # adapters kept in the PyTorch model until the answering step
         self.spec = spec = get_task(user.task)
@@ -578,13 +577,16 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
     One user's failure is that user's outcome (the exception), never the others'.
     """
     model = device_model or device_model_for(cfg)
+    answerer = make_answerer(cfg, device_model=model, storage_dir=Path(storage_dir),
+                             n_threads=_threads() if str(cfg["device.runtime"]) != "torch" else None)
     outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
     runs: list[tuple[int, _UserRun]] = []
     try:
         for i, (user, synthetic) in enumerate(jobs):
             run = None
             try:
-                run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, on_step=on_step)
+                run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, answerer=answerer,
+                               on_step=on_step)
                 run.clear()
                 for method in methods_of(cfg):
                     run.step(method)
@@ -621,7 +623,7 @@ def _answer_pending(runs: Sequence[_UserRun]) -> dict[int, Exception]:
     """
     if not runs:
         return {}
-    answerer = runs[0].answerer  # one node, one config: every run has the same runtime
+    answerer = runs[0].answerer  # one per node (personalize_users): every run holds the same
     failed: dict[int, Exception] = {}
 
     def answer(group: Sequence[_UserRun]) -> None:
