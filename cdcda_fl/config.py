@@ -74,6 +74,11 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "dp.fallback": (True, "answer with the base model when no DP adapter beats it on the privacy-free validation "
                           "(the synthetic records: they derive from consented records only)"),
     "dp.fallback-margin": (0.01, "relative validation-loss margin a DP adapter must beat the base by to be kept"),
+    "dp.public-warmstart": (True, "CDCDA+DP: train the adapter first WITHOUT noise on the cloud's records (public "
+                                  "here: written from consented records only), then DP-SGD on the real records; the "
+                                  "noise-free adapter alone is a candidate too (docs/dp.md)"),
+    "dp.public-steps": (16, "CDCDA+DP warm start: noise-free steps on the cloud's records"),
+    "dp.public-lr": (3e-3, "CDCDA+DP warm start: learning rate of the noise-free steps"),
     "dp.validation-fraction": (0.25, "CDCDA+DP: fraction of the synthetic records held out of training to validate "
                                      "on (local+DP validates on all of them; it never trains on them)"),
     "rag.k": (2, "profile items retrieved (BM25) into the prompt for the rag method"),

@@ -205,3 +205,64 @@ def test_personalize_without_dp_reports_no_decision(tiny_base, tmp_path: Path):
     entry = out["methods"]["local"]
     assert "dp" not in entry and entry["epsilon"] is None and entry["train"]["steps"] == 1
     assert not math.isnan(entry["train"]["final_loss"])
+
+
+# ---------------------------------------------------------------------- public warm start (CDCDA+DP)
+def _params(dm: DeviceModel) -> dict:
+    return {k: p.detach().clone() for k, p in dm._adapter_params(dm._name).items()}
+
+
+def test_continue_active_trains_the_same_adapter_further(tiny_base):
+    dm = DeviceModel(tiny_base)
+    lora = LoraTrainConfig(rank=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj"), steps=3,
+                           learning_rate=5e-2, batch_size=4)
+    with pytest.raises(RuntimeError, match="no active adapter"):
+        dm.train(USER_B, lora, continue_active=True)
+    dm.train(USER_B, lora)
+    name, first = dm._name, _params(dm)
+    dm.train(COMEDY_VAL, lora, continue_active=True)
+    assert dm._name == name  # the same adapter, not a fresh one
+    after = _params(dm)
+    assert any(not (first[k] == after[k]).all() for k in first)
+    # A fresh adapter from the same seed starts where the first one started, not from `first`.
+    dm.train(COMEDY_VAL, lora)
+    assert any(not (after[k] == v).all() for k, v in _params(dm).items())
+    with pytest.raises(ValueError, match="layout"):
+        dm.train(USER_B, LoraTrainConfig(rank=4, alpha=8, target_modules=("q_proj",), steps=1), continue_active=True)
+    dm.clear_adapter()
+
+
+def test_public_warmstart_is_a_noise_free_candidate_and_dp_continues_on_real_pairs_only(tiny_base):
+    dm = DeviceModel(tiny_base)
+    public = [("Which tag fits this movie? A clown runs a bank.", "comedy"),
+              ("Which tag fits this movie? Cousins race lawn mowers.", "comedy"),
+              ("Which tag fits this movie? A cat becomes a chef.", "comedy")]
+    cfg = _cfg(**{"dp.epsilon": 50.0, "dp.public-steps": 8, "dp.public-lr": 5e-2})
+    decision, res = train_private(dm, USER_B, [], COMEDY_VAL + public[:1], cfg, candidates=[_cand(steps=4)],
+                                  public_pairs=public)
+    assert decision.n_validation == 3  # a validation pair that is a public training pair is dropped
+    names = [c["name"] for c in decision.candidates]
+    assert names == ["public-only", "fast"]
+    by = {c["name"]: c for c in decision.candidates}
+    assert by["public-only"]["run_epsilon"] == 0.0 and by["public-only"]["public_steps"] == 8
+    assert by["fast"]["public_steps"] == 8 and by["fast"]["steps"] == 4 and by["fast"]["run_epsilon"] > 0
+    # One budget: only the DP run is composed (the public stage costs the non-shared records nothing).
+    assert decision.epsilon == pytest.approx(by["fast"]["run_epsilon"], rel=1e-6) and decision.epsilon <= 50.0
+    assert not decision.fell_back and res is not None and dm.has_adapter
+    assert by[decision.chosen]["validation_loss"] < decision.base_loss
+    # The model holds the chosen option's adapter.
+    assert sum(dm.example_losses(COMEDY_VAL)) / 3 == pytest.approx(by[decision.chosen]["validation_loss"], rel=1e-5)
+    dm.clear_adapter()
+
+
+def test_personalize_cdcda_dp_warm_starts_on_the_cloud_records(tiny_base, tmp_path: Path):
+    dm = DeviceModel(tiny_base)
+    cfg = _cfg(**{"methods": "base,cdcda", "consent.share-fraction": 0.5, "dp.public-steps": 2})
+    out = personalize_user(_user(), _synthetic(8), cfg, storage_dir=tmp_path, device_model=dm)
+    entry = out["methods"]["cdcda"]
+    assert entry["train"]["n_public_warmstart"] == 6 and entry["train"]["n_real"] == 6
+    assert [c["name"] for c in entry["dp"]["candidates"]] == ["public-only", "r1-v"]
+    off = personalize_user(_user(), _synthetic(8), {**cfg, "dp.public-warmstart": False}, storage_dir=tmp_path,
+                           device_model=dm)
+    assert off["methods"]["cdcda"]["train"]["n_public_warmstart"] == 0
+    assert [c["name"] for c in off["methods"]["cdcda"]["dp"]["candidates"]] == ["r1-v"]

@@ -24,6 +24,7 @@ what it does not cover.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import config_get
+from cdcda_fl.config import config_get, parse_bool
 from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, TrainResult
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
 
@@ -86,9 +87,7 @@ class PrivateDecision:
 
 # ---------------------------------------------------------------------- configuration
 def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
+    return parse_bool(value, DPSelectError)
 
 
 def base_dp_config(cfg: Mapping[str, Any]) -> DPConfig:
@@ -207,11 +206,35 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs))
 
 
+# ---------------------------------------------------------------------- public warm start
+def public_lora(lora: LoraTrainConfig, cfg: Mapping[str, Any], n_public: int) -> LoraTrainConfig:
+    """The noise-free stage's settings: the candidate's LoRA layout, ``dp.public-steps`` at ``dp.public-lr``."""
+    return LoraTrainConfig(**{**lora.__dict__, "steps": max(1, int(config_get(cfg, "dp.public-steps"))),
+                              "epochs": None, "learning_rate": float(config_get(cfg, "dp.public-lr")),
+                              "batch_size": max(1, min(int(config_get(cfg, "train.batch-size")), n_public))})
+
+
+def _train_public(model: DeviceModel, public: Sequence[tuple[str, str]], lora: LoraTrainConfig,
+                  cfg: Mapping[str, Any], tmp: Path) -> TrainResult:
+    """Train (once per LoRA layout, then reload) the noise-free adapter on the public pairs; it is left active."""
+    warm = public_lora(lora, cfg, len(public))
+    folder = tmp / f"public-r{warm.rank}-{'+'.join(sorted(warm.target_modules))}"
+    if folder.is_dir():
+        model.load_adapter(folder)
+        res = TrainResult(**json.loads((folder / "result.json").read_text()))
+        res.seconds = 0.0
+        return res
+    res = model.train(public, warm)
+    model.save_adapter(folder, dtype=None, extra_files={"result.json": json.dumps(res.__dict__)})
+    return res
+
+
 # ---------------------------------------------------------------------- the entry point
 def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], synth_pairs: Sequence[tuple[str, str]],
                   validation_pairs: Sequence[tuple[str, str]], cfg: Mapping[str, Any], *,
                   real_weights: Sequence[float] | None = None, synth_weights: Sequence[float] | None = None,
-                  candidates: Sequence[Candidate] | None = None) -> tuple[PrivateDecision, TrainResult | None]:
+                  candidates: Sequence[Candidate] | None = None,
+                  public_pairs: Sequence[tuple[str, str]] = ()) -> tuple[PrivateDecision, TrainResult | None]:
     """Train DP candidates on real (+ synthetic) pairs, keep the best by a privacy-free criterion, or none.
 
     ``validation_pairs`` must come only from consented data (cloud-written synthetic records not
@@ -219,10 +242,18 @@ def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], syn
     On return the model holds the chosen adapter (active), or no adapter when it fell back; the
     TrainResult is the chosen candidate's (None on fall-back). ``candidates`` overrides the
     config's (tests; experiments).
+
+    ``public_pairs`` (CDCDA+DP with ``dp.public-warmstart``) are pairs from the cloud's records,
+    which derive from consented records only: each candidate's adapter is first trained on them
+    *without noise* (``dp.public-steps`` at ``dp.public-lr``), then DP-SGD continues it on the
+    real pairs. The noise-free adapter alone is one more candidate (``public-only``); it spends
+    no budget of the non-shared records. This is public pre-training before private
+    fine-tuning: the cloud's data pays for the noise instead of sharing the noise's budget.
     """
     train_pairs = [*real_pairs, *synth_pairs]
     if not train_pairs:
         raise DPSelectError("train_private: no training pairs")
+    public = list(public_pairs)
     weights: list[float] | None = None
     if real_weights is not None or synth_weights is not None:
         rw = list(real_weights) if real_weights is not None else [1.0] * len(real_pairs)
@@ -230,7 +261,7 @@ def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], syn
         if len(rw) != len(real_pairs) or len(sw) != len(synth_pairs):
             raise DPSelectError("train_private: one weight per real and per synthetic pair")
         weights = rw + sw
-    seen = set(train_pairs)
+    seen = set(train_pairs) | set(public)
     validation = [p for p in validation_pairs if p not in seen]
     cands = list(candidates) if candidates is not None else candidates_for(cfg, len(train_pairs))
     if not cands:
@@ -259,43 +290,57 @@ def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], syn
     details: list[dict[str, Any]] = []
     best: tuple[float, int, TrainResult] | None = None
     tmp = Path(tempfile.mkdtemp(prefix="cdcda-dp-select-"))
+    options = cands if not public else [Candidate("public-only", cands[0].lora, cands[0].dp,
+                                                   {"name": "public-only", "warm_start_of": cands[0].name}), *cands]
+    keep_best = len(options) > 1
     try:
-        for i, cand in enumerate(cands):
-            dp = DPConfig(**{**cand.dp.__dict__, "target_epsilon": None, "noise_multiplier": sigma, "delta": delta})
-            res = model.train(train_pairs, cand.lora, dp, weights=weights)
+        for i, cand in enumerate(options):
+            pre = None
+            if public:
+                pre = _train_public(model, public, cand.lora, cfg, tmp)
+            if cand.name == "public-only":
+                res = pre
+                run_eps = 0.0  # trained on the cloud's records only: nothing of the non-shared records
+            else:
+                dp = DPConfig(**{**cand.dp.__dict__, "target_epsilon": None, "noise_multiplier": sigma,
+                                 "delta": delta})
+                res = model.train(train_pairs, cand.lora, dp, weights=weights, continue_active=bool(public))
+                run_eps = res.epsilon
             val = _mean(model.example_losses(validation)) if validation else None
-            rows.append({"name": cand.name, "plan": cand.plan, "validation_loss": val, "run_epsilon": res.epsilon,
-                         "steps": res.steps})
-            details.append({"name": cand.name, "seconds": round(res.seconds, 3), "final_train_loss": res.final_loss,
+            rows.append({"name": cand.name, "plan": cand.plan, "validation_loss": val, "run_epsilon": run_eps,
+                         "steps": res.steps, "public_steps": None if pre is None else pre.steps})
+            details.append({"name": cand.name, "seconds": round(res.seconds + (pre.seconds if pre and pre is not res
+                                                                                else 0.0), 3),
+                            "final_train_loss": res.final_loss,
                             "first_train_loss": res.losses[0] if res.losses else None})
             if val is not None and (best is None or val < best[0]):
                 best = (val, i, res)
-                if len(cands) > 1:
+                if keep_best:
                     model.save_adapter(tmp / "best", dtype=None)
         if not validation:
             chosen, reason = None, "no consented/synthetic validation pair: no privacy-free evidence the adapter helps"
         elif best is not None and best[0] < base_loss * (1 - margin):
-            chosen, reason = best[1], (f"{cands[best[1]].name}: validation loss {best[0]:.4f} < base {base_loss:.4f}")
+            chosen, reason = best[1], (f"{options[best[1]].name}: validation loss {best[0]:.4f} < base {base_loss:.4f}")
         else:
             chosen, reason = None, (f"no candidate beats the base on validation (best {best[0]:.4f} vs base "
                                     f"{base_loss:.4f})") if best else "no candidate scored"
         if chosen is None and not fallback:
-            chosen = best[1] if best is not None else len(cands) - 1
+            chosen = best[1] if best is not None else len(options) - 1
             reason += "; dp.fallback = false: keeping the adapter anyway"
         if chosen is None:
             model.clear_adapter()
             result = None
         else:
-            if len(cands) > 1 and best is not None and chosen == best[1]:
+            if keep_best and best is not None and chosen == best[1]:
                 model.load_adapter(tmp / "best")
-            elif len(cands) > 1 and chosen != len(cands) - 1:
+            elif keep_best and chosen != len(options) - 1:
                 raise DPSelectError("internal: chosen candidate is not the stored one")  # pragma: no cover
             result = best[2] if best is not None and chosen == best[1] else res
             result.epsilon, result.delta = epsilon, delta  # the release's cost: all candidates composed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     decision = PrivateDecision(
-        chosen=None if chosen is None else cands[chosen].name, fell_back=chosen is None, reason=reason,
+        chosen=None if chosen is None else options[chosen].name, fell_back=chosen is None, reason=reason,
         criterion=criterion, n_validation=len(validation), base_loss=base_loss, candidates=rows,
         epsilon=epsilon, delta=delta, noise_multiplier=sigma, details=details)
     return decision, result

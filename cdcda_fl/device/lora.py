@@ -158,8 +158,14 @@ class DeviceModel:
         *,
         progress: bool = False,
         keep_as: str | None = None,
+        continue_active: bool = False,
     ) -> TrainResult:
         """Train a fresh adapter for one user on (input, output) pairs; it is left active.
+
+        ``continue_active=True`` trains the *active* adapter further instead of a fresh one
+        (two-stage training: CDCDA+DP's DP-SGD stage starts where the noise-free stage on the
+        cloud's public records ended); ``cfg`` must describe the same LoRA layout, and the
+        optimizer state starts fresh.
 
         ``weights`` scale each example's loss (e.g. to balance real against synthetic pairs);
         they are normalised to mean 1. With ``dp`` enabled the run is DP-SGD (Opacus) and the
@@ -168,6 +174,8 @@ class DeviceModel:
         of becoming the active one; the active adapter stays as it was.
         """
         if keep_as is not None:
+            if continue_active:
+                raise ValueError("continue_active and keep_as cannot be combined")
             with self._slots.own_aside():
                 res = self.train(examples, cfg, dp, weights, progress=progress)
                 self._slots.keep_own(keep_as)
@@ -184,7 +192,10 @@ class DeviceModel:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=self._cuda_devices()):
             torch.manual_seed(cfg.seed)
-            self._slots.add(lora_config(cfg))
+            if continue_active:
+                self._check_continuable(cfg)
+            else:
+                self._slots.add(lora_config(cfg))
             self._slots.active = True
             with self._slots.layers(trainable=True) as model:
                 res = fit(
@@ -193,6 +204,16 @@ class DeviceModel:
                 )
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _check_continuable(self, cfg: LoraTrainConfig) -> None:
+        """The active adapter exists and has ``cfg``'s layout (else continuing would train another shape)."""
+        from cdcda_fl.device.adapters import _same_layout
+
+        slots = self._slots
+        if not slots.active or slots.name is None:
+            raise RuntimeError("continue_active: no active adapter to train further (train or load one first)")
+        if not _same_layout(slots.peft.peft_config[slots.name], lora_config(cfg)):
+            raise ValueError("continue_active: the active adapter's LoRA layout differs from the training config's")
 
     # ------------------------------------------------------------------ kept adapters (mixed batches)
     def keep(self, handle: str) -> None:

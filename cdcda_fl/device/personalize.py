@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, config_get, csv_list, methods_of
+from cdcda_fl.config import Scalar, config_get, csv_list, methods_of, parse_bool
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
@@ -651,7 +651,7 @@ def _answer_pending(runs: Sequence[_UserRun]) -> dict[int, Exception]:
 
 # ---------------------------------------------------------------------- the DP methods
 _DP_KEYS = _TRAIN_KEYS + ("dp.auto", "dp.candidates", "dp.fallback", "dp.fallback-margin", "dp.validation-fraction",
-                          "train.equal-real-exposure")
+                          "train.equal-real-exposure", "dp.public-warmstart", "dp.public-steps", "dp.public-lr")
 
 
 def dp_training_data(spec: TaskSpec, user: User, synthetic: Sequence[Mapping[str, Any]], method: str,
@@ -726,17 +726,23 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
         if decision and store.exists(user.user_id, key):
             model.load_adapter(path)
             return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}, path
+    public: list[tuple[str, str]] = []
+    if method == "cdcda" and synth_pairs and parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart"):
+        # The cloud's records are public here: a noise-free first stage, then DP-SGD on the real pairs only.
+        public, synth_pairs, synth_weights, weights = synth_pairs, [], [], [1.0] * len(real_pairs)
     scale = _exposure_scale(cfg, weights, real_pairs)
     candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
     started = time.perf_counter()
     decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,
-                                  synth_weights=synth_weights if synth_pairs else None, candidates=candidates)
+                                  synth_weights=synth_weights if synth_pairs else None, candidates=candidates,
+                                  public_pairs=public)
     d = decision.to_dict()
     info: dict[str, Any] = {
         "steps": sum(int(c["steps"]) for c in d["candidates"]), "seconds": round(time.perf_counter() - started, 3),
         "final_loss": None if res is None else res.final_loss, "tokens": None if res is None else res.trained_tokens,
         "epsilon": decision.epsilon, "delta": decision.delta, "n_real": len(real_pairs),
-        "n_synthetic": len(synth_pairs), "n_validation": decision.n_validation, "dp": d}
+        "n_synthetic": len(synth_pairs) + len(public), "n_public_warmstart": len(public),
+        "n_validation": decision.n_validation, "dp": d}
     text = json.dumps(info)
     if decision.fell_back:
         _write_meta_only(path, text)
