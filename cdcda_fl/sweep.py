@@ -263,6 +263,7 @@ def _with_shared(results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 def rows_of(outcome: PointOutcome) -> list[dict[str, Any]]:
     """One row per task × method of a finished point (the unit of sweep.csv and of every plot)."""
     from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
+    from cdcda_fl.results import method_interval
 
     if not outcome.results:
         return []
@@ -275,6 +276,7 @@ def rows_of(outcome: PointOutcome) -> list[dict[str, Any]]:
             "point": p.name, "share_fraction": p.share_fraction, "dp_epsilon": p.epsilon_label,
             "task": r["task"], "method": r["method"], "primary_metric": metric,
             "utility": r["metrics"].get(metric), "higher_is_better": metric not in LOWER_IS_BETTER,
+            "utility_ci": list(method_interval(outcome.results, r["task"], r["method"]) or ()) or None,
             "metrics": dict(r["metrics"]), "epsilon": r.get("epsilon"), "mia_auc": r.get("mia_auc"),
             "records_shared": shared.get("records", 0), "records_total": shared.get("records_total", 0),
             "bytes_shared": shared.get("bytes", 0), "n_synthetic": r.get("n_synthetic", 0.0),

@@ -91,21 +91,61 @@ def plot_utility_vs_share(sweep: Mapping[str, Any]):
     return fig
 
 
+def epsilon_positions(settings: Sequence[Any]) -> dict[Any, float]:
+    """x position of each DP setting on a log ε axis; "off" (no DP, ε = ∞) sits one decade right of the largest ε."""
+    finite = [float(e) for e in settings if e != OFF]
+    pos: dict[Any, float] = {e: float(e) for e in settings if e != OFF}
+    if OFF in settings:
+        pos[OFF] = 10 * max(finite) if finite else 1.0
+    return pos
+
+
+def _errorbars(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]] | None:
+    """Asymmetric error bars (below, above) from each row's ``utility_ci``; None if no row has one."""
+    if not any(r.get("utility_ci") for r in rows):
+        return None
+    below = [r["utility"] - r["utility_ci"][0] if r.get("utility_ci") else 0.0 for r in rows]
+    above = [r["utility_ci"][1] - r["utility"] if r.get("utility_ci") else 0.0 for r in rows]
+    return [max(0.0, b) for b in below], [max(0.0, a) for a in above]
+
+
 def plot_utility_vs_epsilon(sweep: Mapping[str, Any]):
-    """Utility against DP ε at the reference share fraction; "off" is drawn as ∞ at the right."""
+    """Utility against DP ε (log axis) at the reference share fraction, with 95 % intervals over users.
+
+    "off" (no DP) is drawn as ∞ one decade right of the largest ε. The untrained base model is
+    the floor a private method must not fall below (DP does not apply to it): a dashed
+    horizontal line with its interval as a band, instead of a line over ε that would suggest DP
+    moved it.
+    """
     share = sweep["reference_share_fraction"]
     rows = [r for r in sweep["rows"] if r["share_fraction"] == share and r["utility"] is not None]
     settings = sorted({r["dp_epsilon"] for r in rows}, key=_eps_key)
-    pos = {e: i for i, e in enumerate(settings)}
+    pos = epsilon_positions(settings)
     tasks = _tasks(rows) or _tasks(sweep["rows"])
     fig, axes = _axes(len(tasks) or 1, f"Utility vs DP ε (share fraction {share:g}; smaller ε = stronger privacy)")
     for ax, task in zip(axes, tasks):
         for m in _methods(rows):
-            pts = sorted((pos[r["dp_epsilon"]], r["utility"]) for r in rows if r["task"] == task and r["method"] == m)
-            if pts:
-                ax.plot(*zip(*pts), label=LABELS_EPS.get(m, m), **STYLE.get(m, {}))
-        ax.set_xticks(range(len(settings)), ["∞ (off)" if e == OFF else f"{float(e):g}" for e in settings])
-        ax.set_xlabel("DP-SGD ε per user")
+            mrows = sorted((r for r in rows if r["task"] == task and r["method"] == m),
+                           key=lambda r: _eps_key(r["dp_epsilon"]))
+            if not mrows:
+                continue
+            style = STYLE.get(m, {})
+            if m == "base":
+                value = sum(r["utility"] for r in mrows) / len(mrows)
+                ax.axhline(value, color=style.get("color", "k"), lw=1.2, ls="--", zorder=1,
+                           label="base model: the floor (untrained, no DP)")
+                ci = next((r["utility_ci"] for r in mrows if r.get("utility_ci")), None)
+                if ci:
+                    ax.axhspan(ci[0], ci[1], color=style.get("color", "k"), alpha=0.08, zorder=0)
+                continue
+            x = [pos[r["dp_epsilon"]] for r in mrows]
+            y = [r["utility"] for r in mrows]
+            ax.errorbar(x, y, yerr=_errorbars(mrows), capsize=3, label=LABELS_EPS.get(m, m), **style)
+        if settings:
+            ax.set_xscale("log")
+            ax.set_xticks([pos[e] for e in settings], ["∞ (off)" if e == OFF else f"{float(e):g}" for e in settings])
+            ax.minorticks_off()
+        ax.set_xlabel("DP-SGD ε per user (log scale)")
         _ylabel(ax, rows or sweep["rows"], task)
     _legend(fig, axes)
     return fig

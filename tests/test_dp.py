@@ -186,3 +186,20 @@ def test_check_dp_trainable_rejects_base_weights(tiny_base):
     lin = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="only LoRA"):
         check_dp_trainable(lin)
+
+
+def test_physical_batches_bound_memory_without_changing_the_step(tiny_base):
+    """A full-batch logical step fed in chunks of 1 row gives the adapter of the unsplit step:
+    same Poisson draws, same clipped sum and noise; the accountant counts logical steps only."""
+    dm = DeviceModel(tiny_base)
+    lora = LoraTrainConfig(rank=2, alpha=4, dropout=0.0, target_modules=("q_proj", "v_proj"), steps=4,
+                           learning_rate=1e-2, batch_size=len(DATA))
+    whole = dm.train(DATA, lora, dp=DPConfig(enabled=True, noise_multiplier=1.0, max_physical_batch_size=64))
+    first = adapter_tensors(dm)
+    split = dm.train(DATA, lora, dp=DPConfig(enabled=True, noise_multiplier=1.0, max_physical_batch_size=1))
+    assert split.steps == whole.steps == 4 and split.epsilon == pytest.approx(whole.epsilon)
+    for k, v in adapter_tensors(dm).items():
+        assert torch.allclose(first[k], v, atol=1e-5), k
+    assert any(not torch.equal(first[k], torch.zeros_like(first[k])) for k in first if "lora_B" in k)
+    with pytest.raises(ValueError, match="max_physical_batch_size"):
+        DPConfig(enabled=True, noise_multiplier=1.0, max_physical_batch_size=0).validate()

@@ -158,3 +158,34 @@ def test_tiny_sweep_rerun_runs_nothing(tiny_sweep) -> None:  # noqa: F811
 
     sweep = run_sweep(load_sweep(PRIVACY_TINY, extra={"out-dir": str(out)}), out, runner=must_not_run)
     assert sweep["complete"] and {p["status"] for p in sweep["points"]} == {"resumed"}
+
+
+def test_epsilon_axis_is_log_with_off_a_decade_right() -> None:
+    from cdcda_fl.sweep_plots import epsilon_positions
+
+    pos = epsilon_positions([1.0, 4.0, 8.0, "off"])
+    assert pos[1.0] == 1.0 and pos[8.0] == 8.0 and pos["off"] == 80.0
+    assert epsilon_positions(["off"]) == {"off": 1.0}
+
+
+def test_epsilon_plot_draws_intervals_and_the_base_floor() -> None:
+    from cdcda_fl.sweep_plots import plot_utility_vs_epsilon
+
+    def row(method: str, eps, u: float, ci=None) -> dict:
+        return {"share_fraction": 0.5, "dp_epsilon": eps, "task": "LaMP_2", "method": method, "utility": u,
+                "utility_ci": ci, "primary_metric": "accuracy", "higher_is_better": True}
+
+    rows = [row("base", e, 0.2, [0.1, 0.3]) for e in (1.0, 8.0, "off")]
+    rows += [row("cdcda", 1.0, 0.25, [0.2, 0.3]), row("cdcda", 8.0, 0.3, [0.22, 0.38]), row("cdcda", "off", 0.4)]
+    fig = plot_utility_vs_epsilon({"reference_share_fraction": 0.5, "rows": rows})
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["1", "8", "∞ (off)"]
+    # The base is one horizontal line (its value), not a series over ε; CDCDA carries error bars.
+    floors = [ln for ln in ax.get_lines() if list(ln.get_ydata()) == pytest.approx([0.2, 0.2])]
+    assert len(floors) == 1
+    assert any(c.__class__.__name__ == "LineCollection" for c in ax.collections)  # the error bars
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -258,17 +258,27 @@ def train_dp(
     with warnings.catch_warnings():
         # The first LoRA layer's input needs no grad; Opacus' backward hook still fires: fine.
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-        return _dp_loop(model, priv, steps, bar, ticks, device)
+        return _dp_loop(model, priv, steps, bar, ticks, device, dp.max_physical_batch_size)
 
 
-def _dp_loop(model: nn.Module, priv: Any, steps: int, bar: Any, ticks: Iterator[Any], device: torch.device) -> TrainResult:
-    """Exactly ``steps`` optimizer steps over as many Poisson epochs as that takes."""
+def _dp_loop(model: nn.Module, priv: Any, steps: int, bar: Any, ticks: Iterator[Any], device: torch.device,
+             physical_batch: int) -> TrainResult:
+    """Exactly ``steps`` optimizer steps over as many Poisson epochs as that takes.
+
+    Each logical batch is fed in chunks of at most ``physical_batch`` rows (Opacus's
+    ``wrap_data_loader``): the optimizer skips the step after every chunk but the last, so the
+    clipped sum, the noise and the accountant see one step per logical batch, while memory holds
+    one chunk's activations. Only real (not skipped) steps count towards ``steps``.
+    """
+    from opacus.utils.batch_memory_manager import wrap_data_loader
+
     from cdcda_fl.privacy.dp import mark_empty_batch
 
+    chunks = wrap_data_loader(data_loader=priv.data_loader, max_batch_size=physical_batch, optimizer=priv.optimizer)
     losses, tokens, done = [], 0, 0
     try:
         while done < steps:
-            for batch in priv.data_loader:
+            for batch in chunks:
                 if done >= steps:
                     break
                 if _is_empty(batch):  # Poisson sampling drew nobody: noise-only step
@@ -281,6 +291,8 @@ def _dp_loop(model: nn.Module, priv: Any, steps: int, bar: Any, ticks: Iterator[
                     tokens += int(batch["attention_mask"].sum())
                 priv.optimizer.step()
                 priv.optimizer.zero_grad(set_to_none=True)
+                if priv.optimizer._is_last_step_skipped:  # a chunk, not the end of the logical batch
+                    continue
                 done += 1
                 next(ticks, None)
         eps = priv.epsilon()

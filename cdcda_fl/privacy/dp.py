@@ -58,6 +58,11 @@ class DPConfig:
     grad_sample_mode: str = "hooks"
     poisson_sampling: bool = True  # False breaks the accountant's assumption: ε is then optimistic
     secure_mode: bool = False  # cryptographically safe noise (slower; forbids seeding)
+    # Rows per forward/backward pass. A logical (Poisson) batch larger than this is split by
+    # Opacus's BatchSplittingSampler and the optimizer steps once per logical batch: the same
+    # clipped sum and noise, but activation memory bounded by this many rows instead of the
+    # whole profile (full-batch plans put up to 64 records in one step).
+    max_physical_batch_size: int = 8
 
     def validate(self) -> None:
         """Raise ValueError for configurations that would silently mean something else."""
@@ -71,6 +76,8 @@ class DPConfig:
             raise ValueError("DPConfig.target_epsilon must be > 0")
         if self.max_grad_norm <= 0:
             raise ValueError("DPConfig.max_grad_norm must be > 0")
+        if self.max_physical_batch_size < 1:
+            raise ValueError("DPConfig.max_physical_batch_size must be >= 1")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ValueError("DPConfig.delta must be in (0, 1)")
         if self.accountant not in ACCOUNTANTS:
