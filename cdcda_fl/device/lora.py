@@ -207,8 +207,6 @@ class DeviceModel:
 
     def _check_continuable(self, cfg: LoraTrainConfig) -> None:
         """The active adapter exists and has ``cfg``'s layout (else continuing would train another shape)."""
-        from cdcda_fl.device.adapters import _same_layout
-
         slots = self._slots
         if not slots.active or slots.name is None:
             raise RuntimeError("continue_active: no active adapter to train further (train or load one first)")
