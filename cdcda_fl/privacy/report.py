@@ -28,7 +28,10 @@ from typing import Any
 
 LEVELS = ("none", "metrics", "predictions")  # increasing disclosure
 AUTO = "auto"
-METRIC_ENTRY_KEYS = ("metrics", "epsilon", "mia_auc", "skipped", "decision")
+# "dp" (the DP decision: chosen candidate or fall-back, validation losses on the cloud's records,
+# σ, ε, δ) is post-processing of the DP release and public settings (docs/dp.md), so it may leave
+# at `metrics`; the per-candidate training loss and timing stay in PrivateDecision.details.
+METRIC_ENTRY_KEYS = ("metrics", "epsilon", "mia_auc", "skipped", "decision", "dp")
 
 
 class ReportError(ValueError):
