@@ -261,3 +261,18 @@ def test_consent_file_naming_unknown_users_warns_on_the_device(cfg: dict, capsys
     assert "alcie" not in _reply_bytes(reply)  # the server never learns it
     assert "alcie" in capsys.readouterr().err
     assert "alcie" in (Path(cfg["data-dir"]) / ".cdcda" / "errors.jsonl").read_text()
+
+
+def test_dp_decision_leaves_at_metrics_without_training_losses() -> None:
+    """The DP decision is post-processing (docs/dp.md): it leaves at `metrics`; a training loss never does."""
+    from cdcda_fl.privacy.report import filter_result
+
+    dp = {"chosen": None, "fell_back": True, "reason": "no candidate beats the base", "candidates": [],
+          "epsilon": 7.9, "delta": 0.01, "noise_multiplier": 1.8}
+    result = {"user_id": "u", "task": "LaMP_2", "n_queries": 3, "methods": {
+        "local": {"metrics": {"accuracy": 0.5}, "epsilon": 7.9, "dp": dp,
+                  "train": {"final_loss": 0.123456, "seconds": 9.87}, "predictions": {"q": "secret"}}}}
+    out = filter_result(result, "metrics")
+    assert out["methods"]["local"] == {"metrics": {"accuracy": 0.5}, "epsilon": 7.9, "dp": dp}
+    assert "0.123456" not in json.dumps(out) and "secret" not in json.dumps(out)
+    assert "methods" not in filter_result(result, "none")
