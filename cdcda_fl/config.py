@@ -77,6 +77,10 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "dp.public-warmstart": (True, "CDCDA+DP: train the adapter first WITHOUT noise on the cloud's records (public "
                                   "here: written from consented records only), then DP-SGD on the real records; the "
                                   "noise-free adapter alone is a candidate too (docs/dp.md)"),
+    "dp.selection": ("synthetic", "CDCDA+DP's choice between its adapter and the base: synthetic = lowest loss on "
+                                  "held-out cloud records (DP-SGD candidates, warm-started); private = train on the "
+                                  "cloud's records only and spend all of dp.epsilon on one exponential-mechanism "
+                                  "choice scored on the user's non-shared records (docs/dp.md)"),
     "dp.public-steps": (16, "CDCDA+DP warm start: noise-free steps on the cloud's records"),
     "dp.public-lr": (3e-3, "CDCDA+DP warm start: learning rate of the noise-free steps"),
     "dp.validation-fraction": (0.25, "CDCDA+DP: fraction of the synthetic records held out of training to validate "
@@ -295,6 +299,15 @@ def csv_list(value: Scalar) -> list[str]:
 
 
 METHODS = ("base", "rag", "local", "cdcda", "cloud")
+DP_SELECTIONS = ("synthetic", "private")  # dp.selection (device/dp_select.py, docs/dp.md)
+
+
+def check_dp_selection(cfg: Mapping[str, Scalar]) -> str:
+    """``dp.selection``, or a ConfigError naming the choices (checked before a run starts)."""
+    value = str(config_get(cfg, "dp.selection"))
+    if value not in DP_SELECTIONS:
+        raise ConfigError(f"dp.selection: unknown {value!r}; choose from {', '.join(DP_SELECTIONS)}")
+    return value
 
 
 def methods_of(cfg: Mapping[str, Scalar]) -> list[str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.config import Scalar, methods_of
+from cdcda_fl.config import Scalar, check_dp_selection, methods_of
 from cdcda_fl.edge.runtime import check_runtime
 from cdcda_fl.node_guard import NodeGuard, Refused
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
@@ -196,6 +196,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     """
     methods_of(cfg)  # fail early on a bad method list
     check_runtime(str(cfg["device.runtime"]))  # ... and a bad answering runtime
+    check_dp_selection(cfg)
     clock = PhaseClock()
     cfg = prepare_run_dir(cfg)
     check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict

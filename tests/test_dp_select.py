@@ -266,3 +266,69 @@ def test_personalize_cdcda_dp_warm_starts_on_the_cloud_records(tiny_base, tmp_pa
                            device_model=dm)
     assert off["methods"]["cdcda"]["train"]["n_public_warmstart"] == 0
     assert [c["name"] for c in off["methods"]["cdcda"]["dp"]["candidates"]] == ["r1-v"]
+
+
+# ---------------------------------------------------------------------- private selection (dp.selection = private)
+def test_exponential_mechanism_prefers_the_better_option_as_epsilon_grows():
+    from cdcda_fl.device.dp_select import exponential_mechanism
+
+    def share(eps: float) -> float:
+        rng = random.Random(0)
+        return sum(exponential_mechanism([0.0, 1.0], eps, rng) for _ in range(4000)) / 4000
+
+    # P(better) = e^(ε/2) / (1 + e^(ε/2)) for a utility gap of 1 (the sensitivity).
+    for eps in (0.5, 2.0, 8.0):
+        assert share(eps) == pytest.approx(math.exp(eps / 2) / (1 + math.exp(eps / 2)), abs=0.03)
+    with pytest.raises(DPSelectError):
+        exponential_mechanism([0.0, 1.0], 0.0, random.Random(0))
+
+
+def test_private_selection_keeps_a_public_adapter_that_fits_the_private_records(tiny_base):
+    from cdcda_fl.device.dp_select import select_public_privately
+
+    dm = DeviceModel(tiny_base)
+    cfg = _cfg(**{"dp.epsilon": 50.0, "dp.public-steps": 12, "dp.public-lr": 5e-2})
+    lora = _cand().lora
+    decision, res = select_public_privately(dm, COMEDY_VAL, USER_B, cfg, lora, seed="t")
+    assert decision.chosen == "public-only" and not decision.fell_back and dm.has_adapter
+    assert res is not None and res.epsilon == decision.epsilon == 50.0
+    # The private utilities stay on the device: not in what may leave it.
+    out = json.dumps(decision.to_dict())
+    d = decision.details[0]
+    assert '"utility"' not in out and repr(d["utility"])[:8] not in out and repr(d["base_utility"])[:8] not in out
+    assert d["utility"] > d["base_utility"]
+    dm.clear_adapter()
+    # Where the user's own records say the adapter answers worse than the base (a stand-in task
+    # metric), the ε-DP choice falls back and the model is the base again.
+
+    def adapter_is_wrong(model, pairs):
+        return [0.0 if model.has_adapter else 1.0 for _ in pairs]
+
+    decision, res = select_public_privately(dm, COMEDY_VAL, USER_B, cfg, lora, seed="t", utilities=adapter_is_wrong)
+    assert decision.fell_back and res is None and not dm.has_adapter
+    assert decision.details[0]["utility"] < decision.details[0]["base_utility"]
+
+
+def test_personalize_with_private_selection_never_trains_on_private_records(tiny_base, tmp_path: Path, monkeypatch):
+    from cdcda_fl.config import ConfigError, check_dp_selection
+
+    seen: list[list] = []
+    real_train = DeviceModel.train
+
+    def spy(self, examples, *a, **kw):
+        seen.append(list(examples))
+        return real_train(self, examples, *a, **kw)
+
+    monkeypatch.setattr(DeviceModel, "train", spy)
+    dm = DeviceModel(tiny_base)
+    user = _user()
+    cfg = _cfg(**{"methods": "base,cdcda", "consent.share-fraction": 0.5, "dp.selection": "private",
+                  "dp.public-steps": 2})
+    out = personalize_user(user, _synthetic(8), cfg, storage_dir=tmp_path, device_model=dm)
+    entry = out["methods"]["cdcda"]
+    assert entry["epsilon"] == 8.0 and entry["dp"]["criterion"].startswith("exponential mechanism")
+    real = set(get_task("LaMP_2").profile_to_pairs(user.profile))
+    assert seen and all(not set(batch) & real for batch in seen)  # only the cloud's records were trained on
+    assert entry["dp"]["n_validation"] == len(user.profile) - len(share_records(user, cfg).record_ids)
+    with pytest.raises(ConfigError, match="choose from synthetic, private"):
+        check_dp_selection({**cfg, "dp.selection": "magic"})

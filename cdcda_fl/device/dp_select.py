@@ -29,7 +29,7 @@ import math
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, TrainResult
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
 
 _SIGMA_TOL = 1e-3
+Pair = tuple[str, str]  # (input, output)
 
 
 class DPSelectError(ValueError):
@@ -227,6 +228,95 @@ def _train_public(model: DeviceModel, public: Sequence[tuple[str, str]], lora: L
     res = model.train(public, warm)
     model.save_adapter(folder, dtype=None, extra_files={"result.json": json.dumps(res.__dict__)})
     return res
+
+
+# ---------------------------------------------------------------------- private selection (exponential mechanism)
+def record_utilities(model: DeviceModel, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Per-record utility in [0, 1] of the active adapter (or base): exp(-mean output-token loss).
+
+    The geometric-mean probability the model gives the record's own output. Bounded, so one
+    record moves a sum of utilities by at most 1: the sensitivity the exponential mechanism needs.
+    """
+    return [math.exp(-max(0.0, float(x))) for x in model.example_losses(pairs)]
+
+
+def _bounded_sum(values: Sequence[float]) -> float:
+    """Sum of per-record utilities clipped to [0, 1]: the clip is what makes the sensitivity 1."""
+    return float(sum(min(1.0, max(0.0, float(v))) for v in values))
+
+
+def exponential_mechanism(utilities: Sequence[float], epsilon: float, rng: random.Random) -> int:
+    """Index drawn with probability ∝ exp(ε·u / 2): ε-DP for utilities of sensitivity 1 (McSherry-Talwar)."""
+    if epsilon <= 0:
+        raise DPSelectError(f"the exponential mechanism needs epsilon > 0, got {epsilon}")
+    top = max(utilities)
+    weights = [math.exp(epsilon * (u - top) / 2.0) for u in utilities]
+    r, acc = rng.random() * sum(weights), 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        if r < acc:
+            return i
+    return len(weights) - 1  # pragma: no cover - float round-off at the top end
+
+
+def select_public_privately(model: DeviceModel, public_pairs: Sequence[tuple[str, str]],
+                            private_pairs: Sequence[tuple[str, str]], cfg: Mapping[str, Any], lora: LoraTrainConfig,
+                            *, seed: str,
+                            utilities: Callable[[DeviceModel, Sequence[Pair]], list[float]] = record_utilities,
+                            utility_name: str = "exp(-mean output-token loss)"
+                            ) -> tuple[PrivateDecision, TrainResult | None]:
+    """CDCDA+DP with ``dp.selection = private``: public training, then an ε-DP choice on the private records.
+
+    The adapter is trained on the cloud's records only (noise-free: they are public here), so it
+    does not depend on any non-shared record. All of ``dp.epsilon`` then goes to one decision:
+    the base model or that adapter, drawn by the exponential mechanism with utility = the sum of
+    :func:`record_utilities` over the user's non-shared real records (sensitivity 1). Unlike
+    validation on the cloud's records, this sees the user's own data, so it can tell that the
+    cloud's records do not fit this user; unlike a plain check on those records, it is ε-DP in
+    each of them. The utilities are private values: they stay in ``details``, never in the
+    decision that may leave the device. ``utilities`` scores each record in [0, 1] (the device
+    passes the task metric of the greedy answer; the default is the loss-based
+    :func:`record_utilities`).
+    """
+    eps = float(config_get(cfg, "dp.epsilon") or 0.0)
+    if eps <= 0:
+        raise DPSelectError("dp.selection = private needs dp.epsilon > 0 (the selection's budget)")
+    if not public_pairs:
+        raise DPSelectError("dp.selection = private needs the cloud's records to train on")
+    criterion = f"exponential mechanism, ε = {eps:g}, utility = sum over the non-shared records of {utility_name}"
+    warm = public_lora(lora, cfg, len(public_pairs))
+    res = model.train(public_pairs, warm)
+    if not private_pairs:  # nothing private to decide on: the adapter is public, releasing it costs nothing
+        decision = PrivateDecision("public-only", False, "no non-shared record: the public adapter is kept (ε = 0)",
+                                   criterion, 0, None, [{"name": "public-only", "run_epsilon": 0.0,
+                                                         "public_steps": res.steps}], 0.0, None, None)
+        res.epsilon = 0.0
+        return decision, res
+    adapter_u = _bounded_sum(utilities(model, private_pairs))
+    tmp = Path(tempfile.mkdtemp(prefix="cdcda-dp-select-"))
+    try:
+        model.save_adapter(tmp / "public", dtype=None)
+        model.clear_adapter()
+        base_u = _bounded_sum(utilities(model, private_pairs))
+        pick = exponential_mechanism([base_u, adapter_u], eps, random.Random(f"dp-em/{seed}"))
+        if pick == 1:
+            model.load_adapter(tmp / "public")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    chosen = "public-only" if pick == 1 else None
+    decision = PrivateDecision(
+        chosen=chosen, fell_back=chosen is None,
+        reason=("the ε-DP choice kept the adapter trained on the cloud's records" if chosen else
+                "the ε-DP choice fell back to the base model"),
+        criterion=criterion, n_validation=len(private_pairs), base_loss=None,
+        candidates=[{"name": "public-only", "run_epsilon": 0.0, "public_steps": res.steps}],
+        epsilon=eps, delta=0.0, noise_multiplier=None,
+        details=[{"name": "public-only", "seconds": round(res.seconds, 3), "final_train_loss": res.final_loss,
+                  "utility": adapter_u, "base_utility": base_u}])
+    if chosen is None:
+        return decision, None
+    res.epsilon, res.delta = eps, 0.0
+    return decision, res
 
 
 # ---------------------------------------------------------------------- the entry point

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, config_get, csv_list, methods_of, parse_bool
+from cdcda_fl.config import Scalar, check_dp_selection, config_get, csv_list, methods_of, parse_bool
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
@@ -42,7 +42,7 @@ from cdcda_fl.device.synthetic_gate import (
     mean_loss,
 )
 from cdcda_fl.edge.runtime import Answerer, AnswerRequest, make_answerer
-from cdcda_fl.metrics import score
+from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
 from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
 
@@ -413,7 +413,6 @@ class _UserRun:
     def _held_out(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> HeldOutScores:
         """A real-only and a real + synthetic adapter trained on ``train_items``, scored on ``held``:
         mean loss of the held-out outputs and the task metric of greedy answers to their inputs."""
-        from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
 
         spec, cfg, model = self.spec, self.cfg, self.model
         real = spec.profile_to_pairs(train_items)
@@ -708,11 +707,14 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     back is computed from the candidates) and ``dp`` (the decision: chosen candidate or fell back,
     validation losses of the base and of every candidate, σ, ε, δ).
     """
-    from cdcda_fl.device.dp_select import candidates_for, train_private
+    from cdcda_fl.device.dp_select import candidates_for, select_public_privately, train_private
 
     real_pairs, synth_pairs, synth_weights, validation = dp_training_data(spec, user, synthetic, method, cfg)
     weights = [1.0] * len(real_pairs) + synth_weights
-    key = f"{spec.name}-{method}-dp-" + _fingerprint({k_: config_get(cfg, k_) for k_ in _DP_KEYS}, real_pairs,
+    selection = check_dp_selection(cfg)
+    private_select = method == "cdcda" and selection == "private" and bool(synth_pairs or validation)
+    keys = _DP_KEYS + (("dp.selection",) if method == "cdcda" else ())
+    key = f"{spec.name}-{method}-dp-" + _fingerprint({k_: config_get(cfg, k_) for k_ in keys}, real_pairs,
                                                      synth_pairs, synth_weights, validation)
     path = store.path(user.user_id, key)
     meta = path / TRAIN_META
@@ -727,7 +729,21 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
             model.load_adapter(path)
             return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}, path
     public: list[tuple[str, str]] = []
-    if method == "cdcda" and synth_pairs and parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart"):
+    if private_select:
+        # Every cloud record trains the public adapter (no synthetic hold-out is needed: the choice is
+        # made on the non-shared real records, with the exponential mechanism).
+        shared_ids = set(share_records(user, cfg).record_ids)
+        private_pairs = spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared_ids])
+        public = [*synth_pairs, *validation]
+        started = time.perf_counter()
+        first = candidates_for(cfg, len(real_pairs))[0]
+        decision, res = select_public_privately(
+            model, public, private_pairs, cfg, first.lora, seed=f"{cfg['seed']}:{user.user_id}",
+            utilities=lambda m, pairs: metric_utilities(m, spec, pairs),
+            utility_name=f"the greedy answer's {primary_metric(spec)} in [0, 1]")
+        return _private_entry(model, store, path, decision, res, started, real_pairs, public)
+    warm = parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart")
+    if method == "cdcda" and synth_pairs and warm:
         # The cloud's records are public here: a noise-free first stage, then DP-SGD on the real pairs only.
         public, synth_pairs, synth_weights, weights = synth_pairs, [], [], [1.0] * len(real_pairs)
     scale = _exposure_scale(cfg, weights, real_pairs)
@@ -736,12 +752,42 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,
                                   synth_weights=synth_weights if synth_pairs else None, candidates=candidates,
                                   public_pairs=public)
+    return _private_entry(model, store, path, decision, res, started, real_pairs, [*synth_pairs, *public],
+                          n_public=len(public))
+
+
+#: Range of the error metrics that metric_utilities turns into [0, 1] utilities (LaMP-3 scores are 1-5).
+_ERROR_SCALE = {"mae": 4.0, "rmse": 4.0}
+
+
+def metric_utilities(model: Any, spec: TaskSpec, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Each record's task metric for the model's greedy answer, in [0, 1] (1 = right; errors scaled down).
+
+    The utility of :func:`cdcda_fl.device.dp_select.select_public_privately`: what the user would
+    see, per record, so one record moves a sum by at most 1.
+    """
+    metric = primary_metric(spec)
+    answers = model.generate([p for p, _ in pairs], max_new_tokens=spec.max_new_tokens)
+    out = []
+    for (_, gold), text in zip(pairs, answers):
+        value = float(score(spec, {"r": gold}, {"r": spec.parse_answer(text)})[metric])
+        if metric in LOWER_IS_BETTER:
+            value = 1.0 - value / _ERROR_SCALE.get(metric, 1.0)
+        out.append(min(1.0, max(0.0, value)))
+    return out
+
+
+def _private_entry(model: Any, store: Any, path: Path, decision: Any, res: Any, started: float,
+                   real_pairs: Sequence[Any], synth_pairs: Sequence[Any], *, n_public: int | None = None
+                   ) -> tuple[dict[str, Any], Path | None]:
+    """Store a DP method's adapter (or, after a fall-back, only its metadata) and build its report entry."""
     d = decision.to_dict()
     info: dict[str, Any] = {
-        "steps": sum(int(c["steps"]) for c in d["candidates"]), "seconds": round(time.perf_counter() - started, 3),
+        "steps": sum(int(c.get("steps") or c.get("public_steps") or 0) for c in d["candidates"]),
+        "seconds": round(time.perf_counter() - started, 3),
         "final_loss": None if res is None else res.final_loss, "tokens": None if res is None else res.trained_tokens,
         "epsilon": decision.epsilon, "delta": decision.delta, "n_real": len(real_pairs),
-        "n_synthetic": len(synth_pairs) + len(public), "n_public_warmstart": len(public),
+        "n_synthetic": len(synth_pairs), "n_public_warmstart": len(synth_pairs) if n_public is None else n_public,
         "n_validation": decision.n_validation, "dp": d}
     text = json.dumps(info)
     if decision.fell_back:
