@@ -120,8 +120,12 @@ def steps_text(results: Mapping[str, Any], task: str) -> str:
     if not steps:
         return ""
     cfg = results.get("config") or {}
-    how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
-           "(train.equal-real-exposure)" if cfg.get("train.equal-real-exposure", True) else "equal step budgets")
+    if str(cfg.get("dp.enabled", "")).lower() in {"true", "1"} and str(cfg.get("dp.auto", True)).lower() in {"true", "1"}:
+        how = ("DP-SGD steps of the few-record plans plus CDCDA's noise-free steps on the cloud's records "
+               "(docs/dp.md)")
+    else:
+        how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
+               "(train.equal-real-exposure)" if cfg.get("train.equal-real-exposure", True) else "equal step budgets")
     parts = ", ".join(f"{METHOD_LABELS.get(m, m)} {v:.1f}" for m, v in steps.items())
     return f"{task} training steps per user: {parts}; {how}."
 

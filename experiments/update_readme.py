@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+DP_BEGIN, DP_END = "<!-- dp:begin -->", "<!-- dp:end -->"
 
 
 def run_table(run: Path) -> str:
@@ -89,13 +90,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep directory (optional)")
     parser.add_argument("--realtext", type=Path, default=None,
                         help="an experiments/augment_compare.py output folder on real writing (its summary.md)")
+    parser.add_argument("--dp", type=Path, action="append", default=[],
+                        help="a finished run of experiments/configs/dp_quality.toml (repeatable: e.g. one per "
+                             "dp.selection); fills the README's DP section only")
     args = parser.parse_args(argv)
-    for run in (args.demo, args.quality):
+    for run in (args.demo, args.quality, *args.dp):
         if run is not None and not (run / "results.json").is_file():
             print(f"{run}/results.json not found: run it first", file=sys.stderr)
             return 1
-    if args.demo is None and args.quality is None and args.realtext is None:
-        parser.error("name at least one of --demo, --quality, --realtext")
+    if args.demo is None and args.quality is None and args.realtext is None and not args.dp:
+        parser.error("name at least one of --demo, --quality, --realtext, --dp")
+    readme = ROOT / "README.md"
+    if args.dp:
+        lines = []
+        for run in args.dp:
+            cfg = json.loads((run / "results.json").read_text())["config"]
+            selection = cfg.get("dp.selection") or "synthetic"  # runs from before the key: the default
+            command = f"cdcda run experiments/configs/dp_quality.toml --set dp.selection={selection}"
+            lines += demo_section(run, f"DP at ε = {cfg['dp.epsilon']:g}, CDCDA+DP selection `{selection}`", command)
+        if not _replace_between(readme, DP_BEGIN, DP_END, lines):
+            return 1
+        print("README.md DP section updated")
+        if args.demo is None and args.quality is None and args.realtext is None:
+            return 0
     lines = demo_section(args.demo) if args.demo is not None else []
     if args.quality is not None:
         lines += demo_section(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml")
@@ -103,16 +120,22 @@ def main(argv: list[str] | None = None) -> int:
         lines += realtext_section(args.realtext)
     if args.sweep is not None:
         lines += sweep_section(args.sweep)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} … {END} section", file=sys.stderr)
+    if not _replace_between(readme, BEGIN, END, lines):
         return 1
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(head + BEGIN + "\n" + "\n".join(lines) + END + tail)
     print("README.md results section updated")
     return 0
+
+
+def _replace_between(readme: Path, begin: str, end: str, lines: list[str]) -> bool:
+    """Rewrite the README between two markers (False, with a message, if they are missing)."""
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        print(f"README.md has no {begin} … {end} section", file=sys.stderr)
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + begin + "\n" + "\n".join(lines) + end + tail)
+    return True
 
 
 if __name__ == "__main__":
