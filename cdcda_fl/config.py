@@ -77,10 +77,10 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "dp.public-warmstart": (True, "CDCDA+DP: train the adapter first WITHOUT noise on the cloud's records (public "
                                   "here: written from consented records only), then DP-SGD on the real records; the "
                                   "noise-free adapter alone is a candidate too (docs/dp.md)"),
-    "dp.selection": ("synthetic", "CDCDA+DP's choice between its adapter and the base: synthetic = lowest loss on "
+    "dp.selection": ("private", "CDCDA+DP's choice between its adapter and the base: synthetic = lowest loss on "
                                   "held-out cloud records (DP-SGD candidates, warm-started); private = train on the "
                                   "cloud's records only and spend all of dp.epsilon on one exponential-mechanism "
-                                  "choice scored on the user's non-shared records (docs/dp.md)"),
+                                  "choice scored on the user's non-shared records (needs dp.epsilon > 0; docs/dp.md)"),
     "dp.public-steps": (16, "CDCDA+DP warm start: noise-free steps on the cloud's records"),
     "dp.public-lr": (3e-3, "CDCDA+DP warm start: learning rate of the noise-free steps"),
     "dp.validation-fraction": (0.25, "CDCDA+DP: fraction of the synthetic records held out of training to validate "

@@ -51,7 +51,8 @@ def _cand(name: str = "fast", lr: float = 5e-2, rank: int = 4, steps: int = 16, 
 
 
 def _cfg(**kw) -> dict:
-    return resolve({"device.model": "tiny-random", "dp.enabled": True, "dp.epsilon": 8.0, **kw})
+    return resolve({"device.model": "tiny-random", "dp.enabled": True, "dp.epsilon": 8.0, "dp.selection": "synthetic",
+                    **kw})
 
 
 # ---------------------------------------------------------------------- accounting (no model)
@@ -332,3 +333,7 @@ def test_personalize_with_private_selection_never_trains_on_private_records(tiny
     assert entry["dp"]["n_validation"] == len(user.profile) - len(share_records(user, cfg).record_ids)
     with pytest.raises(ConfigError, match="choose from synthetic, private"):
         check_dp_selection({**cfg, "dp.selection": "magic"})
+    # No target ε (σ given instead): nothing for the mechanism to spend, so DP-SGD candidates as before.
+    sigma_only = {**cfg, "dp.epsilon": 0.0, "dp.noise-multiplier": 1.0}
+    out = personalize_user(user, _synthetic(8), sigma_only, storage_dir=tmp_path, device_model=dm)
+    assert "r1-v" in [c["name"] for c in out["methods"]["cdcda"]["dp"]["candidates"]]

@@ -712,7 +712,10 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     real_pairs, synth_pairs, synth_weights, validation = dp_training_data(spec, user, synthetic, method, cfg)
     weights = [1.0] * len(real_pairs) + synth_weights
     selection = check_dp_selection(cfg)
-    private_select = method == "cdcda" and selection == "private" and bool(synth_pairs or validation)
+    # Private selection needs cloud records to train on and a target ε to spend (with only
+    # dp.noise-multiplier set there is no ε to give the exponential mechanism): else DP-SGD candidates.
+    private_select = (method == "cdcda" and selection == "private" and bool(synth_pairs or validation)
+                      and float(config_get(cfg, "dp.epsilon") or 0.0) > 0)
     keys = _DP_KEYS + (("dp.selection",) if method == "cdcda" else ())
     key = f"{spec.name}-{method}-dp-" + _fingerprint({k_: config_get(cfg, k_) for k_ in keys}, real_pairs,
                                                      synth_pairs, synth_weights, validation)
