@@ -108,6 +108,8 @@ def cloud_summary_text(task: str, block: Mapping[str, Any]) -> str:
             + f"; cloud errors: {block['users_with_error']} of {block['users']} users")
     if block.get("decisions"):
         text += f"; devices fell back to local-only: {block['fell_back']} of {block['decisions']}"
+    if block.get("dp_decisions"):
+        text += f"; CDCDA+DP answered with the base model: {block['dp_fell_back']} of {block['dp_decisions']}"
     if block.get("outage"):
         text += f". {outage_text(block)}"
     return text
@@ -377,6 +379,8 @@ def cloud_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     for task, b in rows:
         rejected = ", ".join(f"{k} {v}" for k, v in list(b.get("rejected", {}).items())[:4]) or "–"
         fell_back = f"{b['fell_back']}/{b['decisions']}" if b.get("decisions") else "–"
+        if b.get("dp_decisions"):  # under DP, CDCDA+DP falls back to the base model, not to local-only
+            fell_back = f"{b['dp_fell_back']}/{b['dp_decisions']} to base (DP)"
         error = f"{b['users_with_error']}/{b['users']}" + (" (**cloud outage**)" if b.get("outage") else "")
         lines.append(f"| {task.replace('_', '-')} | {b['records_written']} | {b['records_accepted']} | "
                      f"{b['records_sent']} | {rejected} | {error} | {fell_back} |")

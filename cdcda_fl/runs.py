@@ -350,6 +350,9 @@ def user_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     cdcda = (result.get("methods") or {}).get("cdcda")
     if "synthetic_decision" not in entry and isinstance(cdcda, Mapping) and isinstance(cdcda.get("decision"), Mapping):
         entry["synthetic_decision"] = dict(cdcda["decision"])  # a metrics-level reply: the flag only
+    dp = cdcda.get("dp") if isinstance(cdcda, Mapping) else None
+    if isinstance(dp, Mapping) and isinstance(dp.get("fell_back"), bool):
+        entry["dp_decision"] = {"chosen": dp.get("chosen"), "fell_back": dp["fell_back"]}  # CDCDA+DP's choice
     metrics = {m: dict(e["metrics"]) for m, e in (result.get("methods") or {}).items()
                if isinstance(e, Mapping) and e.get("metrics")}
     if metrics:
@@ -364,13 +367,22 @@ def _used_synthetic(entry: Mapping[str, Any]) -> bool | None:
     return None
 
 
+def _dp_fell_back(entry: Mapping[str, Any]) -> bool | None:
+    """CDCDA+DP's decision (``dp_decision``, from ``methods.cdcda.dp``): True = answered with the base model."""
+    dp = entry.get("dp_decision")
+    if isinstance(dp, Mapping) and isinstance(dp.get("fell_back"), bool):
+        return dp["fell_back"]
+    return None
+
+
 def cloud_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """A task's cloud accounting over its users (results.json ``cloud``).
 
     ``records_written``: records the cloud parsed from its generations; ``records_accepted``: those
     that passed its filters; ``rejected``: filter rejections by reason; ``users_with_error`` and
     ``outage`` (every user with a cloud entry got an error: CDCDA then is local-only training);
-    ``fell_back``/``used_synthetic``: devices that reported a ``synthetic_decision``.
+    ``fell_back``/``used_synthetic``: devices that reported a ``synthetic_decision``;
+    ``dp_fell_back``/``dp_decisions``: under DP, devices whose CDCDA+DP choice was the base model.
     """
     entries = list(entries)
     clouds = [e["cloud"] for e in entries if isinstance(e.get("cloud"), Mapping)]
@@ -390,6 +402,7 @@ def cloud_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             errors[text] = errors.get(text, 0) + 1
     with_error = sum(errors.values())
     decisions = [d for d in map(_used_synthetic, entries) if d is not None]
+    dp_decisions = [d for d in map(_dp_fell_back, entries) if d is not None]
     return {
         "users": len(clouds), "records_written": written, "records_accepted": accepted, "records_sent": sent,
         "rejected": dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -397,6 +410,7 @@ def cloud_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
         "outage": bool(clouds) and with_error == len(clouds),
         "decisions": len(decisions), "used_synthetic": sum(decisions), "fell_back": len(decisions) - sum(decisions),
+        "dp_decisions": len(dp_decisions), "dp_fell_back": sum(dp_decisions),
     }
 
 

@@ -242,3 +242,18 @@ def test_rate_and_eta_text() -> None:
     assert rate_eta(2, 10, 60.0, "users") == "2/10 users, 2.0 users/min, ETA 4m00s"
     assert rate_eta(10, 10, 5.0, "batches") == "10/10 batches, 2.0 batches/s"
     assert rate_eta(1, 200, 60.0, "users").endswith("ETA 3h19m")
+
+
+def test_dp_fall_backs_to_the_base_are_counted_per_task() -> None:
+    from cdcda_fl.runs import cloud_summary, user_entry
+
+    def result(fell_back: bool) -> dict:
+        return {"user_id": "u", "task": "LaMP_2", "cloud": {"n_records": 2, "counts": {"generated": 3, "accepted": 2}},
+                "methods": {"cdcda": {"metrics": {"accuracy": 0.5}, "dp": {"chosen": None if fell_back else "public-only",
+                                                                            "fell_back": fell_back, "epsilon": 8.0}}}}
+
+    block = cloud_summary([user_entry(result(True)), user_entry(result(False)), user_entry(result(True))])
+    assert (block["dp_decisions"], block["dp_fell_back"]) == (3, 2)
+    from cdcda_fl.results import cloud_summary_text
+
+    assert "CDCDA+DP answered with the base model: 2 of 3" in cloud_summary_text("LaMP_2", block)
