@@ -122,7 +122,9 @@ def steps_text(results: Mapping[str, Any], task: str) -> str:
     if not steps:
         return ""
     cfg = results.get("config") or {}
-    if str(cfg.get("dp.enabled", "")).lower() in {"true", "1"} and str(cfg.get("dp.auto", True)).lower() in {"true", "1"}:
+    dp_auto = all(str(cfg.get(k, default)).lower() in {"true", "1"} for k, default in (("dp.enabled", False),
+                                                                                       ("dp.auto", True)))
+    if dp_auto:
         how = ("DP-SGD steps of the few-record plans plus CDCDA's noise-free steps on the cloud's records "
                "(docs/dp.md)")
     else:

@@ -698,7 +698,9 @@ def _write_meta_only(path: Path, text: str) -> None:
 def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: str,
                    synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar]
                    ) -> tuple[dict[str, Any], Path | None]:
-    """Train (or reuse) one DP method's adapter with :func:`cdcda_fl.device.dp_select.train_private`.
+    """Train (or reuse) one DP method's adapter: DP-SGD candidates (:func:`~cdcda_fl.device.dp_select.train_private`)
+    or, for CDCDA with ``dp.selection = private``, a cloud-trained adapter and one ε-DP choice
+    (:func:`~cdcda_fl.device.dp_select.select_public_privately`).
 
     On return the model holds the chosen adapter, or none when the decision fell back to the base;
     the second value is that adapter's folder in ``store`` (None after a fall-back).
