@@ -32,6 +32,13 @@ def run_table(run: Path) -> str:
     return paper_table(results).strip()
 
 
+def _budget(cfg: dict) -> str:
+    """The training budget in words: the DP plans ignore train.steps (docs/dp.md)."""
+    if cfg.get("dp.enabled") and cfg.get("dp.auto", True):
+        return "DP-SGD with the few-record plans (docs/dp.md)"
+    return f"{cfg['train.steps']} LoRA steps per adapter"
+
+
 def demo_section(demo: Path, name: str = "Demo", command: str = "./run demo") -> list[str]:
     results = json.loads((demo / "results.json").read_text())
     cfg = results["config"]
@@ -39,7 +46,7 @@ def demo_section(demo: Path, name: str = "Demo", command: str = "./run demo") ->
     total = sum(timing.values())
     lines = [
         f"{name} (`{command}`, {sum(results['users'].values())} users on {cfg['tasks']}, device model "
-        f"`{cfg['device.model']}`, cloud model `{cfg['cloud.model']}`, {cfg['train.steps']} LoRA steps per adapter, "
+        f"`{cfg['device.model']}`, cloud model `{cfg['cloud.model']}`, {_budget(cfg)}, "
         f"{cfg['synthetic.per-user']} synthetic records asked per user, share fraction {cfg['consent.share-fraction']}, "
         f"seed {cfg['seed']}; phases took {total:.0f} s on this 2-core machine"
         + (f"; **partial: {results['partial']}**" if results.get("partial") else "") + "):",
