@@ -81,7 +81,12 @@ def sweep_section(sweep: Path) -> list[str]:
     images = ROOT / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     lines = [f"Privacy versus utility (`cdcda sweep`, {len(data.get('points', []))} grid points):", ""]
+    grid = data.get("grid", {})
+    single = {"utility_vs_share.png": len(grid.get("share-fraction", [0, 1])) < 2,
+              "utility_vs_epsilon.png": len(grid.get("dp-epsilon", [0, 1])) < 2}
     for plot in plots:
+        if single.get(plot.name):  # a one-value axis draws no curve: keep the README's older plot
+            continue
         src = plot if plot.is_absolute() else sweep / plot
         dst = images / f"sweep_{src.name}"
         shutil.copyfile(src, dst)
@@ -105,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None and not (run / "results.json").is_file():
             print(f"{run}/results.json not found: run it first", file=sys.stderr)
             return 1
-    if args.demo is None and args.quality is None and args.realtext is None and not args.dp:
-        parser.error("name at least one of --demo, --quality, --realtext, --dp")
+    if args.demo is None and args.quality is None and args.realtext is None and not args.dp and args.sweep is None:
+        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep")
+    if args.sweep is not None and args.demo is None and args.quality is None and args.realtext is None:
+        # Only the plots: copy them over docs/images/sweep_*.png (the README links those files) and
+        # leave the results section as it is.
+        sweep_section(args.sweep)
+        print(f"plots of {args.sweep} copied to docs/images/sweep_*.png")
     readme = ROOT / "README.md"
     if args.dp:
         lines = []
@@ -118,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if not _replace_between(readme, DP_BEGIN, DP_END, lines):
             return 1
         print("README.md DP section updated")
-        if args.demo is None and args.quality is None and args.realtext is None:
-            return 0
+    if args.demo is None and args.quality is None and args.realtext is None:
+        return 0
     lines = demo_section(args.demo) if args.demo is not None else []
     if args.quality is not None:
         lines += demo_section(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml")
