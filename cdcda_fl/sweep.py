@@ -20,6 +20,11 @@ Sweep file (TOML)::
     share-fraction = [0, 0.25, 0.5, 1]
     dp-epsilon = ["off", 8, 4, 1]
     reference-share-fraction = 0.5   # optional: the share fraction of the utility-vs-ε plot
+    canaries = 2                     # optional: canary exposure audit, canaries per user (0 = off)
+    canary-candidates = 128          # optional: candidates each canary is ranked among
+
+With ``canaries`` > 0 the sweep ends with a canary exposure audit over the same users
+(:mod:`cdcda_fl.sweep_canaries`): exposure joins MIA AUC and ε in sweep.json and the plots.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from typing import Any
 from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.config import ConfigError, Scalar, load_config, read_toml
 from cdcda_fl.progress import Progress, log
+from cdcda_fl.sweep_canaries import Auditor, CanaryPlan, attach_exposure, audit_summary, run_sweep_canaries
 
-SWEEP_KEYS = ("share-fraction", "dp-epsilon", "reference-share-fraction")
+SWEEP_KEYS = ("share-fraction", "dp-epsilon", "reference-share-fraction", "canaries", "canary-candidates")
 DEFAULT_SHARE = (0.0, 0.25, 0.5, 1.0)
 DEFAULT_EPSILON: tuple[float | None, ...] = (None, 8.0, 4.0, 1.0)
 TRAINED = ("local", "cdcda")
@@ -81,6 +87,7 @@ class SweepSpec:
     dp_epsilons: list[float | None] = field(default_factory=lambda: list(DEFAULT_EPSILON))
     reference_share: float | None = None
     source: str = ""
+    canaries: CanaryPlan = field(default_factory=CanaryPlan)
 
     def points(self) -> list[SweepPoint]:
         """DP off first, then ε from weakest to strongest privacy; share fractions ascending."""
@@ -130,6 +137,23 @@ def parse_epsilons(values: Any) -> list[float | None]:
     return out
 
 
+def parse_canary_plan(table: Mapping[str, Any]) -> CanaryPlan:
+    """``canaries`` / ``canary-candidates`` of a [sweep] table as a checked plan (default: no audit)."""
+    values = {}
+    for key, name, default in (("canaries", "canaries", 0), ("canary-candidates", "candidates", 128)):
+        raw = table.get(key, default)
+        try:
+            if isinstance(raw, bool) or float(raw) != int(float(raw)):
+                raise ValueError
+            values[name] = int(float(raw))
+        except (TypeError, ValueError):
+            raise SweepError(f"sweep.{key}: expected a whole number, got {raw!r}") from None
+    try:
+        return CanaryPlan(**values)
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
+
+
 def _as_list(values: Any, key: str) -> list[Any]:
     if isinstance(values, str):
         values = [v for v in (p.strip() for p in values.split(",")) if v]
@@ -161,6 +185,7 @@ def load_sweep(path: Path | str, sets: Sequence[str] = (), extra: Mapping[str, A
     spec = SweepSpec(config=cfg, source=str(path),
                      share_fractions=parse_share_fractions(table.get("share-fraction", list(DEFAULT_SHARE))),
                      dp_epsilons=parse_epsilons(table.get("dp-epsilon", [OFF, *DEFAULT_EPSILON[1:]])))
+    spec.canaries = parse_canary_plan(table)
     if "reference-share-fraction" in table:
         ref = parse_share_fractions([table["reference-share-fraction"]])[0]
         if ref in spec.share_fractions:
@@ -286,11 +311,13 @@ def rows_of(outcome: PointOutcome) -> list[dict[str, Any]]:
     return rows
 
 
-def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner) -> dict[str, Any]:
-    """Run every grid point (resuming finished ones), then write sweep.json, sweep.csv and the plots.
+def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner, auditor: Auditor | None = None) -> dict[str, Any]:
+    """Run every grid point (resuming finished ones), the canary audit if asked, then write
+    sweep.json, sweep.csv and the plots.
 
     ``runner`` runs one point's config and returns its results (the app layer passes
     ``strategies.simulation.run_simulation``; tests pass fakes): the library starts no engine itself.
+    ``auditor`` replaces :func:`cdcda_fl.privacy.audit.run_canary_audit` (tests only).
     """
     out = Path(out_dir).expanduser().resolve()
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -305,7 +332,9 @@ def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner) -> dict[str,
             outcomes.append(run_point(spec, point, out, runner))
             write_sweep(out, spec, outcomes, plots=False)  # partial report after each point
             bar.advance()
-    sweep = write_sweep(out, spec, outcomes, plots=True)
+    canaries = (run_sweep_canaries(spec.config, spec.dp_epsilons, out, spec.canaries, auditor)
+                if spec.canaries.enabled else None)
+    sweep = write_sweep(out, spec, outcomes, plots=True, canaries=canaries)
     failed = [o for o in outcomes if o.status == "failed"]
     log(f"sweep done: {len(outcomes) - len(failed)}/{len(outcomes)} point(s) finished; report {out / 'sweep.json'}")
     return sweep
@@ -313,16 +342,21 @@ def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner) -> dict[str,
 
 # ---------------------------------------------------------------------- outputs
 CSV_COLUMNS = ("point", "share_fraction", "dp_epsilon", "task", "method", "primary_metric", "utility",
-               "higher_is_better", "epsilon", "mia_auc", "records_shared", "records_total", "bytes_shared",
-               "n_synthetic", "n_users", "n_queries", "dp_applies", "uses_shared")
+               "higher_is_better", "epsilon", "mia_auc", "exposure", "exposure_control", "records_shared",
+               "records_total", "bytes_shared", "n_synthetic", "n_users", "n_queries", "dp_applies", "uses_shared")
 
 
-def write_sweep(out: Path, spec: SweepSpec, outcomes: Sequence[PointOutcome], *, plots: bool) -> dict[str, Any]:
-    """``sweep.json`` (+ ``sweep.csv``, + PNG plots when ``plots``); returns sweep.json's content."""
+def write_sweep(out: Path, spec: SweepSpec, outcomes: Sequence[PointOutcome], *, plots: bool,
+                canaries: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``sweep.json`` (+ ``sweep.csv``, + PNG plots when ``plots``); returns sweep.json's content.
+
+    ``canaries`` is the canary audit's report (canaries.json), when the sweep ran one.
+    """
     from cdcda_fl.data.lamp import write_json_atomic
     from cdcda_fl.runs import package_versions
 
     rows = [row for o in outcomes for row in rows_of(o)]
+    attach_exposure(rows, canaries)
     sweep: dict[str, Any] = {
         "source": spec.source,
         "grid": {"share-fraction": list(spec.share_fractions),
@@ -332,6 +366,7 @@ def write_sweep(out: Path, spec: SweepSpec, outcomes: Sequence[PointOutcome], *,
         "points": [o.summary() for o in outcomes],
         "complete": len(outcomes) == len(spec.points()) and all(o.status != "failed" for o in outcomes),
         "rows": rows,
+        "canary_audit": audit_summary(canaries),
         "plots": [],
         "versions": package_versions(),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -381,6 +416,9 @@ def print_sweep(sweep: Mapping[str, Any], console: Any = None) -> None:
         for m in TRAINED:
             if m in methods:
                 table.add_column(f"MIA {m}", justify="right")
+        audited = any(r.get("exposure") is not None for r in task_rows)
+        if audited:
+            table.add_column("exposure local (bits)", justify="right")
         for point in sweep.get("points", []):
             by_method = {r["method"]: r for r in task_rows if r["point"] == point["name"]}
             eps = point["dp_epsilon"]
@@ -393,15 +431,32 @@ def print_sweep(sweep: Mapping[str, Any], console: Any = None) -> None:
             any_row = next(iter(by_method.values()))
             cells = [_fmt(by_method.get(m, {}).get("utility")) for m in methods]
             mia = [_fmt(by_method.get(m, {}).get("mia_auc")) for m in TRAINED if m in methods]
+            exposure = [_exposure_text(by_method.get("local", {}))] if audited else []
             table.add_row(f"{point['share_fraction']:g}", eps_text,
                           f"{any_row['records_shared']}/{any_row['records_total']}", str(any_row["bytes_shared"]),
-                          *cells, *mia)
+                          *cells, *mia, *exposure)
         console.print(table)
+        off_only = [s for s in (sweep.get("canary_audit") or {}).get("summary", [])
+                    if s["task"] == task and not any(str(r["dp_epsilon"]) == str(s["dp_epsilon"]) for r in task_rows)]
+        for s in off_only:  # the audit's no-DP reference when the grid has no "off" point
+            console.print(f"canary audit, {task}, DP {s['dp_epsilon']} (no grid point): exposure "
+                          f"{_fmt(s['exposure_planted']['mean'])} bits planted vs "
+                          f"{_fmt(s['exposure_control']['mean'])} never planted")
     failed = [p for p in sweep.get("points", []) if p["status"] == "failed"]
     for p in failed:
         console.print(f"[red]point {p['name']} failed:[/red] {(p['error'] or '').splitlines()[0][:300]}")
     if sweep.get("plots"):
         console.print("plots: " + ", ".join(sweep["plots"]))
+
+
+def _exposure_text(row: Mapping[str, Any]) -> str:
+    """'4.82 [4.44, 5.21] / 3.50': planted exposure with its interval, then the never-planted control."""
+    if row.get("exposure") is None:
+        return ""
+    ci = row.get("exposure_ci")
+    band = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    control = f" / {row['exposure_control']:.2f}" if row.get("exposure_control") is not None else ""
+    return f"{row['exposure']:.2f}{band}{control}"
 
 
 def _fmt(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""The three privacy-versus-utility plots of a sweep, from ``sweep.json``'s rows alone.
+"""The privacy-versus-utility plots of a sweep (and canary exposure), from ``sweep.json`` alone.
 
 Kept apart from the runner so the notebook (and anyone holding only a ``sweep.json``) draws the
 same figures without Flower or models. Every method in the sweep is drawn, including the ones a
@@ -190,6 +190,42 @@ def plot_utility_vs_mia(sweep: Mapping[str, Any]):
     return fig
 
 
+def plot_exposure_vs_epsilon(sweep: Mapping[str, Any]):
+    """Canary exposure of the local adapter against DP ε (log axis), from the sweep's canary audit.
+
+    Planted canaries (in non-shared records) with their 95 % interval over users; the
+    never-planted controls are the "nothing leaked" reference (≈ log2 e for a rank estimate, not
+    0); the dotted line is log2 R, a canary ranked first among all R candidates.
+    """
+    summary = (sweep.get("canary_audit") or {}).get("summary", [])
+    tasks = sorted({s["task"] for s in summary})
+    fig, axes = _axes(len(tasks) or 1, "Canary exposure vs DP ε (local adapter; lower = less memorised)")
+    for ax, task in zip(axes, tasks):
+        items = sorted((s for s in summary if s["task"] == task), key=lambda s: _eps_key(s["dp_epsilon"]))
+        settings = [s["dp_epsilon"] for s in items]
+        pos = epsilon_positions(settings)
+        x = [pos[e] for e in settings]
+        planted = [s["exposure_planted"] for s in items]
+        y = [p["mean"] for p in planted]
+        err = ([max(0.0, p["mean"] - p["lo"]) if p["lo"] is not None else 0.0 for p in planted],
+               [max(0.0, p["hi"] - p["mean"]) if p["hi"] is not None else 0.0 for p in planted])
+        ax.errorbar(x, y, yerr=err, capsize=3, label="planted canaries (non-shared records)", **STYLE["local"])
+        ax.plot(x, [s["exposure_control"]["mean"] for s in items], color="#555555", lw=1.2, ls="--", marker=".",
+                label="never-planted controls (nothing leaked)")
+        top = max((s["max_exposure"] for s in items if s.get("max_exposure") is not None), default=None)
+        if top is not None:
+            ax.axhline(top, color="k", lw=0.8, ls=":", label="log2 R: canary ranked first (memorised)")
+        ax.set_xscale("log")
+        ax.set_xticks(x, ["∞ (off)" if e == OFF else f"{float(e):g}" for e in settings])
+        ax.minorticks_off()
+        ax.set_xlabel("DP-SGD ε per user (log scale)")
+        ax.set_ylabel("exposure (bits)")
+        ax.set_title(f"{task} ({items[0]['n_users']} users)", fontsize=10)
+        ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    return fig
+
+
 def _legend(fig, axes) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     ncol = max(1, min(len(labels), int(fig.get_figwidth() // 3.3)))
@@ -203,13 +239,21 @@ PLOTS = {"utility_vs_share.png": plot_utility_vs_share, "utility_vs_epsilon.png"
          "utility_vs_mia.png": plot_utility_vs_mia}
 
 
+EXPOSURE_PLOT = "exposure_vs_epsilon.png"
+
+
 def write_sweep_plots(out_dir: Path | str, sweep: Mapping[str, Any]) -> list[str]:
-    """Save the three plots as PNG under ``OUT/plots/``; returns their paths."""
+    """Save the three plots (four with a canary audit) as PNG under ``OUT/plots/``; returns their paths."""
     plt = _pyplot()
     folder = Path(out_dir) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, draw in PLOTS.items():
+    plots = dict(PLOTS)
+    if (sweep.get("canary_audit") or {}).get("summary"):
+        plots[EXPOSURE_PLOT] = plot_exposure_vs_epsilon
+    else:  # an earlier audit's plot would now describe results this sweep.json does not hold
+        (folder / EXPOSURE_PLOT).unlink(missing_ok=True)
+    for name, draw in plots.items():
         fig = draw(sweep)
         with atomic_path(folder / name, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110)

@@ -28,6 +28,6 @@ def test_privacy_notebook_executes(tiny_sweep, monkeypatch: pytest.MonkeyPatch) 
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3, "one figure per curve: share fraction, epsilon, MIA AUC"
+    assert len(images) == 4, "one figure per curve: share fraction, epsilon, MIA AUC, canary exposure"
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert f"{len(sweep['points'])} point(s)" in text

@@ -85,7 +85,7 @@ def fake_runner(calls: list[str], fail: str = ""):
 
 
 def test_sweep_outputs_resume_and_failures(tmp_path: Path) -> None:
-    spec = load_sweep(PRIVACY_TINY, grid=["dp-epsilon=off,4,1"])
+    spec = load_sweep(PRIVACY_TINY, grid=["dp-epsilon=off,4,1", "canaries=0"])
     calls: list[str] = []
     sweep = run_sweep(spec, tmp_path, runner=fake_runner(calls, fail="share1_dp1"))
     assert len(calls) == 6 and not sweep["complete"]
@@ -109,7 +109,8 @@ def test_sweep_outputs_resume_and_failures(tmp_path: Path) -> None:
     assert calls == ["share1_dp1"] and sweep["complete"]
     assert sum(p["status"] == "resumed" for p in sweep["points"]) == 5
     # A finished point made with another config is refused, not silently mixed in.
-    changed = load_sweep(PRIVACY_TINY, sets=["train.steps=3"], grid=["dp-epsilon=off", "share-fraction=0"])
+    changed = load_sweep(PRIVACY_TINY, sets=["train.steps=3"],
+                         grid=["dp-epsilon=off", "share-fraction=0", "canaries=0"])
     sweep = run_sweep(changed, tmp_path, runner=fake_runner(calls))
     assert sweep["points"][0]["status"] == "failed" and "train.steps" in sweep["points"][0]["error"]
 
@@ -189,3 +190,69 @@ def test_epsilon_plot_draws_intervals_and_the_base_floor() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------- canary exposure in the sweep
+def test_canary_plan_parsing_and_errors() -> None:
+    spec = load_sweep(PRIVACY_TINY, grid=["canaries=3", "canary-candidates=64"])
+    assert spec.canaries.canaries == 3 and spec.canaries.candidates == 64 and spec.canaries.enabled
+    assert not load_sweep(PRIVACY_TINY, grid=["canaries=0"]).canaries.enabled
+    for bad, match in ((["canaries=-1"], ">= 0"), (["canaries=two"], "whole number"),
+                       (["canaries=1.5"], "whole number"), (["canary-candidates=1"], ">= 2")):
+        with pytest.raises(SweepError, match=match):
+            load_sweep(PRIVACY_TINY, grid=bad)
+
+
+def test_exposure_is_attached_to_local_rows_only() -> None:
+    from cdcda_fl.sweep_canaries import attach_exposure, audit_settings
+
+    assert audit_settings([4.0, None, 8.0]) == [None, 8.0, 4.0] and audit_settings([1.0]) == [None, 1.0]
+    report = {"summary": [{"task": "LaMP_2", "dp_epsilon": "8.0", "exposure_planted": {"mean": 2.5, "lo": 2.0,
+                                                                                        "hi": 3.0},
+                           "exposure_control": {"mean": 1.4, "lo": None, "hi": None}}]}
+    rows = [{"task": "LaMP_2", "dp_epsilon": 8.0, "method": m} for m in ("base", "local", "cdcda")]
+    rows.append({"task": "LaMP_2", "dp_epsilon": "off", "method": "local"})
+    attach_exposure(rows, report)
+    assert [r["exposure"] for r in rows] == [None, 2.5, None, None]
+    assert rows[1]["exposure_ci"] == [2.0, 3.0] and rows[1]["exposure_control"] == 1.4
+    attach_exposure(rows, None)  # no audit: the keys exist, empty
+    assert all(r["exposure"] is None and r["exposure_ci"] is None for r in rows)
+
+
+def test_sweep_runs_a_real_canary_audit_and_reuses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fake points, real audit (tiny-random): exposure lands in sweep.json, the CSV, the table and a plot."""
+    spec = load_sweep(PRIVACY_TINY, grid=["dp-epsilon=4", "share-fraction=1", "canaries=1", "canary-candidates=8"])
+    calls: list[str] = []
+    sweep = run_sweep(spec, tmp_path, runner=fake_runner(calls))
+    audit = sweep["canary_audit"]
+    assert audit["settings"] == ["off", 4.0] and audit["file"] == "canaries/canaries.json"
+    assert {s["dp_epsilon"] for s in audit["summary"]} == {"off", "4.0"}  # off audited though not in the grid
+    report = json.loads((tmp_path / "canaries" / "canaries.json").read_text())
+    assert all(u["canaries_shared"] == 0 for u in report["users"])
+    rows = {r["method"]: r for r in sweep["rows"]}
+    assert 0.0 <= rows["local"]["exposure"] <= 3.0 and rows["local"]["exposure_control"] is not None
+    assert rows["cdcda"]["exposure"] is None and rows["base"]["exposure"] is None
+    assert "plots/exposure_vs_epsilon.png" in sweep["plots"]
+    assert (tmp_path / "plots" / "exposure_vs_epsilon.png").stat().st_size > 5000
+    with (tmp_path / "sweep.csv").open() as fh:
+        assert "exposure" in next(csv.DictReader(fh))
+    print_sweep(sweep)
+    printed = capsys.readouterr().out
+    assert "exposure local" in printed and "no grid point" in printed  # the off reference is printed too
+
+    def must_not_audit(*args, **kwargs):
+        raise AssertionError("the finished audit must be reused")
+
+    again = run_sweep(spec, tmp_path, runner=fake_runner(calls), auditor=must_not_audit)
+    assert again["canary_audit"]["summary"] == audit["summary"]
+    seen: list[list] = []
+
+    def failing(cfg, settings, **kwargs):
+        seen.append(settings)
+        raise RuntimeError("audit crashed")
+
+    more = load_sweep(PRIVACY_TINY, grid=["dp-epsilon=4", "share-fraction=1", "canaries=2"])
+    broken = run_sweep(more, tmp_path, runner=fake_runner(calls), auditor=failing)  # another plan: audits again
+    assert seen == [[None, 4.0]] and broken["canary_audit"] is None and broken["complete"]
+    assert "plots/exposure_vs_epsilon.png" not in broken["plots"]
+    assert not (tmp_path / "plots" / "exposure_vs_epsilon.png").exists()  # no stale plot of the old audit
