@@ -415,3 +415,37 @@ def test_answering_leaves_every_tensor_frozen(tiny_base):
     dm._drop_own_adapter()
     assert not any(p.requires_grad for p in tiny_base.model.parameters())
     keeper._drop_own_adapter()
+
+
+def test_cpu_training_uses_eager_attention_and_restores_sdpa(tiny_base):
+    """training_attention: eager inside DeviceModel.train on CPU (the slow SDPA backward), SDPA after."""
+    from cdcda_fl.device.training import training_attention
+
+    model = tiny_base.model
+    before = model.config._attn_implementation
+    seen: list[str] = []
+    hook = model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda mod, args: seen.append(mod.config._attn_implementation))
+    try:
+        model.set_attn_implementation("sdpa")
+        dm = DeviceModel(tiny_base)
+        dm.train([("q", "a"), ("r", "b")], LoraTrainConfig(steps=2, batch_size=2))
+        assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"
+        seen.clear()
+        dm.generate(["q"], max_new_tokens=2)
+        assert seen and set(seen) == {"sdpa"}  # answering keeps SDPA
+        with pytest.raises(RuntimeError):  # restored even when training fails
+            with training_attention(model, torch.device("cpu")):
+                raise RuntimeError("boom")
+        assert model.config._attn_implementation == "sdpa"
+        with training_attention(model, torch.device("cuda")):  # other devices keep their kernel
+            assert model.config._attn_implementation == "sdpa"
+    finally:
+        hook.remove()
+        model.set_attn_implementation(before)
+
+
+def test_lora_dropout_defaults_to_zero_everywhere():
+    from cdcda_fl.config import DEFAULTS
+
+    assert LoraTrainConfig().dropout == 0.0 and DEFAULTS["train.dropout"][0] == 0.0

@@ -71,6 +71,7 @@ from cdcda_fl.device.training import (  # noqa: F401
     example_loss,
     fit,
     lora_config,
+    training_attention,
 )
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ class DeviceModel:
             else:
                 self._slots.add(lora_config(cfg))
             self._slots.active = True
-            with self._slots.layers(trainable=True) as model:
+            with self._slots.layers(trainable=True) as model, training_attention(self.base.model, self.base.device):
                 res = fit(
                     model, encoded, w, cfg, dp, steps, progress=progress,
                     pad_id=self._pad_id, device=self.base.device, compute_context=self.base.compute_context,

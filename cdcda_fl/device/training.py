@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,10 @@ class LoraTrainConfig:
 
     rank: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    # No LoRA dropout by default (peft's default too): on CPU a fresh dropout mask per q/k/v/o
+    # input is ~35 % of a training step (RNG, the mask multiply and its backward), measured in
+    # benchmarks/train_speed.py; the adapters train for a few dozen steps, where it did not help.
+    dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     steps: int | None = 24
     epochs: float | None = None
@@ -158,6 +161,27 @@ def _check_no_embedding_targets(model: nn.Module, target_modules: Any) -> None:
 
 
 # --------------------------------------------------------------------------- the loops
+@contextmanager
+def training_attention(hf_model: Any, device: torch.device) -> Iterator[None]:
+    """On CPU, train with eager attention instead of SDPA, and restore SDPA afterwards.
+
+    torch's CPU flash-attention *backward* is the slowest op of a bf16 LoRA step (about a
+    quarter of it on an AMX Xeon, 3x its fp32 time), while eager attention's matmuls run on the
+    bf16 GEMM units; in fp32 eager is faster too (benchmarks/train_speed.py). Answering and
+    loss-only passes keep SDPA, whose forward is fast. CUDA keeps its implementation.
+    """
+    config = getattr(hf_model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if device.type != "cpu" or current != "sdpa" or not hasattr(hf_model, "set_attn_implementation"):
+        yield
+        return
+    hf_model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        hf_model.set_attn_implementation(current)
+
+
 
 
 def fit(
