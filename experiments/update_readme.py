@@ -1,6 +1,7 @@
 """Regenerate the README's results section from run directories (no numbers typed by hand).
 
     python experiments/update_readme.py --demo runs/demo [--quality runs/quality] [--sweep runs/privacy]
+    python experiments/update_readme.py --canaries runs/canary-lamp3    # the canary audit's table and plot
 
 Writes each run's paper-layout table (rebuilt from its ``results.json`` by
 :func:`cdcda_fl.results.paper_table`, so every value carries its 95 % interval over users and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DP_BEGIN, DP_END = "<!-- dp:begin -->", "<!-- dp:end -->"
+CANARY_BEGIN, CANARY_END = "<!-- canaries:begin -->", "<!-- canaries:end -->"
+CANARY_PLOT = "canary_exposure_vs_epsilon.png"
 
 
 def run_table(run: Path) -> str:
@@ -94,6 +98,44 @@ def sweep_section(sweep: Path) -> list[str]:
     return lines
 
 
+def canary_section(run: Path, images: Path | None = None) -> list[str]:
+    """The canary audit's table (exposure, controls, MIA AUC, ε per task and DP setting) and its plot.
+
+    ``run`` holds a ``canaries.json`` from ``cdcda audit canaries`` or a sweep's ``canaries/``
+    folder; the plot is the sweep's exposure plot, drawn from the same summary.
+    """
+    from cdcda_fl.sweep_plots import _pyplot, plot_exposure_vs_epsilon
+
+    report = json.loads((run / "canaries.json").read_text())
+    cfg = report.get("config", {})
+    images = images or ROOT / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    fig = plot_exposure_vs_epsilon({"canary_audit": report})
+    fig.savefig(images / CANARY_PLOT, dpi=110)
+    _pyplot().close(fig)
+
+    def cell(stat: dict) -> str:
+        if stat.get("mean") is None:
+            return "–"
+        band = f" [{stat['lo']:.2f}, {stat['hi']:.2f}]" if stat.get("lo") is not None else ""
+        return f"{stat['mean']:.2f}{band}"
+
+    n_users = max((r["n_users"] for r in report["summary"]), default=0)
+    lines = [f"Canary audit (`cdcda audit canaries`, {n_users} users per task on {cfg.get('tasks', '?')}, "
+             f"{report['canaries_per_user']} canaries and {report['controls_per_user']} never-planted controls per "
+             f"user in non-shared records, R = {report['candidates']} candidates, device model "
+             f"`{cfg.get('device.model', '?')}`; local adapter; exposure in bits, max log2 R = "
+             f"{math.log2(report['candidates']):.0f}):", "",
+             "| Task | DP | Exposure, planted (95 % CI) | Exposure, controls | MIA AUC | ε spent | Users |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in report["summary"]:
+        eps = "off" if r["dp_epsilon"] == "off" else f"ε = {float(r['dp_epsilon']):g}"
+        spent = "–" if r.get("epsilon") is None else f"{r['epsilon']:.2f}"
+        lines.append(f"| {r['task']} | {eps} | {cell(r['exposure_planted'])} | {cell(r['exposure_control'])} | "
+                     f"{cell(r['mia_auc'])} | {spent} | {r['n_users']} |")
+    return [*lines, "", f"![canary exposure vs epsilon](docs/images/{CANARY_PLOT})", ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, default=None, help="a finished ./run demo directory (e.g. runs/demo)")
@@ -105,13 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dp", type=Path, action="append", default=[],
                         help="a finished run of experiments/configs/dp_quality.toml (repeatable: e.g. one per "
                              "dp.selection); fills the README's DP section only")
+    parser.add_argument("--canaries", type=Path, default=None,
+                        help="a folder with canaries.json (cdcda audit canaries --out DIR); fills the README's "
+                             "canary section and draws docs/images/" + CANARY_PLOT)
     args = parser.parse_args(argv)
+    if args.canaries is not None and not (args.canaries / "canaries.json").is_file():
+        print(f"{args.canaries}/canaries.json not found: run `cdcda audit canaries` first", file=sys.stderr)
+        return 1
     for run in (args.demo, args.quality, *args.dp):
         if run is not None and not (run / "results.json").is_file():
             print(f"{run}/results.json not found: run it first", file=sys.stderr)
             return 1
-    if args.demo is None and args.quality is None and args.realtext is None and not args.dp and args.sweep is None:
-        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep")
+    if (args.demo is None and args.quality is None and args.realtext is None and not args.dp and args.sweep is None
+            and args.canaries is None):
+        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep, --canaries")
     if args.sweep is not None and args.demo is None and args.quality is None and args.realtext is None:
         # Only the plots: copy them over docs/images/sweep_*.png (the README links those files) and
         # leave the results section as it is.
@@ -128,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _replace_between(readme, DP_BEGIN, DP_END, lines):
             return 1
         print("README.md DP section updated")
+    if args.canaries is not None:
+        if not _replace_between(readme, CANARY_BEGIN, CANARY_END, canary_section(args.canaries)):
+            return 1
+        print("README.md canary section updated")
     if args.demo is None and args.quality is None and args.realtext is None:
         return 0
     lines = demo_section(args.demo) if args.demo is not None else []

@@ -257,3 +257,29 @@ def test_dp_fall_backs_to_the_base_are_counted_per_task() -> None:
     from cdcda_fl.results import cloud_summary_text
 
     assert "CDCDA+DP answered with the base model: 2 of 3" in cloud_summary_text("LaMP_2", block)
+
+
+def test_readme_canary_section_tables_and_plots_the_audit(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    script = Path(__file__).resolve().parent.parent / "experiments" / "update_readme.py"
+    spec = importlib.util.spec_from_file_location("update_readme", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def stat(mean, lo=None, hi=None):
+        return {"mean": mean, "lo": lo, "hi": hi}
+
+    summary = [{"task": "LaMP_3", "dp_epsilon": e, "n_users": 8, "exposure_planted": stat(p, p - 0.3, p + 0.3),
+                "exposure_control": stat(c), "max_exposure": 7.0, "mia_auc": stat(a), "epsilon": eps}
+               for e, p, c, a, eps in (("off", 4.8, 3.5, 0.82, None), ("8.0", 2.7, 2.1, 0.55, 7.98))]
+    report = {"config": {"tasks": "LaMP_3", "device.model": "smollm2-135m"}, "canaries_per_user": 2,
+              "controls_per_user": 2, "candidates": 128, "summary": summary}
+    (tmp_path / "canaries.json").write_text(json.dumps(report))
+    text = "\n".join(module.canary_section(tmp_path, images=tmp_path / "img"))
+    assert "8 users per task on LaMP_3" in text and "max log2 R = 7" in text
+    assert "| LaMP_3 | off | 4.80 [4.50, 5.10] | 3.50 | 0.82 | – | 8 |" in text
+    assert "| LaMP_3 | ε = 8 | 2.70 [2.40, 3.00] | 2.10 | 0.55 | 7.98 | 8 |" in text
+    assert (tmp_path / "img" / module.CANARY_PLOT).stat().st_size > 5000
+    assert module.main(["--canaries", str(tmp_path / "missing")]) == 1
