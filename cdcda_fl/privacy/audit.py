@@ -150,12 +150,17 @@ def run_canary_audit(cfg: dict, settings, *, n_canaries: int = 2, n_controls: in
         from cdcda_fl.device.models import get_base_model
 
         model = DeviceModel(get_base_model(str(cfg["device.model"]), quantization=str(cfg["device.quantization"]) or None))
+    from cdcda_fl.progress import Progress
+
     users_out = []
-    for task in tasks:
-        for user in load_task_users(data, task, str(cfg["split"]), max_users=int(cfg["users"]) or None):
+    todo = [(task, user) for task in tasks
+            for user in load_task_users(data, task, str(cfg["split"]), max_users=int(cfg["users"]) or None)]
+    with Progress("canary audit", total=len(todo), unit="users") as bar:  # rate and ETA: a user trains per setting
+        for task, user in todo:
             log(f"canary audit: {task} user {user.user_id} ({len(user.profile)} records)")
             users_out.append(audit_user_canaries(model, user, cfg, settings, n_canaries=n_canaries,
                                                  n_controls=n_controls, n_candidates=n_candidates, repeats=repeats))
+            bar.advance()
     report = {"config": {k: v for k, v in cfg.items()}, "settings": ["off" if e is None else e for e in settings],
               "canaries_per_user": n_canaries, "controls_per_user": n_controls, "candidates": n_candidates,
               "repeats": repeats, "summary": summarize_canary_audit(users_out), "users": users_out}
@@ -179,10 +184,8 @@ def print_canary_summary(report: dict) -> None:
 def _cmd_canaries(args) -> int:
     import sys
 
-    from cdcda_fl.config import ConfigError, load_config
+    from cdcda_fl.config import ConfigError, load_config, path_overrides
     from cdcda_fl.privacy.canary import CanaryError
-
-    from cdcda_fl.config import path_overrides
 
     extra = path_overrides(args)
     try:
