@@ -130,6 +130,15 @@ def test_cli_audit_canaries_end_to_end(tiny_base, tiny_cache, tmp_path: Path, mo
     from cdcda_fl.cli import main
 
     monkeypatch.setenv("CDCDA_CACHE_DIR", str(tiny_cache))
+    import cdcda_fl.device.personalize as personalize
+
+    real, asked = personalize.device_model_for, []
+
+    def recording(cfg):  # the audit must take the base the device would use per setting (fp32 under DP)
+        asked.append(bool(cfg["dp.enabled"]))
+        return real(cfg)
+
+    monkeypatch.setattr(personalize, "device_model_for", recording)
     out = tmp_path / "audit"
     rc = main(["audit", "canaries", "--out", str(out), "--candidates", "8", "--dp-epsilon", "off,8",
                "--set", "tasks=LaMP_2", "--set", "users=1", "--set", "device.model=tiny-random",
@@ -145,6 +154,7 @@ def test_cli_audit_canaries_end_to_end(tiny_base, tiny_cache, tmp_path: Path, mo
         assert len(s["canaries"]) == 4 and {c["planted"] for c in s["canaries"]} == {True, False}
         assert all(0.0 <= c["exposure"] <= 3.0 and c["candidates"] == 8 for c in s["canaries"])
     assert {r["dp_epsilon"] for r in report["summary"]} == {"off", "8.0"}
+    assert asked == [False, True] and off["dtype"] == dp["dtype"] == "torch.float32"
     assert "canaries.json" in capsys.readouterr().out
 
 

@@ -55,12 +55,15 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
     For each setting the adapter is trained the way the device trains it: without DP from the
     run's ``train.*`` keys; with DP from :func:`cdcda_fl.device.dp_select.candidates_for` (the
     first candidate: the audit has no cloud data to select with, and measures the adapter DP-SGD
-    releases). ``n_controls`` canaries of the same format are never planted: their exposure is
+    releases). ``model=None`` takes the base the device would use for that setting
+    (:func:`~cdcda_fl.device.personalize.device_model_for`: under DP ``device.dtype=auto`` means
+    fp32, without DP bf16 where the CPU has it), so the audit measures the adapter a device
+    releases. ``n_controls`` canaries of the same format are never planted: their exposure is
     the "nothing leaked" reference (≈ log2 e, not 0, for a rank estimate).
     """
     from cdcda_fl.data.tasks import get_task
     from cdcda_fl.device.dp_select import candidates_for, lora_from_config
-    from cdcda_fl.device.personalize import share_records
+    from cdcda_fl.device.personalize import device_model_for, share_records
     from cdcda_fl.privacy.canary import (
         canary_consent,
         check_not_shared,
@@ -91,15 +94,17 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
             dcfg = {**cfg, "dp.enabled": True, "dp.epsilon": eps}
             cand = candidates_for(dcfg, len(train_pairs))[0]
             lora, dp, plan = cand.lora, cand.dp, cand.plan
-        res = model.train(train_pairs, lora, dp)
-        exps = (measure_exposure(model, canaries, n_candidates, planted=True, seed=seed)
-                + measure_exposure(model, controls, n_candidates, planted=False, seed=seed))
-        mia = membership_auc(model.example_losses(real_pairs), model.example_losses(held_out)) if held_out else None
+        dm = model if model is not None else device_model_for({**cfg, "dp.enabled": eps is not None})
+        res = dm.train(train_pairs, lora, dp)
+        exps = (measure_exposure(dm, canaries, n_candidates, planted=True, seed=seed)
+                + measure_exposure(dm, controls, n_candidates, planted=False, seed=seed))
+        mia = membership_auc(dm.example_losses(real_pairs), dm.example_losses(held_out)) if held_out else None
         out["settings"].append({"dp_epsilon": "off" if eps is None else eps, "epsilon": res.epsilon,
                                 "delta": res.delta, "plan": plan, "train_loss": res.final_loss,
                                 "exposure": summarize(exps), "canaries": [e.to_dict() for e in exps],
-                                "mia_auc": mia, "seconds": round(res.seconds, 2)})
-        model.clear_adapter()
+                                "mia_auc": mia, "seconds": round(res.seconds, 2),
+                                "dtype": str(getattr(dm.base.model, "dtype", ""))})
+        dm.clear_adapter()
     return out
 
 
@@ -145,11 +150,6 @@ def run_canary_audit(cfg: dict, settings, *, n_canaries: int = 2, n_controls: in
         if missing:
             write_personas(data, users=int(cfg["users"]), tasks=missing, seed=int(cfg["seed"]),
                            splits=(str(cfg["split"]),), queries_per_user=int(cfg.get("personas.queries", 8)))
-    if model is None:
-        from cdcda_fl.device.lora import DeviceModel
-        from cdcda_fl.device.models import get_base_model
-
-        model = DeviceModel(get_base_model(str(cfg["device.model"]), quantization=str(cfg["device.quantization"]) or None))
     from cdcda_fl.progress import Progress
 
     users_out = []
