@@ -167,3 +167,16 @@ def test_plain_http_to_a_remote_host_is_refused_unless_allowed(caplog) -> None:
     be = make_backend({"cloud.backend": "openai", "cloud.model": "m", "cloud.base-url": ""})  # the config default
     assert be.base_url == "http://127.0.0.1:8000/v1"
     be.close()
+
+
+def test_openai_backend_defaults_are_the_config_defaults():
+    """A library user constructing the backend directly gets what `cdcda run` would use (issue 15)."""
+    import inspect
+
+    from cdcda_fl.cloud.backends import OpenAIBackend
+    from cdcda_fl.config import DEFAULTS
+
+    params = inspect.signature(OpenAIBackend.__init__).parameters
+    assert params["timeout"].default == DEFAULTS["cloud.timeout"][0] == 120.0
+    assert params["max_retries"].default == DEFAULTS["cloud.max-retries"][0]
+    assert params["concurrency"].default == DEFAULTS["cloud.concurrency"][0]

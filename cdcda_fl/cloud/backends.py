@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from cdcda_fl.config import config_get, parse_bool
+from cdcda_fl.config import DEFAULTS, config_get, parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,9 @@ class OpenAIBackend(_TextsFromDetails):
         *,
         base_url: str = "http://127.0.0.1:8000/v1",
         api_key_env: str = "",
-        timeout: float = 60.0,
-        max_retries: int = 3,
-        concurrency: int = 4,
+        timeout: float = float(DEFAULTS["cloud.timeout"][0]),  # one source of defaults: config.py
+        max_retries: int = int(DEFAULTS["cloud.max-retries"][0]),
+        concurrency: int = int(DEFAULTS["cloud.concurrency"][0]),
         backoff_base: float = 0.5,
         backoff_max: float = 20.0,
         prefers_chat: bool = True,
