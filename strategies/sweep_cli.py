@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser(
         "sweep", help="privacy-versus-utility grid (share fraction × DP ε): one Flower simulation per point, plots",
         description="Run one full CDCDA simulation per grid point (share fraction × DP ε, membership-inference "
-                    "audit on), resume finished points, then write sweep.json, sweep.csv and plots/*.png.")
+                    "audit on), resume finished points, optionally run the canary exposure audit over the same "
+                    "users ([sweep] canaries = N), then write sweep.json, sweep.csv and plots/*.png.")
     sweep.add_argument("config", nargs="?", type=Path, default=PRIVACY_CONFIG,
                        help=f"sweep TOML with [config] and [sweep] tables (default {PRIVACY_CONFIG.name})")
     sweep.add_argument("--out", type=Path, help="sweep directory (default: out-dir of the config)")
@@ -47,6 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a run config key for every point (repeatable)")
     sweep.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2",
-                       help="override a grid axis, e.g. share-fraction=0,1 or dp-epsilon=off,4 (repeatable)")
+                       help="override a [sweep] key: share-fraction=0,1, dp-epsilon=off,4, canaries=2 (repeatable)")
     sweep.add_argument("--dry-run", action="store_true", help="print the grid points and exit")
     sweep.set_defaults(func=_cmd_sweep)
