@@ -100,12 +100,13 @@ def epsilon_positions(settings: Sequence[Any]) -> dict[Any, float]:
     return pos
 
 
-def _errorbars(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]] | None:
-    """Asymmetric error bars (below, above) from each row's ``utility_ci``; None if no row has one."""
-    if not any(r.get("utility_ci") for r in rows):
+def _errorbars(values: Sequence[float], intervals: Sequence[Sequence[float] | None]
+               ) -> tuple[list[float], list[float]] | None:
+    """Asymmetric error bars (below, above) from each value's [lo, hi]; None if no value has one."""
+    if not any(intervals):
         return None
-    below = [r["utility"] - r["utility_ci"][0] if r.get("utility_ci") else 0.0 for r in rows]
-    above = [r["utility_ci"][1] - r["utility"] if r.get("utility_ci") else 0.0 for r in rows]
+    below = [v - ci[0] if ci else 0.0 for v, ci in zip(values, intervals)]
+    above = [ci[1] - v if ci else 0.0 for v, ci in zip(values, intervals)]
     return [max(0.0, b) for b in below], [max(0.0, a) for a in above]
 
 
@@ -140,7 +141,8 @@ def plot_utility_vs_epsilon(sweep: Mapping[str, Any]):
                 continue
             x = [pos[r["dp_epsilon"]] for r in mrows]
             y = [r["utility"] for r in mrows]
-            ax.errorbar(x, y, yerr=_errorbars(mrows), capsize=3, label=LABELS_EPS.get(m, m), **style)
+            ax.errorbar(x, y, yerr=_errorbars(y, [r.get("utility_ci") for r in mrows]), capsize=3,
+                        label=LABELS_EPS.get(m, m), **style)
         if settings:
             ax.set_xscale("log")
             ax.set_xticks([pos[e] for e in settings], ["∞ (off)" if e == OFF else f"{float(e):g}" for e in settings])
@@ -207,8 +209,7 @@ def plot_exposure_vs_epsilon(sweep: Mapping[str, Any]):
         x = [pos[e] for e in settings]
         planted = [s["exposure_planted"] for s in items]
         y = [p["mean"] for p in planted]
-        err = ([max(0.0, p["mean"] - p["lo"]) if p["lo"] is not None else 0.0 for p in planted],
-               [max(0.0, p["hi"] - p["mean"]) if p["hi"] is not None else 0.0 for p in planted])
+        err = _errorbars(y, [(p["lo"], p["hi"]) if p["lo"] is not None else None for p in planted])
         ax.errorbar(x, y, yerr=err, capsize=3, label="planted canaries (non-shared records)", **STYLE["local"])
         ax.plot(x, [s["exposure_control"]["mean"] for s in items], color="#555555", lw=1.2, ls="--", marker=".",
                 label="never-planted controls (nothing leaked)")
