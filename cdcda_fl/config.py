@@ -151,8 +151,75 @@ def defaults() -> dict[str, Scalar]:
 
 
 def config_get(cfg: Mapping[str, Any], key: str) -> Scalar:
-    """``cfg[key]``, else the one default in :data:`DEFAULTS` (never a second literal elsewhere)."""
+    """``cfg[key]``, else the one default in :data:`DEFAULTS` (never a second literal elsewhere).
+
+    A device's :class:`ReceivedConfig` has no fall-back: a key its message kind does not carry
+    is an error there, not a silent default.
+    """
+    if isinstance(cfg, ReceivedConfig):
+        return cfg[key]
     return cfg[key] if key in cfg else DEFAULTS[key][0]
+
+
+# ------------------------------------------------------------------ what each message carries
+# A device is sent only the keys it reads for its part (docs/design.md, "Messages"): the cloud's
+# endpoint, the name of its key variable, generation, orchestration and simulation settings stay
+# on the server. An entry ending in "." names every key of that section.
+_LOCATE_USERS = ("tasks", "users", "split", "data-dir", "data.strict", "out-dir", "seed", "personas.",
+                 "debug.crash-users")
+MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "share": (*_LOCATE_USERS, "consent."),
+    "personalize": (*_LOCATE_USERS, "methods", "device.", "train.", "dp.", "rag.", "eval.", "mia.",
+                    # the cloud upper bound answers on the device with the in-process (hf) cloud model
+                    "cloud.backend", "cloud.model", "cloud.device", "cloud.prompt-style", "cloud.batch-size"),
+}
+# Never sent although a listed section holds it: a path on the server's disk the device must not open.
+_NEVER_SENT = frozenset({"consent.overrides"})
+
+
+def message_keys(kind: str) -> list[str]:
+    """The run-config keys a ``kind`` message (share | personalize) carries, in DEFAULTS order."""
+    if kind not in MESSAGE_KEYS:
+        raise ConfigError(f"unknown message kind {kind!r}; choose from {', '.join(MESSAGE_KEYS)}")
+    wanted = MESSAGE_KEYS[kind]
+    return [key for key in DEFAULTS if key not in _NEVER_SENT
+            and any(key == w or (w.endswith(".") and key.startswith(w)) for w in wanted)]
+
+
+def message_config(kind: str, cfg: Mapping[str, Scalar]) -> dict[str, Scalar]:
+    """What of ``cfg`` the server puts into a ``kind`` message (the rest never leaves it)."""
+    return {key: cfg[key] for key in message_keys(kind) if key in cfg}
+
+
+class ReceivedConfig(dict):
+    """The run config a device received with one message kind.
+
+    Reading a key that kind does not carry raises instead of answering with a default: a device
+    silently using a default where the run set something else would be a wrong result that no
+    test sees. Add the key to :data:`MESSAGE_KEYS` if the device really needs it.
+    """
+
+    def __init__(self, kind: str, values: Mapping[str, Scalar]) -> None:
+        super().__init__(values)
+        self.kind = kind
+
+    def __missing__(self, key: str) -> Scalar:
+        raise ConfigError(f"config key {key!r} is not sent to devices with {self.kind!r} messages "
+                          "(cdcda_fl.config.MESSAGE_KEYS)")
+
+
+def received_config(kind: str, shipped: Mapping[str, Any]) -> ReceivedConfig:
+    """A device's view of a message's config: the kind's keys (checked, defaults filled), nothing else.
+
+    Keys outside the kind are dropped, so a newer or chattier server cannot make a device read more.
+    """
+    keys = message_keys(kind)
+    values = {key: DEFAULTS[key][0] for key in keys}
+    for key, value in shipped.items():
+        check_key(key)
+        if key in values:
+            values[key] = _coerce(key, value)
+    return ReceivedConfig(kind, values)
 
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})

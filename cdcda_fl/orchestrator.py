@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.config import Scalar, check_dp_selection, methods_of
+from cdcda_fl.config import Scalar, check_dp_selection, message_config, methods_of
 from cdcda_fl.edge.runtime import check_runtime
 from cdcda_fl.node_guard import NodeGuard, Refused
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
@@ -102,7 +102,8 @@ def exchange(transport: Transport, requests: list[tuple[int, Mapping[str, Any]]]
     """
     if STOP.is_set():
         raise RunInterrupted("stop requested")
-    pending = dict(zip(transport.send(kind, cfg, requests), (node for node, _ in requests)))
+    # only the keys a device reads for this kind leave the server (config.MESSAGE_KEYS)
+    pending = dict(zip(transport.send(kind, message_config(kind, cfg), requests), (node for node, _ in requests)))
     deadline = None if not timeout else time.monotonic() + timeout
     delay = 0.05
     with Progress(label, total=len(pending) if total is None else total, unit=unit) as bar:

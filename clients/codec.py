@@ -12,7 +12,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from cdcda_fl.config import Scalar, resolve
+from cdcda_fl.config import ReceivedConfig, Scalar, received_config
 
 CONFIG = "config"
 PAYLOAD = "payload"
@@ -35,6 +35,7 @@ def unpack(message: Message) -> dict[str, Any]:
     return {k: json.loads(str(v)) for k, v in record.items()}
 
 
-def config_of(message: Message) -> dict[str, Scalar]:
-    """The run config the ServerApp shipped with the message (checked against known keys)."""
-    return resolve(dict(message.content[CONFIG])) if CONFIG in message.content else resolve({})
+def config_of(message: Message, kind: str) -> ReceivedConfig:
+    """The run config the ServerApp shipped with a ``kind`` message: checked keys, only the kind's
+    (``config.MESSAGE_KEYS``), defaults for the ones it left out."""
+    return received_config(kind, dict(message.content[CONFIG]) if CONFIG in message.content else {})

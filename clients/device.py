@@ -165,7 +165,7 @@ def _guarded(kind: str, handler):
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
             try:
-                home = device_home(context.node_config, config_of(msg))
+                home = device_home(context.node_config, config_of(msg, kind))
             except Exception:  # noqa: BLE001
                 home = Path(".cdcda-device")
             _log_error(home, kind, exc)
@@ -193,7 +193,7 @@ def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any]
 
 def share(msg: Message, context: Context) -> Message:
     """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
-    cfg = config_of(msg)
+    cfg = config_of(msg, "share")
     home = device_home(context.node_config, cfg)
     try:
         request = unpack(msg)
@@ -223,7 +223,7 @@ def share(msg: Message, context: Context) -> Message:
 
 def personalize(msg: Message, context: Context) -> Message:
     """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
-    cfg = config_of(msg)
+    cfg = config_of(msg, "personalize")
     home = device_home(context.node_config, cfg)
     real = is_real_device(context.node_config)
     request = unpack(msg)

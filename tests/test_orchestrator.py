@@ -27,6 +27,7 @@ class MemoryTransport:
         self.nodes = nodes
         self.sent: list[tuple[int, str, dict]] = []
         self.batches: list[tuple[str, int]] = []  # (kind, users asked) per send: one per round chunk
+        self.configs: list[tuple[str, dict]] = []  # (kind, run config) per send, as it would travel
         self._ready: dict[str, Reply] = {}
         self._n = 0
 
@@ -36,6 +37,7 @@ class MemoryTransport:
     def send(self, kind: str, cfg: Mapping[str, Any], requests: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
         handles = []
         self.batches.append((kind, sum(len(p.get("synthetic", {})) for _, p in requests)))
+        self.configs.append((kind, dict(cfg)))
         for node, payload in requests:
             self._n += 1
             handle = f"m{self._n}"
@@ -270,3 +272,24 @@ def test_cloud_writer_keeps_the_augmenters_counts_and_errors_per_user() -> None:
         "LaMP_2/a": {"n_records": 1, "counts": {"accepted": 1, "generated": 3, "rejected_truncated": 2}, "error": None},
         "LaMP_2/b": {"n_records": 0, "counts": {"accepted": 0, "generations": 2}, "error": "TimeoutError: x"},
     }
+
+
+def test_messages_carry_only_the_keys_their_device_side_reads(tmp_path: Path) -> None:
+    """The cloud's endpoint, the name of its key variable and the server's own paths never reach a device."""
+    from cdcda_fl.config import message_keys
+
+    overrides = tmp_path / "server-secret" / "overrides.toml"
+    overrides.parent.mkdir()
+    overrides.write_text("")
+    cfg = _cfg(tmp_path, **{"cloud.base-url": "https://cloud.example/v1", "cloud.api-key-env": "CLOUD_KEY",
+                            "consent.overrides": str(overrides)})
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: fake_device(cfg, keys)})
+    orchestrator.run_cdcda(transport, cfg)
+    assert {kind for kind, _ in transport.configs} == {SHARE, PERSONALIZE}
+    for kind, sent in transport.configs:
+        assert sorted(sent) == sorted(message_keys(kind))
+        text = json.dumps(sent)
+        for secret in ("cloud.example", "CLOUD_KEY", "server-secret"):
+            assert secret not in text, (kind, secret)
+        assert not any(k.startswith(("synthetic.", "sim.")) for k in sent)
