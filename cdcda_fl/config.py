@@ -150,6 +150,12 @@ def defaults() -> dict[str, Scalar]:
     return {k: v for k, (v, _) in DEFAULTS.items()}
 
 
+def default_of(key: str) -> Scalar:
+    """The one default of ``key``: typed sections (LoraTrainConfig, DPConfig, AugmentConfig) take
+    their field defaults from here, so no default is written twice."""
+    return DEFAULTS[key][0]
+
+
 def config_get(cfg: Mapping[str, Any], key: str) -> Scalar:
     """``cfg[key]``, else the one default in :data:`DEFAULTS` (never a second literal elsewhere).
 

@@ -86,3 +86,21 @@ def test_one_bool_parser_for_every_flag() -> None:
     for bad in ("maybe", 2, None, "tru"):
         with pytest.raises(ConfigError, match="expected true/false"):
             parse_bool(bad, what="x")
+
+
+def test_typed_sections_take_their_defaults_from_the_one_table():
+    """LoraTrainConfig, DPConfig, AugmentConfig and GateConfig built from the defaults equal their
+    own field defaults: no section carries a second copy of a default."""
+    from cdcda_fl.cloud.augment import AugmentConfig
+    from cdcda_fl.device.synthetic_gate import GateConfig
+    from cdcda_fl.device.training import LoraTrainConfig
+    from cdcda_fl.privacy.dp import DPConfig
+
+    cfg = load_config()
+    assert LoraTrainConfig.from_run_config(cfg) == LoraTrainConfig()
+    assert AugmentConfig.from_config(cfg) == AugmentConfig()
+    assert GateConfig.from_config(cfg) == GateConfig()
+    dp = DPConfig.from_run_config({**cfg, "dp.epsilon": 8.0})
+    assert (dp.max_grad_norm, dp.accountant) == (DPConfig().max_grad_norm, DPConfig().accountant)
+    changed = LoraTrainConfig.from_run_config({**cfg, "train.steps": 10, "train.epochs": 0.0}, step_scale=1.5)
+    assert changed.steps == 15 and changed.epochs is None

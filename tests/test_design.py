@@ -36,3 +36,11 @@ def test_flower_commands_plug_into_the_cli() -> None:
     help_text = build_parser().format_help()
     for command in ("run", "demo", "sweep", "data", "eval", "serve", "export", "audit"):
         assert command in help_text, command
+
+
+def test_the_foundation_imports_nothing_of_the_project() -> None:
+    """config.py, atomic.py, progress.py and quiet.py sit under every layer (design.md), so they
+    must not import any of them back."""
+    offenders = {name: bad for name in ("config", "atomic", "progress", "quiet")
+                 if (bad := [n for n in _imports(ROOT / "cdcda_fl" / f"{name}.py") if n.split(".")[0] == "cdcda_fl"])}
+    assert offenders == {}

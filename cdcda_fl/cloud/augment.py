@@ -31,7 +31,7 @@ from typing import Any
 
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
 from cdcda_fl.cloud.filters import FilterSettings, RecordFilter, parse_records
-from cdcda_fl.config import config_get, parse_bool
+from cdcda_fl.config import config_get, default_of, parse_bool
 from cdcda_fl.privacy.consent import SharedRecords
 
 PROMPT_STYLES = ("auto", "continuation", "chat")
@@ -56,20 +56,20 @@ def _as_bool(value: Any) -> bool:
 class AugmentConfig:
     """Synthesis settings; see :meth:`from_config` for the run-config keys."""
 
-    per_user: int = 16
-    max_rounds: int = 3
-    temperature: float = 0.8
-    max_new_tokens: int = 64
-    few_shot: int = 4
-    seed: int = 0
-    prompt_style: str = "auto"
-    batch_size: int = 8
-    max_prompts_per_round: int = 32
-    near_dup: float = 0.7
-    embed_filter: bool = False
-    embed_min_sim: float = 0.2
-    embed_max_sim: float = 0.95
-    label_quota: bool = True
+    per_user: int = int(default_of("synthetic.per-user"))
+    max_rounds: int = int(default_of("synthetic.max-rounds"))
+    temperature: float = float(default_of("synthetic.temperature"))
+    max_new_tokens: int = int(default_of("synthetic.max-new-tokens"))
+    few_shot: int = int(default_of("synthetic.few-shot"))
+    seed: int = int(default_of("seed"))
+    prompt_style: str = str(default_of("cloud.prompt-style"))
+    batch_size: int = int(default_of("cloud.batch-size"))
+    max_prompts_per_round: int = int(default_of("synthetic.max-prompts-per-round"))
+    near_dup: float = float(default_of("synthetic.near-dup"))
+    embed_filter: bool = bool(default_of("cloud.embed-filter"))
+    embed_min_sim: float = float(default_of("cloud.embed-min-sim"))
+    embed_max_sim: float = float(default_of("cloud.embed-max-sim"))
+    label_quota: bool = bool(default_of("synthetic.label-quota"))
 
     def __post_init__(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:

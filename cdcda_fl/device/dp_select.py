@@ -91,42 +91,13 @@ def _flag(value: Any) -> bool:
     return parse_bool(value, DPSelectError)
 
 
-def base_dp_config(cfg: Mapping[str, Any]) -> DPConfig:
-    """The DPConfig the run config asks for (ε target or σ, clip, δ, accountant), enabled."""
-    eps = float(config_get(cfg, "dp.epsilon") or 0.0)
-    delta = float(config_get(cfg, "dp.delta") or 0.0)
-    dp = DPConfig(enabled=True, target_epsilon=eps if eps > 0 else None,
-                  noise_multiplier=None if eps > 0 else float(config_get(cfg, "dp.noise-multiplier")),
-                  max_grad_norm=float(config_get(cfg, "dp.max-grad-norm")), delta=delta if delta > 0 else None,
-                  accountant=str(config_get(cfg, "dp.accountant")))
-    dp.validate()
-    return dp
-
-
-def lora_from_config(cfg: Mapping[str, Any], step_scale: float = 1.0) -> LoraTrainConfig:
-    """LoraTrainConfig from the run's ``train.*`` keys (what non-DP training uses).
-
-    ``step_scale`` stretches a step budget (not epochs), as personalize's equal-real-exposure does.
-    """
-    epochs = float(config_get(cfg, "train.epochs") or 0.0)
-    steps = max(1, round(int(config_get(cfg, "train.steps")) * step_scale))
-    return LoraTrainConfig(
-        rank=int(config_get(cfg, "train.rank")), alpha=int(config_get(cfg, "train.alpha")),
-        dropout=float(config_get(cfg, "train.dropout")),
-        target_modules=tuple(t.strip() for t in str(config_get(cfg, "train.target-modules")).split(",")
-                             if t.strip()),
-        steps=None if epochs > 0 else steps, epochs=epochs if epochs > 0 else None,
-        learning_rate=float(config_get(cfg, "train.lr")), batch_size=int(config_get(cfg, "train.batch-size")),
-        max_length=int(config_get(cfg, "train.max-length")), seed=int(config_get(cfg, "seed")))
-
-
 def candidates_for(cfg: Mapping[str, Any], n_examples: int, step_scale: float = 1.0) -> list[Candidate]:
     """The DP candidates for a user with ``n_examples`` training pairs (``dp.auto``/``dp.candidates``).
 
     ``step_scale`` only applies to the ``dp.auto = false`` candidate (the run's ``train.*``
     settings); the automatic plans have their own fixed step budget.
     """
-    base_lora, base_dp = lora_from_config(cfg, step_scale), base_dp_config(cfg)
+    base_lora, base_dp = LoraTrainConfig.from_run_config(cfg, step_scale), DPConfig.from_run_config(cfg)
     k = int(config_get(cfg, "dp.candidates"))
     if k < 1:
         raise DPSelectError(f"dp.candidates must be >= 1, got {k}")

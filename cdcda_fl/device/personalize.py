@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, check_dp_selection, config_get, csv_list, methods_of, parse_bool
+from cdcda_fl.config import Scalar, check_dp_selection, config_get, methods_of, parse_bool
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
@@ -106,32 +106,14 @@ def lora_config_from(cfg: Mapping[str, Scalar], step_scale: float = 1.0):
     """LoRA settings from the run config; ``step_scale`` stretches a step budget (not epochs)."""
     from cdcda_fl.device.lora import LoraTrainConfig
 
-    epochs = float(cfg["train.epochs"])
-    return LoraTrainConfig(
-        rank=int(cfg["train.rank"]), alpha=int(cfg["train.alpha"]), dropout=float(cfg["train.dropout"]),
-        target_modules=tuple(csv_list(cfg["train.target-modules"])),
-        steps=None if epochs > 0 else max(1, round(int(cfg["train.steps"]) * step_scale)),
-        epochs=epochs if epochs > 0 else None,
-        learning_rate=float(cfg["train.lr"]), batch_size=int(cfg["train.batch-size"]),
-        max_length=int(cfg["train.max-length"]), seed=int(cfg["seed"]),
-    )
+    return LoraTrainConfig.from_run_config(cfg, step_scale)
 
 
 def dp_config_from(cfg: Mapping[str, Scalar]):
+    """The run's DP-SGD settings, or None without ``dp.enabled``."""
     from cdcda_fl.privacy.dp import DPConfig
 
-    if not cfg["dp.enabled"]:
-        return None
-    eps = float(cfg["dp.epsilon"])
-    delta = float(cfg["dp.delta"])
-    dp = DPConfig(
-        enabled=True, target_epsilon=eps if eps > 0 else None,
-        noise_multiplier=None if eps > 0 else float(cfg["dp.noise-multiplier"]),
-        max_grad_norm=float(cfg["dp.max-grad-norm"]), delta=delta if delta > 0 else None,
-        accountant=str(cfg["dp.accountant"]),
-    )
-    dp.validate()
-    return dp
+    return DPConfig.from_run_config(cfg) if cfg["dp.enabled"] else None
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.config import config_get
+from cdcda_fl.config import config_get, default_of
 
 RULES = ("holdout", "none")
 CRITERIA = ("loss+metric", "loss")
@@ -50,11 +50,11 @@ class GateError(ValueError):
 class GateConfig:
     """The ``train.synthetic-gate*`` keys (``cdcda run --help-config``)."""
 
-    rule: str = "holdout"
-    fraction: float = 0.34
-    margin: float = 0.0
-    min_real: int = 3
-    criterion: str = "loss+metric"
+    rule: str = str(default_of("train.synthetic-gate"))
+    fraction: float = float(default_of("train.synthetic-gate-fraction"))
+    margin: float = float(default_of("train.synthetic-gate-margin"))
+    min_real: int = int(default_of("train.synthetic-gate-min-real"))
+    criterion: str = str(default_of("train.synthetic-gate-criterion"))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GateConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from cdcda_fl.config import config_get, csv_list, default_of
 from cdcda_fl.device.adapters import _target_names
 from cdcda_fl.device.encoding import (
     IGNORE,
@@ -38,24 +39,39 @@ _EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "share
 
 @dataclass
 class LoraTrainConfig:
-    """LoRA hyper-parameters and the training budget for one user's adapter.
+    """LoRA hyper-parameters and the training budget for one user's adapter: the ``train.*``
+    section of the run config, typed (defaults from :data:`cdcda_fl.config.DEFAULTS`).
 
     ``epochs``, when set, overrides ``steps`` (steps = ceil(epochs * n / batch_size)).
     """
 
-    rank: int = 8
-    alpha: int = 16
+    rank: int = int(default_of("train.rank"))
+    alpha: int = int(default_of("train.alpha"))
     # No LoRA dropout by default (peft's default too): on CPU a fresh dropout mask per q/k/v/o
     # input is ~35 % of a training step (RNG, the mask multiply and its backward), measured in
     # benchmarks/train_speed.py; the adapters train for a few dozen steps, where it did not help.
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    steps: int | None = 24
+    dropout: float = float(default_of("train.dropout"))
+    target_modules: tuple[str, ...] = tuple(csv_list(default_of("train.target-modules")))
+    steps: int | None = int(default_of("train.steps"))
     epochs: float | None = None
-    learning_rate: float = 1e-3
-    batch_size: int = 4
-    max_length: int = 256
-    seed: int = 0
+    learning_rate: float = float(default_of("train.lr"))
+    batch_size: int = int(default_of("train.batch-size"))
+    max_length: int = int(default_of("train.max-length"))
+    seed: int = int(default_of("seed"))
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any], step_scale: float = 1.0) -> LoraTrainConfig:
+        """The run's ``train.*`` keys (and ``seed``); ``step_scale`` stretches a step budget (not
+        epochs), as personalize's equal-real-exposure does."""
+        epochs = float(config_get(cfg, "train.epochs") or 0.0)
+        return cls(
+            rank=int(config_get(cfg, "train.rank")), alpha=int(config_get(cfg, "train.alpha")),
+            dropout=float(config_get(cfg, "train.dropout")),
+            target_modules=tuple(csv_list(config_get(cfg, "train.target-modules"))),
+            steps=None if epochs > 0 else max(1, round(int(config_get(cfg, "train.steps")) * step_scale)),
+            epochs=epochs if epochs > 0 else None,
+            learning_rate=float(config_get(cfg, "train.lr")), batch_size=int(config_get(cfg, "train.batch-size")),
+            max_length=int(config_get(cfg, "train.max-length")), seed=int(config_get(cfg, "seed")))
 
     def total_steps(self, n_examples: int) -> int:
         if self.epochs is not None:

@@ -62,8 +62,9 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
     the "nothing leaked" reference (≈ log2 e, not 0, for a rank estimate).
     """
     from cdcda_fl.data.tasks import get_task
-    from cdcda_fl.device.dp_select import candidates_for, lora_from_config
+    from cdcda_fl.device.dp_select import candidates_for
     from cdcda_fl.device.personalize import device_model_for, share_records
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.privacy.canary import (
         canary_consent,
         check_not_shared,
@@ -89,7 +90,7 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
            "records_shared": shared.n_shared, "canaries_shared": 0, "settings": []}
     for eps in settings:
         if eps is None:
-            lora, dp, plan = lora_from_config(cfg), None, {"name": "config"}
+            lora, dp, plan = LoraTrainConfig.from_run_config(cfg), None, {"name": "config"}
         else:
             dcfg = {**cfg, "dp.enabled": True, "dp.epsilon": eps}
             cand = candidates_for(dcfg, len(train_pairs))[0]

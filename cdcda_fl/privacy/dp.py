@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from cdcda_fl.config import config_get, default_of
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
@@ -52,9 +54,9 @@ class DPConfig:
     enabled: bool = False
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = float(default_of("dp.max-grad-norm"))
     delta: float | None = None  # None: default_delta(n_examples)
-    accountant: str = "rdp"
+    accountant: str = str(default_of("dp.accountant"))
     grad_sample_mode: str = "hooks"
     poisson_sampling: bool = True  # False breaks the accountant's assumption: ε is then optimistic
     secure_mode: bool = False  # cryptographically safe noise (slower; forbids seeding)
@@ -63,6 +65,19 @@ class DPConfig:
     # clipped sum and noise, but activation memory bounded by this many rows instead of the
     # whole profile (full-batch plans put up to 64 records in one step).
     max_physical_batch_size: int = 8
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> DPConfig:
+        """The run's ``dp.*`` keys as an enabled, validated DPConfig: a ``dp.epsilon`` target, else
+        ``dp.noise-multiplier``; ``dp.delta`` 0 means 1/n^1.1 for n training examples."""
+        eps = float(config_get(cfg, "dp.epsilon") or 0.0)
+        delta = float(config_get(cfg, "dp.delta") or 0.0)
+        dp = cls(enabled=True, target_epsilon=eps if eps > 0 else None,
+                 noise_multiplier=None if eps > 0 else float(config_get(cfg, "dp.noise-multiplier")),
+                 max_grad_norm=float(config_get(cfg, "dp.max-grad-norm")), delta=delta if delta > 0 else None,
+                 accountant=str(config_get(cfg, "dp.accountant")))
+        dp.validate()
+        return dp
 
     def validate(self) -> None:
         """Raise ValueError for configurations that would silently mean something else."""
