@@ -10,7 +10,6 @@ run on this machine (the matmul peak too), so ratios are comparable within the f
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -26,6 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from cdcda_fl.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "device.json"
 TOPICS = ["a crew wakes from cryosleep", "two strangers meet in Paris", "a haunted lighthouse",
@@ -285,8 +286,7 @@ def main() -> None:
                  "of this run; executed counts the lm_head only on answer positions (what the loop "
                  "runs). Latency = one query at batch 1, greedy; gen tokens/s = 8 rows x 24 tokens.",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json_atomic(args.out, out, indent=2)  # a Ctrl-C mid-write leaves the old results whole
     console.print(f"load average (1 min) start/end: {out['loadavg_1min_start_end']} on {os.cpu_count()} CPUs")
     console.print(f"wrote {args.out}")
 

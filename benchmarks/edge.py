@@ -13,7 +13,6 @@ benchmarks/results/edge.json; agreement is exact equality of the stripped answer
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -29,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # No torch at module level: the spawned llama.cpp child imports this file and must stay torch-free.
+from cdcda_fl.atomic import write_json_atomic  # noqa: E402  (stdlib only)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge.json"
 TASK = "LaMP_2"
@@ -321,8 +321,7 @@ def main() -> None:
                  "(exact string / parsed tag) equals PyTorch fp32's with the same adapter. OMP_WAIT_POLICY applies "
                  "to every runtime process (see --omp-wait-policy); the machine may be shared (load average).",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json_atomic(args.out, out, indent=2)  # a Ctrl-C mid-write leaves the old results whole
     console.print(f"load average (1 min) start/end: {out['loadavg_1min_start_end']} on {os.cpu_count()} CPUs")
     console.print(f"wrote {args.out}")
 

@@ -357,6 +357,19 @@ def load_config(path: Path | str | None = None, sets: list[str] | None = None,
     return resolve(overrides)
 
 
+def add_config_arguments(parser: Any, *, config_help: str = "TOML run config (flat keys, or a [config] table)",
+                         config_default: Path | None = None,
+                         out_help: str = "run directory (default: out-dir of the config)",
+                         set_help: str = "override a run config key (repeatable)") -> None:
+    """The arguments every config-driven command shares (``run``, ``sweep``, ``audit canaries``):
+    CONFIG, ``--data-dir``, ``--out``, ``--set``; read back with :func:`load_config` and
+    :func:`path_overrides`."""
+    parser.add_argument("config", nargs="?", type=Path, default=config_default, help=config_help)
+    parser.add_argument("--data-dir", type=Path, help="LaMP data directory (LaMP_k/ folders); default: seeded personas")
+    parser.add_argument("--out", type=Path, help=out_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+
 def path_overrides(args: Any) -> dict[str, str]:
     """``--data-dir`` / ``--out`` of a CLI command as config overrides (run, demo, sweep, audit)."""
     extra = {}

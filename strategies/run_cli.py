@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import DEFAULTS, ConfigError, load_config, path_overrides
+from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, path_overrides
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "demo.toml"
 
@@ -80,10 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run CDCDA through Flower's simulation engine from a TOML config",
                          description="Run share -> cloud augmentation -> private LoRA -> offline answers for every "
                                      "user, on Flower's Ray simulation engine. Keys: --help-config.")
-    run.add_argument("config", nargs="?", type=Path, help="TOML run config (flat keys, or a [config] table)")
-    run.add_argument("--data-dir", type=Path, help="LaMP data directory (LaMP_k/ folders); default: seeded personas")
-    run.add_argument("--out", type=Path, help="run directory (default: out-dir of the config)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    add_config_arguments(run)
     run.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     run.set_defaults(func=_cmd_run)
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import ConfigError
+from cdcda_fl.config import ConfigError, add_config_arguments
 
 PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "privacy.toml"
 
@@ -41,12 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run one full CDCDA simulation per grid point (share fraction × DP ε, membership-inference "
                     "audit on), resume finished points, optionally run the canary exposure audit over the same "
                     "users ([sweep] canaries = N), then write sweep.json, sweep.csv and plots/*.png.")
-    sweep.add_argument("config", nargs="?", type=Path, default=PRIVACY_CONFIG,
-                       help=f"sweep TOML with [config] and [sweep] tables (default {PRIVACY_CONFIG.name})")
-    sweep.add_argument("--out", type=Path, help="sweep directory (default: out-dir of the config)")
-    sweep.add_argument("--data-dir", type=Path, help="LaMP data directory (LaMP_k/ folders); default: seeded personas")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a run config key for every point (repeatable)")
+    add_config_arguments(sweep, config_default=PRIVACY_CONFIG,
+                         config_help=f"sweep TOML with [config] and [sweep] tables (default {PRIVACY_CONFIG.name})",
+                         out_help="sweep directory (default: out-dir of the config)",
+                         set_help="override a run config key for every point (repeatable)")
     sweep.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2",
                        help="override a [sweep] key: share-fraction=0,1, dp-epsilon=off,4, canaries=2 (repeatable)")
     sweep.add_argument("--dry-run", action="store_true", help="print the grid points and exit")

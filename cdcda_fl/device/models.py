@@ -477,21 +477,13 @@ _CACHE: dict[tuple, LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_base_model(
-    name_or_path: str = DEFAULT_MODEL,
-    *,
-    quantization: str | None = None,
-    device: str | None = None,
-    cache_dir: Path | None = None,
-    dtype: torch.dtype | str | None = None,
-) -> LoadedModel:
-    """Process-level cache of :func:`load_base_model`: one base per worker, many users on it."""
-    key = (name_or_path, quantization, device, str(cache_dir) if cache_dir else None, str(dtype))
+def get_base_model(name_or_path: str = DEFAULT_MODEL, **options: Any) -> LoadedModel:
+    """Process-level cache of :func:`load_base_model` (same keyword options: quantization, device,
+    cache_dir, dtype): one base per worker, many users on it."""
+    key = (name_or_path, *sorted((k, str(v)) for k, v in options.items() if v is not None))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_base_model(
-                name_or_path, quantization=quantization, device=device, cache_dir=cache_dir, dtype=dtype
-            )
+            _CACHE[key] = load_base_model(name_or_path, **options)
         return _CACHE[key]
 
 

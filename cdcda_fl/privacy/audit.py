@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cdcda_fl.config import add_config_arguments
+
 
 def membership_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -> float | None:
     """AUC of the attack "lower loss = member"; None when either side is empty."""
@@ -221,10 +223,8 @@ def register(sub) -> None:
         description="Secret Sharer audit: plant canaries (task-format records with random secrets) in each user's "
                     "private, non-shared profile; check they never reach the cloud; train the adapter without and "
                     "with DP; report exposure = log2(R) - log2(rank) next to MIA AUC and ε (canaries.json).")
-    can.add_argument("config", nargs="?", type=Path, help="TOML run config (tasks, users, device.model, train.*)")
-    can.add_argument("--data-dir", type=Path, help="LaMP data directory; default: seeded personas in --out")
-    can.add_argument("--out", type=Path, help="output directory (default: out-dir of the config)")
-    can.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run config key")
+    add_config_arguments(can, config_help="TOML run config (tasks, users, device.model, train.*)",
+                         out_help="output directory (default: out-dir of the config)")
     can.add_argument("--dp-epsilon", default="off,8", help="comma-separated settings, 'off' = no DP (default off,8)")
     can.add_argument("--canaries", type=int, default=2, help="canaries planted per user (default 2)")
     can.add_argument("--controls", type=int, default=2, help="never-planted control canaries per user (default 2)")
