@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdcda_fl.data.tasks import get_task
     from cdcda_fl.device.personalize import personalize_users
     from cdcda_fl.device.synthetic_store import load_synthetic_log
+    from cdcda_fl.device_node import hosted_users, storage_dir
     from cdcda_fl.metrics import primary_metric, score
-    from clients.device import _storage_dir, hosted_users
 
     results = json.loads((args.run / "config.json").read_text())
     cfg = resolve({k: v for k, v in (results.get("config") or results).items() if k != "versions"})
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {**cfg, "device.runtime": "llamacpp", "methods": ",".join(methods)}
     torch.set_num_threads(args.threads)
     node = {"partition-id": 0, "num-partitions": 1}
-    storage = _storage_dir(node, cfg)
+    storage = storage_dir(node, cfg)
     users = hosted_users(node, cfg)
     jobs = []
     for user in users:

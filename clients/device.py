@@ -1,4 +1,4 @@
-"""The device: a Flower ClientApp per user (thin; the work is in ``cdcda_fl``).
+"""The device: a Flower ClientApp per node (thin; the work is in :mod:`cdcda_fl.device_node`).
 
 Handlers:
 - ``query.share``: reply with the records this node's users consented to share (scrubbed).
@@ -6,257 +6,50 @@ Handlers:
   real + synthetic data, answer the held-out queries offline, reply with what the report level
   allows (:mod:`cdcda_fl.privacy.report`). Adapters and non-consented records never go into a reply.
 
-Consent belongs to the device owner: the policy comes from the device's own disk
-(:func:`policy_path`), never from the server's message, whose ``consent.*`` keys can only make it
-stricter. No policy file = share nothing. Every reply is appended to the device's own audit log
-(:func:`device_home`/``audit.jsonl``) before it is sent, and errors leave as generic codes (the
-full text goes to the device's ``errors.jsonl``).
-
-Which users a node serves comes from its ``node_config``:
-- simulation: ``partition-id`` p of ``num-partitions`` N serves users p, p+N, … of the run's user
-  list (one user per node when N equals the number of users);
-- real device: ``data-dir`` (the device's own LaMP files), optional ``user-id`` to serve one user
-  of them, optional ``storage-dir`` for the private adapters (and its audit log), optional
-  ``consent-file`` (default ``<data-dir>/consent.toml``).
+Each handler decodes the message (only its kind's config keys: ``config.MESSAGE_KEYS``), calls
+the Flower-free device node, and encodes the payload. Anything that raises leaves as a generic
+code (:func:`_guarded`); consent, audit and which users a node serves are documented in
+:mod:`cdcda_fl.device_node`.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from cdcda_fl.config import Scalar, csv_list
-from cdcda_fl.data.lamp import User
-from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.personalize import personalize_users
-from cdcda_fl.privacy.audit_log import AuditLog
-from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, DevicePolicy, load_device_policy, share_nothing
-from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
+from cdcda_fl import device_node as node
 from cdcda_fl.quiet import quiet_libraries
-from cdcda_fl.data.index import UserRef
-from cdcda_fl.runs import load_users, user_refs, user_key
 from clients.codec import config_of, pack, unpack
 
 quiet_libraries()
 app = ClientApp()
 
-
-@lru_cache(maxsize=8)
-def _users_cached(frozen_cfg: tuple[tuple[str, Scalar], ...], root: str | None) -> tuple[UserRef, ...]:
-    """The run's user list from its on-disk index, read once per worker process.
-
-    Only the index (ids, history sizes, byte offsets) is cached, never the users' records, so a
-    Ray actor serving many nodes holds memory that does not grow with the data set.
-    """
-    return tuple(user_refs(dict(frozen_cfg), Path(root) if root else None))
+Handler = Callable[[dict[str, Any], Any, dict[str, Any]], dict[str, Any]]
 
 
-def _device_refs(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]
-                 ) -> tuple[dict[str, Scalar], tuple[UserRef, ...], str | None]:
-    """(config keys that locate the data, every user of the data, index root) for this node.
-
-    A real device indexes its own files under its own home (:func:`device_home`), never under a
-    directory the server named.
-    """
-    cfg = dict(cfg)
-    root = None
-    if is_real_device(node_config):
-        cfg["data-dir"] = str(node_config["data-dir"])
-        root = str(device_home(node_config, cfg) / "index")
-    keys = ("data-dir", "out-dir", "tasks", "split", "users")
-    frozen = tuple((k, cfg[k]) for k in keys)
-    return dict(frozen), _users_cached(frozen, root), root
-
-
-def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> list[User]:
-    """The users this node serves (see module docstring), read from disk by offset."""
-    located, refs, root = _device_refs(node_config, cfg)
-    if "user-id" in node_config:
-        refs = tuple(r for r in refs if r.user_id == str(node_config["user-id"]))
-    elif "partition-id" in node_config:
-        p, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        refs = refs[p::n]
-    return load_users(located, list(refs), Path(root) if root else None)
-
-
-def _storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
-    """Where the private adapters live: the device's own choice on a real device."""
-    if "storage-dir" in node_config or is_real_device(node_config):
-        return device_home(node_config, cfg)
-    if cfg["device.storage-dir"]:
-        return Path(str(cfg["device.storage-dir"]))
-    return Path(str(cfg["out-dir"])) / "devices"
-
-
-def is_real_device(node_config: Mapping[str, Any]) -> bool:
-    """A SuperNode with its own files (``data-dir`` in its node config), not a simulated user."""
-    return "data-dir" in node_config
-
-
-def device_home(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
-    """Where the device keeps its own records (audit log, error log).
-
-    Real device: its ``storage-dir``, else ``<data-dir>/.cdcda`` -- never a path from the server.
-    Simulation: the run's ``devices/`` folder, the simulated devices' shared disk.
-    """
-    if "storage-dir" in node_config:
-        return Path(str(node_config["storage-dir"]))
-    if is_real_device(node_config):
-        return Path(str(node_config["data-dir"])) / ".cdcda"
-    return Path(str(cfg["out-dir"])) / "devices"
-
-
-def policy_path(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
-    """The owner's consent file: node config ``consent-file``, else ``consent.toml`` at the root of
-    the device's data dir; simulated devices read the one the run wrote into ``devices/``."""
-    if "consent-file" in node_config:
-        return Path(str(node_config["consent-file"])).expanduser()
-    if is_real_device(node_config):
-        return Path(str(node_config["data-dir"])) / DEVICE_POLICY_FILENAME
-    return Path(str(cfg["out-dir"])) / "devices" / DEVICE_POLICY_FILENAME
-
-
-def _own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> DevicePolicy | None:
-    path = policy_path(node_config, cfg)
-    return load_device_policy(path) if path.is_file() else None
-
-
-def _log_error(home: Path, where: str, exc: BaseException) -> None:
-    """The full error stays on the device (its owner may read it; the server gets a code)."""
-    line = {"time": time.time(), "where": where, "error": f"{type(exc).__name__}: {exc}"}
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        with (home / "errors.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    except OSError:  # an unwritable home must not turn into a reply that names its path
-        print(f"cdcda device error ({where}): {line['error']}", file=sys.stderr)
-
-
-class InjectedCrash(RuntimeError):
-    """``debug.crash-users``: the ClientApp fails as a crashing device would (Flower reports it)."""
-
-
-def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
-    """Fault injection for tests and drills: the whole ClientApp fails for these users."""
-    crash = set(csv_list(cfg["debug.crash-users"]))
-    hit = [u.user_id for u in users if u.user_id in crash]
-    if hit:
-        raise InjectedCrash(f"injected crash (debug.crash-users) for {hit}")
-
-
-def _guarded(kind: str, handler):
-    """Run a handler; anything it raises leaves as a generic code, never as exception text.
+def _guarded(kind: str, handler: Handler):
+    """Run a node handler on a message; anything it raises leaves as a generic code, never as text.
 
     Flower turns an uncaught exception into an error reply that carries its message (which can
     quote a private value or a local path); this makes every reply a normal one with a code.
+    An injected crash (``debug.crash-users``) is let through: it drills exactly that path.
     """
     def wrapped(msg: Message, context: Context) -> Message:
+        cfg = None
         try:
-            return handler(msg, context)
-        except InjectedCrash:
+            cfg = config_of(msg, kind)
+            return Message(pack(**handler(context.node_config, cfg, unpack(msg))), reply_to=msg)
+        except node.InjectedCrash:
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
-            try:
-                home = device_home(context.node_config, config_of(msg, kind))
-            except Exception:  # noqa: BLE001
-                home = Path(".cdcda-device")
-            _log_error(home, kind, exc)
-            content = (pack(users=[], shares=[], errors=[{"user": "*", "reason": generic_error(exc)}])
-                       if kind == "share" else pack(results=[{"user_id": "*", "task": "*", "error": generic_error(exc)}]))
-            return Message(content, reply_to=msg)
+            return Message(pack(**node.error_reply(kind, context.node_config, cfg, exc)), reply_to=msg)
 
     wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
-def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
-                        home: Path) -> None:
-    """A real device's consent file naming users it does not hold is a typo its owner must see
-    (on the device: the server never learns it)."""
-    if own is None or not is_real_device(node_config):
-        return
-    unknown = own.unknown_users(r.user_id for r in _device_refs(node_config, cfg)[1])
-    if unknown:
-        warning = (f"{policy_path(node_config, cfg)} has tables for user(s) this device does not hold: "
-                   f"{unknown[:10]} (misspelled? they fall back to [default])")
-        print(f"cdcda device warning: {warning}", file=sys.stderr)
-        _log_error(home, "consent", UserWarning(warning))
-
-
-def share(msg: Message, context: Context) -> Message:
-    """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
-    cfg = config_of(msg, "share")
-    home = device_home(context.node_config, cfg)
-    try:
-        request = unpack(msg)
-        users = hosted_users(context.node_config, cfg)
-        own = _own_policy(context.node_config, cfg)
-        ceiling = ConsentPolicy.ceiling_from_config(cfg)
-    except Exception as exc:  # the whole node cannot share: say so without the private details
-        _log_error(home, "share", exc)
-        return Message(pack(users=[], shares=[], errors=[{"user": "*", "reason": generic_error(exc)}]), reply_to=msg)
-    _warn_unknown_users(own, context.node_config, cfg, home)
-    audit = AuditLog(home / "audit.jsonl")
-    shares, errors = [], []
-    for user in users:
-        if not request.get("share", True):
-            continue
-        try:
-            policy = own.policy_for(user.user_id) if own is not None else share_nothing()
-            shared = policy.stricter(ceiling).apply(get_task(user.task), user.user_id, user.profile)
-            audit.record(shared, destination="server", request="share", local=True)
-            shares.append(shared.to_dict())
-        except Exception as exc:  # one user's bad consent file must not silence the others
-            _log_error(home, f"share {user_key(user.task, user.user_id)}", exc)
-            errors.append({"user": user_key(user.task, user.user_id), "reason": generic_error(exc)})
-    hosted = [user_key(u.task, u.user_id) for u in users]
-    return Message(pack(users=hosted, shares=shares, errors=errors), reply_to=msg)
-
-
-def personalize(msg: Message, context: Context) -> Message:
-    """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
-    cfg = config_of(msg, "personalize")
-    home = device_home(context.node_config, cfg)
-    real = is_real_device(context.node_config)
-    request = unpack(msg)
-    targets: dict[str, list[dict[str, Any]]] = request["synthetic"]
-    try:
-        users = [u for u in hosted_users(context.node_config, cfg) if user_key(u.task, u.user_id) in targets]
-        own = _own_policy(context.node_config, cfg)
-    except Exception as exc:
-        _log_error(home, "personalize", exc)
-        return Message(pack(results=[{"user_id": "*", "task": "*", "error": generic_error(exc)}]), reply_to=msg)
-    _crash_check(users, cfg)
-    audit = AuditLog(home / "audit.jsonl")
-    results = []
-    jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in users]
-    try:  # all hosted users together: their answers share mixed-adapter batches
-        outcomes = personalize_users(jobs, cfg, storage_dir=_storage_dir(context.node_config, cfg))
-    except Exception as exc:  # the node cannot personalize at all (e.g. its model does not load)
-        outcomes = [exc] * len(users)
-    for user, outcome in zip(users, outcomes):
-        key = user_key(user.task, user.user_id)
-        try:
-            if isinstance(outcome, Exception):
-                raise outcome
-            level = effective_level(cfg["eval.report"], own.report_for(user.user_id) if own else None, real_device=real)
-            result = filter_result(outcome, level)
-        except Exception as exc:  # reported per user; the node goes on with its other users
-            _log_error(home, f"personalize {key}", exc)
-            result = {"user_id": user.user_id, "task": user.task, "error": generic_error(exc)}
-        audit.record_payload("result", user.user_id, user.task, result, destination="server",
-                             report=result.get("report", "error"))
-        results.append(result)
-    return Message(pack(results=results), reply_to=msg)
-
-
-app.query("share")(_guarded("share", share))
-app.train("personalize")(_guarded("personalize", personalize))
+app.query("share")(_guarded("share", node.share))
+app.train("personalize")(_guarded("personalize", node.personalize))

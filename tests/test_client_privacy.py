@@ -14,10 +14,11 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from cdcda_fl.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
+from cdcda_fl.device_node import hosted_users
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.runs import write_simulated_consent
 from clients.codec import pack, unpack
-from clients.device import app, hosted_users
+from clients.device import app
 
 CANARY_DENIED = "CANARY-DENIED-7f3a"  # in a record with a denied term -> never shared
 CANARY_FIELD = "CANARY-FIELD-91bc"  # in a field outside the allow-list -> never shared

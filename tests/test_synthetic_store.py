@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.device.synthetic_store import (SyntheticStoreError, load_synthetic_log, save_synthetic_log,
-                                             synthetic_log_path)
+from cdcda_fl.device.synthetic_store import (
+    SyntheticStoreError,
+    load_synthetic_log,
+    save_synthetic_log,
+    synthetic_log_path,
+)
 
 KEPT_TEXT = "KEPT-SYNTH-CANARY-5d1e about zebra migration"
 DROPPED_TEXT = "DROPPED-SYNTH-CANARY-a9c2"
@@ -116,6 +120,7 @@ def test_no_device_reply_carries_the_synthetic_log(tmp_path: Path, monkeypatch, 
     from flwr.app import Context, Message, RecordDict
 
     import clients.device as device
+    from cdcda_fl import device_node
     from cdcda_fl.config import resolve
     from cdcda_fl.data.lamp import write_outputs, write_questions
     from cdcda_fl.runs import write_simulated_consent
@@ -147,7 +152,7 @@ def test_no_device_reply_carries_the_synthetic_log(tmp_path: Path, monkeypatch, 
     def fake_personalize_users(jobs, cfg_, *, storage_dir, **_kw):
         return [fake_personalize_user(user, synthetic, cfg_, storage_dir=storage_dir) for user, synthetic in jobs]
 
-    monkeypatch.setattr(device, "personalize_users", fake_personalize_users)
+    monkeypatch.setattr(device_node, "personalize_users", fake_personalize_users)
     node = {"partition-id": 0, "num-partitions": 1}
 
     def call(kind: str, content: RecordDict) -> Message:
