@@ -2,12 +2,14 @@
 
     python experiments/update_readme.py --demo runs/demo [--quality runs/quality] [--sweep runs/privacy]
     python experiments/update_readme.py --canaries runs/canary-lamp3    # the canary audit's table and plot
+    python experiments/update_readme.py --benchmarks benchmarks/results # the Performance tables
 
 Writes each run's paper-layout table (rebuilt from its ``results.json`` by
 :func:`cdcda_fl.results.paper_table`, so every value carries its 95 % interval over users and
 CDCDA's paired gain over local-only with win/tie/loss) and the sweep's privacy-utility plots into
 the README between the ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers, with the
-configuration and timing the runs recorded.
+configuration and timing the runs recorded. ``--benchmarks`` rewrites the ``<!-- perf:NAME:begin -->``
+sections of the README and docs/device.md from the benchmark JSON files (``experiments/perf_tables.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,30 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DP_BEGIN, DP_END = "<!-- dp:begin -->", "<!-- dp:end -->"
 CANARY_BEGIN, CANARY_END = "<!-- canaries:begin -->", "<!-- canaries:end -->"
 CANARY_PLOT = "canary_exposure_vs_epsilon.png"
+#: The perf_tables tables each file holds, in the order they appear there.
+PERF_SECTIONS: dict[str, tuple[str, ...]] = {
+    "README.md": ("scale", "communication", "device", "train-speed", "per-user", "augment"),
+    "docs/device.md": ("device", "train-speed", "per-user"),
+}
+
+
+def perf_markers(name: str) -> tuple[str, str]:
+    return f"<!-- perf:{name}:begin -->", f"<!-- perf:{name}:end -->"
+
+
+def update_perf_sections(results: Path, files: dict[Path, tuple[str, ...]] | None = None) -> bool:
+    """Rewrite every perf section from the JSON in ``results`` (False if a file lacks a marker)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # perf_tables sits next to this script
+    try:
+        from perf_tables import render
+    finally:
+        sys.path.pop(0)
+    files = files if files is not None else {ROOT / f: names for f, names in PERF_SECTIONS.items()}
+    for path, names in files.items():
+        for name in names:
+            if not _replace_between(path, *perf_markers(name), [*render(name, results), ""]):
+                return False
+    return True
 
 
 def run_table(run: Path) -> str:
@@ -150,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canaries", type=Path, default=None,
                         help="a folder with canaries.json (cdcda audit canaries --out DIR); fills the README's "
                              "canary section and draws docs/images/" + CANARY_PLOT)
+    parser.add_argument("--benchmarks", type=Path, default=None,
+                        help="regenerate the Performance tables of README.md and docs/device.md from a benchmark "
+                             "results directory, e.g. benchmarks/results")
     args = parser.parse_args(argv)
+    if args.benchmarks is not None and not args.benchmarks.is_dir():
+        print(f"{args.benchmarks} is not a directory: run a benchmark first", file=sys.stderr)
+        return 1
     if args.canaries is not None and not (args.canaries / "canaries.json").is_file():
         print(f"{args.canaries}/canaries.json not found: run `cdcda audit canaries` first", file=sys.stderr)
         return 1
@@ -159,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run}/results.json not found: run it first", file=sys.stderr)
             return 1
     if (args.demo is None and args.quality is None and args.realtext is None and not args.dp and args.sweep is None
-            and args.canaries is None):
-        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep, --canaries")
+            and args.canaries is None and args.benchmarks is None):
+        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep, --canaries, --benchmarks")
     if args.sweep is not None and args.demo is None and args.quality is None and args.realtext is None:
         # Only the plots: copy them over docs/images/sweep_*.png (the README links those files) and
         # leave the results section as it is.
@@ -181,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _replace_between(readme, CANARY_BEGIN, CANARY_END, canary_section(args.canaries)):
             return 1
         print("README.md canary section updated")
+    if args.benchmarks is not None:
+        if not update_perf_sections(args.benchmarks):
+            return 1
+        print(f"Performance tables of README.md and docs/device.md updated from {args.benchmarks}")
     if args.demo is None and args.quality is None and args.realtext is None:
         return 0
     lines = demo_section(args.demo) if args.demo is not None else []
@@ -197,14 +233,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _replace_between(readme: Path, begin: str, end: str, lines: list[str]) -> bool:
-    """Rewrite the README between two markers (False, with a message, if they are missing)."""
+    """Rewrite a markdown file (the README, docs/device.md) between two markers.
+
+    False, with a message, if they are missing; the file is left untouched when nothing changed.
+    """
     text = readme.read_text()
     if begin not in text or end not in text:
-        print(f"README.md has no {begin} … {end} section", file=sys.stderr)
+        print(f"{readme.name} has no {begin} … {end} section", file=sys.stderr)
         return False
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(head + begin + "\n" + "\n".join(lines) + end + tail)
+    new = head + begin + "\n" + "\n".join(lines) + end + tail
+    if new != text:
+        readme.write_text(new)
     return True
 
 
