@@ -91,6 +91,23 @@ def test_get_base_model_caches_per_process(tiny_cache):
     models.clear_model_cache()
 
 
+def test_one_cache_holds_base_device_and_cloud_models():
+    """The device model and the cloud upper bound reuse the cached base; one clear frees them all."""
+    from cdcda_fl.config import load_config
+    from cdcda_fl.device.personalize import _cloud_backend, device_model_for
+
+    models.clear_model_cache()
+    cfg = load_config(None, ["device.model=tiny-random", "cloud.model=tiny-random"])
+    device = device_model_for(cfg)
+    assert device is device_model_for(cfg)
+    assert device.base is get_base_model("tiny-random", dtype=str(cfg["device.dtype"]))
+    cloud = _cloud_backend(cfg)
+    assert cloud is _cloud_backend(cfg)
+    models.clear_model_cache()
+    assert device_model_for(cfg) is not device and _cloud_backend(cfg) is not cloud
+    models.clear_model_cache()
+
+
 def test_presets_listed():
     assert {"smollm2-135m", "gemma3-270m", "tiny-random"} <= set(PRESETS)
 

@@ -473,18 +473,27 @@ def load_base_model(
     return LoadedModel(model, tokenizer, name_or_path, dev, quantization, autocast_dtype)
 
 
-_CACHE: dict[tuple, LoadedModel] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.RLock()  # re-entrant: a cached DeviceModel builds its cached base inside
+
+
+def cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """The process's one model cache: base models, DeviceModels on them, in-process cloud backends.
+
+    A Ray actor serves many users: each loads nothing its process already holds, and
+    :func:`clear_model_cache` frees everything at once.
+    """
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = build()
+        return _CACHE[key]
 
 
 def get_base_model(name_or_path: str = DEFAULT_MODEL, **options: Any) -> LoadedModel:
-    """Process-level cache of :func:`load_base_model` (same keyword options: quantization, device,
-    cache_dir, dtype): one base per worker, many users on it."""
-    key = (name_or_path, *sorted((k, str(v)) for k, v in options.items() if v is not None))
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = load_base_model(name_or_path, **options)
-        return _CACHE[key]
+    """:func:`load_base_model` through the process cache (same keyword options: quantization,
+    device, cache_dir, dtype): one base per worker, many users on it."""
+    key = ("base", name_or_path, *sorted((k, str(v)) for k, v in options.items() if v is not None))
+    return cached(key, lambda: load_base_model(name_or_path, **options))
 
 
 def clear_model_cache() -> None:

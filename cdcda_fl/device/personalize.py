@@ -127,44 +127,33 @@ _TRAIN_KEYS = ("device.model", "device.quantization", "device.dtype", "seed") + 
                 "dp.enabled", "dp.epsilon", "dp.noise-multiplier", "dp.max-grad-norm", "dp.delta", "dp.accountant"))
 
 
-class _CloudModels:
+def _cloud_backend(cfg: Mapping[str, Scalar]):
     """The cloud model for the upper-bound baseline, loaded once per process like the base model."""
+    from cdcda_fl.cloud.backends import make_backend
+    from cdcda_fl.device.models import cached
 
-    _cache: dict[str, Any] = {}
-
-    @classmethod
-    def get(cls, cfg: Mapping[str, Scalar]):
-        from cdcda_fl.cloud.backends import make_backend
-
-        key = f"{cfg['cloud.backend']}|{cfg['cloud.model']}"
-        if key not in cls._cache:
-            cls._cache[key] = make_backend(cfg)
-        return cls._cache[key]
+    return cached(("cloud", str(cfg["cloud.backend"]), str(cfg["cloud.model"])), lambda: make_backend(cfg))
 
 
 def _answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Scalar]) -> list[str]:
     from cdcda_fl.cloud.backends import Prompt
 
-    backend = _CloudModels.get(cfg)
+    backend = _cloud_backend(cfg)
     return backend.generate([Prompt.chat(p) for p in prompts], max_new_tokens=spec.max_new_tokens,
                             temperature=0.0, seed=int(cfg["seed"]))
-
-
-_DEVICE_MODELS: dict[tuple[str, str | None, str], Any] = {}
 
 
 def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     """One DeviceModel per worker process and base model: users swap adapters, never the base."""
     from cdcda_fl.device.lora import DeviceModel
-    from cdcda_fl.device.models import get_base_model
+    from cdcda_fl.device.models import cached, get_base_model
 
     dtype = str(cfg["device.dtype"])
     if cfg["dp.enabled"] and dtype in ("", "auto"):
         dtype = "fp32"  # Opacus's per-sample gradients are checked in fp32 only (tests/test_dp.py)
-    key = (str(cfg["device.model"]), str(cfg["device.quantization"]) or None, dtype)
-    if key not in _DEVICE_MODELS:
-        _DEVICE_MODELS[key] = DeviceModel(get_base_model(key[0], quantization=key[1], dtype=key[2]))
-    return _DEVICE_MODELS[key]
+    model, quantization = str(cfg["device.model"]), str(cfg["device.quantization"]) or None
+    return cached(("device", model, quantization, dtype),
+                  lambda: DeviceModel(get_base_model(model, quantization=quantization, dtype=dtype)))
 
 
 @dataclass
