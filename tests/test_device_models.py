@@ -209,3 +209,26 @@ def test_smollm2_quantized_answering_peak_rss_is_below_fp32():
     fp32, bf16, q4 = _peak_mb("", "fp32"), _peak_mb("", "bf16"), _peak_mb("4bit", "bf16")
     assert q4 < bf16 < fp32, (q4, bf16, fp32)
     assert fp32 - q4 > 250, (q4, fp32)  # 538 MB of fp32 weights against ~110 MB
+
+
+_NO_INDUCTOR_CHILD = """
+import os, sys
+os.environ.pop("TORCHDYNAMO_DISABLE", None)
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.models import load_base_model
+dm = DeviceModel(load_base_model("tiny-random", quantization="4bit", cache_dir=sys.argv[1]))
+dm.generate(["hello"], max_new_tokens=2)
+print("STATE", os.environ.get("TORCHDYNAMO_DISABLE"), "torch._inductor.compile_fx" in sys.modules)
+"""
+
+
+def test_a_quantized_cpu_base_keeps_bitsandbytes_kernels_out_of_torch_compile(tiny_cache):
+    """Regression: bnb's torch.compile wrappers pulled in Inductor and compiled on the first 4-bit
+    answer (+40 MB peak RSS on SmolLM2). A fresh process that loads a 4-bit base and answers never
+    imports Inductor's compiler (``compile_fx``; with bnb's wrappers compiled it does)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _NO_INDUCTOR_CHILD, str(tiny_cache)], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split("STATE")[-1].split() == ["1", "False"], out
