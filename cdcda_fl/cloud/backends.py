@@ -24,7 +24,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -33,6 +33,9 @@ from urllib.parse import urlsplit
 from cdcda_fl.config import DEFAULTS, config_get, parse_bool
 
 log = logging.getLogger(__name__)
+
+#: Where ``cloud.backend=openai`` looks when ``cloud.base-url`` is empty: ``cdcda serve`` on this machine.
+LOCAL_BASE_URL = "http://127.0.0.1:8000/v1"
 
 PromptKind = Literal["chat", "completion"]
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -281,7 +284,7 @@ class OpenAIBackend(_TextsFromDetails):
         self,
         model: str,
         *,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str = LOCAL_BASE_URL,
         api_key_env: str = "",
         timeout: float = float(DEFAULTS["cloud.timeout"][0]),  # one source of defaults: config.py
         max_retries: int = int(DEFAULTS["cloud.max-retries"][0]),
@@ -467,36 +470,44 @@ BACKEND_KEYS = (
 )
 
 
-def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
-    """Build the backend that ``cloud.backend`` names (``hf`` by default) from flat run config.
+def _hf_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
+    """``hf``: ``cloud.model``, ``cloud.batch-size``, ``cloud.device``."""
+    return HFBackend(str(config_get(cfg, "cloud.model")), batch_size=int(config_get(cfg, "cloud.batch-size")),
+                     device=(str(cfg["cloud.device"]) if cfg.get("cloud.device") else None), loaded=loaded)
 
-    ``hf``: ``cloud.model``, ``cloud.batch-size``, ``cloud.device``. ``openai``: ``cloud.model``,
-    ``cloud.base-url`` (empty = ``http://127.0.0.1:8000/v1``), ``cloud.api-key-env``,
-    ``cloud.timeout``, ``cloud.max-retries``, ``cloud.concurrency``, ``cloud.allow-insecure-http``.
-    Defaults and meanings: :data:`cdcda_fl.config.DEFAULTS` (the only place they are set).
-    Also ``cloud.prompt-style``: a ``continuation`` value tells the openai backend the served
-    model is a base model.
-    """
+
+def _openai_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
+    """``openai``: ``cloud.model``, ``cloud.base-url`` (empty = :data:`LOCAL_BASE_URL`),
+    ``cloud.api-key-env``, ``cloud.timeout``, ``cloud.max-retries``, ``cloud.concurrency``,
+    ``cloud.allow-insecure-http``; a ``cloud.prompt-style`` of ``continuation`` says the served
+    model is a base model."""
+    return OpenAIBackend(
+        str(cfg.get("cloud.model") or ""),  # a served model has no preset default: name it
+        base_url=str(cfg.get("cloud.base-url") or LOCAL_BASE_URL),
+        api_key_env=str(config_get(cfg, "cloud.api-key-env")),
+        timeout=float(config_get(cfg, "cloud.timeout")),
+        max_retries=int(config_get(cfg, "cloud.max-retries")),
+        concurrency=int(config_get(cfg, "cloud.concurrency")),
+        prefers_chat=str(config_get(cfg, "cloud.prompt-style")).lower() != "continuation",
+        allow_insecure_http=_as_bool(config_get(cfg, "cloud.allow-insecure-http")),
+    )
+
+
+#: ``cloud.backend`` -> builder from the flat run config. A new backend: a class above and one entry here.
+BACKENDS: dict[str, Callable[[Mapping[str, Any], Any], LLMBackend]] = {
+    "hf": _hf_from_config,
+    "openai": _openai_from_config,
+}
+
+
+def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
+    """Build the backend that ``cloud.backend`` names (``hf`` by default) from flat run config
+    (the keys each reads: :data:`BACKENDS`' builders). Defaults and meanings:
+    :data:`cdcda_fl.config.DEFAULTS` (the only place they are set)."""
     kind = str(config_get(cfg, "cloud.backend")).strip().lower()
+    if kind not in BACKENDS:
+        raise BackendError(f"cloud.backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     try:
-        if kind == "hf":
-            return HFBackend(
-                str(config_get(cfg, "cloud.model")),
-                batch_size=int(config_get(cfg, "cloud.batch-size")),
-                device=(str(cfg["cloud.device"]) if cfg.get("cloud.device") else None),
-                loaded=loaded,
-            )
-        if kind == "openai":
-            return OpenAIBackend(
-                str(cfg.get("cloud.model") or ""),  # a served model has no preset default: name it
-                base_url=str(cfg.get("cloud.base-url") or "http://127.0.0.1:8000/v1"),
-                api_key_env=str(config_get(cfg, "cloud.api-key-env")),
-                timeout=float(config_get(cfg, "cloud.timeout")),
-                max_retries=int(config_get(cfg, "cloud.max-retries")),
-                concurrency=int(config_get(cfg, "cloud.concurrency")),
-                prefers_chat=str(config_get(cfg, "cloud.prompt-style")).lower() != "continuation",
-                allow_insecure_http=_as_bool(config_get(cfg, "cloud.allow-insecure-http")),
-            )
+        return BACKENDS[kind](cfg, loaded)
     except (TypeError, ValueError) as exc:
         raise BackendError(f"bad cloud.* setting: {exc}") from exc
-    raise BackendError(f"cloud.backend must be 'hf' or 'openai', got {kind!r}")
