@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pii_battery
 import pytest
 
 from cdcda_fl.privacy.redact import PLACEHOLDERS, Redactor, contains_pii, scrub
@@ -31,21 +32,6 @@ def test_each_pii_kind_is_scrubbed(text: str, secret: str, placeholder: str | No
     if placeholder:
         assert placeholder in out
     assert contains_pii(text)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "The model reaches 95.3% accuracy on 2 benchmarks in 2019.",
-        "Between 1999 2004 and 2010 prices rose by 12 345 units.",
-        "Released on 2019-05-12, rated 4.5 out of 5, costs 1,299.99 dollars.",
-        "e.g. the U.S. team, i.e. a dystopia; sci-fi at its best!",
-        "Email is not an address; look at the dot on the map, or at home dot now.",
-        "A 3-4-5 triangle, version 2.13.0, and pi is 3.14159.",
-    ],
-)
-def test_normal_text_is_untouched(text: str) -> None:
-    assert scrub(text) == text
 
 
 def test_user_terms_are_redacted_case_insensitively_with_suffixes() -> None:
@@ -109,20 +95,10 @@ PII_BATTERY: list[tuple[str, str, str]] = [
     ("NUMBER", "client id 00012345678", "00012345678"),
 ]
 
-# Ordinary content that must come out unchanged (false-positive battery).
-NOT_PII: list[str] = [
-    "The model reaches 95.3% accuracy on 2 benchmarks in 2019.",
-    "Between 1999 2004 and 2010 prices rose by 12 345 units.",
-    "Released on 2019-05-12, rated 4.5 out of 5, costs 1,299.99 dollars.",
-    "e.g. the U.S. team, i.e. a dystopia; sci-fi at its best!",
-    "Email is not an address; look at the dot on the map, or at home dot now.",
-    "A 3-4-5 triangle, version 2.13.0, and pi is 3.14159.",
-    "The match ended 2:1 at 12:30:45, then 3:2 after extra time.",
-    "Population 1,234,567 in 20190512 records; ratio 16:9 screens.",
-    "Use the C++ class std::vector and a::b::c namespaces.",
-    "ISBN-free title: Deep Learning for Graphs, 2nd edition, pages 100-250.",
-    "Café owners in Zürich love crème brûlée.",
-]
+# Ordinary content that must come out unchanged (false-positive battery): the tuned negatives of
+# tests/pii_battery.py (one copy of the cases) plus one case of this file's own.
+NOT_PII: list[str] = [*pii_battery.TUNED_NEGATIVES,
+                      "ISBN-free title: Deep Learning for Graphs, 2nd edition, pages 100-250."]
 
 
 @pytest.mark.parametrize(("kind", "text", "secret"), PII_BATTERY, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(PII_BATTERY)])
@@ -160,8 +136,6 @@ def test_terms_only_when_pii_is_off() -> None:
 # ------------------------------------------------------------- the full PII battery (tests/pii_battery.py)
 # Measured by benchmarks/pii.py (benchmarks/results/pii.json, docs/privacy.md): cases caught per kind
 # out of the whole battery. The scrubber must never do worse; raise these when it does better.
-import pii_battery  # noqa: E402
-
 MEASURED_CAUGHT = {"EMAIL": 23, "PHONE": 27, "URL": 8, "HANDLE": 4, "IP": 11, "MAC": 6, "IBAN": 13, "CARD": 12,
                    "ID": 10, "DATE": 13, "NUMBER": 14}
 # The holdout's known gaps, as measured once (never tuned on): "my birthday is 14 February 1992"
