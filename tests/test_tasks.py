@@ -67,3 +67,12 @@ def test_query_text_of_input_strips_instruction() -> None:
     assert get_task("LaMP_2").query_text_of_input(LAMP2_TEMPLATE.format(description="A: b; c.")) == "A: b; c."
     assert get_task("LaMP_7").query_text_of_input(LAMP7_TEMPLATE.format(text="hi there")) == "hi there"
     assert get_task("LaMP_5").query_text_of_input("no marker here") == "no marker here"
+
+
+def test_bm25s_debug_logging_stays_off_after_import() -> None:
+    """Regression: bm25s sets its logger to DEBUG at import (one debug line per user in the demo)."""
+    import logging
+
+    import cdcda_fl.data.retrieval  # noqa: F401
+
+    assert logging.getLogger("bm25s").getEffectiveLevel() >= logging.WARNING

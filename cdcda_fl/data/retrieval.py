@@ -6,12 +6,18 @@ is built per user per call; that costs well under a millisecond per item.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bm25s
 
 from cdcda_fl.data.tasks import TaskSpec
+
+# bm25s sets its own logger to DEBUG when it is imported, which undoes an earlier
+# quiet_libraries() and puts "DEBUG:bm25s:Building index ..." into every Ray actor's output
+# once per user; its warnings stay visible.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def retrieve(task: TaskSpec, profile: Sequence[Mapping[str, Any]], queries: Sequence[str], k: int) -> list[list[Mapping[str, Any]]]:
