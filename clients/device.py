@@ -38,6 +38,10 @@ def _guarded(kind: str, handler: Handler):
     An injected crash (``debug.crash-users``) is let through: it drills exactly that path.
     """
     def wrapped(msg: Message, context: Context) -> Message:
+        # Again per message, not only at import: in Flower's Ray actors the library loggers and
+        # warning filters set at import did not hold when the models load (bitsandbytes' missing
+        # 'kernels' notice and torch.jit deprecations reached every actor's console). Idempotent.
+        quiet_libraries()
         cfg = None
         try:
             cfg = config_of(msg, kind)

@@ -277,3 +277,18 @@ def test_dp_decision_leaves_at_metrics_without_training_losses() -> None:
     assert out["methods"]["local"] == {"metrics": {"accuracy": 0.5}, "epsilon": 7.9, "dp": dp}
     assert "0.123456" not in json.dumps(out) and "secret" not in json.dumps(out)
     assert "methods" not in filter_result(result, "none")
+
+
+def test_every_message_silences_library_chatter_again() -> None:
+    """Regression: in Flower's Ray actors the logger levels set at import did not hold when the
+    models loaded, so bitsandbytes' notice reached every actor's console; each message re-applies them."""
+    import logging
+
+    from clients.device import _guarded
+
+    logging.getLogger("bitsandbytes").setLevel(logging.NOTSET)
+    handler = _guarded("share", lambda node_config, cfg, request: {"users": [], "shares": [], "errors": []})
+    reply = handler(Message(pack(resolve({}), share=True), dst_node_id=1, message_type="query.share"),
+                    Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
+    assert unpack(reply) == {"users": [], "shares": [], "errors": []}
+    assert logging.getLogger("bitsandbytes").level == logging.ERROR
