@@ -3,7 +3,8 @@
 Reads a finished run directory (default: the demo's ``runs/demo``) or runs a config first, and
 breaks each user's device time into its parts from the per-user results the devices reported
 (``methods.<m>.seconds`` = that method's training + answering; ``train.seconds`` = its LoRA
-training), plus the server's phases (cloud augmentation per user, share, personalize wall time)
+training; CDCDA's ``check_seconds`` = completing partial records and its holdout check's two
+trainings), plus the server's phases (cloud augmentation per user, share, personalize wall time)
 from ``results.json``'s ``timing``. Medians over users; ``actor-seconds per user`` is the sum of
 a user's method seconds, i.e. what one device (Ray actor) spends on that user.
 
@@ -50,10 +51,12 @@ def analyse(run: Path) -> dict:
             secs = float(entry["seconds"])
             train = float((entry.get("train") or {}).get("seconds") or 0.0) if not (entry.get("train") or {}).get(
                 "reused") else 0.0
-            slot = per_method.setdefault(method, {"total": [], "train": [], "answer": []})
+            check = float(entry.get("check_seconds") or 0.0)  # CDCDA: completion + holdout check
+            slot = per_method.setdefault(method, {"total": [], "train": [], "check": [], "answer": []})
             slot["total"].append(secs)
             slot["train"].append(train)
-            slot["answer"].append(max(0.0, secs - train))
+            slot["check"].append(check)
+            slot["answer"].append(max(0.0, secs - train - check))
             total += secs
         actor_seconds.append(total)
     n_users = len(actor_seconds)
@@ -121,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = {**analyse(run), "peak_rss_mib_all_processes": peak,
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    print(f"{'method':<8} {'median s/user':>14} {'training':>9} {'answering':>10}")
+    print(f"{'method':<8} {'median s/user':>14} {'training':>9} {'check':>7} {'answering':>10}")
     for m, d in report["methods"].items():
-        print(f"{m:<8} {d['total']:>14} {d['train']:>9} {d['answer']:>10}")
+        print(f"{m:<8} {d['total']:>14} {d['train']:>9} {d.get('check', 0.0):>7} {d['answer']:>10}")
     print(f"\nactor-seconds per user (median of the methods' sums): {report['actor_seconds_per_user']}")
     print(f"personalize phase x {report['actors']} actors / users: {report['personalize_actor_seconds_per_user']} s")
     print(f"cloud augmentation per user: {report['augment_seconds_per_user']} s")

@@ -31,3 +31,24 @@ def test_communication_benchmark_quick(tmp_path: Path) -> None:
     assert row["users"] == 4 and row["cdcda_up_bytes_median"] > 0
     assert row["lora_params"] == 921_600  # r=8 on q/k/v/o of SmolLM2-135M
     assert row["fedavg_lora_round_bytes"] == 8 * row["lora_params"]
+
+
+def test_per_user_analysis_separates_cdcdas_check_from_training_and_answering(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import per_user
+    finally:
+        sys.path.pop(0)
+    run = tmp_path / "run"
+    (run / "users" / "LaMP_2").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"timing": {"personalize": 10.0}, "config": {"sim.cpus": 2}}))
+    user = {"methods": {"local": {"seconds": 5.0, "train": {"seconds": 4.0}},
+                        "cdcda": {"seconds": 12.0, "check_seconds": 8.0, "train": {"seconds": 3.0}}}}
+    (run / "users" / "LaMP_2" / "u1.json").write_text(json.dumps(user))
+    report = per_user.analyse(run)
+    assert report["methods"]["cdcda"] == {"total": 12.0, "train": 3.0, "check": 8.0, "answer": 1.0}
+    assert report["methods"]["local"]["check"] == 0.0 and report["methods"]["local"]["answer"] == 1.0
+    assert report["actor_seconds_per_user"] == 17.0

@@ -139,6 +139,9 @@ def test_cdcda_that_falls_back_reuses_local_answers_without_answering_twice(tiny
     assert rows == [3]  # local's 3 queries; CDCDA's fall-back answers are local's, not generated again
     # Regression: CDCDA's seconds started after the holdout check, so its two trainings cost nothing.
     assert res["methods"]["cdcda"]["seconds"] >= 0.5 * res["methods"]["local"]["train"]["seconds"]
+    # The check's share is reported apart (benchmarks/per_user.py shows it as its own column).
+    check = res["methods"]["cdcda"]["check_seconds"]
+    assert 0.5 * res["methods"]["local"]["train"]["seconds"] <= check <= res["methods"]["cdcda"]["seconds"]
 
 
 def test_after_every_adapter_is_released_the_base_still_answers(tiny_model):

@@ -479,6 +479,7 @@ def _cdcda(run: _UserRun) -> None:
     started = time.perf_counter()  # CDCDA's cost includes completing records and the holdout check
     run.prepare_synthetic()
     decision = run.synthetic_decision()
+    check_seconds = round(time.perf_counter() - started, 3)  # completion + the check's trainings
     run.result["synthetic_decision"] = decision.to_dict()
     if decision.used_synthetic:
         pairs = list(run.real_pairs) + list(run.synth_pairs)
@@ -488,7 +489,8 @@ def _cdcda(run: _UserRun) -> None:
         run.result["n_synthetic_used"] = 0
         info = run.train_local()
     extra = {"train": info, "epsilon": info.get("epsilon"),
-             "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic}, **run.mia()}
+             "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic},
+             "check_seconds": check_seconds, **run.mia()}
     if not decision.used_synthetic and run.answers_queued("local"):
         run.same_answers("cdcda", "local", started, **extra)  # same adapter, greedy: local-only's answers
     else:
