@@ -220,7 +220,7 @@ def received_config(kind: str, shipped: Mapping[str, Any]) -> ReceivedConfig:
     Keys outside the kind are dropped, so a newer or chattier server cannot make a device read more.
     """
     keys = message_keys(kind)
-    values = {key: DEFAULTS[key][0] for key in keys}
+    values = {key: default_of(key) for key in keys}
     for key, value in shipped.items():
         check_key(key)
         if key in values:
