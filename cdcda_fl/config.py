@@ -60,6 +60,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.synthetic-gate-fraction": (0.34, "share of the user's real items the holdout check holds out"),
     "train.synthetic-gate-margin": (0.0, "nats per output token synthetic data must gain on held-out items"),
     "train.synthetic-gate-min-real": (3, "real items needed to run the check (fewer: synthetic data is used)"),
+    "train.synthetic-gate-budget": ("epochs", "holdout check's training budget: epochs = its adapters see each "
+                                              "training item as often as the final ones (steps scaled by the "
+                                              "share of items they train on); steps = the final adapters' steps"),
     "train.retrain": (False, "retrain adapters even if a finished one is stored"),
     "dp.enabled": (False, "DP-SGD (Opacus) on the LoRA parameters"),
     "dp.epsilon": (0.0, "target epsilon (0 = use dp.noise-multiplier)"),

@@ -12,6 +12,7 @@ from cdcda_fl.device.synthetic_gate import (
     GateError,
     HeldOutScores,
     cap_record_weights,
+    check_step_scale,
     decide,
     holdout_split,
 )
@@ -95,6 +96,30 @@ def tiny_model():
     from cdcda_fl.device.lora import DeviceModel
     from cdcda_fl.device.models import get_base_model
     return DeviceModel(get_base_model("tiny-random"))
+
+
+def test_check_budget_gives_each_item_the_final_trainings_passes():
+    """epochs (default): 6 of 9 items -> 2/3 of the steps; steps: the full budget; bad value refused."""
+    assert check_step_scale(GateConfig(), 6, 9) == pytest.approx(2 / 3)
+    assert check_step_scale(GateConfig(budget="steps"), 6, 9) == 1.0
+    assert check_step_scale(GateConfig(), 9, 9) == 1.0
+    with pytest.raises(GateError, match="train.synthetic-gate-budget"):
+        GateConfig.from_config(load_config(None, ["train.synthetic-gate-budget=weeks"]))
+
+
+def test_the_check_trains_its_adapters_for_the_scaled_budget(tiny_model, tmp_path):
+    """9 items, 3 held out: 6 steps of the 9 (real-only); real + synthetic also stretched by its mass."""
+    from cdcda_fl.device.personalize import personalize_user
+
+    synthetic = [{"id": f"s{i}", "description": f"another film {i}", "tag": "comedy", "synthetic": True}
+                 for i in range(3)]
+    steps = {}
+    for budget in ("epochs", "steps"):
+        res = personalize_user(_user(), synthetic, _cfg(**{"train.steps": 9, "train.synthetic-gate-budget": budget}),
+                               storage_dir=tmp_path / budget, device_model=tiny_model)
+        steps[budget] = res["synthetic_decision"]["check_steps"]
+    assert steps["epochs"][0] == 6 and steps["steps"][0] == 9
+    assert steps["epochs"][1] < steps["steps"][1] and steps["steps"][1] > 9  # equal real exposure stretches it
 
 
 def _user(n_profile: int = 9):

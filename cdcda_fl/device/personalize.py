@@ -38,6 +38,7 @@ from cdcda_fl.device.synthetic_gate import (
     GateDecision,
     HeldOutScores,
     cap_record_weights,
+    check_step_scale,
     decide,
     mean_loss,
 )
@@ -395,9 +396,13 @@ class _UserRun:
         variants = [(real, [1.0] * len(real))]
         if kept:
             variants.append((real + spec.profile_to_pairs(kept), real_w + syn_w))
+        steps: list[int] = []
+        budget = check_step_scale(GateConfig.from_config(cfg), len(train_items), len(self.user.profile))
         for pairs, weights in variants:
             self.clear()
-            model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, real)), None, weights=weights)
+            res = model.train(pairs, lora_config_from(cfg, budget * _exposure_scale(cfg, weights, real)), None,
+                              weights=weights)
+            steps.append(res.steps)
             loss = mean_loss(model.example_losses(held_pairs))
             answers = self.answer_in_training_runtime([inp for inp, _out in held_pairs])
             value = score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
@@ -406,7 +411,7 @@ class _UserRun:
         if not kept:
             scores.append(scores[0])
         return HeldOutScores(scores[0][0], scores[1][0], scores[0][1], scores[1][1],
-                             higher_is_better=metric not in LOWER_IS_BETTER, same_data=not kept)
+                             higher_is_better=metric not in LOWER_IS_BETTER, same_data=not kept, steps=tuple(steps))
 
     def save_synthetic_log(self) -> None:
         """What this device received from the cloud, kept and dropped, and why: on its own disk only."""
@@ -439,7 +444,8 @@ def _exposure_scale(cfg: Mapping[str, Scalar], weights: Sequence[float], real_pa
 
 _GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
               "train.synthetic-gate-margin",
-              "train.synthetic-gate-min-real", "train.synthetic-record-cap", "train.equal-real-exposure")
+              "train.synthetic-gate-min-real", "train.synthetic-gate-budget", "train.synthetic-record-cap",
+              "train.equal-real-exposure")
 
 
 # ---------------------------------------------------------------------- the method registry

@@ -7,7 +7,8 @@ records, privately:
 
 1. hold out a seeded fraction of the user's real profile items (at least one, never all);
 2. train two throw-away adapters on the rest: real only, and real + the cloud's records (the same
-   mixture, weights and step budget the final CDCDA adapter would get);
+   mixture and weights the final CDCDA adapter would get, and a step budget that gives every
+   training item as many passes as the final training will: :func:`check_step_scale`);
 3. compare them on the held-out real items. CDCDA keeps the synthetic data only if, with it, the
    held-out outputs get a lower loss by ``margin`` (nats per output token) AND the task's own
    metric on the held-out items (accuracy, MAE, ROUGE-1 of the answers) is not worse
@@ -40,6 +41,7 @@ from cdcda_fl.config import config_get, default_of
 
 RULES = ("holdout", "none")
 CRITERIA = ("loss+metric", "loss")
+BUDGETS = ("epochs", "steps")
 
 
 class GateError(ValueError):
@@ -55,6 +57,7 @@ class GateConfig:
     margin: float = float(default_of("train.synthetic-gate-margin"))
     min_real: int = int(default_of("train.synthetic-gate-min-real"))
     criterion: str = str(default_of("train.synthetic-gate-criterion"))
+    budget: str = str(default_of("train.synthetic-gate-budget"))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GateConfig:
@@ -62,13 +65,16 @@ class GateConfig:
         gate = cls(rule=rule, fraction=float(config_get(cfg, "train.synthetic-gate-fraction")),
                    margin=float(config_get(cfg, "train.synthetic-gate-margin")),
                    min_real=int(config_get(cfg, "train.synthetic-gate-min-real")),
-                   criterion=str(config_get(cfg, "train.synthetic-gate-criterion")).strip().lower())
+                   criterion=str(config_get(cfg, "train.synthetic-gate-criterion")).strip().lower(),
+                   budget=str(config_get(cfg, "train.synthetic-gate-budget")).strip().lower())
         if gate.rule not in RULES:
             raise GateError(f"train.synthetic-gate must be one of {', '.join(RULES)}, got {rule!r}")
         if not 0.0 < gate.fraction < 1.0:
             raise GateError(f"train.synthetic-gate-fraction must be in (0, 1), got {gate.fraction}")
         if gate.criterion not in CRITERIA:
             raise GateError(f"train.synthetic-gate-criterion must be one of {', '.join(CRITERIA)}, got {gate.criterion!r}")
+        if gate.budget not in BUDGETS:
+            raise GateError(f"train.synthetic-gate-budget must be one of {', '.join(BUDGETS)}, got {gate.budget!r}")
         if gate.min_real < 2:
             raise GateError(f"train.synthetic-gate-min-real must be at least 2, got {gate.min_real}")
         return gate
@@ -87,9 +93,27 @@ class GateDecision:
     margin: float = 0.0
     metric_local: float | None = None
     metric_cdcda: float | None = None
+    check_steps: list[int] | None = None  # optimizer steps of the check's adapters (real-only, real + synthetic)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_step_scale(gate: GateConfig, n_train: int, n_real: int) -> float:
+    """How the check's step budget relates to the final adapters' (``train.synthetic-gate-budget``).
+
+    ``epochs`` (default): the throw-away adapters train on ``n_train`` of the user's ``n_real``
+    items, so they get that share of the final step budget and see every training item as often
+    as the final adapters will. The check then imitates the training it decides about (same
+    passes per item, hence the same over-fitting of a small profile) and costs ``n_train/n_real``
+    of it: on the demo's 3-6-item profiles about 2/3. ``steps``: the final adapters' full budget
+    (each check item is seen ``n_real/n_train`` times as often as in the final training).
+    A budget given in ``train.epochs`` scales itself (steps follow the item count), so this
+    scale applies only to a budget in ``train.steps``.
+    """
+    if gate.budget == "steps" or n_real <= 0:
+        return 1.0
+    return min(1.0, n_train / n_real)
 
 
 def cap_record_weights(weights: Sequence[float], cap: float) -> list[float]:
@@ -129,6 +153,7 @@ class HeldOutScores:
     metric_cdcda: float | None = None
     higher_is_better: bool = True
     same_data: bool = False  # no synthetic record fit the training split: both adapters are one
+    steps: tuple[int, ...] = ()  # optimizer steps each throw-away adapter trained
 
 
 def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_synthetic: int, *, seed: str,
@@ -162,7 +187,7 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
         reason = f"fell back to local-only: {why} ({scores}; margin {gate.margin})"
     r4 = (lambda v: None if v is None else round(float(v), 4))
     return GateDecision(gate.rule, used, reason, len(held), r4(s.loss_local), r4(s.loss_cdcda), gate.margin,
-                        r4(s.metric_local), r4(s.metric_cdcda))
+                        r4(s.metric_local), r4(s.metric_cdcda), list(s.steps) or None)
 
 
 def mean_loss(losses: Sequence[float]) -> float:
