@@ -276,12 +276,15 @@ def _per_user_rows(before: dict, after: dict) -> list[tuple[str, float | None, f
     return rows
 
 
-PER_USER_FILES = ("per_user_before_speed.json", "per_user.json")
+#: The same command on the same machine: the code the per-user issue was filed against (430e2e3,
+#: rerun in a worktree), and main. Figures from different machines are not comparable (this
+#: project's CPUs differ 2-3x in bf16 GEMM peak), so a before/after pair is always one machine's.
+PER_USER_FILES = ("per_user_filing_baseline.json", "per_user.json")
 
 
 @_guarded("Per-user", "python benchmarks/per_user.py --config experiments/configs/demo.toml", PER_USER_FILES)
 def per_user_table(results: Path) -> list[str]:
-    """per_user.py before (per_user_before_speed.json) and after (per_user.json) the training-step change."""
+    """per_user.py on one machine: the code the issue was filed against, and main (PER_USER_FILES)."""
     before, after = (_read(results, n) for n in PER_USER_FILES)
     body = [[label, _num(b, fmt), _num(a, fmt), _ratio(a, b)] for label, b, a, fmt in _per_user_rows(before, after)]
     cfg = after.get("config", {})
