@@ -11,12 +11,23 @@ import os
 import warnings
 
 
+class _DropRoutineShutdown(logging.Filter):
+    """Drops Flower's "Manually terminating ClientAppActor": its Ray actors say it, at WARNING,
+    each time a simulation ends normally (two console lines per actor at the end of every run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Manually terminating %s" and record.args == ("ClientAppActor",))
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("bm25s", "transformers", "peft", "bitsandbytes", "opacus", "accelerate", "httpx"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    flwr = logging.getLogger("flwr")
+    if not any(isinstance(f, _DropRoutineShutdown) for f in flwr.filters):
+        flwr.addFilter(_DropRoutineShutdown())
     try:
         from transformers.utils import logging as hf_logging
 
