@@ -142,6 +142,9 @@ def main() -> None:
     ap.add_argument("--storage", type=Path, default=None, help="the devices' disk (default: beside --out)")
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
+    from cdcda_fl.quiet import quiet_libraries
+
+    quiet_libraries()  # the same known-noise filters as `cdcda run` (bitsandbytes' kernels notice, ...)
 
     done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.is_file() else []
     if args.summary_only:
