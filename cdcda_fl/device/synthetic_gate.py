@@ -106,7 +106,7 @@ def check_step_scale(gate: GateConfig, n_train: int, n_real: int) -> float:
     items, so they get that share of the final step budget and see every training item as often
     as the final adapters will. The check then imitates the training it decides about (same
     passes per item, hence the same over-fitting of a small profile) and costs ``n_train/n_real``
-    of it: on the demo's 3-6-item profiles about 2/3. ``steps``: the final adapters' full budget
+    of it: about 2/3 with the default third held out. ``steps``: the final adapters' full budget
     (each check item is seen ``n_real/n_train`` times as often as in the final training).
     A budget given in ``train.epochs`` scales itself (steps follow the item count), so this
     scale applies only to a budget in ``train.steps``.
