@@ -151,18 +151,21 @@ QWEN25_CODER_15B = SplitGGUF(
 
 def part_path(spec: SplitGGUF, part: GGUFPart) -> Path:
     """Where an installed part lives; a clear error (with the pip line) when its package is absent."""
-    if not _installed(part):
+    folder = _package_folder(part)
+    if folder is None:
         raise ModelIntegrityError(f"package {part.package} is not installed; {spec.install_hint([part])}")
-    found = importlib.util.find_spec(part.module)
-    path = Path(list(found.submodule_search_locations)[0]) / part.relpath
+    path = folder / part.relpath
     if not path.is_file():
         raise ModelIntegrityError(f"{path} is missing; {spec.reinstall_hint([part])}")
     return path
 
 
-def _installed(part: GGUFPart) -> bool:
+def _package_folder(part: GGUFPart) -> Path | None:
+    """The installed part package's folder (found without importing it), or None if absent."""
     found = importlib.util.find_spec(part.module)
-    return found is not None and bool(found.submodule_search_locations)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
 
 
 def sha256_file(path: Path) -> str:
@@ -189,7 +192,7 @@ def assemble(spec: SplitGGUF, folder: Path) -> Path:
             check_metadata(target, spec)
             return target
         log.warning("%s does not match its pinned SHA-256; rebuilding it from the installed parts", target)
-    missing = [p for p in spec.parts if not _installed(p)]
+    missing = [p for p in spec.parts if _package_folder(p) is None]
     if missing:  # one error naming every absent package, not the first of 22
         what = (
             f"package {missing[0].package} is"

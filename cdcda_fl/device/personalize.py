@@ -20,6 +20,7 @@ holds predictions, metrics, ε and counts — never adapter weights or profile r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -377,12 +378,14 @@ class _UserRun:
             return self.decision
         self.step("check")
         self.decision = decide(gate, self.user.profile, len(self.synth_pairs),
-                               seed=f"{self.cfg['seed']}:{self.user.user_id}", held_out=self._held_out)
+                               seed=f"{self.cfg['seed']}:{self.user.user_id}",
+                               held_out=functools.partial(self._held_out, gate=gate))
         if self.decision.n_validation:  # only a decision that trained something is worth storing
             _write_meta_only(path, json.dumps(self.decision.to_dict()))
         return self.decision
 
-    def _held_out(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> HeldOutScores:
+    def _held_out(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]], *,
+                  gate: GateConfig) -> HeldOutScores:
         """A real-only and a real + synthetic adapter trained on ``train_items``, scored on ``held``:
         mean loss of the held-out outputs and the task metric of greedy answers to their inputs."""
 
@@ -397,7 +400,7 @@ class _UserRun:
         if kept:
             variants.append((real + spec.profile_to_pairs(kept), real_w + syn_w))
         steps: list[int] = []
-        budget = check_step_scale(GateConfig.from_config(cfg), len(train_items), len(self.user.profile))
+        budget = check_step_scale(gate, len(train_items), len(self.user.profile))
         for pairs, weights in variants:
             self.clear()
             res = model.train(pairs, lora_config_from(cfg, budget * _exposure_scale(cfg, weights, real)), None,
