@@ -59,7 +59,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                                       "metric no worse on the held-out items; loss = loss only"),
     "train.synthetic-gate-fraction": (0.34, "share of the user's real items the holdout check holds out"),
     "train.synthetic-gate-margin": (0.0, "nats per output token synthetic data must gain on held-out items"),
-    "train.synthetic-gate-min-real": (3, "real items needed to run the check (fewer: synthetic data is used)"),
+    "train.synthetic-gate-min-real": (0, "users with fewer real items use the cloud's records unchecked (0: nobody)"),
+    "train.synthetic-gate-min-held-out": (3, "held-out items a decision to use the cloud's records needs; smaller "
+                                              "profiles (under this + 2 items) fall back to local-only"),
     "train.synthetic-gate-budget": ("epochs", "holdout check's training budget: epochs = its adapters see each "
                                               "training item as often as the final ones (steps scaled by the "
                                               "share of items they train on); steps = the final adapters' steps"),

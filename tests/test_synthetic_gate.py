@@ -68,6 +68,29 @@ def test_no_check_without_synthetic_data_or_enough_real_items():
     assert decide(GateConfig(rule="none"), ITEMS, 4, seed="s", held_out=never).used_synthetic
 
 
+def test_too_small_a_profile_to_test_on_three_items_falls_back_without_training():
+    """LaMP-3 + a 1.5 B writer: one held-out rating passed the check for half the users and CDCDA
+    got significantly worse; a decision to use now needs min_held_out (3) held-out items + 2 to train."""
+    def never(train, held):
+        raise AssertionError("must not train")
+    for n in (1, 3, 4):
+        d = decide(GateConfig(), ITEMS[:n], 4, seed="s", held_out=never)
+        assert not d.used_synthetic and "cannot test" in d.reason and d.n_validation == 0
+    fn, seen = _losses(1.0, 0.9)
+    d = decide(GateConfig(), ITEMS[:5], 4, seed="s", held_out=fn)
+    assert d.used_synthetic and d.n_validation == 3 and len(seen["train"]) == 2
+    d = decide(GateConfig(min_held_out=1), ITEMS[:3], 4, seed="s", held_out=fn)  # the rule before 2026-12-04
+    assert d.used_synthetic and d.n_validation == 1
+    with pytest.raises(GateError, match="min-held-out"):
+        GateConfig.from_config(load_config(None, ["train.synthetic-gate-min-held-out=0"]))
+
+
+def test_holdout_split_holds_out_at_least_min_held_out():
+    for n in range(4, 10):
+        train, held = holdout_split(ITEMS[:n], 0.34, "u1", min_held_out=3)
+        assert len(held) == max(3, round(0.34 * n)) and len(train) == n - len(held)
+
+
 def test_holdout_split_is_seeded_never_empty_never_all():
     for n in range(2, 12):
         train, held = holdout_split(ITEMS[:n] if n <= 9 else ITEMS * 2, 0.34, "u1")

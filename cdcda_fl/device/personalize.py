@@ -446,9 +446,8 @@ def _exposure_scale(cfg: Mapping[str, Scalar], weights: Sequence[float], real_pa
 
 
 _GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
-              "train.synthetic-gate-margin",
-              "train.synthetic-gate-min-real", "train.synthetic-gate-budget", "train.synthetic-record-cap",
-              "train.equal-real-exposure")
+              "train.synthetic-gate-margin", "train.synthetic-gate-min-real", "train.synthetic-gate-min-held-out",
+              "train.synthetic-gate-budget", "train.synthetic-record-cap", "train.equal-real-exposure")
 
 
 # ---------------------------------------------------------------------- the method registry
