@@ -52,6 +52,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                         "real records get as many updates as in local training"),
     "train.synthetic-record-cap": (1.0, "no synthetic record weighs more than this many real records "
                                         "(0 = no cap; see device/synthetic_gate.py)"),
+    "train.synthetic-schedule": ("mix", "how CDCDA trains on real + synthetic: mix = one weighted training on both; "
+                                        "synthetic-first = the cloud's records, then local-only's training on the "
+                                        "real ones (device/schedule.py)"),
     "train.synthetic-gate": ("holdout", "does the device use the cloud's records? holdout = only if they lower the "
                                         "loss on held-out real items (else CDCDA falls back to local-only); "
                                         "none = always"),

@@ -34,6 +34,7 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
+from cdcda_fl.device.schedule import exposure_scale, schedule_name, train_cdcda
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateDecision,
@@ -296,9 +297,16 @@ class _UserRun:
                                           self.model.example_losses(held_out))}
 
     def train_or_reuse(self, method: str, pairs: list[tuple[str, str]], weights: list[float]) -> dict[str, Any]:
-        """Train (or reload from the device's store) an adapter; on return the model holds it."""
+        """Train (or reload from the device's store) an adapter; on return the model holds it.
+
+        ``pairs`` start with the user's real pairs; the rest (CDCDA) are the cloud's, trained
+        under ``train.synthetic-schedule`` (device/schedule.py)."""
         cfg = self.cfg
-        key = f"{self.spec.name}-{method}-{_fingerprint({k_: cfg[k_] for k_ in _TRAIN_KEYS}, pairs, weights)}"
+        keys = {k_: cfg[k_] for k_ in _TRAIN_KEYS}
+        n_real = len(self.real_pairs)
+        if len(pairs) > n_real:
+            keys["train.synthetic-schedule"] = schedule_name(cfg)
+        key = f"{self.spec.name}-{method}-{_fingerprint(keys, pairs, weights)}"
         path = self.store.path(self.user.user_id, key)
         # An adapter folder without its metadata is from before metadata was written with
         # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
@@ -306,8 +314,7 @@ class _UserRun:
             self.model.load_adapter(path)
             self.adapter_dir = path
             return {**json.loads((path / TRAIN_META).read_text()), "reused": True}
-        res = self.model.train(pairs, lora_config_from(cfg, _exposure_scale(cfg, weights, self.real_pairs)),
-                               dp_config_from(cfg), weights=weights)
+        res = train_cdcda(self.model, cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
         info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
                 "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
                 "n_real": len(self.real_pairs), "n_synthetic": len(pairs) - len(self.real_pairs)}
@@ -403,8 +410,8 @@ class _UserRun:
         budget = check_step_scale(gate, len(train_items), len(self.user.profile))
         for pairs, weights in variants:
             self.clear()
-            res = model.train(pairs, lora_config_from(cfg, budget * _exposure_scale(cfg, weights, real)), None,
-                              weights=weights)
+            res = train_cdcda(model, cfg, real, weights[:len(real)], pairs[len(real):], weights[len(real):],
+                              step_scale=budget)
             steps.append(res.steps)
             loss = mean_loss(model.example_losses(held_pairs))
             answers = self.answer_in_training_runtime([inp for inp, _out in held_pairs])
@@ -438,16 +445,10 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _exposure_scale(cfg: Mapping[str, Scalar], weights: Sequence[float], real_pairs: Sequence[Any]) -> float:
-    """Equal real-data exposure: with synthetic data adding mass alpha per unit of real data, a fixed
-    step budget would give the real records 1/(1+alpha) of the updates they get in local training,
-    and CDCDA would lose the user's exact patterns; so CDCDA's budget is stretched by the mass."""
-    return sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
-
-
 _GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
               "train.synthetic-gate-margin", "train.synthetic-gate-min-real", "train.synthetic-gate-min-held-out",
-              "train.synthetic-gate-budget", "train.synthetic-record-cap", "train.equal-real-exposure")
+              "train.synthetic-gate-budget", "train.synthetic-record-cap", "train.equal-real-exposure",
+              "train.synthetic-schedule")
 
 
 # ---------------------------------------------------------------------- the method registry
@@ -732,7 +733,7 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     if method == "cdcda" and synth_pairs and warm:
         # The cloud's records are public here: a noise-free first stage, then DP-SGD on the real pairs only.
         public, synth_pairs, synth_weights, weights = synth_pairs, [], [], [1.0] * len(real_pairs)
-    scale = _exposure_scale(cfg, weights, real_pairs)
+    scale = exposure_scale(cfg, weights, real_pairs)
     candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
     started = time.perf_counter()
     decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.config import config_get, default_of
+from cdcda_fl.config import ConfigError, config_get, default_of
 
 RULES = ("holdout", "none")
 CRITERIA = ("loss+metric", "loss")
@@ -55,8 +55,8 @@ BUDGETS = ("epochs", "steps")
 MIN_CHECK_TRAIN = 2  # real items the check's throw-away adapters train on, at the least
 
 
-class GateError(ValueError):
-    """A bad train.synthetic-gate* setting."""
+class GateError(ConfigError):
+    """A bad train.synthetic-gate* setting (a ConfigError: one line, no traceback, before the run starts)."""
 
 
 @dataclass(frozen=True)

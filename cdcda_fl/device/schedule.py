@@ -1,0 +1,85 @@
+"""How CDCDA's adapter trains on real + synthetic pairs (``train.synthetic-schedule``).
+
+- ``mix`` (default): one training on the weighted union (personalize.mixture_weights and the
+  per-record cap decide the weights). The cloud's records and the user's own share every batch.
+- ``synthetic-first``: two stages on one adapter. It first trains on the cloud's records alone
+  (their capped weights, local-only's step budget scaled by their mass per real record, at most
+  1: personalize.mixture_weights gives them ``alpha`` per real record whose label they cover), then continues on the user's real records alone with
+  exactly local-only's step budget. Why: the last thing the adapter sees is the user's own
+  writing, with as many updates as local-only gives it; the synthetic stage only moves where
+  that training starts (a prior in the user's style). In ``mix`` the cloud's records take a
+  share of every update, and with ``train.equal-real-exposure = false`` the real records get
+  fewer updates than in local-only. The price: the synthetic stage's steps come on top of
+  local-only's, so this schedule always has equal *real* exposure, whatever
+  ``train.equal-real-exposure`` says (results report each method's steps).
+
+Both the final CDCDA adapter and the holdout check's real + synthetic adapter train through
+:func:`train_cdcda`, so the check tests the schedule that will be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from cdcda_fl.config import ConfigError, config_get
+
+Pairs = Sequence[tuple[str, str]]
+
+
+class ScheduleError(ConfigError):
+    """A bad ``train.synthetic-schedule`` setting."""
+
+
+def exposure_scale(cfg: Mapping[str, Any], weights: Sequence[float], real_pairs: Sequence[Any]) -> float:
+    """Equal real-data exposure: with synthetic data adding mass alpha per unit of real data, a fixed
+    step budget would give the real records 1/(1+alpha) of the updates they get in local training,
+    and CDCDA would lose the user's exact patterns; so CDCDA's budget is stretched by the mass."""
+    return sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
+
+
+def _mix(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+         synth_w: Sequence[float], step_scale: float) -> Any:
+    from cdcda_fl.device.training import LoraTrainConfig
+
+    weights = [*real_w, *synth_w]
+    lcfg = LoraTrainConfig.from_run_config(cfg, step_scale * exposure_scale(cfg, weights, real))
+    return model.train([*real, *synth], lcfg, None, weights=weights)
+
+
+def _synthetic_first(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+                     synth_w: Sequence[float], step_scale: float) -> Any:
+    from cdcda_fl.device.training import LoraTrainConfig, TrainResult
+
+    if not synth:
+        return _mix(model, cfg, real, real_w, synth, synth_w, step_scale)
+    share = min(1.0, sum(synth_w) / max(len(real), 1))  # synthetic mass per real record, at most 1
+    first = model.train(list(synth), LoraTrainConfig.from_run_config(cfg, step_scale * share), None,
+                        weights=list(synth_w))
+    second = model.train(list(real), LoraTrainConfig.from_run_config(cfg, step_scale), None,
+                         weights=[1.0] * len(real), continue_active=True)
+    return TrainResult(steps=first.steps + second.steps, trained_tokens=first.trained_tokens + second.trained_tokens,
+                       seconds=first.seconds + second.seconds, final_loss=second.final_loss,
+                       losses=[*first.losses, *second.losses])
+
+
+#: name -> how CDCDA trains one adapter on (real, real weights, synthetic, synthetic weights).
+SCHEDULES: dict[str, Callable[..., Any]] = {"mix": _mix, "synthetic-first": _synthetic_first}
+
+
+def schedule_name(cfg: Mapping[str, Any]) -> str:
+    """The configured schedule, checked (a clear error names the key and the choices)."""
+    name = str(config_get(cfg, "train.synthetic-schedule")).strip().lower()
+    if name not in SCHEDULES:
+        raise ScheduleError(f"train.synthetic-schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    return name
+
+
+def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+                synth_w: Sequence[float], *, step_scale: float = 1.0) -> Any:
+    """Train a fresh CDCDA adapter (left active on ``model``) under ``train.synthetic-schedule``.
+
+    ``step_scale`` scales local-only's step budget (the holdout check trains on part of the
+    profile: synthetic_gate.check_step_scale). Returns the TrainResult (steps summed over stages).
+    """
+    return SCHEDULES[schedule_name(cfg)](model, cfg, real, real_w, synth, synth_w, step_scale)
