@@ -150,17 +150,41 @@ def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
         raise InjectedCrash(f"injected crash (debug.crash-users) for {hit}")
 
 
+def _home_or_default(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None) -> Path:
+    try:
+        return device_home(node_config, cfg if cfg is not None else {})
+    except Exception:  # noqa: BLE001 - no usable home: still reply (and audit) somewhere
+        return Path(".cdcda-device")
+
+
 def error_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None,
                 exc: BaseException) -> dict[str, Any]:
     """The payload of a node that failed as a whole: the full error on the device, a code in the reply."""
-    try:
-        home = device_home(node_config, cfg if cfg is not None else {})
-    except Exception:  # noqa: BLE001 - no usable home: still reply generically
-        home = Path(".cdcda-device")
-    _log_error(home, kind, exc)
+    _log_error(_home_or_default(node_config, cfg), kind, exc)
     if kind == "share":
         return {"users": [], "shares": [], "errors": [{"user": "*", "reason": generic_error(exc)}]}
     return {"results": [{"user_id": "*", "task": "*", "error": generic_error(exc)}]}
+
+
+def audit_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None,
+                payload: dict[str, Any]) -> dict[str, Any]:
+    """Append the whole reply of one message to the device's audit log (kind ``reply``) and return it.
+
+    Why: the per-user lines (``share``, ``result``) say what each user's part of a reply holds; this
+    line makes "every byte that leaves is in the audit log" literal for the rest: the hosted-user
+    list and error codes of a share reply, and a node-level error reply (generic code, user
+    ``"*"``), which before 2026-12-04 left without a line. Its ``bytes``/``sha256`` are those of the
+    payload's canonical JSON, the same measure as the per-user lines. A failing audit write is
+    logged on the device and does not stop the reply (which then is only codes and already-audited
+    parts).
+    """
+    home = _home_or_default(node_config, cfg)
+    try:
+        AuditLog(home / "audit.jsonl").record_payload("reply", "*", "*", payload, destination="server",
+                                                      request=kind)
+    except Exception as exc:  # noqa: BLE001 - see above
+        _log_error(home, f"audit {kind} reply", exc)
+    return payload
 
 
 def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],

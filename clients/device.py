@@ -45,11 +45,12 @@ def _guarded(kind: str, handler: Handler):
         cfg = None
         try:
             cfg = config_of(msg, kind)
-            return Message(pack(**handler(context.node_config, cfg, unpack(msg))), reply_to=msg)
+            payload = handler(context.node_config, cfg, unpack(msg))
         except node.InjectedCrash:
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
-            return Message(pack(**node.error_reply(kind, context.node_config, cfg, exc)), reply_to=msg)
+            payload = node.error_reply(kind, context.node_config, cfg, exc)
+        return Message(pack(**node.audit_reply(kind, context.node_config, cfg, payload)), reply_to=msg)
 
     wrapped.__doc__ = handler.__doc__
     return wrapped

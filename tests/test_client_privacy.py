@@ -97,8 +97,9 @@ def test_share_nothing_sends_no_records(cfg: dict) -> None:
 
 def test_personalize_reply_has_no_adapter_and_no_profile(cfg: dict) -> None:
     synthetic = {"LaMP_5/alice": [{"id": "syn-alice-0", "abstract": "We study cats.", "title": "Cat Nets"}]}
-    reply = _call("train.personalize", pack(dict(cfg, **{"eval.report": "predictions"}), synthetic=synthetic),
-                  {"partition-id": 0, "num-partitions": 1})
+    # rule none: a 3-item profile is too small for the holdout check, which would fall back
+    reply = _call("train.personalize", pack(dict(cfg, **{"eval.report": "predictions", "train.synthetic-gate": "none"}),
+                                            synthetic=synthetic), {"partition-id": 0, "num-partitions": 1})
     assert not reply.has_error()
     assert not any(isinstance(rec, ArrayRecord) for rec in reply.content.values())
     text = _reply_bytes(reply)
@@ -225,13 +226,29 @@ def test_device_audit_records_every_reply(cfg: dict) -> None:
     synthetic = {"LaMP_5/alice": []}
     result_reply = _call("train.personalize", pack(dict(cfg, **{"methods": "base"}), synthetic=synthetic), SIM)
     lines = read_audit(Path(cfg["out-dir"]) / "devices" / "audit.jsonl")
-    assert [ln["kind"] for ln in lines] == ["share", "result"]
+    assert [ln["kind"] for ln in lines] == ["share", "reply", "result", "reply"]
     assert lines[0]["record_ids"] == [r["id"] for r in unpack(share_reply)["shares"][0]["records"]]
     assert lines[0]["n_total"] == 3  # kept on the device only
     from cdcda_fl.privacy.audit_log import canonical_json
 
     (result,) = unpack(result_reply)["results"]
-    assert lines[1]["bytes"] == len(canonical_json(result))
+    assert lines[2]["bytes"] == len(canonical_json(result))
+    # ... and each whole reply (hosted users, error codes, every user's part) has its own line
+    for line, reply, request in ((lines[1], share_reply, "share"), (lines[3], result_reply, "personalize")):
+        assert line["request"] == request and line["destination"] == "server"
+        assert line["bytes"] == len(canonical_json(unpack(reply)))
+
+
+def test_a_node_level_error_reply_is_audited_too(cfg: dict) -> None:
+    """Before 2026-12-04 a node that failed as a whole replied with a code and wrote no audit line."""
+    import hashlib
+
+    from cdcda_fl.privacy.audit_log import canonical_json
+
+    reply = _call("train.personalize", pack(cfg, not_synthetic="x"), SIM)
+    (line,) = read_audit(Path(cfg["out-dir"]) / "devices" / "audit.jsonl")
+    assert line["kind"] == "reply" and line["request"] == "personalize" and line["user"] == "*"
+    assert line["sha256"] == hashlib.sha256(canonical_json(unpack(reply))).hexdigest()
 
 
 # ------------------------------------------------------------------ nothing escapes as exception text
