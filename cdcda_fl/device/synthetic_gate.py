@@ -5,10 +5,10 @@ something only the device can judge, because only the device holds the whole pro
 CDCDA trains on real + synthetic data, the device runs a small held-out experiment on its own
 records, privately:
 
-1. hold out a seeded fraction of the user's real profile items (at least one, never all);
+1. hold out a seeded fraction of the user's real profile items (at least ``min_held_out``, never all);
 2. train two throw-away adapters on the rest: real only, and real + the cloud's records (the same
-   mixture and weights the final CDCDA adapter would get, and a step budget that gives every
-   training item as many passes as the final training will: :func:`check_step_scale`);
+   mixture, weights and schedule the final CDCDA adapter would get, and a step budget that gives
+   every training item as many passes as the final training will: :func:`check_step_scale`);
 3. compare them on the held-out real items. CDCDA keeps the synthetic data only if, with it, the
    held-out outputs get a lower loss by ``margin`` (nats per output token) AND the task's own
    metric on the held-out items (accuracy, MAE, ROUGE-1 of the answers) is not worse
