@@ -14,7 +14,8 @@
   ``train.equal-real-exposure`` says (results report each method's steps).
 
 Both the final CDCDA adapter and the holdout check's real + synthetic adapter train through
-:func:`train_cdcda`, so the check tests the schedule that will be used.
+:func:`train_cdcda`, so the check tests the schedule that will be used. Under DP the key does not
+apply: CDCDA+DP always runs its own two stages (``dp.public-warmstart``, docs/dp.md).
 """
 
 from __future__ import annotations
