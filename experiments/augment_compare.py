@@ -45,6 +45,18 @@ def parse_settings(text: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def cache_key(cfg: dict, cloud: str) -> str:
+    """What decides a writer's records: its settings, the seed and the task.
+
+    The task is part of it because persona user ids repeat across tasks (``dev-u0000`` exists in
+    every task): before 2026-12-04 a multi-task ``--tasks`` gave LaMP-2 and LaMP-5 users the LaMP-3
+    records cached under their ids, the device dropped them all as invalid, and the comparison
+    silently became local-only for those tasks.
+    """
+    writer = {k: cfg[k] for k in sorted(cfg) if k.startswith(("synthetic.", "cloud.", "consent.", "personas."))}
+    return json.dumps(writer | {"seed": cfg["seed"], "cloud.model": cloud, "task": cfg["tasks"]}, sort_keys=True)
+
+
 def synthetic_for(cfg: dict, cloud: str, users: list, cache: Path) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """The cloud writer's records per user (written once, cached), and its cost and filter counts."""
     from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
@@ -53,8 +65,7 @@ def synthetic_for(cfg: dict, cloud: str, users: list, cache: Path) -> tuple[dict
 
     path = cache / f"{cloud}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    key = json.dumps({k: cfg[k] for k in sorted(cfg) if k.startswith(("synthetic.", "cloud.", "consent.", "personas."))}
-                     | {"seed": cfg["seed"], "cloud.model": cloud}, sort_keys=True)
+    key = cache_key(cfg, cloud)
     entry = stored.get(key, {"records": {}, "counts": {}, "seconds": 0.0})
     missing = [u for u in users if u.user_id not in entry["records"]]
     if missing:
