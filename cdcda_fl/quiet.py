@@ -23,7 +23,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("bm25s", "transformers", "peft", "bitsandbytes", "opacus", "accelerate", "httpx"):
+    # kernels (via bitsandbytes) warns at every quantized load that it skips its publisher trust
+    # check "because Hugging Face Hub is in offline mode": offline is this product's design.
+    for name in ("bm25s", "transformers", "peft", "bitsandbytes", "opacus", "accelerate", "httpx", "kernels"):
         logging.getLogger(name).setLevel(logging.ERROR)
     flwr = logging.getLogger("flwr")
     if not any(isinstance(f, _DropRoutineShutdown) for f in flwr.filters):

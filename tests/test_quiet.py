@@ -27,3 +27,14 @@ def test_flower_actor_shutdown_notice_is_dropped_but_other_flower_warnings_stay(
     messages = [r.getMessage() for r in caplog.records]
     assert "Manually terminating ClientAppActor" not in messages
     assert "Manually terminating SomethingElse" in messages and "ClientApp raised an exception" in messages
+
+
+def test_kernels_offline_trust_check_notice_is_silenced():
+    """Seen in the 2026-12-04 quality run: one "Skipping publisher trust check ... offline mode" per actor."""
+    import logging
+
+    from cdcda_fl.quiet import quiet_libraries
+
+    quiet_libraries()
+    hub = logging.getLogger("kernels._internals.hf_hub")
+    assert not hub.isEnabledFor(logging.WARNING) and hub.isEnabledFor(logging.ERROR)
