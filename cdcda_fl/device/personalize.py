@@ -105,20 +105,6 @@ def mixture_weights(spec: TaskSpec, real: Sequence[Mapping[str, Any]], synthetic
     return kept, real_w, syn_w
 
 
-def lora_config_from(cfg: Mapping[str, Scalar], step_scale: float = 1.0):
-    """LoRA settings from the run config; ``step_scale`` stretches a step budget (not epochs)."""
-    from cdcda_fl.device.lora import LoraTrainConfig
-
-    return LoraTrainConfig.from_run_config(cfg, step_scale)
-
-
-def dp_config_from(cfg: Mapping[str, Scalar]):
-    """The run's DP-SGD settings, or None without ``dp.enabled``."""
-    from cdcda_fl.privacy.dp import DPConfig
-
-    return DPConfig.from_run_config(cfg) if cfg["dp.enabled"] else None
-
-
 def _fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -300,7 +286,8 @@ class _UserRun:
         """Train (or reload from the device's store) an adapter; on return the model holds it.
 
         ``pairs`` start with the user's real pairs; the rest (CDCDA) are the cloud's, trained
-        under ``train.synthetic-schedule`` (device/schedule.py)."""
+        under ``train.synthetic-schedule`` (device/schedule.py). Never under DP: with
+        ``dp.enabled`` both trained methods go through :func:`private_method`."""
         cfg = self.cfg
         keys = {k_: cfg[k_] for k_ in _TRAIN_KEYS}
         n_real = len(self.real_pairs)
