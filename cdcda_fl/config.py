@@ -55,6 +55,10 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.synthetic-schedule": ("mix", "how CDCDA trains on real + synthetic: mix = one weighted training on both; "
                                         "synthetic-first = the cloud's records, then local-only's training on the "
                                         "real ones (device/schedule.py)"),
+    "train.synthetic-select": ("all", "which of the cloud's records the device trains on: all, or style = the "
+                                      "train.synthetic-select-keep share the user's adapter finds most likely "
+                                      "relative to the base model (device/select.py)"),
+    "train.synthetic-select-keep": (0.5, "share of the cloud's records train.synthetic-select = style keeps"),
     "train.synthetic-gate": ("holdout", "does the device use the cloud's records? holdout = only if they lower the "
                                         "loss on held-out real items (else CDCDA falls back to local-only); "
                                         "none = always"),

@@ -85,6 +85,21 @@ def test_too_small_a_profile_to_test_on_three_items_falls_back_without_training(
         GateConfig.from_config(load_config(None, ["train.synthetic-gate-min-held-out=0"]))
 
 
+def test_falls_back_untested_matches_what_decide_does():
+    """The device skips the selection's scoring exactly for the profiles decide() falls back for
+    without training anything."""
+    def never(*_args):
+        raise AssertionError("the check trained")
+
+    for gate in (GateConfig(), GateConfig(min_real=3), GateConfig(rule="none"), GateConfig(min_held_out=1)):
+        for n in range(8):
+            if gate.falls_back_untested(n):
+                decision = decide(gate, [{"id": str(i)} for i in range(n)], 2, seed="s", held_out=never)
+                assert not decision.used_synthetic and decision.n_validation == 0
+            else:
+                assert gate.rule == "none" or n < gate.min_real or n >= gate.min_checkable
+
+
 def test_holdout_split_holds_out_at_least_min_held_out():
     for n in range(4, 10):
         train, held = holdout_split(ITEMS[:n], 0.34, "u1", min_held_out=3)

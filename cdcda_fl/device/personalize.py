@@ -35,6 +35,7 @@ from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.schedule import exposure_scale, schedule_name, train_cdcda
+from cdcda_fl.device.select import SelectConfig, Selection, select_records
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateDecision,
@@ -204,6 +205,7 @@ class _UserRun:
         self.synth_weights: list[float] = []
         self.synth_pairs: list[tuple[str, str]] = []
         self._prepared = False
+        self._base_losses: dict[tuple[str, str], float] = {}  # the plain base model's, per synthetic pair
         self.decision: GateDecision | None = None
         self.result: dict[str, Any] = {
             "user_id": user.user_id, "task": spec.name, "n_profile": len(user.profile),
@@ -313,13 +315,34 @@ class _UserRun:
         """The local-only adapter (real records, weight 1): trained once, then reloaded from the store."""
         return self.train_or_reuse("local", list(self.real_pairs), [1.0] * len(self.real_pairs))
 
-    def weighted_synthetic(self, real_items: Sequence[Mapping[str, Any]]
+    def weighted_synthetic(self, real_items: Sequence[Mapping[str, Any]],
+                           synthetic: Sequence[Mapping[str, Any]] | None = None
                            ) -> tuple[list[dict[str, Any]], list[float], list[float]]:
         """(kept synthetic records, real weights, capped synthetic weights) against ``real_items``:
-        the mixture the final CDCDA adapter and the holdout check's adapter both train on."""
-        kept, real_w, syn_w = mixture_weights(self.spec, real_items, self.usable_synthetic,
-                                              float(self.cfg["train.synthetic-weight"]))
+        the mixture the final CDCDA adapter and the holdout check's adapter both train on.
+        ``synthetic``: the records to weigh (default: every usable one)."""
+        pool = self.usable_synthetic if synthetic is None else synthetic
+        kept, real_w, syn_w = mixture_weights(self.spec, real_items, pool, float(self.cfg["train.synthetic-weight"]))
         return kept, real_w, cap_record_weights(syn_w, float(config_get(self.cfg, "train.synthetic-record-cap")))
+
+    def select_synthetic(self) -> Selection:
+        """``train.synthetic-select`` (device/select.py) on every usable record, scored with the
+        adapter the model holds now against the plain base model. Leaves the model on the base."""
+        records = self.usable_synthetic
+        pairs = [self.spec.profile_to_pairs([r])[0] for r in records]
+
+        def scorer(batch: Sequence[tuple[str, str]]) -> tuple[list[float], list[float]]:
+            with_adapter = self.model.example_losses(list(batch), batch_size=self.batch)
+            self.clear()
+            missing = [p for p in batch if p not in self._base_losses]
+            if missing:
+                self._base_losses.update(zip(missing, self.model.example_losses(missing, batch_size=self.batch)))
+            return with_adapter, [self._base_losses[p] for p in batch]
+
+        try:
+            return select_records(SelectConfig.from_config(self.cfg), records, pairs, scorer)
+        finally:
+            self.clear()
 
     # ------------------------------------------------------------------ the device's trust in cloud data
     def prepare_synthetic(self) -> None:
@@ -340,9 +363,18 @@ class _UserRun:
             self.usable_synthetic += done
             self.dropped += dropped
             self.result["n_synthetic_completed"] = len(done)
-        kept, self.real_weights, self.synth_weights = self.weighted_synthetic(self.user.profile)
+        selected = self.usable_synthetic
+        untested = GateConfig.from_config(self.cfg).falls_back_untested(len(self.user.profile))
+        if self.usable_synthetic and SelectConfig.from_config(self.cfg).scores and not untested:
+            self.step("select")
+            self.train_local()  # the user's whole history scores the cloud's records (device/select.py)
+            selection = self.select_synthetic()
+            selected = selection.kept
+            self.dropped += selection.dropped
+            self.result["n_synthetic_selected"] = len(selected)
+        kept, self.real_weights, self.synth_weights = self.weighted_synthetic(self.user.profile, selected)
         kept_ids = {id(r) for r in kept}
-        self.dropped += [(r, "label not in the user's profile") for r in self.usable_synthetic if id(r) not in kept_ids]
+        self.dropped += [(r, "label not in the user's profile") for r in selected if id(r) not in kept_ids]
         self.kept_synthetic = kept
         self.synth_pairs = spec.profile_to_pairs(kept)
         self.result["n_synthetic_used"] = len(self.synth_pairs)
@@ -385,30 +417,34 @@ class _UserRun:
 
         spec, cfg, model = self.spec, self.cfg, self.model
         real = spec.profile_to_pairs(train_items)
-        kept, real_w, syn_w = self.weighted_synthetic(train_items)
         held_pairs = spec.profile_to_pairs(held)
         golds = {str(i): out for i, (_inp, out) in enumerate(held_pairs)}
         metric = primary_metric(spec)
-        scores: list[tuple[float, float | None]] = []
-        variants = [(real, [1.0] * len(real))]
-        if kept:
-            variants.append((real + spec.profile_to_pairs(kept), real_w + syn_w))
-        steps: list[int] = []
         budget = check_step_scale(gate, len(train_items), len(self.user.profile))
-        for pairs, weights in variants:
+        selecting = SelectConfig.from_config(cfg).scores
+
+        def train_and_score(real_w: list[float], synth: list[tuple[str, str]], syn_w: list[float]
+                            ) -> tuple[int, float, float | None]:
             self.clear()
-            res = train_cdcda(model, cfg, real, weights[:len(real)], pairs[len(real):], weights[len(real):],
-                              step_scale=budget)
-            steps.append(res.steps)
+            res = train_cdcda(model, cfg, real, real_w, synth, syn_w, step_scale=budget)
             loss = mean_loss(model.example_losses(held_pairs))
             answers = self.answer_in_training_runtime([inp for inp, _out in held_pairs])
-            value = score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
-            scores.append((loss, value))
+            return res.steps, loss, score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
+
+        steps_real, loss_real, metric_real = train_and_score([1.0] * len(real), [], [])
+        # The check's records are picked by ITS real-only adapter (trained without the held-out
+        # items), so the held-out items never influence which records are tested.
+        pool = self.select_synthetic().kept if selecting and self.usable_synthetic else None
         self.clear()
+        kept, real_w, syn_w = self.weighted_synthetic(train_items, pool)
         if not kept:
-            scores.append(scores[0])
-        return HeldOutScores(scores[0][0], scores[1][0], scores[0][1], scores[1][1],
-                             higher_is_better=metric not in LOWER_IS_BETTER, same_data=not kept, steps=tuple(steps))
+            return HeldOutScores(loss_real, loss_real, metric_real, metric_real,
+                                 higher_is_better=metric not in LOWER_IS_BETTER, same_data=True, steps=(steps_real,))
+        steps_mix, loss_mix, metric_mix = train_and_score(real_w, spec.profile_to_pairs(kept), syn_w)
+        self.clear()
+        return HeldOutScores(loss_real, loss_mix, metric_real, metric_mix,
+                             higher_is_better=metric not in LOWER_IS_BETTER, same_data=False,
+                             steps=(steps_real, steps_mix))
 
     def save_synthetic_log(self) -> None:
         """What this device received from the cloud, kept and dropped, and why: on its own disk only."""
@@ -435,7 +471,7 @@ def _threads() -> int:
 _GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
               "train.synthetic-gate-margin", "train.synthetic-gate-min-real", "train.synthetic-gate-min-held-out",
               "train.synthetic-gate-budget", "train.synthetic-record-cap", "train.equal-real-exposure",
-              "train.synthetic-schedule")
+              "train.synthetic-schedule", "train.synthetic-select", "train.synthetic-select-keep")
 
 
 # ---------------------------------------------------------------------- the method registry

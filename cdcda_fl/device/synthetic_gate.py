@@ -99,6 +99,12 @@ class GateConfig:
         """The fewest real items a profile needs for the check: ``min_held_out`` + :data:`MIN_CHECK_TRAIN`."""
         return self.min_held_out + MIN_CHECK_TRAIN
 
+    def falls_back_untested(self, n_real: int) -> bool:
+        """Will :func:`decide` fall back for a profile of ``n_real`` items without any check (too
+        small to test, and not exempted by ``min_real``)? Lets the device skip work whose only use
+        would be the check or the synthetic adapter."""
+        return self.rule != "none" and self.min_real <= n_real < self.min_checkable
+
 
 @dataclass(frozen=True)
 class GateDecision:
