@@ -63,7 +63,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                         "loss on held-out real items (else CDCDA falls back to local-only); "
                                         "none = always"),
     "train.synthetic-gate-criterion": ("loss+metric", "holdout check: loss+metric = lower held-out loss AND a task "
-                                                      "metric no worse on the held-out items; loss = loss only"),
+                                                      "metric no worse on the held-out items; loss+better-metric "
+                                                      "= AND a strictly better metric; loss = loss only"),
     "train.synthetic-gate-fraction": (0.34, "share of the user's real items the holdout check holds out"),
     "train.synthetic-gate-margin": (0.0, "nats per output token synthetic data must gain on held-out items"),
     "train.synthetic-gate-min-real": (0, "users with fewer real items use the cloud's records unchecked (0: nobody)"),

@@ -59,6 +59,23 @@ def test_a_worse_held_out_metric_vetoes_a_better_loss():
     assert not d.used_synthetic and "no synthetic record" in d.reason
 
 
+def test_better_metric_criterion_needs_a_strictly_better_held_out_metric():
+    """loss+better-metric: a metric tie (0 = 0 on three held-out tags) falls back, a gain uses."""
+    strict = GateConfig(criterion="loss+better-metric")
+    fn, _ = _losses(2.67, 1.98, metric_local=0.0, metric_cdcda=0.0)
+    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn).used_synthetic  # the default lets a tie pass
+    d = decide(strict, ITEMS, 5, seed="s", held_out=fn)
+    assert not d.used_synthetic and "the held-out metric did not improve" in d.reason
+    fn, _ = _losses(2.67, 1.98, metric_local=0.0, metric_cdcda=1 / 3)
+    assert decide(strict, ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    fn, _ = _losses(2.67, 1.98, metric_local=1.0, metric_cdcda=0.67, higher_is_better=False)  # MAE fell
+    assert decide(strict, ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    fn, _ = _losses(2.67, 2.9, metric_local=0.0, metric_cdcda=1.0)  # a better metric never overrides the loss
+    assert not decide(strict, ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    fn, _ = _losses(2.67, 1.98)  # no metric (none computable): the loss decides, as for loss+metric
+    assert decide(strict, ITEMS, 5, seed="s", held_out=fn).used_synthetic
+
+
 def test_no_check_without_synthetic_data_or_enough_real_items():
     def never(train, held):
         raise AssertionError("must not train")

@@ -12,7 +12,8 @@ records, privately:
 3. compare them on the held-out real items. CDCDA keeps the synthetic data only if, with it, the
    held-out outputs get a lower loss by ``margin`` (nats per output token) AND the task's own
    metric on the held-out items (accuracy, MAE, ROUGE-1 of the answers) is not worse
-   (criterion ``loss+metric``, the default; ``loss`` drops the second condition). Otherwise the
+   (criterion ``loss+metric``, the default; ``loss`` drops the second condition;
+   ``loss+better-metric`` asks for a strictly better metric, so a tie falls back). Otherwise the
    device *falls back*: its CDCDA answer is its local-only answer.
 
 Why both: the loss is the signal that is about the user (not about the cloud's own records),
@@ -50,7 +51,8 @@ from typing import Any
 from cdcda_fl.config import ConfigError, config_get, default_of
 
 RULES = ("holdout", "none")
-CRITERIA = ("loss+metric", "loss")
+METRIC_TIE = 1e-9  # held-out metrics closer than this are equal (float noise of a mean)
+CRITERIA = ("loss+metric", "loss+better-metric", "loss")
 BUDGETS = ("epochs", "steps")
 MIN_CHECK_TRAIN = 2  # real items the check's throw-away adapters train on, at the least
 
@@ -203,8 +205,9 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
     s = held_out(train, held)
     loss_ok = s.loss_cdcda < s.loss_local - gate.margin
     metric_ok = True
-    if gate.criterion == "loss+metric" and s.metric_local is not None and s.metric_cdcda is not None:
-        metric_ok = s.metric_cdcda >= s.metric_local if s.higher_is_better else s.metric_cdcda <= s.metric_local
+    if gate.criterion != "loss" and s.metric_local is not None and s.metric_cdcda is not None:
+        gain = (s.metric_cdcda - s.metric_local) if s.higher_is_better else (s.metric_local - s.metric_cdcda)
+        metric_ok = gain > METRIC_TIE if gate.criterion == "loss+better-metric" else gain >= -METRIC_TIE
     used = loss_ok and metric_ok and not s.same_data
     scores = f"loss {s.loss_cdcda:.3f} vs {s.loss_local:.3f} real-only" + (
         f", metric {s.metric_cdcda:.3f} vs {s.metric_local:.3f}" if s.metric_local is not None and
@@ -214,7 +217,8 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
     elif s.same_data:
         reason = "fell back to local-only: no synthetic record has a label of the check's training items"
     else:
-        why = "the held-out loss did not improve" if not loss_ok else "the held-out metric got worse"
+        why = ("the held-out loss did not improve" if not loss_ok else "the held-out metric did not improve"
+               if gate.criterion == "loss+better-metric" else "the held-out metric got worse")
         reason = f"fell back to local-only: {why} ({scores}; margin {gate.margin})"
     r4 = (lambda v: None if v is None else round(float(v), 4))
     return GateDecision(gate.rule, used, reason, len(held), r4(s.loss_local), r4(s.loss_cdcda), gate.margin,
