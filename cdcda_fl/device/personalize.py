@@ -435,7 +435,7 @@ class _UserRun:
         # The check's records are picked by ITS real-only adapter (trained without the held-out
         # items), so the held-out items never influence which records are tested.
         pool = self.select_synthetic().kept if selecting and self.usable_synthetic else None
-        self.clear()
+        self.clear()  # the check's real-only adapter is done with (select_synthetic clears too, when it runs)
         kept, real_w, syn_w = self.weighted_synthetic(train_items, pool)
         if not kept:
             return HeldOutScores(loss_real, loss_real, metric_real, metric_real,

@@ -197,7 +197,7 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
     if len(real_items) < gate.min_real:
         return GateDecision(gate.rule, True, f"unchecked: {len(real_items)} real item(s), fewer than "
                                              f"train.synthetic-gate-min-real = {gate.min_real}")
-    if len(real_items) < gate.min_checkable:
+    if gate.falls_back_untested(len(real_items)):  # the rule and min_real are settled above
         return GateDecision(gate.rule, False, f"fell back to local-only: {len(real_items)} real item(s) cannot test "
                                               f"the cloud's records on {gate.min_held_out} held-out item(s) "
                                               f"and train on {MIN_CHECK_TRAIN}")
