@@ -46,6 +46,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.dropout": (0.0, "LoRA dropout (0 = none: on CPU a dropout mask costs ~35 % of a training step)"),
     "train.max-length": (256, "max tokens per training example"),
     "train.target-modules": ("q_proj,k_proj,v_proj,o_proj", "comma-separated modules that get LoRA"),
+    "train.lora-layers": (0, "LoRA only in the top N decoder layers (0 = every layer); the frozen layers below "
+                            "run once per training example instead of once per step (docs/device.md)"),
     "train.synthetic-weight": (1.0, "mixing ratio: total loss weight of synthetic data relative to real data, "
                                     "kept per label for labelled tasks (see device/personalize.py)"),
     "train.equal-real-exposure": (True, "scale CDCDA's step budget by (real + synthetic weight) / real weight, so "

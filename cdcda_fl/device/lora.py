@@ -143,6 +143,12 @@ class DeviceModel:
         self._slots.drop_own()
 
     @property
+    def _n_layers(self) -> int | None:
+        """The base model's decoder layers (for ``train.lora-layers``), None if its config does not say."""
+        n = getattr(getattr(self.base.model, "config", None), "num_hidden_layers", None)
+        return int(n) if isinstance(n, int) else None
+
+    @property
     def _pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 
@@ -196,22 +202,37 @@ class DeviceModel:
             if continue_active:
                 self._check_continuable(cfg)
             else:
-                self._slots.add(lora_config(cfg))
+                self._slots.add(lora_config(cfg, self._n_layers))
             self._slots.active = True
             with self._slots.layers(trainable=True) as model, training_attention(self.base.model, self.base.device):
+                prefix = None if dp is not None and dp.enabled else self._frozen_prefix(model, cfg)
                 res = fit(
                     model, encoded, w, cfg, dp, steps, progress=progress,
                     pad_id=self._pad_id, device=self.base.device, compute_context=self.base.compute_context,
+                    prefix=prefix,
                 )
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _frozen_prefix(self, model: nn.Module, cfg: LoraTrainConfig) -> Any:
+        """The frozen layers below a top-layers-only adapter (device/frozen_prefix.py), or None.
+
+        Their states are cached per base model, so every adapter trained on it (local-only, the
+        holdout check's two, CDCDA's) computes an example's frozen part once."""
+        from cdcda_fl.device.frozen_prefix import PrefixCache, frozen_prefix_for
+
+        cache = getattr(self.base, "_cdcda_prefix_cache", None)
+        if cache is None:
+            cache = PrefixCache()
+            self.base._cdcda_prefix_cache = cache  # type: ignore[attr-defined]
+        return frozen_prefix_for(model, cfg.lora_layers, cache)
 
     def _check_continuable(self, cfg: LoraTrainConfig) -> None:
         """The active adapter exists and has ``cfg``'s layout (else continuing would train another shape)."""
         slots = self._slots
         if not slots.active or slots.name is None:
             raise RuntimeError("continue_active: no active adapter to train further (train or load one first)")
-        if not _same_layout(slots.peft.peft_config[slots.name], lora_config(cfg)):
+        if not _same_layout(slots.peft.peft_config[slots.name], lora_config(cfg, self._n_layers)):
             raise ValueError("continue_active: the active adapter's LoRA layout differs from the training config's")
 
     # ------------------------------------------------------------------ kept adapters (mixed batches)

@@ -113,7 +113,7 @@ def _fingerprint(*parts: Any) -> str:
 
 _TRAIN_KEYS = ("device.model", "device.quantization", "device.dtype", "seed") + tuple(
     k for k in ("train.steps", "train.epochs", "train.lr", "train.batch-size", "train.rank", "train.alpha",
-                "train.dropout", "train.max-length", "train.target-modules", "train.synthetic-weight",
+                "train.dropout", "train.max-length", "train.target-modules", "train.lora-layers", "train.synthetic-weight",
                 "dp.enabled", "dp.epsilon", "dp.noise-multiplier", "dp.max-grad-norm", "dp.delta", "dp.accountant"))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from cdcda_fl.device.encoding import (
 )
 
 if TYPE_CHECKING:
+    from cdcda_fl.device.frozen_prefix import FrozenPrefix
     from cdcda_fl.privacy.dp import DPConfig
 
 _EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "shared")
@@ -52,6 +53,10 @@ class LoraTrainConfig:
     # benchmarks/train_speed.py; the adapters train for a few dozen steps, where it did not help.
     dropout: float = float(default_of("train.dropout"))
     target_modules: tuple[str, ...] = tuple(csv_list(default_of("train.target-modules")))
+    # 0: LoRA in every decoder layer. N > 0: only in the top N, so the layers below are frozen and
+    # their output for a training example is the same at every step: it is computed once per
+    # example (frozen_prefix.py) and a step runs, and back-propagates through, the top N only.
+    lora_layers: int = int(default_of("train.lora-layers"))
     steps: int | None = int(default_of("train.steps"))
     epochs: float | None = None
     learning_rate: float = float(default_of("train.lr"))
@@ -68,6 +73,7 @@ class LoraTrainConfig:
             rank=int(config_get(cfg, "train.rank")), alpha=int(config_get(cfg, "train.alpha")),
             dropout=float(config_get(cfg, "train.dropout")),
             target_modules=tuple(csv_list(config_get(cfg, "train.target-modules"))),
+            lora_layers=int(config_get(cfg, "train.lora-layers")),
             steps=None if epochs > 0 else max(1, round(int(config_get(cfg, "train.steps")) * step_scale)),
             epochs=epochs if epochs > 0 else None,
             learning_rate=float(config_get(cfg, "train.lr")), batch_size=int(config_get(cfg, "train.batch-size")),
@@ -98,8 +104,20 @@ class TrainResult:
         return self.trained_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def lora_config(cfg: LoraTrainConfig) -> Any:
-    """peft's LoraConfig for a fresh trainable adapter (no bias: the base stays untouched)."""
+def lora_layer_indices(cfg: LoraTrainConfig, n_layers: int | None) -> list[int] | None:
+    """The decoder layers that get LoRA: None for all, else the top ``cfg.lora_layers`` of ``n_layers``."""
+    if cfg.lora_layers < 0:
+        raise ValueError(f"train.lora-layers must be >= 0 (0 = every layer), got {cfg.lora_layers}")
+    if cfg.lora_layers == 0 or n_layers is None or cfg.lora_layers >= n_layers:
+        return None
+    return list(range(n_layers - cfg.lora_layers, n_layers))
+
+
+def lora_config(cfg: LoraTrainConfig, n_layers: int | None = None) -> Any:
+    """peft's LoraConfig for a fresh trainable adapter (no bias: the base stays untouched).
+
+    ``n_layers``: the base model's decoder layers, needed when ``cfg.lora_layers`` limits LoRA to
+    the top ones (peft's ``layers_to_transform``)."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -108,6 +126,7 @@ def lora_config(cfg: LoraTrainConfig) -> Any:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(_target_names(cfg.target_modules)),
+        layers_to_transform=lora_layer_indices(cfg, n_layers),
         bias="none",
     )
 
@@ -134,9 +153,10 @@ def example_loss(model: nn.Module, batch: dict[str, torch.Tensor], **forward: An
     # 3-D input that needs grad into one GEMM: it broadcasts the (V, d) lm_head weight per row
     # and copies it (8 x 49152 x 576 values per step for SmolLM2, ~20 % of a bf16 step).
     kept = torch.arange(labels.shape[1] - keep, labels.shape[1], device=ids.device)
+    # A batch from the frozen prefix (frozen_prefix.py) enters the decoder's top layers as states.
+    inputs = {"inputs_embeds": batch["inputs_embeds"]} if "inputs_embeds" in batch else {"input_ids": ids}
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=kept, use_cache=False,
-        **forward,
+        **inputs, attention_mask=mask, position_ids=position_ids, logits_to_keep=kept, use_cache=False, **forward,
     ).logits
     # logits[:, j] predicts token (L - keep + j + 1); the last logit predicts nothing.
     target = labels[:, -keep + 1 :] if keep > 1 else labels[:, :0]
@@ -212,12 +232,14 @@ def fit(
     device: torch.device,
     compute_context: Callable[[], AbstractContextManager[Any]],
     progress: bool = False,
+    prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
     """Train the tensors of ``model`` that require grad (one fresh adapter) for ``steps`` steps.
 
     Afterwards the model is in eval mode and those tensors are frozen with no grad, whatever
     happened: outside training no tensor of a shared base may need grad. ``seconds`` is left
-    at 0 for the caller, who also times building the adapter.
+    at 0 for the caller, who also times building the adapter. ``prefix``: see :func:`train_plain`
+    (DP-SGD always runs the whole model: Opacus hooks the modules it clips).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -227,7 +249,7 @@ def fit(
             return train_dp(model, opt, encoded, weights, cfg, dp, steps, progress, pad_id=pad_id, device=device)
         return train_plain(
             model, opt, encoded, weights, cfg, steps, progress,
-            pad_id=pad_id, device=device, compute_context=compute_context,
+            pad_id=pad_id, device=device, compute_context=compute_context, prefix=prefix,
         )
     finally:
         model.eval()
@@ -248,18 +270,25 @@ def train_plain(
     pad_id: int,
     device: torch.device,
     compute_context: Callable[[], AbstractContextManager[Any]],
+    prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
-    """AdamW on length-bucketed, seeded batches: the same data and seed give the same adapter."""
+    """AdamW on length-bucketed, seeded batches: the same data and seed give the same adapter.
+
+    With ``prefix`` (LoRA in the top layers only, frozen_prefix.py) each example's state below
+    them is computed once and a step runs the top layers only: the same loss, less work."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lengths = [len(p) + len(c) for p, c in encoded]
     stream = _bucketed_batches(lengths, cfg.batch_size, gen)
+    states = prefix.states([p + c for p, c in encoded], device, pad_id, compute_context) if prefix else None
     losses, tokens = [], 0
     for _ in _progress(range(steps), progress, "LoRA"):
         idx = next(stream)
         batch = to_device(collate([encoded[i] for i in idx], [w[i] for i in idx], pad_id), device)
+        if prefix is not None and states is not None:
+            batch["inputs_embeds"] = prefix.batch_inputs([states[i] for i in idx], batch["input_ids"].shape[1])
         # Autocast per step, never around the loop: its cast cache would keep feeding the
         # forward pass bf16 copies of the LoRA weights from before the optimizer step.
-        with compute_context():
+        with compute_context(), (prefix.top_only() if prefix is not None else nullcontext()):
             loss = (example_loss(model, batch) * batch["weights"]).mean()
         loss.backward()
         opt.step()
