@@ -53,7 +53,9 @@ def main() -> None:
 
     from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
     from cdcda_fl.device.models import load_base_model
+    from cdcda_fl.quiet import quiet_libraries
 
+    quiet_libraries()
     variants = [int(x) for x in args.layers.split(",")]
     base = load_base_model(args.model, dtype=args.dtype)
     n_layers = int(base.model.config.num_hidden_layers)
@@ -95,7 +97,7 @@ def main() -> None:
             "mfu_bf16_next": round(flops / nxt / 1e9 / peaks["bf16"], 3),
             "mfu_fp32_next": round(flops / nxt / 1e9 / peaks["fp32"], 3),
         })
-    out = {"benchmark": "lora_layers", "model": args.model, "dtype": str(base.dtype), "n_layers": n_layers,
+    out = {"benchmark": "lora_layers", "model": args.model, "dtype": str(next(base.model.parameters()).dtype), "n_layers": n_layers,
            "steps": args.steps, "examples": args.examples, "rounds": args.rounds,
            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
            "peaks_gflops": {k: round(v, 1) for k, v in peaks.items()}, "rows": rows,

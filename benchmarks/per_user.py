@@ -11,6 +11,7 @@ a user's method seconds, i.e. what one device (Ray actor) spends on that user.
     python benchmarks/per_user.py                      # analyse runs/demo (run ./run demo first)
     python benchmarks/per_user.py --run runs/quality   # any run directory
     python benchmarks/per_user.py --config experiments/configs/demo.toml --out-dir runs/bench-per-user
+    python benchmarks/per_user.py --config experiments/configs/demo.toml --set train.lora-layers=20 --out F.json
 Writes benchmarks/results/per_user.json and prints a table.
 """
 
@@ -71,7 +72,8 @@ def analyse(run: Path) -> dict:
     return {
         "run": str(run), "users": n_users, "config": {k: results["config"].get(k) for k in
                                                       ("tasks", "users", "methods", "device.model", "cloud.model",
-                                                       "train.steps", "personas.queries", "sim.client-cpus")},
+                                                       "train.steps", "train.lora-layers", "personas.queries",
+                                                       "sim.client-cpus")},
         "methods": {m: {k: _median(v) for k, v in d.items()} for m, d in per_method.items()},
         "actor_seconds_per_user": _median(actor_seconds),
         "actors": actors, "personalize_actor_seconds_per_user": occupied,
@@ -81,9 +83,10 @@ def analyse(run: Path) -> dict:
     }
 
 
-def run_config(config: Path, out_dir: Path) -> float:
-    """Run ``cdcda run CONFIG`` into ``out_dir``; returns the peak RSS (MiB) of all its processes."""
+def run_config(config: Path, out_dir: Path, sets: list[str] | None = None) -> float:
+    """Run ``cdcda run CONFIG [--set k=v ...]`` into ``out_dir``; returns the peak RSS (MiB) of all its processes."""
     cmd = [sys.executable, "-m", "cdcda_fl.cli", "run", str(config), "--out", str(out_dir)]
+    cmd += [arg for kv in sets or [] for arg in ("--set", kv)]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     peak, stop = [0], threading.Event()
 
@@ -113,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="run this config first (into --out-dir), then analyse it")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench-per-user")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "per_user.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of --config (repeatable), e.g. train.lora-layers=20")
     args = parser.parse_args(argv)
     peak = None
     run = args.run
     if args.config:
-        peak = run_config(args.config, args.out_dir)
+        peak = run_config(args.config, args.out_dir, args.set)
         run = args.out_dir
     if not (run / "results.json").is_file():
         print(f"no {run / 'results.json'}: run `./run demo` first, or pass --config", file=sys.stderr)

@@ -250,6 +250,26 @@ def train_speed_table(results: Path) -> list[str]:
     return [context, "", *_table(header, "lllrrrrrrr", body), "", _source(results, [name], [d])]
 
 
+@_guarded("LoRA layers", "python benchmarks/lora_layers.py", ["lora_layers.json"])
+def lora_layers_table(results: Path) -> list[str]:
+    """lora_layers.py: seconds per adapter with LoRA in the top N layers (frozen prefix cached)."""
+    name = "lora_layers.json"
+    d = _read(results, name)
+    peak = d.get("peaks_gflops", {})
+    header = ["LoRA layers", "first adapter s", "next adapter s", "speed-up first", "speed-up next",
+              "MFU bf16 (trained layers)", "loss"]
+    body = [["all" if r["lora_layers"] <= 0 or r["trained_layers"] == d["n_layers"] else f"top {r['lora_layers']}",
+             f"{r['first_adapter_s']:.2f}", f"{r['next_adapter_s']:.2f}", _num(r["speedup_first"], ".2f", "×"),
+             _num(r["speedup_next"], ".2f", "×"), _pct(r.get("mfu_bf16_next")), _num(r.get("final_loss"), ".3f")]
+            for r in d["rows"]]
+    context = (f"`{d['model']}` ({d['n_layers']} layers, {d['dtype']}), one simulated user: {d['examples']} "
+               f"pairs, {d['steps']} steps of batch 4, {d['rounds']} interleaved rounds, median seconds per "
+               "adapter; *first* = the frozen states not cached yet (local-only), *next* = another adapter on "
+               "the same pairs (the holdout check, CDCDA); GEMM peaks of the same run: "
+               + ", ".join(f"{k} {v:g} GFLOP/s" for k, v in peak.items()) + ":")
+    return [context, "", *_table(header, "lrrrrrr", body), "", _source(results, [name], [d])]
+
+
 def _per_user_rows(before: dict, after: dict) -> list[tuple[str, float | None, float | None, str]]:
     """(label, before, after, format) rows: per-method medians, per-phase seconds per user, totals."""
     def method(d: dict, m: str, k: str) -> float | None:
@@ -319,6 +339,7 @@ TABLES: dict[str, Renderer] = {
     "communication": communication_table,
     "device": device_table,
     "train-speed": train_speed_table,
+    "lora-layers": lora_layers_table,
     "per-user": per_user_table,
     "augment": augment_table,
 }

@@ -82,6 +82,10 @@ def test_tables_carry_the_json_values() -> None:
     assert all(f"| {r['seconds_per_step']:.2f} | {r['tokens_per_s']:.0f} |" in _text("train-speed")
                for r in speed["results"])
 
+    layers = json.loads((RESULTS / "lora_layers.json").read_text())
+    assert all(f"| {r['first_adapter_s']:.2f} | {r['next_adapter_s']:.2f} | {r['speedup_first']:.2f}× |"
+               in _text("lora-layers") for r in layers["rows"])
+
     aug = json.loads((RESULTS / "augment.json").read_text())
     gain = aug["batched"]["tokens_per_s"] / aug["sequential"]["tokens_per_s"]
     assert f"**{gain:.2f}×**" in _text("augment")
