@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from cdcda_fl.config import load_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from experiment_scripts import load_experiment
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("augment_compare", ROOT / "experiments" / "augment_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("augment_compare")
 
 
 def test_cache_key_differs_per_task_because_persona_user_ids_repeat_across_tasks():

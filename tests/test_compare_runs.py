@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "experiments" / "compare_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiment_scripts import load_experiment
 
 
 def _run(path: Path, per_user: dict) -> Path:
@@ -29,7 +20,7 @@ def _users(metric: str, values: dict[str, float]) -> dict:
 
 
 def test_paired_difference_sign_and_win_tie_loss(tmp_path: Path) -> None:
-    cr = _module()
+    cr = load_experiment("compare_runs")
     before = _run(tmp_path / "a", {"LaMP_2": _users("accuracy", {"u1": 0.5, "u2": 0.25, "u3": 0.5}),
                                    "LaMP_3": _users("mae", {"u1": 1.0, "u2": 2.0})})
     after = _run(tmp_path / "b", {"LaMP_2": _users("accuracy", {"u1": 0.75, "u2": 0.25, "u3": 0.25, "u4": 1.0}),
@@ -46,6 +37,6 @@ def test_paired_difference_sign_and_win_tie_loss(tmp_path: Path) -> None:
 
 
 def test_missing_run_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    cr = _module()
+    cr = load_experiment("compare_runs")
     assert cr.main([str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 2
     assert "results.json not found" in capsys.readouterr().err

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from experiment_scripts import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-perf = _load("perf_tables")
+perf = load_experiment("perf_tables")
 
 
 def _text(name: str, results: Path = RESULTS) -> str:
@@ -138,7 +131,7 @@ def update_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Modu
     (root / "docs").mkdir(parents=True)
     shutil.copyfile(ROOT / "README.md", root / "README.md")
     shutil.copyfile(ROOT / "docs" / "device.md", root / "docs" / "device.md")
-    module = _load("update_readme")
+    module = load_experiment("update_readme")
     monkeypatch.setattr(module, "ROOT", root)
     return module, root
 
@@ -173,7 +166,7 @@ def test_readme_update_refuses_a_missing_folder_or_marker(update_readme: tuple[M
 
 
 def test_real_readme_and_device_doc_have_the_markers() -> None:
-    module = _load("update_readme")
+    module = load_experiment("update_readme")
     for rel, names in module.PERF_SECTIONS.items():
         text = (ROOT / rel).read_text()
         for name in names:
