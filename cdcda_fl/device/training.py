@@ -275,17 +275,19 @@ def train_plain(
     """AdamW on length-bucketed, seeded batches: the same data and seed give the same adapter.
 
     With ``prefix`` (LoRA in the top layers only, frozen_prefix.py) each example's state below
-    them is computed once and a step runs the top layers only: the same loss, less work."""
+    them is computed once, when a batch first draws it (a short training on a large profile pays
+    only for the examples it sees), and a step runs the top layers only: the same loss, less work."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lengths = [len(p) + len(c) for p, c in encoded]
     stream = _bucketed_batches(lengths, cfg.batch_size, gen)
-    states = prefix.states([p + c for p, c in encoded], device, pad_id, compute_context) if prefix else None
+    rows = [p + c for p, c in encoded]
     losses, tokens = [], 0
     for _ in _progress(range(steps), progress, "LoRA"):
         idx = next(stream)
         batch = to_device(collate([encoded[i] for i in idx], [w[i] for i in idx], pad_id), device)
-        if prefix is not None and states is not None:
-            batch["inputs_embeds"] = prefix.batch_inputs([states[i] for i in idx], batch["input_ids"].shape[1])
+        if prefix is not None:  # an example's frozen part is computed when it is first drawn, then cached
+            states = prefix.states([rows[i] for i in idx], device, pad_id, compute_context)
+            batch["inputs_embeds"] = prefix.batch_inputs(states, batch["input_ids"].shape[1])
         # Autocast per step, never around the loop: its cast cache would keep feeding the
         # forward pass bf16 copies of the LoRA weights from before the optimizer step.
         with compute_context(), (prefix.top_only() if prefix is not None else nullcontext()):
