@@ -403,6 +403,14 @@ METHODS = ("base", "rag", "local", "cdcda", "cloud")
 DP_SELECTIONS = ("synthetic", "private")  # dp.selection (device/dp_select.py, docs/dp.md)
 
 
+def check_lora_layers(cfg: Mapping[str, Scalar]) -> int:
+    """``train.lora-layers``, checked: 0 (every layer) or the number of top layers that get LoRA."""
+    value = int(config_get(cfg, "train.lora-layers"))
+    if value < 0:
+        raise ConfigError(f"train.lora-layers must be >= 0 (0 = every layer, N = the top N), got {value}")
+    return value
+
+
 def check_dp_selection(cfg: Mapping[str, Scalar]) -> str:
     """``dp.selection``, or a ConfigError naming the choices (checked before a run starts)."""
     value = str(config_get(cfg, "dp.selection"))

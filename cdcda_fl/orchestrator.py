@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.config import Scalar, check_dp_selection, message_config, methods_of
+from cdcda_fl.config import Scalar, check_dp_selection, check_lora_layers, message_config, methods_of
 from cdcda_fl.device.schedule import schedule_name
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
@@ -204,6 +204,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     GateConfig.from_config(cfg)  # ... and a bad device check or CDCDA schedule (else every user would fail)
     schedule_name(cfg)
     SelectConfig.from_config(cfg)
+    check_lora_layers(cfg)
     clock = PhaseClock()
     cfg = prepare_run_dir(cfg)
     check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdcda_fl.config import ConfigError, load_config
+from cdcda_fl.config import ConfigError, check_lora_layers, load_config
 from cdcda_fl.device import frozen_prefix
 from cdcda_fl.device.frozen_prefix import PrefixCache, frozen_prefix_for
 from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, collate, encode_pairs, example_loss
@@ -98,6 +98,8 @@ def test_lora_layers_config() -> None:
     assert LoraTrainConfig.from_run_config(load_config(sets=["train.lora-layers=10"])).lora_layers == 10
     with pytest.raises(ConfigError):
         load_config(sets=["train.lora-layers=top"])
+    with pytest.raises(ConfigError, match="lora-layers"):  # checked before a run starts (orchestrator)
+        check_lora_layers(load_config(sets=["train.lora-layers=-2"]))
     with pytest.raises(ValueError, match="lora-layers"):
         lora_layer_indices(LoraTrainConfig(lora_layers=-1), 30)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cdcda_fl.config import config_get, csv_list, default_of
+from cdcda_fl.config import check_lora_layers, config_get, csv_list, default_of
 from cdcda_fl.device.adapters import _target_names
 from cdcda_fl.device.encoding import (
     IGNORE,
@@ -73,7 +73,7 @@ class LoraTrainConfig:
             rank=int(config_get(cfg, "train.rank")), alpha=int(config_get(cfg, "train.alpha")),
             dropout=float(config_get(cfg, "train.dropout")),
             target_modules=tuple(csv_list(config_get(cfg, "train.target-modules"))),
-            lora_layers=int(config_get(cfg, "train.lora-layers")),
+            lora_layers=check_lora_layers(cfg),
             steps=None if epochs > 0 else max(1, round(int(config_get(cfg, "train.steps")) * step_scale)),
             epochs=epochs if epochs > 0 else None,
             learning_rate=float(config_get(cfg, "train.lr")), batch_size=int(config_get(cfg, "train.batch-size")),
