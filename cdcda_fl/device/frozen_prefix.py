@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cdcda_fl.device.encoding import collate
+
 #: Decoders whose forward is embed -> layers in order -> norm, with nothing done to
 #: ``inputs_embeds`` on the way in (checked against transformers 5.x).
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
@@ -136,13 +138,10 @@ class FrozenPrefix:
 
     def _compute(self, rows: Sequence[Sequence[int]], device: torch.device, pad_id: int,
                  compute_context: Callable[[], AbstractContextManager[Any]]) -> list[torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, row in enumerate(rows):
-            ids[j, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            mask[j, width - len(row) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        # The training batches' own left padding (encoding.collate), so the states line up with them.
+        batch = collate([(list(row), []) for row in rows], [1.0] * len(rows), pad_id)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        width = ids.shape[1]
         captured: list[torch.Tensor] = []
         bottom = list(self.decoder.layers)[: self.split]
 
