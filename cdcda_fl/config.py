@@ -61,9 +61,12 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                       "train.synthetic-select-keep share the user's adapter finds most likely "
                                       "relative to the base model (device/select.py)"),
     "train.synthetic-select-keep": (0.5, "share of the cloud's records train.synthetic-select = style keeps"),
-    "train.synthetic-gate": ("holdout", "does the device use the cloud's records? holdout = only if they lower the "
-                                        "loss on held-out real items (else CDCDA falls back to local-only); "
-                                        "none = always"),
+    "train.synthetic-gate": ("crossfit", "does the device use the cloud's records? crossfit = only if they lower "
+                                         "the loss on the user's real items, each held out once over "
+                                         "train.synthetic-gate-folds folds (any profile size; CDCDA answers with "
+                                         "the base model where personalization scores below it); holdout = a "
+                                         "held-out third (needs train.synthetic-gate-min-held-out items); none = always"),
+    "train.synthetic-gate-folds": (2, "crossfit check: folds over the user's real items (at most one per item)"),
     "train.synthetic-gate-criterion": ("loss+metric", "holdout check: loss+metric = lower held-out loss AND a task "
                                                       "metric no worse on the held-out items; loss+better-metric "
                                                       "= AND a strictly better metric; loss = loss only"),
@@ -118,7 +121,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "consent.scrub": (True, "PII scrubbing of shared text (e-mails, phones, URLs, handles, long numbers)"),
     "consent.overrides": ("", "per-user consent overrides file (JSON/TOML: user id -> keys)"),
     # ------------------------------------------------------------------ cloud
-    "cloud.backend": ("hf", "hf (in-process transformers) or openai (OpenAI-compatible HTTP endpoint)"),
+    "cloud.backend": ("hf", "hf (in-process transformers) or openai (OpenAI-compatible HTTP endpoint); "
+                      "simulation only: oracle (further real items of the user: the ceiling, not private) or "
+                      "noise (other users' items, random labels: the floor)"),
     "cloud.model": ("gemma3-270m", "cloud model: preset, HF id or path (hf); model name (openai)"),
     "cloud.base-url": ("", "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"),
     "cloud.api-key-env": ("", "environment variable holding the API key (never logged)"),

@@ -20,6 +20,7 @@ runs in seconds without Ray.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import threading
 import time
@@ -36,7 +37,7 @@ from cdcda_fl.edge.runtime import check_runtime
 from cdcda_fl.node_guard import NodeGuard, Refused
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
-from cdcda_fl.runs import ResultStore, aggregate, check_run_data, prepare_run_dir, user_key
+from cdcda_fl.runs import ResultStore, aggregate, check_run_data, data_dir_of, prepare_run_dir, user_key
 
 SHARE = "share"
 PERSONALIZE = "personalize"
@@ -69,6 +70,12 @@ class Transport(Protocol):
 
     def poll(self, handles: list[str]) -> list[tuple[str, Reply]]:
         """The replies that have arrived for these handles (each at most once)."""
+
+
+def is_simulated(transport: Transport) -> bool:
+    """Does ``transport`` reach simulated devices (Flower's simulation engine, or a test's in-memory
+    nodes)? Only then may the simulation-only reference writers run. Unknown means no."""
+    return bool(getattr(transport, "simulated", False))
 
 
 def wait_for_nodes(transport: Transport, expected: int, wait_s: float, settle_s: float = 1.0) -> list[int]:
@@ -154,12 +161,20 @@ class CloudWriter:
     (:func:`cloud_accounting`, by user key), which the orchestrator stores with each result.
     """
 
-    def __init__(self, cfg: Mapping[str, Scalar]):
+    def __init__(self, cfg: Mapping[str, Scalar], *, simulated: bool = False):
         from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
         from cdcda_fl.cloud.backends import make_backend
+        from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer
 
-        log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
-        self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
+        #: how reports name the writer ("oracle (not private: ceiling)" for the reference writers)
+        self.label = f"{cfg['cloud.backend']}:{cfg['cloud.model']}"
+        if is_reference(str(cfg["cloud.backend"])):
+            self.augmenter = make_reference_writer(cfg, simulated=simulated, data_dir=str(data_dir_of(cfg)))
+            self.label = self.augmenter.name
+            log(f"cloud: {self.label} writer (simulation only; no language model)")
+        else:
+            log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
+            self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
         self.accounting: dict[str, dict[str, Any]] = {}
 
     def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
@@ -176,7 +191,8 @@ class CloudWriter:
             accepted = 0
             for uid, res in results.items():
                 out[user_key(task, uid)] = list(res.records)
-                self.accounting[user_key(task, uid)] = cloud_accounting(list(res.records), res.counts, res.error)
+                self.accounting[user_key(task, uid)] = {**cloud_accounting(list(res.records), res.counts, res.error),
+                                                        "writer": self.label}
                 accepted += len(res.records)
                 if res.error:
                     log(f"cloud: {task}/{uid}: {res.error} (falls back to real data only)")
@@ -198,6 +214,14 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     ``writer_factory`` builds the cloud writer (anything with ``run(shares) -> {user key: records}``);
     tests pass a stub, the product the real :class:`CloudWriter`.
     """
+    from cdcda_fl.cloud.reference_writers import NotSimulated, is_reference
+
+    simulated = is_simulated(transport)
+    if is_reference(str(cfg["cloud.backend"])) and not simulated and "cdcda" in methods_of(cfg):
+        raise NotSimulated(f"cloud.backend={cfg['cloud.backend']} runs only in a simulation: this server's "
+                           "devices are real (a SuperLink deployment)")
+    if writer_factory is CloudWriter:
+        writer_factory = functools.partial(CloudWriter, simulated=simulated)
     methods_of(cfg)  # fail early on a bad method list
     check_runtime(str(cfg["device.runtime"]))  # ... and a bad answering runtime
     check_dp_selection(cfg)

@@ -13,6 +13,7 @@ from typing import Any
 
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 
 from cdcda_fl import orchestrator
 from cdcda_fl.config import Scalar, resolve
@@ -31,6 +32,9 @@ class GridTransport:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self._sent: dict[str, int] = {}
+        #: Flower's simulation engine drives an in-memory grid; a SuperLink deployment does not.
+        #: Only then may the simulation-only reference writers (cloud.backend = oracle | noise) run.
+        self.simulated = isinstance(grid, InMemoryGrid)
 
     def node_ids(self) -> list[int]:
         return list(self.grid.get_node_ids())

@@ -264,13 +264,15 @@ def test_cloud_writer_keeps_the_augmenters_counts_and_errors_per_user() -> None:
                     for r in requests}
 
     writer = orchestrator.CloudWriter.__new__(orchestrator.CloudWriter)
-    writer.augmenter, writer.accounting = FakeAugmenter(), {}
+    writer.augmenter, writer.accounting, writer.label = FakeAugmenter(), {}, "hf:fake"
     shares = [SharedRecords(u, "LaMP_2", [{"id": "r", "tag": "comedy"}], ["r"], ["id", "tag"], 1, 1, 10) for u in "ab"]
     out = writer.run(shares)
     assert len(out["LaMP_2/a"]) == 1 and out["LaMP_2/b"] == []
     assert writer.accounting == {
-        "LaMP_2/a": {"n_records": 1, "counts": {"accepted": 1, "generated": 3, "rejected_truncated": 2}, "error": None},
-        "LaMP_2/b": {"n_records": 0, "counts": {"accepted": 0, "generations": 2}, "error": "TimeoutError: x"},
+        "LaMP_2/a": {"n_records": 1, "counts": {"accepted": 1, "generated": 3, "rejected_truncated": 2}, "error": None,
+                     "writer": "hf:fake"},
+        "LaMP_2/b": {"n_records": 0, "counts": {"accepted": 0, "generations": 2}, "error": "TimeoutError: x",
+                     "writer": "hf:fake"},
     }
 
 

@@ -32,7 +32,7 @@ def _losses(local: float, cdcda: float, metric_local: float | None = None, metri
 
 def test_falls_back_when_synthetic_data_fits_held_out_items_worse():
     fn, seen = _losses(1.0, 1.2)
-    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn)
+    d = decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn)
     assert not d.used_synthetic and "fell back" in d.reason
     assert d.loss_local == 1.0 and d.loss_cdcda == 1.2 and d.n_validation == 3
     # held-out items are real items the throw-away adapters did not train on
@@ -42,28 +42,28 @@ def test_falls_back_when_synthetic_data_fits_held_out_items_worse():
 
 def test_uses_synthetic_data_only_beyond_the_margin():
     fn, _ = _losses(1.0, 0.9)
-    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn).used_synthetic
-    assert not decide(GateConfig(margin=0.2), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    assert decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    assert not decide(GateConfig(rule="holdout", margin=0.2), ITEMS, 5, seed="s", held_out=fn).used_synthetic
 
 
 def test_a_worse_held_out_metric_vetoes_a_better_loss():
     """Real writing showed lower held-out loss with worse ROUGE: loss+metric falls back then."""
     fn, _ = _losses(3.0, 2.5, metric_local=0.23, metric_cdcda=0.16)
-    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn)
+    d = decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn)
     assert not d.used_synthetic and "metric got worse" in d.reason
-    assert decide(GateConfig(criterion="loss"), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    assert decide(GateConfig(rule="holdout", criterion="loss"), ITEMS, 5, seed="s", held_out=fn).used_synthetic
     fn, _ = _losses(3.0, 2.5, metric_local=1.0, metric_cdcda=0.5, higher_is_better=False)  # MAE went down
-    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn).used_synthetic
+    assert decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn).used_synthetic
     same = lambda train, held: HeldOutScores(1.0, 1.0, 0.5, 0.5, same_data=True)  # noqa: E731
-    d = decide(GateConfig(), ITEMS, 5, seed="s", held_out=same)
+    d = decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=same)
     assert not d.used_synthetic and "no synthetic record" in d.reason
 
 
 def test_better_metric_criterion_needs_a_strictly_better_held_out_metric():
     """loss+better-metric: a metric tie (0 = 0 on three held-out tags) falls back, a gain uses."""
-    strict = GateConfig(criterion="loss+better-metric")
+    strict = GateConfig(rule="holdout", criterion="loss+better-metric")
     fn, _ = _losses(2.67, 1.98, metric_local=0.0, metric_cdcda=0.0)
-    assert decide(GateConfig(), ITEMS, 5, seed="s", held_out=fn).used_synthetic  # the default lets a tie pass
+    assert decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn).used_synthetic  # the default lets a tie pass
     d = decide(strict, ITEMS, 5, seed="s", held_out=fn)
     assert not d.used_synthetic and "the held-out metric did not improve" in d.reason
     fn, _ = _losses(2.67, 1.98, metric_local=0.0, metric_cdcda=1 / 3)
@@ -79,8 +79,8 @@ def test_better_metric_criterion_needs_a_strictly_better_held_out_metric():
 def test_no_check_without_synthetic_data_or_enough_real_items():
     def never(train, held):
         raise AssertionError("must not train")
-    assert not decide(GateConfig(), ITEMS, 0, seed="s", held_out=never).used_synthetic
-    small = decide(GateConfig(min_real=3), ITEMS[:2], 4, seed="s", held_out=never)
+    assert not decide(GateConfig(rule="holdout"), ITEMS, 0, seed="s", held_out=never).used_synthetic
+    small = decide(GateConfig(rule="holdout", min_real=3), ITEMS[:2], 4, seed="s", held_out=never)
     assert small.used_synthetic and small.reason.startswith("unchecked")
     assert decide(GateConfig(rule="none"), ITEMS, 4, seed="s", held_out=never).used_synthetic
 
@@ -91,12 +91,12 @@ def test_too_small_a_profile_to_test_on_three_items_falls_back_without_training(
     def never(train, held):
         raise AssertionError("must not train")
     for n in (1, 3, 4):
-        d = decide(GateConfig(), ITEMS[:n], 4, seed="s", held_out=never)
+        d = decide(GateConfig(rule="holdout"), ITEMS[:n], 4, seed="s", held_out=never)
         assert not d.used_synthetic and "cannot test" in d.reason and d.n_validation == 0
     fn, seen = _losses(1.0, 0.9)
-    d = decide(GateConfig(), ITEMS[:5], 4, seed="s", held_out=fn)
+    d = decide(GateConfig(rule="holdout"), ITEMS[:5], 4, seed="s", held_out=fn)
     assert d.used_synthetic and d.n_validation == 3 and len(seen["train"]) == 2
-    d = decide(GateConfig(min_held_out=1), ITEMS[:3], 4, seed="s", held_out=fn)  # the rule before 2026-12-04
+    d = decide(GateConfig(rule="holdout", min_held_out=1), ITEMS[:3], 4, seed="s", held_out=fn)  # the rule before 2026-12-04
     assert d.used_synthetic and d.n_validation == 1
     with pytest.raises(GateError, match="min-held-out"):
         GateConfig.from_config(load_config(None, ["train.synthetic-gate-min-held-out=0"]))
@@ -108,7 +108,7 @@ def test_falls_back_untested_matches_what_decide_does():
     def never(*_args):
         raise AssertionError("the check trained")
 
-    for gate in (GateConfig(), GateConfig(min_real=3), GateConfig(rule="none"), GateConfig(min_held_out=1)):
+    for gate in (GateConfig(rule="holdout"), GateConfig(rule="holdout", min_real=3), GateConfig(rule="none"), GateConfig(rule="holdout", min_held_out=1)):
         for n in range(8):
             if gate.falls_back_untested(n):
                 decision = decide(gate, [{"id": str(i)} for i in range(n)], 2, seed="s", held_out=never)
@@ -170,7 +170,8 @@ def test_the_check_trains_its_adapters_for_the_scaled_budget(tiny_model, tmp_pat
                  for i in range(3)]
     steps = {}
     for budget in ("epochs", "steps"):
-        res = personalize_user(_user(), synthetic, _cfg(**{"train.steps": 9, "train.synthetic-gate-budget": budget}),
+        res = personalize_user(_user(), synthetic, _cfg(**{"train.steps": 9, "train.synthetic-gate-budget": budget,
+                                                                "train.synthetic-gate": "holdout"}),
                                storage_dir=tmp_path / budget, device_model=tiny_model)
         steps[budget] = res["synthetic_decision"]["check_steps"]
     assert steps["epochs"][0] == 6 and steps["steps"][0] == 9
@@ -203,13 +204,13 @@ def test_fall_back_gives_cdcda_exactly_the_local_answers_and_is_stored(tiny_mode
     synthetic = [{"id": f"s{i}", "description": "zzzz qqqq " * 5, "tag": "horror", "synthetic": True}
                  for i in range(4)] + [{"id": "bad", "description": 5, "tag": "horror"}]
     # a margin no adapter can beat: the check must fall back
-    res = personalize_user(user, synthetic, _cfg(**{"train.synthetic-gate-margin": 1e9}), storage_dir=tmp_path,
+    res = personalize_user(user, synthetic, _cfg(**{"train.synthetic-gate-margin": 1e9, "train.synthetic-gate": "holdout"}), storage_dir=tmp_path,
                            device_model=tiny_model)
     d = res["synthetic_decision"]
     assert d["rule"] == "holdout" and d["used_synthetic"] is False and d["n_validation"] == 3
     assert res["n_synthetic_used"] == 0
     assert res["methods"]["cdcda"]["predictions"] == res["methods"]["local"]["predictions"]
-    assert res["methods"]["cdcda"]["decision"] == {"rule": "holdout", "used_synthetic": False}
+    assert res["methods"]["cdcda"]["decision"] == {"rule": "holdout", "used_synthetic": False, "answer_with": "local"}
     log = load_synthetic_log(tmp_path, "u-gate", "LaMP_2")
     assert log is not None and len(log["received"]) == 5 and len(log["kept"]) == 4
     assert [d["reason"] for d in log["dropped"]] == ["invalid: field 'description' must be a string, got int"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.data.lamp import write_outputs, write_questions
+from cdcda_fl.data.oracle_items import disjoint_items, oracle_path, write_oracle_items
 from cdcda_fl.data.tasks import (
     LAMP1_TEMPLATE,
     LAMP2_TEMPLATE,
@@ -47,6 +48,8 @@ Record = dict[str, Any]
 UserData = tuple[str, list[Record], list[tuple[str, str]]]  # user id, profile, [(input, gold)]
 
 DEFAULT_PROFILE_SIZE = (3, 40)
+#: further items per user written for the simulation-only oracle writer (``{split}_oracle.json``)
+ORACLE_ITEMS = 24
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -550,6 +553,38 @@ GENERATORS: dict[str, Callable[[random.Random, str, int, int], UserData]] = {
 }
 
 
+def _user_rng(task: str, split: str, seed: int, k: int) -> random.Random:
+    return random.Random(f"cdcda-personas/{seed}/{task}/{split}/{k}")
+
+
+def further_items(task: str, split: str, users: int, seed: int, n_items: int, *,
+                  profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
+                  queries_per_user: int = 8) -> dict[str, list[Record]]:
+    """``n_items`` further profile items per user, from the same latent traits (for the oracle writer).
+
+    How: each generator draws the user's traits, then profile items, then query items, all from
+    one seeded stream; asking it for ``n_profile + queries + n_items`` profile items therefore
+    repeats the profile, then the queries' items, then continues with new items of the same user.
+    Only the continuation is kept, minus anything equal to a profile item or inside a query
+    (:func:`~cdcda_fl.data.oracle_items.disjoint_items`). The question files are not touched.
+    """
+    spec = get_task(task)
+    out: dict[str, list[Record]] = {}
+    for k in range(users):
+        r = _user_rng(spec.name, split, seed, k)
+        uid = f"{split}-u{k:04d}"
+        n_profile = draw_profile_size(r, *profile_size)
+        state = r.getstate()
+        _, profile, queries = GENERATORS[spec.name](r, uid, n_profile, queries_per_user)
+        r.setstate(state)
+        skip = n_profile + queries_per_user
+        _, longer, _ = GENERATORS[spec.name](r, uid, skip + n_items, 0)
+        extra = [{**it, "id": f"{uid}-o{i}"} for i, it in enumerate(longer[skip:])]
+        texts = [q for pair in queries for q in pair]
+        out[uid] = disjoint_items(extra, profile, texts)
+    return out
+
+
 def make_task_split(task: str, split: str, users: int, seed: int, *,
                     profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
                     queries_per_user: int = 8) -> tuple[list[Record], list[tuple[str, str]]]:
@@ -563,7 +598,7 @@ def make_task_split(task: str, split: str, users: int, seed: int, *,
     golds: list[tuple[str, str]] = []
     task_no = spec.name.split("_")[1]
     for k in range(users):
-        r = random.Random(f"cdcda-personas/{seed}/{spec.name}/{split}/{k}")
+        r = _user_rng(spec.name, split, seed, k)
         uid = f"{split}-u{k:04d}"
         n_profile = draw_profile_size(r, *profile_size)
         _, profile, queries = GENERATORS[spec.name](r, uid, n_profile, queries_per_user)
@@ -576,8 +611,11 @@ def make_task_split(task: str, split: str, users: int, seed: int, *,
 
 def write_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = TASK_NAMES, seed: int = 0,
                    splits: Sequence[str] = ("train", "dev"), profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
-                   queries_per_user: int = 8) -> list[Path]:
-    """Write ``OUT/LaMP_k/{split}_questions.json`` and ``{split}_outputs.json`` for each task and split."""
+                   queries_per_user: int = 8, oracle_items: int = ORACLE_ITEMS) -> list[Path]:
+    """Write ``OUT/LaMP_k/{split}_questions.json`` and ``{split}_outputs.json`` for each task and split,
+    and ``{split}_oracle.json`` (``oracle_items`` further items per user, 0 = none) for the
+    simulation-only reference writers (cdcda_fl/data/oracle_items.py)."""
+
     out = Path(out_dir)
     written = []
     for task in tasks:
@@ -590,4 +628,8 @@ def write_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = TA
             write_questions(qpath, questions)
             write_outputs(opath, spec.name, golds)
             written += [qpath, opath]
+            if oracle_items > 0:
+                extra = further_items(spec.name, split, users, seed, oracle_items, profile_size=profile_size,
+                                      queries_per_user=queries_per_user)
+                written.append(write_oracle_items(oracle_path(out, spec.name, split), spec.name, split, extra))
     return written

@@ -34,6 +34,7 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
+from cdcda_fl.device.crossfit_check import CrossfitCheck
 from cdcda_fl.device.schedule import exposure_scale, schedule_name, train_cdcda
 from cdcda_fl.device.select import SelectConfig, Selection, select_records
 from cdcda_fl.device.synthetic_gate import (
@@ -403,9 +404,12 @@ class _UserRun:
             self.decision = GateDecision(**json.loads((path / TRAIN_META).read_text()))
             return self.decision
         self.step("check")
-        self.decision = decide(gate, self.user.profile, len(self.synth_pairs),
-                               seed=f"{self.cfg['seed']}:{self.user.user_id}",
-                               held_out=functools.partial(self._held_out, gate=gate))
+        if gate.rule == "crossfit":  # every user, sparse ones included (device/crossfit.py)
+            self.decision = CrossfitCheck(self, gate, {k_: config_get(self.cfg, k_) for k_ in _TRAIN_KEYS}).decide()
+        else:
+            self.decision = decide(gate, self.user.profile, len(self.synth_pairs),
+                                   seed=f"{self.cfg['seed']}:{self.user.user_id}",
+                                   held_out=functools.partial(self._held_out, gate=gate))
         if self.decision.n_validation:  # only a decision that trained something is worth storing
             _write_meta_only(path, json.dumps(self.decision.to_dict()))
         return self.decision
@@ -470,7 +474,8 @@ def _threads() -> int:
 
 _GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
               "train.synthetic-gate-margin", "train.synthetic-gate-min-real", "train.synthetic-gate-min-held-out",
-              "train.synthetic-gate-budget", "train.synthetic-record-cap", "train.equal-real-exposure",
+              "train.synthetic-gate-budget", "train.synthetic-gate-folds", "train.synthetic-record-cap",
+              "train.equal-real-exposure",
               "train.synthetic-schedule", "train.synthetic-select", "train.synthetic-select-keep")
 
 
@@ -513,18 +518,22 @@ def _cdcda(run: _UserRun) -> None:
     decision = run.synthetic_decision()
     check_seconds = round(time.perf_counter() - started, 3)  # completion + the check's trainings
     run.result["synthetic_decision"] = decision.to_dict()
-    if decision.used_synthetic:
+    answer_with = decision.answers_with
+    if answer_with == "cdcda":
         pairs = list(run.real_pairs) + list(run.synth_pairs)
         weights = list(run.real_weights) + list(run.synth_weights)
         info = run.train_or_reuse("cdcda", pairs, weights)
     else:
         run.result["n_synthetic_used"] = 0
-        info = run.train_local()
+        info = run.train_local() if answer_with == "local" else {"steps": 0, "base_model": True}
+        if answer_with == "base":
+            run.clear()
     extra = {"train": info, "epsilon": info.get("epsilon"),
-             "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic},
+             "decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic,
+                          "answer_with": answer_with},
              "check_seconds": check_seconds, **run.mia()}
-    if not decision.used_synthetic and run.answers_queued("local"):
-        run.same_answers("cdcda", "local", started, **extra)  # same adapter, greedy: local-only's answers
+    if answer_with != "cdcda" and run.answers_queued(answer_with):
+        run.same_answers("cdcda", answer_with, started, **extra)  # same model, greedy: the same answers
     else:
         run.defer("cdcda", run.inputs, started, **extra)
 

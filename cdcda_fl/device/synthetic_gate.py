@@ -50,7 +50,7 @@ from typing import Any
 
 from cdcda_fl.config import ConfigError, config_get, default_of
 
-RULES = ("holdout", "none")
+RULES = ("crossfit", "holdout", "none")
 METRIC_TIE = 1e-9  # held-out metrics closer than this are equal (float noise of a mean)
 CRITERIA = ("loss+metric", "loss+better-metric", "loss")
 BUDGETS = ("epochs", "steps")
@@ -72,6 +72,7 @@ class GateConfig:
     criterion: str = str(default_of("train.synthetic-gate-criterion"))
     budget: str = str(default_of("train.synthetic-gate-budget"))
     min_held_out: int = int(default_of("train.synthetic-gate-min-held-out"))
+    folds: int = int(default_of("train.synthetic-gate-folds"))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GateConfig:
@@ -81,7 +82,8 @@ class GateConfig:
                    min_real=int(config_get(cfg, "train.synthetic-gate-min-real")),
                    criterion=str(config_get(cfg, "train.synthetic-gate-criterion")).strip().lower(),
                    budget=str(config_get(cfg, "train.synthetic-gate-budget")).strip().lower(),
-                   min_held_out=int(config_get(cfg, "train.synthetic-gate-min-held-out")))
+                   min_held_out=int(config_get(cfg, "train.synthetic-gate-min-held-out")),
+                   folds=int(config_get(cfg, "train.synthetic-gate-folds")))
         if gate.rule not in RULES:
             raise GateError(f"train.synthetic-gate must be one of {', '.join(RULES)}, got {rule!r}")
         if not 0.0 < gate.fraction < 1.0:
@@ -92,6 +94,8 @@ class GateConfig:
             raise GateError(f"train.synthetic-gate-budget must be one of {', '.join(BUDGETS)}, got {gate.budget!r}")
         if gate.min_real < 0:
             raise GateError(f"train.synthetic-gate-min-real must be 0 or more, got {gate.min_real}")
+        if gate.folds < 2:
+            raise GateError(f"train.synthetic-gate-folds must be at least 2, got {gate.folds}")
         if gate.min_held_out < 1:
             raise GateError(f"train.synthetic-gate-min-held-out must be at least 1, got {gate.min_held_out}")
         return gate
@@ -105,7 +109,7 @@ class GateConfig:
         """Will :func:`decide` fall back for a profile of ``n_real`` items without any check (too
         small to test, and not exempted by ``min_real``)? Lets the device skip work whose only use
         would be the check or the synthetic adapter."""
-        return self.rule != "none" and self.min_real <= n_real < self.min_checkable
+        return self.rule == "holdout" and self.min_real <= n_real < self.min_checkable
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,14 @@ class GateDecision:
     metric_local: float | None = None
     metric_cdcda: float | None = None
     check_steps: list[int] | None = None  # optimizer steps of the check's adapters (real-only, real + synthetic)
+    #: what CDCDA answers with: "cdcda" (its adapter), "local" (fell back) or "base" (personalization
+    #: itself scored below the base model on the user's items: crossfit rule). None = by used_synthetic.
+    answer_with: str | None = None
+    metric_base: float | None = None
+
+    @property
+    def answers_with(self) -> str:
+        return self.answer_with or ("cdcda" if self.used_synthetic else "local")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,155 @@
+"""The cross-fitted check (``train.synthetic-gate = crossfit``): every real item is evidence, for every user.
+
+The holdout check (synthetic_gate.py) holds out a third of the profile and needs three held-out
+items, so a user with four items can never be tested and never gets the cloud's records -- the
+sparse users the method is for. Cross-fitting removes that lock-out without trusting the cloud:
+
+1. split the user's real items into ``k`` folds (``train.synthetic-gate-folds``, at most one per item);
+2. per fold, train the throw-away adapters on the other folds -- real only, and real + the cloud's
+   records -- and score the fold's items with both (per-item output loss, greedy answers);
+   a fold with nothing left to train on (a one-item profile) compares the plain base model with
+   an adapter trained on the cloud's records alone;
+3. every item is held out exactly once, so the decision rests on all ``n`` items: the cloud's
+   records are used if the mean per-item loss falls by more than ``margin`` and the task metric of
+   the answers over all items is not worse (``criterion`` as for the holdout check);
+4. **do no harm down to the base model**: the base model's answers to the same items cost one
+   generation pass. If the adapter the device would use (CDCDA's, or local-only's on a fallback)
+   scores below the base model on the user's own items, CDCDA answers with the base model and says so
+   (on real writing, 4-item authors lost ROUGE-1 to personalization itself: docs/augmentation.md).
+
+Cost: ``k`` real-only and ``k`` real + synthetic adapters at ``(k-1)/k`` of the final budget
+(2 folds: two budgets, against 1.33 for the holdout check), plus answers to the ``n`` items.
+The real-only folds do not depend on the cloud's records: their scores are stored on the device
+and reused across share fractions and writers (a sweep pays for them once per user).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: metrics closer than this are a tie (float noise of a mean)
+TIE = 1e-9
+
+
+def folds(n_items: int, k: int, seed: str) -> list[list[int]]:
+    """Seeded partition of ``range(n_items)`` into ``min(k, n_items)`` folds of near-equal size."""
+    order = list(range(n_items))
+    random.Random(f"crossfit/{seed}").shuffle(order)
+    k = max(1, min(k, n_items))
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    """One model's per-item loss and answer on the held-out items of one fold (same order)."""
+
+    losses: tuple[float, ...]
+    answers: tuple[str, ...]
+    steps: int = 0
+
+
+@dataclass(frozen=True)
+class CrossfitScores:
+    """All folds put together: per item (in profile order) the loss and answer of each model."""
+
+    loss_real: tuple[float, ...]
+    loss_mix: tuple[float, ...]
+    answers_base: tuple[str, ...]
+    answers_real: tuple[str, ...]
+    answers_mix: tuple[str, ...]
+    tested_mix: int  # items whose fold had synthetic records to train on (else mix = real)
+    steps: tuple[int, ...] = ()
+
+
+def run_folds(items: Sequence[Mapping[str, Any]], fold_ids: Sequence[Sequence[int]], *,
+              base: Callable[[list[Mapping[str, Any]]], FoldScores],
+              real: Callable[[list[Mapping[str, Any]], list[Mapping[str, Any]]], FoldScores],
+              mix: Callable[[list[Mapping[str, Any]], list[Mapping[str, Any]]], FoldScores | None]) -> CrossfitScores:
+    """Score every item out of fold. ``base(held)`` scores the plain model; ``real(train, held)`` /
+    ``mix(train, held)`` train throw-away adapters on ``train`` (mix returns None when no synthetic
+    record fits the fold's training items: then the mix model is the real-only one)."""
+    n = len(items)
+    loss_r: list[float] = [0.0] * n
+    loss_m: list[float] = [0.0] * n
+    ans_b: list[str] = [""] * n
+    ans_r: list[str] = [""] * n
+    ans_m: list[str] = [""] * n
+    tested, steps = 0, []
+    base_all = base(list(items))
+    for held_ids in fold_ids:
+        held_set = set(held_ids)
+        train = [it for i, it in enumerate(items) if i not in held_set]
+        held = [items[i] for i in held_ids]
+        if train:
+            r = real(train, held)
+            steps.append(r.steps)
+        else:  # nothing to train on: the real-only model of this fold is the base model
+            r = FoldScores(tuple(base_all.losses[i] for i in held_ids), tuple(base_all.answers[i] for i in held_ids))
+        m = mix(train, held)
+        if m is None:
+            m = r
+        else:
+            tested += len(held_ids)
+            steps.append(m.steps)
+        for j, i in enumerate(held_ids):
+            loss_r[i], loss_m[i] = r.losses[j], m.losses[j]
+            ans_b[i], ans_r[i], ans_m[i] = base_all.answers[i], r.answers[j], m.answers[j]
+    return CrossfitScores(tuple(loss_r), tuple(loss_m), tuple(ans_b), tuple(ans_r), tuple(ans_m), tested, tuple(steps))
+
+
+@dataclass(frozen=True)
+class CrossfitVerdict:
+    """What the scores say: use the cloud's records? and which model answers if not (local | base)."""
+
+    used_synthetic: bool
+    answer_with: str  # "cdcda" | "local" | "base"
+    reason: str
+    loss_real: float
+    loss_mix: float
+    metric_base: float | None
+    metric_real: float | None
+    metric_mix: float | None
+
+
+def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callable[[Sequence[str]], float | None],
+          higher_is_better: bool) -> CrossfitVerdict:
+    """The rule (module docstring, steps 3 and 4). ``metric_of(answers)`` scores answers to all items."""
+    n = len(s.loss_real)
+    loss_real, loss_mix = sum(s.loss_real) / n, sum(s.loss_mix) / n
+    m_base, m_real, m_mix = metric_of(s.answers_base), metric_of(s.answers_real), metric_of(s.answers_mix)
+
+    def gain(a: float | None, b: float | None) -> float | None:
+        """How much better a is than b (None when either is unknown)."""
+        if a is None or b is None:
+            return None
+        return (a - b) if higher_is_better else (b - a)
+
+    loss_ok = s.tested_mix > 0 and loss_mix < loss_real - margin
+    g = gain(m_mix, m_real)
+    metric_ok = True
+    if criterion != "loss" and g is not None:
+        metric_ok = g > TIE if criterion == "loss+better-metric" else g >= -TIE
+    used = loss_ok and metric_ok
+    scores = (f"loss {loss_mix:.3f} vs {loss_real:.3f} real-only"
+              + (f", metric {m_mix:.3f} vs {m_real:.3f}" if m_mix is not None and m_real is not None else "")
+              + f" on all {n} item(s), cross-fitted")
+    if used:
+        reason = f"synthetic data helped ({scores})"
+    elif s.tested_mix == 0:
+        reason = "no synthetic record fits the user's items (labels)"
+    else:
+        why = ("the loss did not improve" if not loss_ok else "the metric did not improve"
+               if criterion == "loss+better-metric" else "the metric got worse")
+        reason = f"{why} ({scores}; margin {margin})"
+    chosen, chosen_metric = ("cdcda", m_mix) if used else ("local", m_real)
+    below_base = gain(m_base, chosen_metric)
+    if below_base is not None and below_base > TIE:
+        reason += (f"; the {'CDCDA' if used else 'local-only'} adapter scored {chosen_metric:.3f} against the base "
+                   f"model's {m_base:.3f} on the user's items, so CDCDA answers with the base model")
+        chosen = "base"
+    elif not used:
+        reason = "fell back to local-only: " + reason
+    return CrossfitVerdict(used and chosen == "cdcda", chosen, reason, loss_real, loss_mix, m_base, m_real, m_mix)
