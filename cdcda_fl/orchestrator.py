@@ -283,6 +283,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
         remaining = [u for u in remaining if u not in done_now]
 
     from cdcda_fl.data.lamp import write_json_atomic
+    from cdcda_fl.decision_table import print_decisions
     from cdcda_fl.results import print_table, write_paper_table, write_plots
 
     with clock("report"):
@@ -291,6 +292,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
         results["table_md"] = str(write_paper_table(cfg["out-dir"], results))
         write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
     print_table(results)
+    print_decisions(results)
     return results
 
 

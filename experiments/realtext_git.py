@@ -9,7 +9,10 @@ headline its author wrote for it (the subject line).
 Per author (non-merge commits whose body has at least ``--min-words`` words, trailers such as
 Signed-off-by removed, cut to ``--max-words``): the oldest ``--profile`` commits form the profile,
 the next ``--queries`` commits are the held-out, time-later queries (LaMP's time-based split).
-Authors are the ``--users`` with the most such commits. Nothing of the repository is committed to
+Authors are the ``--users`` with the most such commits. ``--profile-sizes 4,8,16,32`` gives the
+authors profiles of those sizes in turn (sparse and rich users side by side); ``--oracle-items K``
+writes each author's next K commits after the query window to ``dev_oracle.json`` for the
+simulation-only oracle/noise writers (cdcda_fl/data/oracle_items.py; devices never read it). Nothing of the repository is committed to
 this project; the generator is, and it writes ``OUT/LaMP_4/dev_questions.json`` and
 ``dev_outputs.json``:
 
@@ -26,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from cdcda_fl.data.lamp import write_outputs, write_questions
+from cdcda_fl.data.oracle_items import oracle_path, write_oracle_items
 from cdcda_fl.data.tasks import LAMP4_TEMPLATE
 
 TRAILER = re.compile(r"^[A-Z][A-Za-z-]+(-by|-to|-id)?:\s", re.IGNORECASE)
@@ -61,6 +65,10 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=12)
     ap.add_argument("--profile", type=int, default=6, help="profile items per user (sparse, as the method targets)")
     ap.add_argument("--queries", type=int, default=6)
+    ap.add_argument("--profile-sizes", default="", help="comma-separated profile sizes given to the authors in turn "
+                    "(overrides --profile), e.g. 4,8,16,32")
+    ap.add_argument("--oracle-items", type=int, default=16, help="further commits per author for the oracle writer "
+                    "(0 = no dev_oracle.json)")
     ap.add_argument("--min-words", type=int, default=25)
     ap.add_argument("--max-words", type=int, default=120)
     ap.add_argument("--exclude", default="Junio C Hamano", help="comma-separated authors to leave out (the maintainer's "
@@ -73,20 +81,26 @@ def main() -> None:
         if author in excluded or len(text.split()) < args.min_words or not subject:
             continue
         by_author[author].append((sha, subject, text))
-    need = args.profile + args.queries
+    sizes = [int(x) for x in args.profile_sizes.split(",") if x.strip()] or [args.profile]
+    need = max(sizes) + args.queries + args.oracle_items
     authors = sorted((a for a, c in by_author.items() if len(c) >= need), key=lambda a: (-len(by_author[a]), a))
-    questions, golds = [], []
+    questions, golds, further = [], [], {}
     for n, author in enumerate(authors[: args.users]):
-        items = by_author[author][:need]
-        profile = [{"id": f"{sha[:12]}", "text": text, "title": subject} for sha, subject, text in items[: args.profile]]
-        for sha, subject, text in items[args.profile:]:
+        size = sizes[n % len(sizes)]
+        items = by_author[author]
+        profile = [{"id": f"{sha[:12]}", "text": text, "title": subject} for sha, subject, text in items[:size]]
+        for sha, subject, text in items[size:size + args.queries]:
             qid = f"git-{n:03d}-{sha[:12]}"
             questions.append({"id": qid, "user_id": f"author-{n:03d}", "input": LAMP4_TEMPLATE.format(text=text),
                               "profile": profile})
             golds.append((qid, subject))
+        later = items[size + args.queries:size + args.queries + args.oracle_items]
+        further[f"author-{n:03d}"] = [{"id": f"{sha[:12]}", "text": text, "title": subject} for sha, subject, text in later]
     out = args.out / "LaMP_4"
     write_questions(out / "dev_questions.json", questions)
     write_outputs(out / "dev_outputs.json", "LaMP_4", golds)
+    if args.oracle_items > 0:
+        write_oracle_items(oracle_path(args.out, "LaMP_4", "dev"), "LaMP_4", "dev", further)
     print(f"{min(args.users, len(authors))} authors, {len(questions)} queries -> {out}")
 
 
