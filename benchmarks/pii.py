@@ -27,6 +27,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pii_battery as battery  # noqa: E402
 from pii_battery import KINDS, Span, counts_by_kind, score  # noqa: E402
 
-from cdcda_fl.privacy import redact  # noqa: E402
+from cdcda_fl.privacy import pii_checks, pii_patterns, redact  # noqa: E402
+from cdcda_fl.privacy.recognizers import DETECTORS, Recognizer  # noqa: E402
 
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
 
@@ -54,23 +56,17 @@ def ours() -> Callable[[str], list[Span]]:
     return r._spans
 
 
-def _with_detectors(detectors: list) -> Callable[[str], list[Span]]:
-    def detect(folded: str) -> list[Span]:
-        saved = redact._DETECTORS
-        redact._DETECTORS = detectors
-        try:
-            return redact.Redactor()._spans(folded)
-        finally:
-            redact._DETECTORS = saved
-
-    return detect
+def _with_detectors(detectors: Iterable[Recognizer]) -> Callable[[str], list[Span]]:
+    return redact.Redactor(detectors=tuple(detectors))._spans
 
 
 def ours_without_checksums() -> Callable[[str], list[Span]]:
     """Ablation: no Luhn, no IBAN validation, no SSN rules (the phone, digit-run and IPv6 checks stay)."""
-    checksums = {redact._luhn, redact._ssn}
-    return _with_detectors([(k, redact._Ibans(lambda s: True) if rx is redact.IBANS else rx,
-                             None if chk in checksums else chk, g) for k, rx, chk, g in redact._DETECTORS])
+    checksums = {pii_checks.luhn, pii_checks.ssn}
+    return _with_detectors(
+        replace(r, finder=pii_checks.Ibans(lambda s: True) if r.finder is pii_checks.IBANS else r.finder,
+                check=None if r.check in checksums else r.check)
+        for r in DETECTORS)
 
 
 def ours_mod97_only() -> Callable[[str], list[Span]]:
@@ -82,13 +78,13 @@ def ours_mod97_only() -> Callable[[str], list[Span]]:
         except ValueError:
             return False
 
-    return _with_detectors([(k, redact._Ibans(mod97) if rx is redact.IBANS else rx, chk, g)
-                            for k, rx, chk, g in redact._DETECTORS])
+    return _with_detectors(replace(r, finder=pii_checks.Ibans(mod97)) if r.finder is pii_checks.IBANS else r
+                           for r in DETECTORS)
 
 
 def ours_without_phonenumbers() -> Callable[[str], list[Span]]:
     """Ablation: our phone pattern alone."""
-    return _with_detectors([d for d in redact._DETECTORS if d[1] is not redact.PHONENUMBERS])
+    return _with_detectors(r for r in DETECTORS if r.finder is not pii_checks.PHONENUMBERS)
 
 
 BASELINE = "c288820"  # the last commit before phonenumbers/python-stdnum were adopted
@@ -184,8 +180,8 @@ def stdnum_validators() -> Callable[[str], list[Span]]:
         digits = re.sub(r"\D", "", s)
         return 13 <= len(digits) <= 19 and luhn.is_valid(digits)
 
-    checks = [("IBAN", redact.IBAN_RE, iban.is_valid), ("CARD", redact.CARD_RE, card),
-              ("ID", redact.SSN_RE, lambda s: ssn.is_valid(s.replace(" ", "-")))]  # iban: with the bank registry
+    checks = [("IBAN", pii_patterns.IBAN_RE, iban.is_valid), ("CARD", pii_patterns.CARD_RE, card),
+              ("ID", pii_patterns.SSN_RE, lambda s: ssn.is_valid(s.replace(" ", "-")))]  # iban: with the bank registry
 
     def detect(folded: str) -> list[Span]:
         return [(m.start(), m.end(), kind) for kind, rx, ok in checks for m in rx.finditer(folded) if ok(m.group())]
@@ -202,7 +198,7 @@ def candidates() -> list[tuple[str, str | None, tuple[str, ...], Callable[[], Ca
     pres = _version("presidio-analyzer")
     phon = _version("phonenumbers") or _version("phonenumberslite")
     std = _version("python-stdnum")
-    regions = ",".join(redact.PHONE_REGIONS)
+    regions = ",".join(pii_patterns.PHONE_REGIONS)
     return [
         ("redact.py", "shipped", KINDS, ours),
         (f"redact.py before issue 29 ({BEFORE_ISSUE29})", _at(BEFORE_ISSUE29), KINDS, lambda: ours_at(BEFORE_ISSUE29)),
@@ -214,9 +210,9 @@ def candidates() -> list[tuple[str, str | None, tuple[str, ...], Callable[[], Ca
         ("presidio patterns, score>=0.5", pres, tuple(k for k in KINDS if k in PRESIDIO_KINDS.values()),
          lambda: presidio(0.5)),
         ("phonenumbers VALID (US)", phon, ("PHONE",), lambda: phonenumbers_matcher(["US"])),
-        (f"phonenumbers VALID ({regions})", phon, ("PHONE",), lambda: phonenumbers_matcher(redact.PHONE_REGIONS)),
+        (f"phonenumbers VALID ({regions})", phon, ("PHONE",), lambda: phonenumbers_matcher(pii_patterns.PHONE_REGIONS)),
         (f"phonenumbers POSSIBLE ({regions})", phon, ("PHONE",),
-         lambda: phonenumbers_matcher(redact.PHONE_REGIONS, "POSSIBLE")),
+         lambda: phonenumbers_matcher(pii_patterns.PHONE_REGIONS, "POSSIBLE")),
         ("python-stdnum validators", std, ("IBAN", "CARD", "ID"), stdnum_validators),
     ]
 
