@@ -15,14 +15,21 @@ import phonenumbers
 from stdnum import iban as _stdnum_iban
 from stdnum import isbn as _stdnum_isbn
 from stdnum import luhn as _stdnum_luhn
+from stdnum.es import dni as _stdnum_dni
+from stdnum.es import nie as _stdnum_nie
+from stdnum.it import codicefiscale as _stdnum_cf
 from stdnum.us import ssn as _stdnum_ssn
 
 from cdcda_fl.privacy.pii_patterns import (
+    HASH_BEFORE_RE,
     IBAN_RE,
+    ID_PREFIX_RE,
     ISO_DATE_RE,
     NINO_NEVER,
+    NOT_HANDLES,
     PHONE_CANDIDATE_RE,
     PHONE_REGIONS,
+    PROSE_WORDS,
     QUANTITY_AFTER_RE,
     QUANTITY_BEFORE_RE,
     SMALL_GROUPS_RE,
@@ -78,10 +85,57 @@ def nino(match: str) -> bool:
 
 
 def ipv6(match: str) -> bool:
+    """A valid IPv6 address with at least three groups (or a dotted-quad tail): ``1::2`` and ``::1``
+    are a C++ scope or a ratio as often as an address, and the loopback identifies no one."""
     try:
-        return isinstance(ipaddress.ip_address(match), ipaddress.IPv6Address)
+        if not isinstance(ipaddress.ip_address(match), ipaddress.IPv6Address):
+            return False
     except ValueError:
         return False
+    return "." in match or sum(1 for g in match.split(":") if g) >= 3
+
+
+def es_dni(match: str) -> bool:
+    """A Spanish DNI or NIE whose check letter is right (python-stdnum)."""
+    compact = match.upper()
+    return _stdnum_dni.is_valid(compact) or _stdnum_nie.is_valid(compact)
+
+
+def it_codice_fiscale(match: str) -> bool:
+    """An Italian codice fiscale with a valid date part and check letter (python-stdnum)."""
+    return _stdnum_cf.is_valid(match.upper())
+
+
+def prose_email(match: str) -> bool:
+    """An address spelled out with spaced "at"/"dot" whose host part is a function word
+    ("savings at the dot com bubble") is prose. Bracketed forms ("[at]", "(dot)") are always addresses."""
+    if "[" in match or "(" in match:
+        return True
+    host = re.split(r"\sat\s", match)[-1]
+    labels = re.split(r"\s*(?:\sdot\s|\.)\s*", host.strip())
+    return not any(label.strip() in PROSE_WORDS for label in labels[:-1])
+
+
+def not_product_name(folded: str, start: int, end: int) -> bool:
+    """A bare domain with no path and a label of at most three letters (``ASP.NET``, ``VB.NET``) is a
+    product name or a brand, not a person's address."""
+    match = folded[start:end]
+    return "/" in match or match.count(".") > 1 or len(match.split(".")[0]) > 3
+
+
+def not_code_annotation(folded: str, start: int, end: int) -> bool:
+    """``@property``, ``@Override``, ``@media``, ``@here``, or any ``@name(`` call: code, not a handle."""
+    return folded[start + 1:end].split(".")[0] not in NOT_HANDLES and not folded.startswith("(", end)
+
+
+def not_hash(folded: str, start: int, end: int) -> bool:
+    """12 hex digits after "commit", "sha", "hash", "rev", "build", "#" are a short git hash."""
+    return not HASH_BEFORE_RE.search(folded[max(0, start - 12):start])
+
+
+def not_identifier_tail(folded: str, start: int, end: int) -> bool:
+    """Digits right after "WORD-" end an identifier (``CVE-2021-44228``), they are no phone or account."""
+    return not ID_PREFIX_RE.search(folded[max(0, start - 12):start])
 
 
 def number(match: str) -> bool:
@@ -112,6 +166,11 @@ def not_quantity_or_isbn(folded: str, start: int, end: int) -> bool:
         if _stdnum_isbn.is_valid(match + (tail.group().lstrip("-") if tail else "")):
             return False
     return True
+
+
+def digits_in_content(folded: str, start: int, end: int) -> bool:
+    """The context checks of every digit kind: not a quantity, an ISBN or an identifier's tail."""
+    return not_quantity_or_isbn(folded, start, end) and not_identifier_tail(folded, start, end)
 
 
 class Ibans:

@@ -48,14 +48,51 @@ CARD_RE = re.compile(r"(?<![\w])\d(?:[ -]?\d){12,18}(?![\w])")
 SSN_RE = re.compile(r"(?<![\w-])\d{3}([- ])\d{2}\1\d{4}(?![\w-])")  # US social security number: 536-90-4399
 UK_NINO_RE = re.compile(r"(?<!\w)[a-ceghj-pr-tw-z][a-ceghj-npr-tw-z] ?\d{2} ?\d{2} ?\d{2} ?[a-d](?!\w)", re.IGNORECASE)
 NINO_NEVER = {"bg", "gb", "kn", "nk", "nt", "tn", "zz"}  # prefixes HMRC never issues
-# Dates only where the text says they are a birth date (other dates are ordinary content).
+# Dates only where the text says they are a birth date (other dates are ordinary content): a cue
+# ("born", "b.", "DOB", "birthday", "né le", "geboren am", "nato il", "nacida el"), at most three
+# filler words ("is", "was", "on", "in", "the", ":"), then a date -- numeric, with a day, or a month
+# and a year ("born in March 1985"; a bare year, "born in 1990", stays).
+_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+          r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
+_DOB_CUE = (r"\b(?=[bdgn])(?:born|b\.|d\.?o\.?b\.?|date of birth|birth ?date|birthday"
+            r"|nee?\s+le|geboren(?:\s+am)?|nat[oa]\s+il|nacid[oa]\s+el)")
 DOB_RE = re.compile(
-    r"(?:\bborn(?:\s+on)?(?:\s+the)?|\bd\.?o\.?b\.?|\bdate of birth|\bbirth ?date|\bbirthday)\s*[:\-]?\s*"
-    r"(\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?[a-z]{3,9}\.?,?\s+\d{2,4}"
-    r"|[a-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4})",
+    _DOB_CUE + r"(?:\s*[:\-]|\s+(?:is|was|on|in|the)\b){0,3}\s*"
+    r"(\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{1,2}(?:st|nd|rd|th)?\.?\s+(?:of\s+)?[a-z]{3,9}\.?,?\s+\d{2,4}"
+    r"|[a-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}|" + _MONTH + r"\s+\d{4})(?!\w)",
     re.IGNORECASE,
 )
+# National ids that carry a check letter (validated by python-stdnum): Spanish DNI (8 digits and
+# a letter) and NIE (X/Y/Z, 7 digits, a letter); the Italian codice fiscale (16 characters; digits
+# may be replaced by letters L-V when two people would get the same code).
+ES_DNI_RE = re.compile(r"(?<![\w-])(?:\d{8}|[xyz]-?\d{7})-?[a-z](?![\w-])")
+_CF_DIGIT = r"[\dlmnp-v]"
+IT_CF_RE = re.compile(r"(?<!\w)[a-z]{6}" + _CF_DIGIT + r"{2}[a-ehlmprst]" + _CF_DIGIT + r"{2}[a-z]" + _CF_DIGIT + r"{3}[a-z](?!\w)")
+# Passport numbers have no common format or checksum: 6-9 letters and digits (at least one digit)
+# where the text calls them a passport number, in a few languages.
+PASSPORT_RE = re.compile(
+    r"\b(?:passport|passeport|pasaporte|passaporto|reisepass|paspoort)"
+    r"(?:[\s:#.\-]*(?:no|nr|number|num|numero|n°|#|id)\b\.?)?[\s:#.\-]*((?=[a-z]*\d)[a-z0-9]{6,9})(?![\w-])"
+)
+# A MAC address written without separators: 12 hex digits, at least one of them a letter and one a
+# digit (a plain 12-digit number is an account number, a 12-letter word a word).
+MAC_BARE_RE = re.compile(r"(?<![\w:.-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{12}(?![\w:.-])")
+# ... unless the text calls it a commit, hash or revision (a short git hash is 7-12 hex digits).
+HASH_BEFORE_RE = re.compile(r"(?:\bcommit|\bsha1?|\bhash|\brev(?:ision)?|\bbuild|\bchangeset|#)\s*[:#]?\s*$")
 HANDLE_RE = re.compile(r"(?<![\w@.])@[A-Za-z0-9_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])\b")  # @kate.w, not its full stop
+# "@name" that is code, not a person: Python decorators, Java/C# annotations, CSS at-rules, doc
+# tags, and the group mentions of chat apps ("@here"). A handle followed by "(" is a call anyway.
+NOT_HANDLES = frozenset({
+    "property", "staticmethod", "classmethod", "abstractmethod", "cached_property", "dataclass", "override",
+    "overload", "final", "wraps", "lru_cache", "cache", "contextmanager", "total_ordering", "singledispatch",
+    "pytest", "fixture", "patch", "mock", "jit", "njit", "deprecated", "functools", "typing", "dataclasses",
+    "interface", "implementation", "protocol", "end", "synthesize", "import", "media", "keyframes", "charset",
+    "supports", "layer", "mixin", "include", "extend", "use", "forward", "param", "return", "returns", "throws",
+    "see", "since", "author", "version", "todo", "test", "before", "after", "beforeeach", "aftereach",
+    "autowired", "component", "service", "entity", "table", "column", "bean", "configuration", "controller",
+    "requestmapping", "getmapping", "postmapping", "suppresswarnings", "nullable", "nonnull", "notnull",
+    "input", "output", "injectable", "ngmodule", "everyone", "here", "channel",
+})
 # Phone: optional +country, optional (area), then 2+ digit groups split by space, dot or dash
 # (after a +country code the first group may be one digit: +33 6 12 34 56 78).
 PHONE_RE = re.compile(  # never a fragment of a longer dashed/dotted digit string (an ISBN)
@@ -92,3 +129,9 @@ VERSION_BEFORE_RE = re.compile(r"(?:\bversion|\bver\.?|\bpatch|\bbuild|\bfirmwar
 # later). phonenumbers' matcher (about 0.5 ms per stretch and region) runs only on these, plus a
 # character of context each side, and only where the own pattern has not already taken the stretch.
 PHONE_CANDIDATE_RE = re.compile(r"(?<!\w)\+?\(?\d[\d \t().\-/]{5,40}\d(?!\w)")
+# Words that make "x at y dot com" prose rather than an address ("savings at the dot com bubble").
+PROSE_WORDS = frozenset({"the", "a", "an", "this", "that", "these", "those", "my", "your", "his", "her", "its",
+                         "our", "their", "some", "any", "no", "every", "each", "all", "one", "home", "work",
+                         "least", "most", "first", "last", "same", "once", "night", "school", "time"})
+# A digit run right after "WORD-" is the tail of an identifier (CVE-2021-44228, RFC-7231), not a phone.
+ID_PREFIX_RE = re.compile(r"[a-z]{2,}-$")

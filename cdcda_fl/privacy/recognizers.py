@@ -82,26 +82,30 @@ class Recognizer:
 # Priority order. Full URLs first (an address inside one stays part of it), then e-mails so that
 # "jane@example.com" is not read as the bare domain "example.com"; IPv6 before IPv4
 # (::ffff:192.0.2.128 is one address); structured ids with checksums before the generic phone
-# and digit-run patterns. Digit kinds check that they are not a quantity or an ISBN, IPv4 that it
-# is not a version number.
+# and digit-run patterns. Digit kinds check that they are not a quantity, an ISBN or the tail of an
+# identifier (CVE-2021-44228), IPv4 that it is not a version number.
 DETECTORS: tuple[Recognizer, ...] = (
     Recognizer("URL", pt.URL_RE, trim=ck.strip_url_tail),
     Recognizer("EMAIL", pt.EMAIL_RE),
     Recognizer("EMAIL", pt.EMAIL_IDN_RE),
-    Recognizer("EMAIL", pt.EMAIL_OBFUSCATED_RE),
-    Recognizer("URL", pt.BARE_URL_RE, trim=ck.strip_url_tail),
+    Recognizer("EMAIL", pt.EMAIL_OBFUSCATED_RE, ck.prose_email),
+    Recognizer("URL", pt.BARE_URL_RE, trim=ck.strip_url_tail, context=ck.not_product_name),
     Recognizer("MAC", pt.MAC_RE),
     Recognizer("MAC", pt.MAC_DOTTED_RE),
+    Recognizer("MAC", pt.MAC_BARE_RE, context=ck.not_hash),
     Recognizer("IP", pt.IPV6_RE, ck.ipv6),
     Recognizer("IP", pt.IPV4_RE, context=ck.not_version),
     Recognizer("IBAN", ck.IBANS),
-    Recognizer("CARD", pt.CARD_RE, ck.luhn, context=ck.not_quantity_or_isbn),
+    Recognizer("CARD", pt.CARD_RE, ck.luhn, context=ck.digits_in_content),
     Recognizer("ID", pt.SSN_RE, ck.ssn),
     Recognizer("ID", pt.UK_NINO_RE, ck.nino),
+    Recognizer("ID", pt.ES_DNI_RE, ck.es_dni),
+    Recognizer("ID", pt.IT_CF_RE, ck.it_codice_fiscale),
+    Recognizer("ID", pt.PASSPORT_RE, group=1),
     Recognizer("DATE", pt.DOB_RE, group=1),
-    Recognizer("HANDLE", pt.HANDLE_RE),
-    Recognizer("NUMBER", pt.ACCOUNT_RE, ck.number, group=1, context=ck.not_quantity_or_isbn),
-    Recognizer("PHONE", pt.PHONE_RE, ck.valid_phone, context=ck.not_quantity_or_isbn),
-    Recognizer("PHONE", ck.PHONENUMBERS, context=ck.not_quantity_or_isbn, skip_taken=True),
-    Recognizer("NUMBER", pt.NUMBER_RE, ck.number, context=ck.not_quantity_or_isbn),
+    Recognizer("HANDLE", pt.HANDLE_RE, context=ck.not_code_annotation),
+    Recognizer("NUMBER", pt.ACCOUNT_RE, ck.number, group=1, context=ck.digits_in_content),
+    Recognizer("PHONE", pt.PHONE_RE, ck.valid_phone, context=ck.digits_in_content),
+    Recognizer("PHONE", ck.PHONENUMBERS, context=ck.digits_in_content, skip_taken=True),
+    Recognizer("NUMBER", pt.NUMBER_RE, ck.number, context=ck.digits_in_content),
 )
