@@ -7,7 +7,8 @@ numbers from reserved/fictional ranges such as 555-01xx and Ofcom's 07700 900xxx
 Scoring (shared by tests/test_redact.py and benchmarks/pii.py): a detector returns spans of
 the *folded* text (:func:`cdcda_fl.privacy.redact.fold`, the form every detector sees). A case
 is caught when the folded secret lies wholly inside detected spans, i.e. no character of the
-secret would survive. A negative is a false positive when any span is found in it at all.
+secret would survive. A negative is a false positive when any span is found in it at all. Span
+precision counts every span found: one touching its sentence's secret is right, any other wrong.
 
 docs/privacy.md has the counts by kind and the measured recall of each candidate
 (benchmarks/pii.py -> benchmarks/results/pii.json).
