@@ -1,9 +1,11 @@
 """PII scrubbing: recall per kind and false positives of each candidate on the PII battery.
 
-Candidates, all run on the same folded text (NFKD, no accents, casefolded, no zero-width
-characters: what cdcda_fl.privacy.redact hands every detector):
+Candidates, all run on the same folded text (cdcda_fl.privacy.unifold: what the scrubber hands
+every detector; an older scrubber measured at its commit gets its own fold):
 
-* ``redact.py``: the shipped scrubber (cdcda_fl/privacy/redact.py);
+* ``redact.py``: the shipped scrubber (cdcda_fl/privacy/redact.py and its recognizers);
+* ``redact.py before issue 29`` / ``before the libraries``: redact.py as of 157d89f / c288820
+  (``git show``), so that every run re-measures the "before" rows on the current battery;
 * ``redact.py, no checksums``: the same patterns without the Luhn / mod-97 / SSN / NI checks;
 * ``presidio``: presidio-analyzer's predefined *pattern* recognizers called directly
   (``recognizer.analyze(text, entities, None)``: no AnalyzerEngine, no spaCy model), every
@@ -14,6 +16,10 @@ characters: what cdcda_fl.privacy.redact hands every detector):
 
 A library that is not installed is reported as such (presidio is not a project dependency:
 ``pip install presidio-analyzer`` into a throwaway venv and run this script with it).
+
+Scores: recall per kind, span precision (spans touching a secret / all spans) and false
+positives, on the whole battery and on its parts (holdout, issue 29, issue-29 variants), and the
+cost of scrubbing a 1.5 KB record (best of 30, interleaved with the scrubber before issue 29).
 
     python benchmarks/pii.py            # table + benchmarks/results/pii.json
     python benchmarks/pii.py --out x.json
@@ -27,6 +33,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +43,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pii_battery as battery  # noqa: E402
 from pii_battery import KINDS, Span, counts_by_kind, score  # noqa: E402
 
-from cdcda_fl.privacy import redact  # noqa: E402
+from cdcda_fl.privacy import pii_checks, pii_patterns, redact  # noqa: E402
+from cdcda_fl.privacy.recognizers import DETECTORS, Recognizer  # noqa: E402
 
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
 
@@ -54,23 +62,17 @@ def ours() -> Callable[[str], list[Span]]:
     return r._spans
 
 
-def _with_detectors(detectors: list) -> Callable[[str], list[Span]]:
-    def detect(folded: str) -> list[Span]:
-        saved = redact._DETECTORS
-        redact._DETECTORS = detectors
-        try:
-            return redact.Redactor()._spans(folded)
-        finally:
-            redact._DETECTORS = saved
-
-    return detect
+def _with_detectors(detectors: Iterable[Recognizer]) -> Callable[[str], list[Span]]:
+    return redact.Redactor(detectors=tuple(detectors))._spans
 
 
 def ours_without_checksums() -> Callable[[str], list[Span]]:
     """Ablation: no Luhn, no IBAN validation, no SSN rules (the phone, digit-run and IPv6 checks stay)."""
-    checksums = {redact._luhn, redact._ssn}
-    return _with_detectors([(k, redact._Ibans(lambda s: True) if rx is redact.IBANS else rx,
-                             None if chk in checksums else chk, g) for k, rx, chk, g in redact._DETECTORS])
+    checksums = {pii_checks.luhn, pii_checks.ssn}
+    return _with_detectors(
+        replace(r, finder=pii_checks.Ibans(lambda s: True) if r.finder is pii_checks.IBANS else r.finder,
+                check=None if r.check in checksums else r.check)
+        for r in DETECTORS)
 
 
 def ours_mod97_only() -> Callable[[str], list[Span]]:
@@ -82,16 +84,17 @@ def ours_mod97_only() -> Callable[[str], list[Span]]:
         except ValueError:
             return False
 
-    return _with_detectors([(k, redact._Ibans(mod97) if rx is redact.IBANS else rx, chk, g)
-                            for k, rx, chk, g in redact._DETECTORS])
+    return _with_detectors(replace(r, finder=pii_checks.Ibans(mod97)) if r.finder is pii_checks.IBANS else r
+                           for r in DETECTORS)
 
 
 def ours_without_phonenumbers() -> Callable[[str], list[Span]]:
     """Ablation: our phone pattern alone."""
-    return _with_detectors([d for d in redact._DETECTORS if d[1] is not redact.PHONENUMBERS])
+    return _with_detectors(r for r in DETECTORS if r.finder is not pii_checks.PHONENUMBERS)
 
 
 BASELINE = "c288820"  # the last commit before phonenumbers/python-stdnum were adopted
+BEFORE_ISSUE29 = "157d89f"  # main before issue 29 (Unicode folding, PII gaps and false positives)
 
 
 def _git(*args: str) -> str | None:
@@ -103,17 +106,31 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def ours_at_baseline() -> Callable[[str], list[Span]] | None:
-    """redact.py as of :data:`BASELINE` (``git show``), to measure what adopting the libraries did."""
+def redactor_at(commit: str):
+    """redact.py as of ``commit`` (``git show``; it was one self-contained module then), or None."""
     import types
 
-    source = _git("show", f"{BASELINE}:cdcda_fl/privacy/redact.py")
+    source = _git("show", f"{commit}:cdcda_fl/privacy/redact.py")
     if source is None:
         return None
-    module = types.ModuleType("redact_at_baseline")
+    module = types.ModuleType(f"redact_at_{commit}")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{BASELINE}:cdcda_fl/privacy/redact.py", "exec"), module.__dict__)
-    return module.Redactor()._spans
+    exec(compile(source, f"{commit}:cdcda_fl/privacy/redact.py", "exec"), module.__dict__)
+    return module
+
+
+def ours_at(commit: str) -> Callable[[str], list[Span]] | None:
+    """The scrubber as of ``commit``, on the text folded as it folded then (``detect.fold``)."""
+    module = redactor_at(commit)
+    if module is None:
+        return None
+    spans = module.Redactor()._spans
+
+    def detect(folded: str) -> list[Span]:
+        return spans(folded)
+
+    detect.fold = module.fold
+    return detect
 
 
 PRESIDIO_KINDS = {
@@ -169,8 +186,8 @@ def stdnum_validators() -> Callable[[str], list[Span]]:
         digits = re.sub(r"\D", "", s)
         return 13 <= len(digits) <= 19 and luhn.is_valid(digits)
 
-    checks = [("IBAN", redact.IBAN_RE, iban.is_valid), ("CARD", redact.CARD_RE, card),
-              ("ID", redact.SSN_RE, lambda s: ssn.is_valid(s.replace(" ", "-")))]  # iban: with the bank registry
+    checks = [("IBAN", pii_patterns.IBAN_RE, iban.is_valid), ("CARD", pii_patterns.CARD_RE, card),
+              ("ID", pii_patterns.SSN_RE, lambda s: ssn.is_valid(s.replace(" ", "-")))]  # iban: with the bank registry
 
     def detect(folded: str) -> list[Span]:
         return [(m.start(), m.end(), kind) for kind, rx, ok in checks for m in rx.finditer(folded) if ok(m.group())]
@@ -178,16 +195,20 @@ def stdnum_validators() -> Callable[[str], list[Span]]:
     return detect
 
 
+def _at(commit: str) -> str | None:
+    return "git " + commit if _git("cat-file", "-e", commit) is not None else None
+
+
 def candidates() -> list[tuple[str, str | None, tuple[str, ...], Callable[[], Callable[[str], list[Span]] | None]]]:
     """(name, library version or None when missing, kinds it covers, factory)."""
     pres = _version("presidio-analyzer")
     phon = _version("phonenumbers") or _version("phonenumberslite")
     std = _version("python-stdnum")
-    regions = ",".join(redact.PHONE_REGIONS)
+    regions = ",".join(pii_patterns.PHONE_REGIONS)
     return [
         ("redact.py", "shipped", KINDS, ours),
-        (f"redact.py at {BASELINE} (before)", "git " + BASELINE if _git("cat-file", "-e", BASELINE) is not None else None,
-         KINDS, ours_at_baseline),
+        (f"redact.py before issue 29 ({BEFORE_ISSUE29})", _at(BEFORE_ISSUE29), KINDS, lambda: ours_at(BEFORE_ISSUE29)),
+        (f"redact.py before the libraries ({BASELINE})", _at(BASELINE), KINDS, lambda: ours_at(BASELINE)),
         ("redact.py, no phonenumbers", "ablation", KINDS, ours_without_phonenumbers),
         ("redact.py, IBAN mod-97 only", "ablation", KINDS, ours_mod97_only),
         ("redact.py, no checksums", "ablation", KINDS, ours_without_checksums),
@@ -195,9 +216,9 @@ def candidates() -> list[tuple[str, str | None, tuple[str, ...], Callable[[], Ca
         ("presidio patterns, score>=0.5", pres, tuple(k for k in KINDS if k in PRESIDIO_KINDS.values()),
          lambda: presidio(0.5)),
         ("phonenumbers VALID (US)", phon, ("PHONE",), lambda: phonenumbers_matcher(["US"])),
-        (f"phonenumbers VALID ({regions})", phon, ("PHONE",), lambda: phonenumbers_matcher(redact.PHONE_REGIONS)),
+        (f"phonenumbers VALID ({regions})", phon, ("PHONE",), lambda: phonenumbers_matcher(pii_patterns.PHONE_REGIONS)),
         (f"phonenumbers POSSIBLE ({regions})", phon, ("PHONE",),
-         lambda: phonenumbers_matcher(redact.PHONE_REGIONS, "POSSIBLE")),
+         lambda: phonenumbers_matcher(pii_patterns.PHONE_REGIONS, "POSSIBLE")),
         ("python-stdnum validators", std, ("IBAN", "CARD", "ID"), stdnum_validators),
     ]
 
@@ -205,6 +226,8 @@ def candidates() -> list[tuple[str, str | None, tuple[str, ...], Callable[[], Ca
 PARTS = {
     "all": (battery.ALL_POSITIVES, battery.ALL_NEGATIVES, battery.LOOKALIKES),
     "holdout": (battery.HOLDOUT_POSITIVES, battery.HOLDOUT_NEGATIVES, []),
+    "issue29": (battery.ISSUE29_POSITIVES, battery.ISSUE29_NEGATIVES, []),
+    "issue29_variants": (battery.ISSUE29_VARIANT_POSITIVES, battery.ISSUE29_VARIANT_NEGATIVES, []),
 }
 
 
@@ -220,6 +243,36 @@ def _restrict(result: dict, kinds: tuple[str, ...]) -> dict:
     return result
 
 
+# Cost: a 1.5 KB abstract-like record with numbers, dates and one address in it, scrubbed whole.
+TIMING_TEXT = " ".join([
+    "We study personalised text generation on 4 benchmarks released in 2019 and 2021, with 1,204 users",
+    "and 38 rounds of training; results improve by 3.5 points (p < 0.05) over the 2020 baseline.",
+    "Code is at example.org/code and questions go to the authors; version 2.13.0 fixes 12 bugs.",
+    "The corpus has 12 500 000 tokens from 3,500 authors between 1998 and 2004, pages 100-250.",
+] * 4)[:1536]
+
+
+def timing(repeats: int = 30) -> dict:
+    """Milliseconds to scrub :data:`TIMING_TEXT` (best of ``repeats``: the machine is shared) and
+    on the whole battery, for the shipped scrubber and the one before issue 29."""
+    import time
+
+    battery_text = " ".join(t for _, t, _ in battery.ALL_POSITIVES) + " " + " ".join(battery.ALL_NEGATIVES)
+    out = {"record_bytes": len(TIMING_TEXT.encode()), "battery_bytes": len(battery_text.encode())}
+    before = redactor_at(BEFORE_ISSUE29)
+    makers = {"shipped": redact.Redactor, **({"before_issue29": before.Redactor} if before else {})}
+    for label, text in (("record_ms", TIMING_TEXT), ("battery_ms", battery_text)):
+        best = dict.fromkeys(makers, float("inf"))
+        for _ in range(repeats):  # interleaved, so that a busy moment on the machine hits both
+            for name, make in makers.items():
+                t0 = time.perf_counter()
+                make()(text)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        for name, seconds in best.items():
+            out[f"{name}_{label}"] = round(seconds * 1000, 2)
+    return out
+
+
 def run() -> dict:
     rows = []
     for name, version, kinds, factory in candidates():
@@ -232,30 +285,47 @@ def run() -> dict:
             row[part] = _restrict(score(detect, pos, neg, look), kinds)
         rows.append(row)
     return {
-        "libraries": {d: _version(d) for d in ("phonenumbers", "phonenumberslite", "python-stdnum", "presidio-analyzer")},
+        "libraries": {d: _version(d) for d in ("phonenumbers", "phonenumberslite", "python-stdnum", "presidio-analyzer",
+                                               "confusable-homoglyphs", "regex")},
         "battery": {"positives": len(battery.ALL_POSITIVES), "by_kind": counts_by_kind(),
                     "negatives": len(battery.ALL_NEGATIVES), "lookalikes": len(battery.LOOKALIKES),
                     "holdout_positives": len(battery.HOLDOUT_POSITIVES),
-                    "holdout_negatives": len(battery.HOLDOUT_NEGATIVES)},
+                    "holdout_negatives": len(battery.HOLDOUT_NEGATIVES),
+                    "issue29_positives": len(battery.ISSUE29_POSITIVES),
+                    "issue29_negatives": len(battery.ISSUE29_NEGATIVES),
+                    "issue29_variant_positives": len(battery.ISSUE29_VARIANT_POSITIVES),
+                    "issue29_variant_negatives": len(battery.ISSUE29_VARIANT_NEGATIVES)},
         "rows": rows,
+        "timing": timing(),
     }
+
+
+def _part_cells(row: dict, part: str) -> str:
+    r = row[part]
+    return f"{r['caught_covered_kinds']}/{r['total_covered_kinds']} | {r['false_positives']}/{r['negatives']}"
 
 
 def print_table(data: dict) -> None:
     b = data["battery"]
     kinds = list(b["by_kind"])
-    head = ["candidate", *[f"{k} ({b['by_kind'][k]})" for k in kinds], f"FP /{b['negatives']}",
-            f"lookalike /{b['lookalikes']}", f"holdout recall /{b['holdout_positives']}", f"holdout FP /{b['holdout_negatives']}"]
+    head = ["candidate", *[f"{k} ({b['by_kind'][k]})" for k in kinds], "recall", "precision", f"FP /{b['negatives']}",
+            f"lookalike /{b['lookalikes']}", "holdout recall", "holdout FP", "issue-29 recall", "issue-29 FP",
+            "variants recall", "variants FP"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in data["rows"]:
         if not row["installed"]:
             print(f"| {row['candidate']} | not installed |")
             continue
-        full, hold = row["all"], row["holdout"]
+        full = row["all"]
         cells = [f"{full['caught'][k]}/{full['total'][k]}" if k in full["recall"] else "—" for k in kinds]
-        print(f"| {row['candidate']} | " + " | ".join(cells) + f" | {full['false_positives']} | {full['lookalike_hits']} | "
-              f"{hold['caught_covered_kinds']}/{hold['total_covered_kinds']} | {hold['false_positives']} |")
+        print(f"| {row['candidate']} | " + " | ".join(cells)
+              + f" | {full['recall_covered_kinds']} | {full['precision']} | {full['false_positives']} | {full['lookalike_hits']} | "
+              + " | ".join(_part_cells(row, part) for part in ("holdout", "issue29", "issue29_variants")) + " |")
+    t = data["timing"]
+    print(f"\ncost, best of 30 (ms): a {t['record_bytes']} B record {t.get('shipped_record_ms')} "
+          f"(before issue 29: {t.get('before_issue29_record_ms')}); the whole battery, {t['battery_bytes']} B, "
+          f"{t.get('shipped_battery_ms')} (before: {t.get('before_issue29_battery_ms')})")
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ numbers from reserved/fictional ranges such as 555-01xx and Ofcom's 07700 900xxx
 Scoring (shared by tests/test_redact.py and benchmarks/pii.py): a detector returns spans of
 the *folded* text (:func:`cdcda_fl.privacy.redact.fold`, the form every detector sees). A case
 is caught when the folded secret lies wholly inside detected spans, i.e. no character of the
-secret would survive. A negative is a false positive when any span is found in it at all.
+secret would survive. A negative is a false positive when any span is found in it at all. Span
+precision counts every span found: one touching its sentence's secret is right, any other wrong.
 
 docs/privacy.md has the counts by kind and the measured recall of each candidate
 (benchmarks/pii.py -> benchmarks/results/pii.json).
@@ -279,10 +280,55 @@ LOOKALIKES: list[tuple[str, str]] = [
     ("ID", "form QQ 12 34 56 C is the NI example"),  # QQ is not an NI prefix
 ]
 
-TUNED_POSITIVES = POSITIVES + POSITIVES_2
-TUNED_NEGATIVES = NEGATIVES + NEGATIVES_2
-ALL_POSITIVES = TUNED_POSITIVES + HOLDOUT_POSITIVES
-ALL_NEGATIVES = TUNED_NEGATIVES + HOLDOUT_NEGATIVES
+# Issue 29, item 6: what an adversarial review of the scrubber found (misses and false
+# positives), verbatim in substance. Measured before any change (benchmarks/results/pii_before.json),
+# then fixed on: tuned cases from then on.
+ISSUE29_POSITIVES: list[tuple[str, str, str]] = [
+    ("DATE", "my birthday is March 12, 1985", "March 12, 1985"),
+    ("DATE", "I was born in March 1985 in Leeds", "March 1985"),
+    ("DATE", "Jane Roe (b. 12/03/1985) joined in 2010", "12/03/1985"),
+    ("DATE", "Je suis né le 12/03/1985 à Lyon.", "12/03/1985"),
+    ("ID", "mi DNI es 12345678Z", "12345678Z"),
+    ("ID", "codice fiscale RSSMRA85T10A562S", "RSSMRA85T10A562S"),
+    ("ID", "passport no. C01X00T47 (German specimen)", "C01X00T47"),
+    ("ID", "Passport number: 533380006", "533380006"),
+    ("MAC", "router MAC 001a2b3c4d5e on the sticker", "001a2b3c4d5e"),
+]
+ISSUE29_NEGATIVES: list[str] = [
+    "Many lost their savings at the dot com bubble in 2000.",
+    "We build the site with ASP.NET and C#.",
+    "Use @property for read-only attributes.",
+    "Log4Shell is CVE-2021-44228, patched in 2.17.",
+    "In the grid spec, write the span as 1::2 here.",
+]
+# Variants of the same classes, written before the fix and measured once before it (same author,
+# so not a blind holdout): do the fixes generalise beyond the reviewer's exact strings?
+ISSUE29_VARIANT_POSITIVES: list[tuple[str, str, str]] = [
+    ("DATE", "her birthday was on 3 May 1980, a Saturday", "3 May 1980"),
+    ("DATE", "geboren am 03.05.1980 in Wien", "03.05.1980"),
+    ("DATE", "nata il 05/06/1977 a Roma", "05/06/1977"),
+    ("DATE", "nacida el 14/02/1992 en Sevilla", "14/02/1992"),
+    ("DATE", "She was born in Sept. 1962.", "Sept. 1962"),
+    ("ID", "NIE X1234567L en la tarjeta", "X1234567L"),
+    ("ID", "DNI: 87654321-X", "87654321-X"),
+    ("ID", "CF BNCGNN80A01F205W per la banca", "BNCGNN80A01F205W"),
+    ("ID", "numéro de passeport 18AB12345", "18AB12345"),
+    ("ID", "Reisepass-Nr. C4J7R2K91", "C4J7R2K91"),
+    ("MAC", "ethernet 0C9D92A1B2C3 in the DHCP log", "0C9D92A1B2C3"),
+]
+ISSUE29_VARIANT_NEGATIVES: list[str] = [
+    "ADO.NET and VB.NET are both older than .NET Core.",
+    "Decorate it with @staticmethod or @classmethod.",
+    "Heartbleed was CVE-2014-0160 in OpenSSL 1.0.1.",
+    "localhost is ::1 on most systems.",
+    "Fixed in commit 3f786850e387 last week.",
+    "They met at the dot com party in 1999.",
+]
+
+TUNED_POSITIVES = POSITIVES + POSITIVES_2 + ISSUE29_POSITIVES
+TUNED_NEGATIVES = NEGATIVES + NEGATIVES_2 + ISSUE29_NEGATIVES
+ALL_POSITIVES = TUNED_POSITIVES + HOLDOUT_POSITIVES + ISSUE29_VARIANT_POSITIVES
+ALL_NEGATIVES = TUNED_NEGATIVES + HOLDOUT_NEGATIVES + ISSUE29_VARIANT_NEGATIVES
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(k for k, _, _ in ALL_POSITIVES))
 
 Span = tuple[int, int, str]  # (start, end, kind) in the folded text
@@ -309,11 +355,17 @@ def fold_keep_case(text: str) -> str:
     return "".join(c if c.lower() == f else f for c, f in zip(cased, folded))
 
 
-def view(detect: Detector, text: str) -> str:
-    """The text ``detect`` is run on: the folded text, with case kept if the detector asks (``cased``)."""
+def detector_fold(detect: Detector) -> Callable[[str], str]:
+    """The folding ``detect`` expects (``detect.fold``: an older redact.py measured at its own
+    commit brings its own); by default the shipped :func:`~cdcda_fl.privacy.redact.fold`."""
     from cdcda_fl.privacy.redact import fold
 
-    return fold_keep_case(text) if getattr(detect, "cased", False) else fold(text)
+    return getattr(detect, "fold", None) or fold
+
+
+def view(detect: Detector, text: str) -> str:
+    """The text ``detect`` is run on: its folded text, with case kept if the detector asks (``cased``)."""
+    return fold_keep_case(text) if getattr(detect, "cased", False) else detector_fold(detect)(text)
 
 
 def counts_by_kind(positives: list[tuple[str, str, str]] | None = None) -> dict[str, int]:
@@ -330,23 +382,36 @@ def covered(spans: Iterable[Span], start: int, end: int) -> bool:
     return all(inside)
 
 
-def caught(detect: Detector, text: str, secret: str, kind: str | None = None) -> bool:
-    """The whole secret would be removed by ``detect`` (run on the folded text); with ``kind``,
-    only spans of that kind count (the secret becomes the right placeholder)."""
-    from cdcda_fl.privacy.redact import fold
-
+def _secret_at(detect: Detector, text: str, secret: str) -> tuple[int, int]:
+    """Where the secret lies in the detector's folded text."""
+    fold = detector_fold(detect)
     folded, fsecret = fold(text), fold(secret)
     at = folded.find(fsecret)
     if at < 0:
         raise ValueError(f"secret {secret!r} not found in folded {text!r}")
-    spans = [s for s in detect(view(detect, text)) if kind is None or s[2] == kind]
-    return covered(spans, at, at + len(fsecret))
+    return at, at + len(fsecret)
+
+
+def caught(detect: Detector, text: str, secret: str, kind: str | None = None,
+           spans: list[Span] | None = None) -> bool:
+    """The whole secret would be removed by ``detect`` (run on the folded text); with ``kind``,
+    only spans of that kind count (the secret becomes the right placeholder)."""
+    start, end = _secret_at(detect, text, secret)
+    spans = list(detect(view(detect, text))) if spans is None else spans
+    return covered([s for s in spans if kind is None or s[2] == kind], start, end)
+
+
+def _spans_beside(detect: Detector, text: str, secret: str, spans: list[Span]) -> int:
+    """Spans of a positive sentence that do not touch its secret (false detections)."""
+    start, end = _secret_at(detect, text, secret)
+    return sum(1 for s, e, _ in spans if e <= start or s >= end)
 
 
 def score(detect: Detector, positives: list[tuple[str, str, str]] | None = None,
           negatives: list[str] | None = None, lookalikes: list[tuple[str, str]] | None = None) -> dict:
     """Recall per kind (the secret wholly inside spans of its own kind), the share of secrets removed
-    whatever the kind, false positives on the negatives and same-kind hits on the lookalikes.
+    whatever the kind, span precision (spans that touch a secret / all spans, on positives and
+    negatives), false positives on the negatives and same-kind hits on the lookalikes.
     Defaults: the whole battery (tuned cases and holdout)."""
     positives = ALL_POSITIVES if positives is None else positives
     negatives = ALL_NEGATIVES if negatives is None else negatives
@@ -354,20 +419,31 @@ def score(detect: Detector, positives: list[tuple[str, str, str]] | None = None,
     hits: Counter = Counter()
     removed = 0
     missed: list[tuple[str, str]] = []
+    true_spans = false_spans = 0
     for kind, text, secret in positives:
-        if caught(detect, text, secret, kind):
+        spans = list(detect(view(detect, text)))
+        if caught(detect, text, secret, kind, spans):
             hits[kind] += 1
         else:
             missed.append((kind, text))
-        removed += caught(detect, text, secret)
+        removed += caught(detect, text, secret, None, spans)
+        beside = _spans_beside(detect, text, secret, spans)
+        true_spans += len(spans) - beside
+        false_spans += beside
     total = counts_by_kind(positives)
-    fps = [t for t in negatives if list(detect(view(detect, t)))]
+    negative_spans = {t: len(list(detect(view(detect, t)))) for t in negatives}
+    fps = [t for t, n in negative_spans.items() if n]
+    false_spans += sum(negative_spans.values())
     lookalike_fps = [t for k, t in lookalikes if any(kind == k for _, _, kind in detect(view(detect, t)))]
     return {
-        "recall": {k: round(hits[k] / total[k], 3) for k in KINDS},
+        "recall": {k: round(hits[k] / total[k], 3) if total[k] else None for k in KINDS},
         "caught": {k: hits[k] for k in KINDS},
         "total": total,
         "recall_all": round(sum(hits.values()) / len(positives), 3),
+        # span precision: spans touching a secret / all spans found (positives and negatives)
+        "precision": round(true_spans / (true_spans + false_spans), 3) if true_spans + false_spans else None,
+        "true_spans": true_spans,
+        "false_spans": false_spans,
         "removed_any_kind": round(removed / len(positives), 3),
         "false_positives": len(fps),
         "negatives": len(negatives),
