@@ -10,7 +10,7 @@ The file is a run config (``[config]``, as for ``cdcda run``) plus a ``[curve]``
     share-fraction = [0, 0.25, 0.5, 0.75, 1.0]
 
 Every (writer, share) point is one ``cdcda run`` (Flower simulation) into ``OUT/points/<writer>_s<share>``
-on the SAME users (``OUT/data``, written once) and the SAME device storage (``OUT/devices``). The
+on the SAME users (``OUT/data``, written once, or the config's ``data-dir``) and the SAME device storage (``OUT/devices``). The
 device's adapter store is content-addressed, so what does not depend on the cloud's records is
 computed once for the whole curve: the base model's answers are cheap, but local-only adapters and
 the crossfit check's real-only fold scores are stored and reused by every later point (see
@@ -64,13 +64,13 @@ def bucket_of(n: int) -> str:
 
 
 # ---------------------------------------------------------------------- running
-def run_point(config: Path, out: Path, writer: str, share: float, sets: list[str]) -> Path:
+def run_point(config: Path, out: Path, data: Path, writer: str, share: float, sets: list[str]) -> Path:
     """One ``cdcda run`` of the curve (skipped when its results.json exists)."""
     point = out / "points" / point_name(writer, share)
     if (point / "results.json").is_file():
         return point
     cmd = [sys.executable, "-m", "cdcda_fl.cli", "run", str(config), "--out", str(point), "--data-dir",
-           str(out / "data"), "--set", f"device.storage-dir={out / 'devices'}",
+           str(data), "--set", f"device.storage-dir={out / 'devices'}",
            "--set", f"consent.share-fraction={share}", *[a for s in sets for a in ("--set", s)],
            *[a for s in writer_sets(writer) for a in ("--set", s)]]
     started = time.perf_counter()
@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path(str(cfg["out-dir"]))).resolve()
     tasks = [t.name for t in parse_task_list(str(cfg["tasks"]))]
     split = str(cfg["split"])
-    data = out / "data"
-    if not (data / tasks[0] / f"{split}_questions.json").is_file():
+    data = Path(str(cfg["data-dir"])).resolve() if cfg["data-dir"] else out / "data"
+    if not cfg["data-dir"] and not (data / tasks[0] / f"{split}_questions.json").is_file():
         write_personas(data, users=int(cfg["users"]), tasks=tasks, seed=int(cfg["seed"]), splits=(split,),
                        queries_per_user=int(cfg["personas.queries"]))
     grid = [(w, s) for w in writers for s in sorted(shares) if not (s == 0 and w != writers[0])]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         t0 = time.perf_counter()
         try:
-            run_point(args.config, out, w, s, list(args.set))
+            run_point(args.config, out, data, w, s, list(args.set))
         except RuntimeError as exc:
             print(f"share_curve: {exc}", file=sys.stderr)
             continue
