@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -552,31 +553,42 @@ GENERATORS: dict[str, Callable[[random.Random, str, int, int], UserData]] = {
 
 def make_task_split(task: str, split: str, users: int, seed: int, *,
                     profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
-                    queries_per_user: int = 8) -> tuple[list[Record], list[tuple[str, str]]]:
+                    queries_per_user: int = 8, user_prefix: str = "") -> tuple[list[Record], list[tuple[str, str]]]:
     """Questions (time-based layout: one entry per query with ``user_id``) and golds for one split.
 
     ``profile_size`` is the (smallest, largest) profile; sizes in between are skewed to the small end
     (:func:`draw_profile_size`). Every user has exactly ``queries_per_user`` held-out queries.
+    ``user_prefix`` goes in front of every user, record and query id (the texts do not change): two
+    devices that each write their own personas need distinct ids, or the server gives a user
+    claimed by both to neither (cdcda_fl/node_guard.py).
     """
+    check_user_prefix(user_prefix)
     spec = get_task(task)
     questions: list[Record] = []
     golds: list[tuple[str, str]] = []
     task_no = spec.name.split("_")[1]
     for k in range(users):
         r = random.Random(f"cdcda-personas/{seed}/{spec.name}/{split}/{k}")
-        uid = f"{split}-u{k:04d}"
+        uid = f"{user_prefix}{split}-u{k:04d}"
         n_profile = draw_profile_size(r, *profile_size)
         _, profile, queries = GENERATORS[spec.name](r, uid, n_profile, queries_per_user)
         for q, (text, gold) in enumerate(queries):
-            qid = f"{task_no}{split[0]}{k:04d}{q:02d}"
+            qid = f"{user_prefix}{task_no}{split[0]}{k:04d}{q:02d}"
             questions.append({"id": qid, "input": text, "profile": profile, "user_id": uid})
             golds.append((qid, gold))
     return questions, golds
 
 
+def check_user_prefix(prefix: str) -> str:
+    """A prefix for ids: letters, digits, ``.``, ``_``, ``-`` only (a user id may not hold a path separator)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix) or len(prefix) > 64:
+        raise ValueError(f"user prefix {prefix[:70]!r}: use at most 64 letters, digits, '.', '_' or '-'")
+    return prefix
+
+
 def write_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = TASK_NAMES, seed: int = 0,
                    splits: Sequence[str] = ("train", "dev"), profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
-                   queries_per_user: int = 8) -> list[Path]:
+                   queries_per_user: int = 8, user_prefix: str = "") -> list[Path]:
     """Write ``OUT/LaMP_k/{split}_questions.json`` and ``{split}_outputs.json`` for each task and split."""
     out = Path(out_dir)
     written = []
@@ -584,7 +596,7 @@ def write_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = TA
         spec = get_task(task)
         for split in splits:
             questions, golds = make_task_split(spec.name, split, users, seed, profile_size=profile_size,
-                                               queries_per_user=queries_per_user)
+                                               queries_per_user=queries_per_user, user_prefix=user_prefix)
             qpath = out / spec.name / f"{split}_questions.json"
             opath = out / spec.name / f"{split}_outputs.json"
             write_questions(qpath, questions)
