@@ -46,8 +46,15 @@ def _cmd_personas(args: argparse.Namespace) -> int:
     from cdcda_fl.data.personas import write_personas
 
     tasks = [t.name for t in parse_task_list(args.tasks)]
-    files = write_personas(args.out, users=args.users, tasks=tasks, seed=args.seed, splits=args.splits.split(","))
-    print(f"wrote {len(files)} files for {len(tasks)} task(s), {args.users} users per split, under {args.out}")
+    try:
+        files = write_personas(args.out, users=args.users, tasks=tasks, seed=args.seed, splits=args.splits.split(","),
+                               user_prefix=args.user_prefix)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    first = f"{args.user_prefix}{args.splits.split(',')[0]}-u0000"
+    print(f"wrote {len(files)} files for {len(tasks)} task(s), {args.users} users per split (ids {first}, ...), "
+          f"under {Path(args.out).resolve()}")
     return 0
 
 
@@ -88,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     per.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated tasks (default: all six)")
     per.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     per.add_argument("--splits", default="train,dev", help="comma-separated splits to write (default train,dev)")
+    per.add_argument("--user-prefix", default="", metavar="PREFIX",
+                     help="put PREFIX in front of every user id (e.g. phone1- gives phone1-dev-u0000): devices that "
+                          "each write their own personas need distinct ids, or the server refuses the users they share")
     per.set_defaults(func=_cmd_personas)
 
     ev = sub.add_parser("eval", help="score LaMP-format predictions against golds with LaMP's metrics")

@@ -86,6 +86,10 @@ class NodeGuard:
                 self._owner[key] = node
         return refused
 
+    def contested(self) -> set[str]:
+        """User keys that several nodes claimed (given to none)."""
+        return set(self._contested)
+
     def owner_map(self) -> dict[str, int]:
         """user key -> the one node that may speak for it."""
         return dict(self._owner)

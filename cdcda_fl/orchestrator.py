@@ -296,13 +296,30 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     return results
 
 
+class UsersRefused(RuntimeError):
+    """Every user the devices announced was refused (typically: two devices hold the same user ids).
+
+    Raised after the announcement, before any device is asked for a record, so the run stops with
+    the reasons instead of finishing with an empty table (issue 34).
+    """
+
+
 def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[int], store: ResultStore,
                  wants_cloud_data: bool, timeout: float | None) -> tuple[dict[str, int], dict[str, SharedRecords]]:
-    """Ask every node for its users and consented records; returns (user -> node, user -> share)."""
-    guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
-    raw_shares: list[tuple[int, Any]] = []
+    """Ask every node for its users and consented records; returns (user -> node, user -> share).
 
-    def on_share(reply: Reply) -> None:
+    With several nodes and a method that uses the cloud, the nodes first only announce their users
+    (``{"share": False}``): records are then asked only from nodes none of whose users another node
+    also claims, so no record of a contested user ever leaves a device, and a run whose every user is
+    contested stops (:class:`UsersRefused`) before anything is shared.
+    """
+    guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
+    claims: dict[int, list[Any]] = {}
+    seen_errors: set[tuple[int, str, str]] = set()
+    raw_shares: list[tuple[int, Any]] = []
+    two_step = wants_cloud_data and len(nodes) > 1
+
+    def on_reply(reply: Reply, announce: bool) -> None:
         node = reply.node
         if reply.body is None:
             store.record_failure(f"node {node}", reply.error, phase="share")
@@ -313,18 +330,25 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
         except (KeyError, TypeError, ValueError):
             store.record_failure(f"node {node}", "malformed share reply", phase="share")
             return
-        for who, reason in guard.announce(node, users):
-            store.record_failure(who, reason, phase="share", node=node)
-        for err in errors:
-            who = err.get("user") if isinstance(err, dict) else None
-            store.record_failure(str(who)[:160] if who else f"node {node}", str(err.get("reason", ""))[:500]
-                                 if isinstance(err, dict) else "malformed error", phase="share", node=node)
-        raw_shares.extend((node, raw) for raw in node_shares)
+        if announce:
+            claims[node] = users
+            for who, reason in guard.announce(node, users):
+                store.record_failure(who, reason, phase="share", node=node)
+        _record_share_errors(store, node, errors, seen_errors)
+        if not (two_step and announce):  # an announcement's records (a misbehaving node's) are ignored
+            raw_shares.extend((node, raw) for raw in node_shares)
 
-    lost = exchange(transport, [(n, {"share": wants_cloud_data}) for n in nodes], SHARE, cfg, timeout, on_share,
-                    "share (consented records)")
+    lost = exchange(transport, [(n, {"share": wants_cloud_data and not two_step}) for n in nodes], SHARE, cfg,
+                    timeout, lambda r: on_reply(r, True), "share: users" if two_step else "share (consented records)")
     for node in lost:
         store.record_failure(f"node {node}", "no reply before timeout", phase="share")
+    _stop_if_every_user_refused(guard)
+    if two_step:
+        sharing = _nodes_to_ask_for_records(guard, claims, store)
+        lost = [] if not sharing else exchange(transport, [(n, {"share": True}) for n in sharing], SHARE, cfg, timeout,
+                        lambda r: on_reply(r, False), "share (consented records)")
+        for node in lost:
+            store.record_failure(f"node {node}", "no reply before timeout", phase="share")
 
     # Shares are accepted only once every announcement is in: a user claimed by two nodes is
     # then known to be contested, whichever reply came first.
@@ -341,6 +365,40 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
         shares[key] = shared
         audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
     return guard.owner_map(), shares
+
+
+def _record_share_errors(store: ResultStore, node: int, errors: list[Any], seen: set[tuple[int, str, str]]) -> None:
+    """A node's reported share errors as failures, each once (a node-wide error repeats in both steps)."""
+    for err in errors:
+        who = err.get("user") if isinstance(err, dict) else None
+        who = str(who)[:160] if who else f"node {node}"
+        reason = str(err.get("reason", ""))[:500] if isinstance(err, dict) else "malformed error"
+        if (node, who, reason) not in seen:
+            seen.add((node, who, reason))
+            store.record_failure(who, reason, phase="share", node=node)
+
+
+def _stop_if_every_user_refused(guard: NodeGuard) -> None:
+    """:class:`UsersRefused` when users were announced but the server can give none of them to a node."""
+    contested = sorted(guard.contested())
+    if contested and not guard.owner_map():
+        shown = ", ".join(contested[:5]) + (f" and {len(contested) - 5} more" if len(contested) > 5 else "")
+        raise UsersRefused(f"every user was refused before any record was shared: {shown} claimed by several "
+                           "nodes (given to none). Each device must hold its own user ids, e.g. "
+                           "`cdcda data personas --user-prefix phone1-` on phone1")
+
+
+def _nodes_to_ask_for_records(guard: NodeGuard, claims: Mapping[int, list[Any]], store: ResultStore) -> list[int]:
+    """Nodes that announced users and none that another node also claims (the others share nothing)."""
+    contested = guard.contested()
+    sharing = []
+    for node, users in sorted(claims.items()):
+        if contested & set(map(str, users)):
+            store.record_failure(f"node {node}", "not asked for records: it claims a user another node also claims",
+                                 phase="share", node=node)
+        elif users:
+            sharing.append(node)
+    return sharing
 
 
 def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: list[str],

@@ -15,9 +15,12 @@ stable import point for tests and scripts; the work is done by small modules, on
   ``flwr`` CLI calls and a Ray head, and stops everything on exit;
 - ``deploy.recipes``: ``local_simulation(cfg)`` and ``deployment(cfg, nodes)``.
 
-Everything runs with a project-local ``FLWR_HOME`` (``.flwr/`` by default, see
-``deploy/flwr-config.toml``), Flower telemetry and update checks off, Ray usage stats off and the
-Hugging Face libraries offline. The SuperLink's one HTTP port also serves its Control API, which
+- ``deploy.devices``: the lab's devices, each a folder like a real device's disk (its own
+  user's data, its owner's ``consent.toml``, its storage).
+
+Everything runs with its own ``FLWR_HOME`` under the lab's folder (``--work``, default
+``~/.local/state/cdcda-fl/lab``; never inside the checkout: keys live there), Flower telemetry
+and update checks off, Ray usage stats off and the Hugging Face libraries offline. The SuperLink's one HTTP port also serves its Control API, which
 has no account authentication in open-source Flower: keep it on trusted hosts (docs/flower.md,
 "Exposure").
 """
@@ -29,7 +32,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import DEFAULT_WORK, HOST, ROOT, LabError, bin_dir
+from .common import DEFAULT_WORK, HOST, ROOT, LabError, bin_dir, outside_checkout
+from .devices import Device, build_devices, parse_consent
 from .flwr_config import (app_run_config_keys, flwr_run_config, node_config_arg, toml_value, write_flwr_config,
                           write_run_config)
 from .pki import (NodeKeys, TlsFiles, generate_signing_key, generate_supernode_keys, generate_tls,
@@ -39,65 +43,119 @@ from .session import Lab, SuperLink, run_succeeded
 from .supervisor import LOOPBACK_ENV, OFFLINE_ENV, Proc, free_port, lab_env, port_open, tail
 
 __all__ = [
-    "DEFAULT_WORK", "HOST", "LOOPBACK_ENV", "OFFLINE_ENV", "ROOT", "Lab", "LabError", "NodeKeys", "Proc",
-    "SuperLink", "TlsFiles", "app_run_config_keys", "bin_dir", "deployment", "device_nodes", "flwr_run_config",
+    "DEFAULT_WORK", "Device", "HOST", "LOOPBACK_ENV", "OFFLINE_ENV", "ROOT", "Lab", "LabError", "NodeKeys", "Proc",
+    "SuperLink", "TlsFiles", "app_run_config_keys", "bin_dir", "build_devices", "deployment", "device_nodes", "flwr_run_config",
     "free_port", "generate_signing_key", "generate_supernode_keys", "generate_tls", "lab_env", "local_simulation",
-    "main", "node_config_arg", "port_open", "prepare_cfg", "read_results", "run_succeeded", "tail", "toml_value",
+    "main", "node_config_arg", "outside_checkout", "parse_consent", "port_open", "prepare_cfg", "read_results", "run_succeeded", "tail", "toml_value",
     "write_flwr_config", "write_private_file", "write_run_config", "write_trusted_entities",
 ]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deploy.lab", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="deploy/lab.sh", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sim = sub.add_parser("simulation", help="`flwr run` on a local simulation SuperLink (offline)")
-    dep = sub.add_parser("deploy", help="SuperLink + one SuperNode per user id on 127.0.0.1, then `flwr run`")
+    dep = sub.add_parser("deploy", help="SuperLink + one SuperNode (a device with its own data) per user, then `flwr run`")
     for p in (sim, dep):
         p.add_argument("config", nargs="?", help="cdcda run config (TOML); default: pyproject's run config")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-        p.add_argument("--work", default=str(DEFAULT_WORK), help="FLWR_HOME, logs, certificates (default .flwr/)")
+        p.add_argument("--work", default=str(DEFAULT_WORK),
+                       help=f"FLWR_HOME, logs, certificates, keys, devices; outside the checkout (default {DEFAULT_WORK})")
         p.add_argument("--timeout", type=float, default=1800.0, help="seconds before the run is stopped")
     dep.add_argument("--insecure", action="store_true", help="no TLS, no SuperNode authentication")
     dep.add_argument("--no-auth", action="store_true", help="TLS but no SuperNode authentication")
+    dep.add_argument("--devices", help="the devices' folders (nodeI/data, nodeI/storage; default WORK/devices)")
+    dep.add_argument("--consent", action="append", default=[], metavar="[nodeI=]FILE",
+                     help="the owner's consent.toml for every device, or for device nodeI (repeatable); default: the "
+                          "run's consent.* keys (share-fraction 0.5 unless set)")
     certs = sub.add_parser("certs", help="write ca.crt, server.pem, server.key (0600) for 127.0.0.1/localhost")
-    certs.add_argument("dir")
+    certs.add_argument("dir", help="a folder outside the checkout (relative to where you are)")
     certs.add_argument("--host", action="append", default=[], help="extra host name or IP for the certificate")
     keys = sub.add_parser("keys", help="write an ECDSA P-384 SuperNode key pair NAME (0600) and NAME.pub (OpenSSH)")
-    keys.add_argument("dir")
+    keys.add_argument("dir", help="a folder outside the checkout (relative to where you are)")
     keys.add_argument("name")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; failures print ``error: ...`` and return 2 (no traceback: not a bug)."""
-    from cdcda_fl.config import ConfigError, load_config
+    """Run one subcommand; failures print ``error: ...`` and return 2, Ctrl-C returns 130 (no traceback)."""
+    from cdcda_fl.config import ConfigError
+    from cdcda_fl.privacy.consent import ConsentError
 
     args = _parser().parse_args(argv)
     try:
-        if args.cmd == "certs":
-            files = generate_tls(args.dir, (HOST, "localhost", *args.host))
-            print(f"CA {files.ca_cert}\ncertificate {files.server_cert}\nkey {files.server_key}")
-            return 0
-        if args.cmd == "keys":
-            k = generate_supernode_keys(args.dir, args.name)
-            print(f"private {k.private_key}\npublic {k.public_key}")
-            return 0
-        cfg = load_config(args.config or ROOT / "pyproject.toml", args.set)
-        if args.cmd == "simulation":
-            results = local_simulation(cfg, work=args.work, timeout=args.timeout)
-        else:
-            prepared = prepare_cfg(cfg)
-            results = deployment(prepared, device_nodes(prepared), work=args.work,
-                                 tls=not args.insecure, auth=not (args.insecure or args.no_auth),
-                                 timeout=args.timeout)
-    except (ConfigError, LabError) as exc:
+        return _COMMANDS[args.cmd](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the lab started was stopped", file=sys.stderr)
+        return 130
+    except (ConfigError, ConsentError, LabError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an unwritable --work or key folder, a missing console script, ...
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+
+
+def _certs(args: argparse.Namespace) -> int:
+    files = generate_tls(outside_checkout(args.dir, "certificate folder"), (HOST, "localhost", *args.host))
+    print(f"CA {files.ca_cert}\ncertificate {files.server_cert}\nkey {files.server_key}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    k = generate_supernode_keys(outside_checkout(args.dir, "key folder"), args.name)
+    print(f"private {k.private_key}\npublic {k.public_key}")
+    return 0
+
+
+def _simulation(args: argparse.Namespace) -> int:
+    from cdcda_fl.config import load_config
+
+    cfg = load_config(args.config or ROOT / "pyproject.toml", args.set)
+    results = local_simulation(cfg, work=args.work, timeout=args.timeout)
     print(f"results: {Path(str(results['config']['out-dir'])) / 'results.json'}")
     return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """Devices built, run deployed, then the table and what each device sent (its own audit log)."""
+    from cdcda_fl.config import load_config
+    from cdcda_fl.privacy.audit_log import read_audit
+    from cdcda_fl.privacy.sent import format_sent, summarize_sent
+    from cdcda_fl.results import print_table
+
+    work = outside_checkout(args.work, "--work")
+    devices_root = outside_checkout(args.devices or work / "devices", "--devices")
+    consent = parse_consent(args.consent)
+    cfg = prepare_cfg(load_config(args.config or ROOT / "pyproject.toml", args.set))
+    devices = build_devices(cfg, devices_root, consent)
+    print(f"lab: {work} (certificates certs/, SuperNode keys keys/, logs logs/)")
+    for d in devices:
+        print(f"device {d.name}: users {', '.join(d.users)}; data {d.data_dir}; consent {d.consent_file}; "
+              f"storage {d.storage_dir}")
+    before = {d.name: len(read_audit(d.storage_dir)) for d in devices}
+    print(f"running {len(devices)} SuperNode(s) ... (progress: {work / 'logs' / 'flwr-run.log'})", flush=True)
+    results = deployment(cfg, [d.node_config() for d in devices], work=work, tls=not args.insecure,
+                         auth=not (args.insecure or args.no_auth), timeout=args.timeout)
+    print_table(results)
+    print("what each device sent (from its own audit log):")
+    for d in devices:
+        print(format_sent(summarize_sent(d.storage_dir, skip=before[d.name]), d.name))
+    print(f"results: {Path(str(cfg['out-dir'])) / 'results.json'}")
+    return _check_results(results)
+
+
+def _check_results(results: dict) -> int:
+    """0 if some result came back; else the failures the server recorded, and 1."""
+    if results.get("table"):
+        return 0
+    failures = results.get("failures") or []
+    shown = "".join(f"\n  {f.get('who')}: {f.get('reason')}" for f in failures[:10])
+    print(f"error: no result came back from any device ({len(failures)} failure(s)){shown}", file=sys.stderr)
+    return 1
+
+
+_COMMANDS = {"certs": _certs, "keys": _keys, "simulation": _simulation, "deploy": _deploy}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,25 @@ def read_results(cfg: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, An
     """The run's results.json, only if the run completed (a stale or partial report must not pass)."""
     path = Path(str(cfg["out-dir"])) / "results.json"
     if not run_succeeded(row) or not path.exists():
-        raise LabError(f"the run did not complete ({row.get('status')}); no {path}:\n{tail(Path(row['log']))}")
+        log = Path(row["log"])
+        reason = server_error(log)
+        if reason:  # the ServerApp said why: that first, the traceback stays in the log
+            raise LabError(f"the server stopped the run: {reason}\n(ServerApp log: {log})")
+        raise LabError(f"the run did not complete ({row.get('status')}); no {path}:\n{tail(log)}")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Refused|Interrupted)): (.+)$")
+
+
+def server_error(log: Path) -> str | None:
+    """The last exception the ServerApp logged (``UsersRefused: every user was refused ...``), if any."""
+    found = None
+    for line in tail(log, 400).splitlines():
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match:
+            found = f"{match.group(1)}: {match.group(2)}"
+    return found
 
 
 def local_simulation(cfg: Mapping[str, Any], *, work: Path | str = DEFAULT_WORK, app_dir: Path = ROOT,

@@ -8,11 +8,14 @@ the ``with Lab(...)`` block ends, also on errors and Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +66,11 @@ class Lab:
         self.close()
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
+        """Stop every process (newest first); a second Ctrl-C meanwhile cannot cut the cleanup short."""
+        with _sigint_ignored():
+            for proc in reversed(self.procs):
+                proc.stop()
+            self.procs.clear()
         for temp in self.ray_temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)
         self.ray_temp_dirs.clear()
@@ -171,7 +176,11 @@ class Lab:
             proc = Proc("flwr-run", popen, log)
             try:
                 popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except BaseException as exc:  # Ctrl-C included: `flwr run` is in its own session, stop it here
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    with _sigint_ignored():
+                        proc.stop()
+                    raise
                 proc.stop()
                 run_id = _run_id(log)
                 if run_id:
@@ -222,6 +231,19 @@ class Lab:
         self.ray_temp_dirs.append(temp)
         _wait_ready(proc, "Ray runtime started", port, timeout, "ray start", 0.3, ready_name="Ray head")
         return f"{HOST}:{port}"
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block (main thread only; elsewhere signals cannot be changed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _run_id(log: Path) -> str | None:

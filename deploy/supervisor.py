@@ -6,6 +6,7 @@ Nothing here knows about Flower's APIs; :mod:`deploy.session` uses it to run ``f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from .common import HOST, ROOT, bin_dir
 
@@ -96,22 +99,49 @@ class Proc:
             return ""
 
     def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the whole process group (Flower starts SuperExec/ServerApp/ClientApp children), then SIGKILL."""
+        """SIGTERM the process group and every descendant, then SIGKILL what is left.
+
+        The group covers what Flower starts in it (a SuperNode's ``flower-superexec``, ClientApp
+        processes); descendants that left the group are signalled by pid: the SuperLink starts its
+        ``flower-superexec`` in a new session, which would otherwise outlive it for seconds.
+        """
         pgid = self.popen.pid  # start_new_session=True: the group id is the leader's pid
+        family = _descendants(self.popen.pid)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
+            family += [p for p in _descendants(self.popen.pid) if p not in family]
+            _signal(pgid, family, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if self.popen.poll() is not None and not _group_alive(pgid):
+                if self.popen.poll() is not None and not _group_alive(pgid) and not any(map(_running, family)):
                     return self.popen.returncode
                 time.sleep(0.1)
         try:
             return self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return None
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie is gone, waiting for its parent to reap it)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _signal(pgid: int, family: Sequence[psutil.Process], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
 
 
 def _group_alive(pgid: int) -> bool:

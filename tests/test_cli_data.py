@@ -76,3 +76,19 @@ def test_validate_cannot_tell_task_asks_for_flag(tmp_path: Path, capsys) -> None
     assert "--task" in capsys.readouterr().err
     assert main(["data", "validate", str(path), "--task", "LaMP_99"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_user_prefix_gives_each_device_its_own_ids_and_the_same_texts(tmp_path: Path, capsys) -> None:
+    """Two devices that each write one persona must not both hold ``dev-u0000`` (issue 34)."""
+    for name in ("phone1", "phone2"):
+        assert main(["data", "personas", "--out", str(tmp_path / name), "--users", "1", "--tasks", "LaMP_2",
+                     "--splits", "dev", "--user-prefix", f"{name}-"]) == 0
+    assert "ids phone2-dev-u0000" in capsys.readouterr().out
+    one, two = (json.loads((tmp_path / n / "LaMP_2" / "dev_questions.json").read_text()) for n in ("phone1", "phone2"))
+    assert {q["user_id"] for q in one} == {"phone1-dev-u0000"} and {q["user_id"] for q in two} == {"phone2-dev-u0000"}
+    assert not {q["id"] for q in one} & {q["id"] for q in two}
+    assert all(p["id"].startswith("phone1-dev-u0000-p") for p in one[0]["profile"])
+    assert [q["input"] for q in one] == [q["input"] for q in two]  # only the ids changed
+    assert main(["data", "validate", str(tmp_path / "phone1")]) == 0
+    assert main(["data", "personas", "--out", str(tmp_path / "bad"), "--users", "1", "--user-prefix", "a/b"]) == 2
+    assert "user prefix 'a/b'" in capsys.readouterr().err

@@ -98,3 +98,24 @@ def test_supernode_with_trusted_entities_refuses_the_unsigned_local_app(tmp_path
     assert results["users"] == {"LaMP_2": 0, "LaMP_5": 0}
     # The ClientApp never ran: nothing was trained or stored on the device.
     assert not list(Path(node["storage-dir"]).rglob("adapter_model.safetensors"))
+
+
+def test_two_devices_with_the_same_user_ids_stop_the_run_before_any_record_leaves(tmp_path) -> None:
+    """Two devices built from the same personas (both ``dev-u0000``): the lab fails with the server's
+    reason and a hint, and neither device shared a record (issue 34)."""
+    from cdcda_fl.privacy.sent import summarize_sent
+    from deploy.lab import LabError, build_devices, deployment, prepare_cfg
+
+    cfg = prepare_cfg(load_config(CONFIG, [f"out-dir={tmp_path / 'out'}", "users=1", "node-wait=60"]))
+    device = build_devices(cfg, tmp_path / "devices")[0]
+    twin = {**device.node_config(), "storage-dir": str(tmp_path / "twin-storage")}
+    with pytest.raises(LabError) as err:
+        deployment(cfg, [device.node_config(), twin], work=tmp_path / "lab", timeout=300)
+    message = str(err.value)
+    first = message.splitlines()[0]
+    assert first.startswith("the server stopped the run: UsersRefused: every user was refused before any record "
+                            "was shared: LaMP_2/dev-u0000, LaMP_5/dev-u0000"), message
+    assert "--user-prefix" in first and "Traceback" not in message, message
+    for storage in (device.storage_dir, Path(twin["storage-dir"])):
+        sent = summarize_sent(storage)
+        assert sent["records"] == 0 and not sent["shares"] and sent["replies"] == 1, sent

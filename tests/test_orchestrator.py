@@ -295,3 +295,58 @@ def test_messages_carry_only_the_keys_their_device_side_reads(tmp_path: Path) ->
         for secret in ("cloud.example", "CLOUD_KEY", "server-secret"):
             assert secret not in text, (kind, secret)
         assert not any(k.startswith(("synthetic.", "sim.")) for k in sent)
+
+
+def _sharing_device(cfg: dict, hosted: list[str]) -> Node:
+    """A device that shares one record per hosted user when asked (``share`` true), else none."""
+    inner = fake_device(cfg, hosted)
+
+    def node(kind: str, payload: Mapping[str, Any]):
+        if kind != SHARE:
+            return inner(kind, payload)
+        shares = [{"user_id": k.split("/", 1)[1], "task": "LaMP_2", "records": [{"id": "r1", "tag": "comedy"}],
+                   "record_ids": ["r1"], "fields": ["id", "tag"], "n_shared": 1, "bytes": 0}
+                  for k in hosted] if payload.get("share", True) else []
+        return {"users": hosted, "shares": shares, "errors": []}
+    return node
+
+
+class _EmptyWriter:
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        pass
+
+    def run(self, shares) -> dict[str, list[dict]]:
+        return {user_key(s.task, s.user_id): [] for s in shares}
+
+
+def test_devices_holding_the_same_user_ids_stop_the_run_before_any_record_is_asked(tmp_path: Path) -> None:
+    """Two devices built with the same personas (both ``dev-u0000``): a clear error, nothing shared (issue 34)."""
+    cfg = _cfg(tmp_path, methods="base,cdcda")
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: _sharing_device(cfg, keys), 2: _sharing_device(cfg, keys)})
+    with pytest.raises(orchestrator.UsersRefused, match="claimed by several nodes.*--user-prefix"):
+        orchestrator.run_cdcda(transport, cfg, writer_factory=_EmptyWriter)
+    assert [p["share"] for _, kind, p in transport.sent if kind == SHARE] == [False, False]
+    assert not any(kind == PERSONALIZE for _, kind, _ in transport.sent)
+
+
+def test_a_node_claiming_another_nodes_user_shares_nothing_and_the_others_go_on(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, methods="base,cdcda")
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: _sharing_device(cfg, keys[:2]), 2: _sharing_device(cfg, keys[1:3]),
+                                 3: _sharing_device(cfg, keys[3:])})
+    results = orchestrator.run_cdcda(transport, cfg, writer_factory=_EmptyWriter)
+    asked = sorted(node for node, kind, p in transport.sent if kind == SHARE and p["share"])
+    assert asked == [3]  # nodes 1 and 2 both claim keys[1]: neither is asked for records
+    reasons = {(f["who"], f["reason"]) for f in results["failures"]}
+    assert (keys[1], "claimed by nodes 1 and 2: given to none") in reasons
+    assert ("node 1", "not asked for records: it claims a user another node also claims") in reasons
+    assert results["users"] == {"LaMP_2": 3}  # keys[0], keys[2] (no cloud data) and keys[3]
+
+
+def test_one_node_is_asked_once(tmp_path: Path) -> None:
+    """No announcement round when no other node can contest a user (one node: one message)."""
+    cfg = _cfg(tmp_path, methods="base,cdcda")
+    transport = MemoryTransport({1: _sharing_device(cfg, _keys(cfg))})
+    orchestrator.run_cdcda(transport, cfg, writer_factory=_EmptyWriter)
+    assert [p["share"] for _, kind, p in transport.sent if kind == SHARE] == [True]

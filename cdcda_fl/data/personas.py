@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -559,7 +560,7 @@ def _user_rng(task: str, split: str, seed: int, k: int) -> random.Random:
 
 def further_items(task: str, split: str, users: int, seed: int, n_items: int, *,
                   profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
-                  queries_per_user: int = 8) -> dict[str, list[Record]]:
+                  queries_per_user: int = 8, user_prefix: str = "") -> dict[str, list[Record]]:
     """``n_items`` further profile items per user, from the same latent traits (for the oracle writer).
 
     How: each generator draws the user's traits, then profile items, then query items, all from
@@ -572,7 +573,7 @@ def further_items(task: str, split: str, users: int, seed: int, n_items: int, *,
     out: dict[str, list[Record]] = {}
     for k in range(users):
         r = _user_rng(spec.name, split, seed, k)
-        uid = f"{split}-u{k:04d}"
+        uid = f"{user_prefix}{split}-u{k:04d}"
         n_profile = draw_profile_size(r, *profile_size)
         state = r.getstate()
         _, profile, queries = GENERATORS[spec.name](r, uid, n_profile, queries_per_user)
@@ -587,42 +588,52 @@ def further_items(task: str, split: str, users: int, seed: int, n_items: int, *,
 
 def make_task_split(task: str, split: str, users: int, seed: int, *,
                     profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
-                    queries_per_user: int = 8) -> tuple[list[Record], list[tuple[str, str]]]:
+                    queries_per_user: int = 8, user_prefix: str = "") -> tuple[list[Record], list[tuple[str, str]]]:
     """Questions (time-based layout: one entry per query with ``user_id``) and golds for one split.
 
     ``profile_size`` is the (smallest, largest) profile; sizes in between are skewed to the small end
     (:func:`draw_profile_size`). Every user has exactly ``queries_per_user`` held-out queries.
+    ``user_prefix`` goes in front of every user, record and query id (the texts do not change): two
+    devices that each write their own personas need distinct ids, or the server gives a user
+    claimed by both to neither (cdcda_fl/node_guard.py).
     """
+    check_user_prefix(user_prefix)
     spec = get_task(task)
     questions: list[Record] = []
     golds: list[tuple[str, str]] = []
     task_no = spec.name.split("_")[1]
     for k in range(users):
         r = _user_rng(spec.name, split, seed, k)
-        uid = f"{split}-u{k:04d}"
+        uid = f"{user_prefix}{split}-u{k:04d}"
         n_profile = draw_profile_size(r, *profile_size)
         _, profile, queries = GENERATORS[spec.name](r, uid, n_profile, queries_per_user)
         for q, (text, gold) in enumerate(queries):
-            qid = f"{task_no}{split[0]}{k:04d}{q:02d}"
+            qid = f"{user_prefix}{task_no}{split[0]}{k:04d}{q:02d}"
             questions.append({"id": qid, "input": text, "profile": profile, "user_id": uid})
             golds.append((qid, gold))
     return questions, golds
 
 
+def check_user_prefix(prefix: str) -> str:
+    """A prefix for ids: letters, digits, ``.``, ``_``, ``-`` only (a user id may not hold a path separator)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix) or len(prefix) > 64:
+        raise ValueError(f"user prefix {prefix[:70]!r}: use at most 64 letters, digits, '.', '_' or '-'")
+    return prefix
+
+
 def write_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = TASK_NAMES, seed: int = 0,
                    splits: Sequence[str] = ("train", "dev"), profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE,
-                   queries_per_user: int = 8, oracle_items: int = ORACLE_ITEMS) -> list[Path]:
+                   queries_per_user: int = 8, user_prefix: str = "", oracle_items: int = ORACLE_ITEMS) -> list[Path]:
     """Write ``OUT/LaMP_k/{split}_questions.json`` and ``{split}_outputs.json`` for each task and split,
     and ``{split}_oracle.json`` (``oracle_items`` further items per user, 0 = none) for the
     simulation-only reference writers (cdcda_fl/data/oracle_items.py)."""
-
     out = Path(out_dir)
     written = []
     for task in tasks:
         spec = get_task(task)
         for split in splits:
             questions, golds = make_task_split(spec.name, split, users, seed, profile_size=profile_size,
-                                               queries_per_user=queries_per_user)
+                                               queries_per_user=queries_per_user, user_prefix=user_prefix)
             qpath = out / spec.name / f"{split}_questions.json"
             opath = out / spec.name / f"{split}_outputs.json"
             write_questions(qpath, questions)
@@ -630,6 +641,6 @@ def write_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = TA
             written += [qpath, opath]
             if oracle_items > 0:
                 extra = further_items(spec.name, split, users, seed, oracle_items, profile_size=profile_size,
-                                      queries_per_user=queries_per_user)
+                                      queries_per_user=queries_per_user, user_prefix=user_prefix)
                 written.append(write_oracle_items(oracle_path(out, spec.name, split), spec.name, split, extra))
     return written

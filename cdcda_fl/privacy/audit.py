@@ -214,8 +214,14 @@ def _cmd_canaries(args) -> int:
     return 0
 
 
+def _cmd_sent(args) -> int:
+    from cdcda_fl.privacy.sent import cmd_sent
+
+    return cmd_sent(args.paths, args.json)
+
+
 def register(sub) -> None:
-    """`cdcda audit canaries`: the Secret Sharer exposure audit, with and without DP."""
+    """`cdcda audit canaries`: the Secret Sharer exposure audit, with and without DP; `cdcda audit sent`."""
     audit = sub.add_parser("audit", help="empirical privacy audits of the private adapters")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="AUDIT")
     can = audit_sub.add_parser(
@@ -231,3 +237,7 @@ def register(sub) -> None:
     can.add_argument("--candidates", type=int, default=128, help="R: candidates per canary incl. itself (default 128)")
     can.add_argument("--repeats", type=int, default=1, help="copies of each canary in the profile (default 1)")
     can.set_defaults(func=_cmd_canaries)
+    sent = audit_sub.add_parser("sent", help="what a device sent, from its own audit log (records, bytes, results)")
+    sent.add_argument("paths", nargs="+", metavar="PATH", help="a device's storage dir or its audit.jsonl")
+    sent.add_argument("--json", action="store_true", help="one JSON list instead of text")
+    sent.set_defaults(func=_cmd_sent)
