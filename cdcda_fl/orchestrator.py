@@ -33,10 +33,11 @@ from cdcda_fl.device.schedule import schedule_name
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
 from cdcda_fl.edge.runtime import check_runtime
-from cdcda_fl.node_guard import NodeGuard, Refused
+from cdcda_fl.node_guard import NodeGuard, Refused, node_text
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
-from cdcda_fl.runs import ResultStore, aggregate, check_run_data, prepare_run_dir, user_key
+from cdcda_fl.aggregate import aggregate
+from cdcda_fl.runs import ResultStore, check_run_data, prepare_run_dir, user_key
 
 SHARE = "share"
 PERSONALIZE = "personalize"
@@ -275,11 +276,12 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
     """Ask every node for its users and consented records; returns (user -> node, user -> share)."""
     guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
     raw_shares: list[tuple[int, Any]] = []
+    raw_errors: list[tuple[int, Any]] = []
 
     def on_share(reply: Reply) -> None:
         node = reply.node
         if reply.body is None:
-            store.record_failure(f"node {node}", reply.error, phase="share")
+            store.record_failure(f"node {node}", node_text(reply.error), phase="share")
             return
         try:
             body = reply.body
@@ -289,10 +291,7 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
             return
         for who, reason in guard.announce(node, users):
             store.record_failure(who, reason, phase="share", node=node)
-        for err in errors:
-            who = err.get("user") if isinstance(err, dict) else None
-            store.record_failure(str(who)[:160] if who else f"node {node}", str(err.get("reason", ""))[:500]
-                                 if isinstance(err, dict) else "malformed error", phase="share", node=node)
+        raw_errors.append((node, errors))
         raw_shares.extend((node, raw) for raw in node_shares)
 
     lost = exchange(transport, [(n, {"share": wants_cloud_data}) for n in nodes], SHARE, cfg, timeout, on_share,
@@ -300,8 +299,11 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
     for node in lost:
         store.record_failure(f"node {node}", "no reply before timeout", phase="share")
 
-    # Shares are accepted only once every announcement is in: a user claimed by two nodes is
-    # then known to be contested, whichever reply came first.
+    # Shares (and errors naming users) are accepted only once every announcement is in: a user
+    # claimed by two nodes is then known to be contested, whichever reply came first.
+    for node, errors in raw_errors:
+        for who, reason in guard.share_failures(node, errors):
+            store.record_failure(who, reason, phase="share", node=node)
     shares: dict[str, SharedRecords] = {}
     audit = _audit_log(cfg)
     for node, raw in raw_shares:
@@ -337,7 +339,7 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
         expected, seen = set(by_node[node]), set()
         if reply.body is None:
             for u in by_node[node]:
-                store.record_failure(u, reply.error, phase="personalize", node=node)
+                store.record_failure(u, node_text(reply.error), phase="personalize", node=node)
             return len(expected)
         try:
             results = list(reply.body["results"])
@@ -349,7 +351,7 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
             except Refused as exc:
                 if isinstance(result, dict) and "error" in result:  # a node-wide error (user "*")
                     for u in expected - seen:
-                        store.record_failure(u, str(result["error"])[:500], phase="personalize", node=node)
+                        store.record_failure(u, node_text(result["error"]), phase="personalize", node=node)
                     seen.update(expected)
                 else:
                     store.record_failure(f"node {node}", str(exc), phase="personalize", node=node)
@@ -358,7 +360,7 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
             audit.record_payload("result", str(result.get("user_id")), str(result.get("task")), result,
                                  destination="server", request="personalize", report=result.get("report", "error"))
             if "error" in result:
-                store.record_failure(key, str(result["error"])[:500], phase="personalize", node=node)
+                store.record_failure(key, node_text(result["error"]), phase="personalize", node=node)
             else:
                 result = {k: v for k, v in result.items() if k != "cloud"}  # the cloud's part is the server's
                 if key in cloud_info:
