@@ -15,7 +15,8 @@ Layout of ``out-dir``::
                            cloud accounting, device decision and metrics; ``cloud``: their sums per task)
 
 Results are written per user as they arrive, so the server holds no per-user state beyond what
-the final report needs, and an interrupted run resumes where it stopped.
+the final report needs, and an interrupted run resumes where it stopped. Nothing the run writes
+may be a symbolic link (:func:`check_run_dir`, ``ResultStore.path``; appends use ``O_NOFOLLOW``).
 """
 
 from __future__ import annotations
