@@ -45,7 +45,8 @@ class Refused(ValueError):
 
 def node_text(value: Any, limit: int = MAX_NODE_TEXT) -> str:
     """Text from a node made safe to store and print: control, format (bidi, zero-width) and
-    unassigned characters dropped, whitespace runs made one space, at most ``limit`` characters.
+    unassigned characters dropped, whitespace runs made one space, at most ``limit`` characters
+    (a longer text keeps its start and its end, where Flower's error replies put the message).
 
     Why: ``failures.jsonl`` lines and the console's failure list quote what nodes sent; a node
     must not be able to forge extra lines, hide text or drive the terminal with escape codes.
@@ -54,7 +55,11 @@ def node_text(value: Any, limit: int = MAX_NODE_TEXT) -> str:
 
     text = "".join(" " if c.isspace() else c for c in str(value)
                    if c.isspace() or unicodedata.category(c)[0] != "C")
-    return " ".join(text.split())[:limit]
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return f"{text[:head]} … {text[len(text) - (limit - head - 3):]}"
 
 
 def _check_id_map(value: Any, what: str, key: str) -> None:

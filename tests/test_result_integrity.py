@@ -74,8 +74,9 @@ def test_the_table_counts_only_users_whose_metrics_it_shows(tmp_path: Path) -> N
 
 
 def test_node_text_and_share_failures_are_sanitized() -> None:
-    assert node_text("ok\x1b[2J\u202eevil\nline\r\n{\"who\": \"x\"}" + "a" * 1000) .startswith('ok[2Jevil line {"who": "x"}')
-    assert len(node_text("a" * 1000)) == 300
+    assert node_text("ok\x1b[2J\u202eevil\nline\r\n{\"who\": \"x\"}") == 'ok[2Jevil line {"who": "x"}'
+    long = node_text("start " + "a" * 1000 + " Message: injected crash")
+    assert len(long) == 300 and long.startswith("start ") and long.endswith("Message: injected crash")
     guard = NodeGuard()
     guard.announce(1, ["LaMP_2/alice"])
     guard.announce(2, ["LaMP_2/mallory"])
