@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdcda_fl.data.tasks import get_task
     from cdcda_fl.device.personalize import personalize_users
     from cdcda_fl.device.synthetic_store import load_synthetic_log
-    from cdcda_fl.device_node import hosted_users, storage_dir
+    from cdcda_fl.device_node import SIMULATED, hosted_users, storage_dir
     from cdcda_fl.metrics import primary_metric, score
 
     results = json.loads((args.run / "config.json").read_text())
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     cfg = {**cfg, "device.runtime": "llamacpp", "methods": ",".join(methods)}
     torch.set_num_threads(args.threads)
-    node = {"partition-id": 0, "num-partitions": 1}
+    node = {"partition-id": 0, "num-partitions": 1, SIMULATED: True}  # the simulated run's node 0
     storage = storage_dir(node, cfg)
     users = hosted_users(node, cfg)
     jobs = []

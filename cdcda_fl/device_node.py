@@ -13,11 +13,16 @@ stricter. No policy file = share nothing. Every reply is appended to the device'
 full text goes to the device's ``errors.jsonl``).
 
 Which users a node serves comes from its ``node_config``:
-- simulation: ``partition-id`` p of ``num-partitions`` N serves users p, p+N, … of the run's user
-  list (one user per node when N equals the number of users);
+- simulation (``SIMULATED`` set, which only the Flower adapter ``clients/device.py`` does, for the
+  nodes Flower's simulation engine runs): ``partition-id`` p of ``num-partitions`` N serves users
+  p, p+N, … of the run's user list (one user per node when N equals the number of users);
 - real device: ``data-dir`` (the device's own LaMP files), optional ``user-id`` to serve one user
   of them, optional ``storage-dir`` for the private adapters (and its audit log), optional
   ``consent-file`` (default ``<data-dir>/consent.toml``).
+A node that is neither refuses every message (:class:`NodeNotConfigured`): before 2026-12 a
+SuperNode without ``data-dir`` ran as a simulated device, reading consent from a folder the server
+named and reporting at ``predictions`` level (issue 29.3). Fault drills (``debug.crash-users``)
+run only on simulated nodes (issue 29.12).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import append_text, private_dir
 from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
@@ -94,9 +100,26 @@ def storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Pa
     return Path(str(cfg["out-dir"])) / "devices"
 
 
+SIMULATED = "cdcda-simulated"  # node-config key set only by clients/device.py, for simulation-engine nodes
+
+
+class NodeNotConfigured(RuntimeError):
+    """A SuperNode without its own ``data-dir`` that is not a simulated node: it refuses to run."""
+
+
 def is_real_device(node_config: Mapping[str, Any]) -> bool:
-    """A SuperNode with its own files (``data-dir`` in its node config), not a simulated user."""
-    return "data-dir" in node_config
+    """True for a SuperNode with its own files (``data-dir``), False for a simulated node.
+
+    Why explicit: a real node must never fall back to simulation (server-named folders, the
+    simulation's report level). Neither marker raises :class:`NodeNotConfigured`.
+    """
+    if "data-dir" in node_config:
+        return True
+    if node_config.get(SIMULATED) is True:
+        return False
+    raise NodeNotConfigured(
+        "this SuperNode has no data-dir in its node config, so it refuses to run: a real device serves "
+        "only its own files (flower-supernode --node-config 'data-dir=\"/path/to/lamp\" user-id=\"...\"')")
 
 
 def device_home(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
@@ -105,9 +128,10 @@ def device_home(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Pa
     Real device: its ``storage-dir``, else ``<data-dir>/.cdcda`` -- never a path from the server.
     Simulation: the run's ``devices/`` folder, the simulated devices' shared disk.
     """
+    real = is_real_device(node_config)  # first: an unconfigured node refuses, whatever else it names
     if "storage-dir" in node_config:
         return Path(str(node_config["storage-dir"]))
-    if is_real_device(node_config):
+    if real:
         return Path(str(node_config["data-dir"])) / ".cdcda"
     return Path(str(cfg["out-dir"])) / "devices"
 
@@ -128,12 +152,11 @@ def _own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> De
 
 
 def _log_error(home: Path, where: str, exc: BaseException) -> None:
-    """The full error stays on the device (its owner may read it; the server gets a code)."""
+    """The full error stays on the device (its owner may read it; the server gets a code), in a
+    0600 file of a 0700 home: the text can quote private values."""
     line = {"time": time.time(), "where": where, "error": f"{type(exc).__name__}: {exc}"}
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        with (home / "errors.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        append_text(private_dir(home) / "errors.jsonl", json.dumps(line, ensure_ascii=False) + "\n", private=True)
     except OSError:  # an unwritable home must not turn into a reply that names its path
         print(f"cdcda device error ({where}): {line['error']}", file=sys.stderr)
 
@@ -142,25 +165,43 @@ class InjectedCrash(RuntimeError):
     """``debug.crash-users``: the ClientApp fails as a crashing device would (Flower reports it)."""
 
 
-def _crash_check(users: list[User], cfg: Mapping[str, Scalar]) -> None:
-    """Fault injection for tests and drills: the whole ClientApp fails for these users."""
+def _crash_check(users: list[User], cfg: Mapping[str, Scalar], node_config: Mapping[str, Any],
+                 home: Path) -> None:
+    """Fault injection for tests and drills: the whole ClientApp fails for these users.
+
+    Simulation only: on a real device the server's request is ignored and noted in the device's
+    own error log (a server must not be able to crash its owners' devices). A simulated crash is
+    audited before it is raised, since Flower's error reply carries its text to the server.
+    """
     crash = set(csv_list(cfg["debug.crash-users"]))
     hit = [u.user_id for u in users if u.user_id in crash]
-    if hit:
-        raise InjectedCrash(f"injected crash (debug.crash-users) for {hit}")
+    if not hit:
+        return
+    if is_real_device(node_config):
+        _log_error(home, "debug.crash-users", UserWarning(f"the server asked this real device to crash for {hit}: "
+                                                           "ignored (drills run only in simulation)"))
+        return
+    message = f"injected crash (debug.crash-users) for {hit}"
+    AuditLog(home / "audit.jsonl").record_payload("crash-drill", ",".join(hit), "*", {"error": message},
+                                                  destination="server", request="personalize")
+    raise InjectedCrash(message)
 
 
 def _home_or_default(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None) -> Path:
+    """The device's home, else (unconfigured node, no run config) its own ``storage-dir`` or
+    ``./.cdcda-device``: never a folder the server named."""
     try:
         return device_home(node_config, cfg if cfg is not None else {})
     except Exception:  # noqa: BLE001 - no usable home: still reply (and audit) somewhere
-        return Path(".cdcda-device")
+        return Path(str(node_config.get("storage-dir") or ".cdcda-device"))
 
 
 def error_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None,
                 exc: BaseException) -> dict[str, Any]:
     """The payload of a node that failed as a whole: the full error on the device, a code in the reply."""
     _log_error(_home_or_default(node_config, cfg), kind, exc)
+    if isinstance(exc, NodeNotConfigured):  # its operator must see why on the node's console
+        print(f"cdcda device: {exc}", file=sys.stderr)
     if kind == "share":
         return {"users": [], "shares": [], "errors": [{"user": "*", "reason": generic_error(exc)}]}
     return {"results": [{"user_id": "*", "task": "*", "error": generic_error(exc)}]}
@@ -180,7 +221,7 @@ def audit_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Sca
     """
     home = _home_or_default(node_config, cfg)
     try:
-        AuditLog(home / "audit.jsonl").record_payload("reply", "*", "*", payload, destination="server",
+        AuditLog(private_dir(home) / "audit.jsonl").record_payload("reply", "*", "*", payload, destination="server",
                                                       request=kind)
     except Exception as exc:  # noqa: BLE001 - see above
         _log_error(home, f"audit {kind} reply", exc)
@@ -203,8 +244,8 @@ def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any]
 
 def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Mapping[str, Any]) -> dict[str, Any]:
     """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
-    home = device_home(node_config, cfg)
     try:
+        home = private_dir(device_home(node_config, cfg))
         users = hosted_users(node_config, cfg)
         own = _own_policy(node_config, cfg)
         ceiling = ConsentPolicy.ceiling_from_config(cfg)
@@ -231,15 +272,15 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
 def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
                 request: Mapping[str, Any]) -> dict[str, Any]:
     """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
-    home = device_home(node_config, cfg)
-    real = is_real_device(node_config)
     targets: dict[str, list[dict[str, Any]]] = request["synthetic"]
     try:
+        real = is_real_device(node_config)
+        home = private_dir(device_home(node_config, cfg))
         users = [u for u in hosted_users(node_config, cfg) if user_key(u.task, u.user_id) in targets]
         own = _own_policy(node_config, cfg)
     except Exception as exc:
         return error_reply("personalize", node_config, cfg, exc)
-    _crash_check(users, cfg)
+    _crash_check(users, cfg, node_config, home)
     audit = AuditLog(home / "audit.jsonl")
     results = []
     jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in users]

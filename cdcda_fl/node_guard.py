@@ -14,7 +14,12 @@ Rules (docs/privacy.md, "What the server accepts from a node"):
   nodes is given to neither (the server cannot tell which is genuine, and giving the synthetic
   set to the wrong one would leak it);
 - each user shares once and reports one result per personalize request, only for users that
-  request named; share replies are bounded in users, records and bytes.
+  request named; share replies are bounded in users, records and bytes;
+- a result's golds and predictions are id -> text maps of bounded size (the report keys them by
+  ``(task, user, query)``, so they can only ever speak for the result's own user: ``aggregate.py``);
+- text a node sends that the server stores or prints (error reasons, who failed) goes through
+  :func:`node_text` (no control, format or bidi characters, bounded), and a node's error may name
+  only a user that node holds.
 
 Pure Python with no Flower import, so it is unit-tested without a Grid.
 """
@@ -29,10 +34,56 @@ MAX_USER_ID = 128
 MAX_USERS_PER_NODE = 10_000
 MAX_RECORDS_PER_USER = 10_000
 MAX_SHARE_BYTES_PER_USER = 16 * 1024 * 1024
+MAX_QUERIES_PER_USER = 10_000
+MAX_QUERY_ID = 256
+MAX_NODE_TEXT = 300
 
 
 class Refused(ValueError):
     """A reply field the server will not act on; the message names user/node, never private text."""
+
+
+def node_text(value: Any, limit: int = MAX_NODE_TEXT) -> str:
+    """Text from a node made safe to store and print: control, format (bidi, zero-width) and
+    unassigned characters dropped, whitespace runs made one space, at most ``limit`` characters
+    (a longer text keeps its start and its end, where Flower's error replies put the message).
+
+    Why: ``failures.jsonl`` lines and the console's failure list quote what nodes sent; a node
+    must not be able to forge extra lines, hide text or drive the terminal with escape codes.
+    """
+    import unicodedata
+
+    text = "".join(" " if c.isspace() else c for c in str(value)
+                   if c.isspace() or unicodedata.category(c)[0] != "C")
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return f"{text[:head]} … {text[len(text) - (limit - head - 3):]}"
+
+
+def _check_id_map(value: Any, what: str, key: str) -> None:
+    """An id -> text map from a result (golds or predictions), or :class:`Refused`."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or len(value) > MAX_QUERIES_PER_USER:
+        raise Refused(f"{key[:80]}: {what} must be a map of at most {MAX_QUERIES_PER_USER} query ids")
+    for qid, text in value.items():
+        if not isinstance(qid, str) or not qid or len(qid) > MAX_QUERY_ID or not qid.isprintable() \
+                or not isinstance(text, str):
+            raise Refused(f"{key[:80]}: malformed {what} entry {str(qid)[:40]!r}")
+
+
+def check_result_body(key: str, result: Mapping[str, Any]) -> None:
+    """The shapes the report relies on: golds and per-method predictions as bounded id -> text maps."""
+    _check_id_map(result.get("golds"), "golds", key)
+    methods = result.get("methods", {})
+    if not isinstance(methods, Mapping):
+        raise Refused(f"{key[:80]}: methods must be a map")
+    for name, entry in methods.items():
+        if not isinstance(entry, Mapping):
+            raise Refused(f"{key[:80]}: method {str(name)[:40]!r} is not a map")
+        _check_id_map(entry.get("predictions"), f"{str(name)[:40]} predictions", key)
 
 
 def check_user_key(key: Any) -> tuple[str, str]:
@@ -126,5 +177,20 @@ class NodeGuard:
             raise Refused(f"node {node} reported a result for {key[:80]}, a user it was not asked about")
         if key in seen:
             raise Refused(f"node {node} reported {key[:80]} twice")
+        if "error" not in result:
+            check_result_body(key, result)
         seen.add(key)
         return key
+
+    def share_failures(self, node: int, errors: Any) -> list[tuple[str, str]]:
+        """``(who, reason)`` for ``failures.jsonl`` from a node's share-reply errors, once every
+        announcement is in: ``who`` is a user this node holds, else ``node N``; the reason is
+        :func:`node_text`; at most one line per held user plus one for the node."""
+        held = {k for k, n in self._owner.items() if n == node}
+        out: dict[str, str] = {}
+        for err in errors if isinstance(errors, list) else [errors]:
+            who = err.get("user") if isinstance(err, Mapping) else None
+            who = who if isinstance(who, str) and who in held else f"node {node}"
+            reason = node_text(err.get("reason", "")) if isinstance(err, Mapping) else "malformed error"
+            out.setdefault(who, reason or "no reason given")
+        return list(out.items())

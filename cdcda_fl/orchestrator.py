@@ -34,10 +34,11 @@ from cdcda_fl.device.schedule import schedule_name
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
 from cdcda_fl.edge.runtime import check_runtime
-from cdcda_fl.node_guard import NodeGuard, Refused
+from cdcda_fl.node_guard import NodeGuard, Refused, node_text
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
-from cdcda_fl.runs import ResultStore, aggregate, check_run_data, data_dir_of, prepare_run_dir, user_key
+from cdcda_fl.aggregate import aggregate
+from cdcda_fl.runs import ResultStore, check_run_data, data_dir_of, prepare_run_dir, user_key
 
 SHARE = "share"
 PERSONALIZE = "personalize"
@@ -315,14 +316,14 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
     """
     guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
     claims: dict[int, list[Any]] = {}
-    seen_errors: set[tuple[int, str, str]] = set()
     raw_shares: list[tuple[int, Any]] = []
+    raw_errors: list[tuple[int, Any]] = []
     two_step = wants_cloud_data and len(nodes) > 1
 
     def on_reply(reply: Reply, announce: bool) -> None:
         node = reply.node
         if reply.body is None:
-            store.record_failure(f"node {node}", reply.error, phase="share")
+            store.record_failure(f"node {node}", node_text(reply.error), phase="share")
             return
         try:
             body = reply.body
@@ -334,7 +335,7 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
             claims[node] = users
             for who, reason in guard.announce(node, users):
                 store.record_failure(who, reason, phase="share", node=node)
-        _record_share_errors(store, node, errors, seen_errors)
+        raw_errors.append((node, errors))
         if not (two_step and announce):  # an announcement's records (a misbehaving node's) are ignored
             raw_shares.extend((node, raw) for raw in node_shares)
 
@@ -350,8 +351,14 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
         for node in lost:
             store.record_failure(f"node {node}", "no reply before timeout", phase="share")
 
-    # Shares are accepted only once every announcement is in: a user claimed by two nodes is
-    # then known to be contested, whichever reply came first.
+    # Shares (and errors naming users) are accepted only once every announcement is in: a user
+    # claimed by two nodes is then known to be contested, whichever reply came first.
+    seen_errors: set[tuple[int, str, str]] = set()  # a node-wide error repeats in both steps: file it once
+    for node, errors in raw_errors:
+        for who, reason in guard.share_failures(node, errors):
+            if (node, who, reason) not in seen_errors:
+                seen_errors.add((node, who, reason))
+                store.record_failure(who, reason, phase="share", node=node)
     shares: dict[str, SharedRecords] = {}
     audit = _audit_log(cfg)
     for node, raw in raw_shares:
@@ -365,17 +372,6 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
         shares[key] = shared
         audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
     return guard.owner_map(), shares
-
-
-def _record_share_errors(store: ResultStore, node: int, errors: list[Any], seen: set[tuple[int, str, str]]) -> None:
-    """A node's reported share errors as failures, each once (a node-wide error repeats in both steps)."""
-    for err in errors:
-        who = err.get("user") if isinstance(err, dict) else None
-        who = str(who)[:160] if who else f"node {node}"
-        reason = str(err.get("reason", ""))[:500] if isinstance(err, dict) else "malformed error"
-        if (node, who, reason) not in seen:
-            seen.add((node, who, reason))
-            store.record_failure(who, reason, phase="share", node=node)
 
 
 def _stop_if_every_user_refused(guard: NodeGuard) -> None:
@@ -421,7 +417,7 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
         expected, seen = set(by_node[node]), set()
         if reply.body is None:
             for u in by_node[node]:
-                store.record_failure(u, reply.error, phase="personalize", node=node)
+                store.record_failure(u, node_text(reply.error), phase="personalize", node=node)
             return len(expected)
         try:
             results = list(reply.body["results"])
@@ -433,7 +429,7 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
             except Refused as exc:
                 if isinstance(result, dict) and "error" in result:  # a node-wide error (user "*")
                     for u in expected - seen:
-                        store.record_failure(u, str(result["error"])[:500], phase="personalize", node=node)
+                        store.record_failure(u, node_text(result["error"]), phase="personalize", node=node)
                     seen.update(expected)
                 else:
                     store.record_failure(f"node {node}", str(exc), phase="personalize", node=node)
@@ -442,7 +438,7 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
             audit.record_payload("result", str(result.get("user_id")), str(result.get("task")), result,
                                  destination="server", request="personalize", report=result.get("report", "error"))
             if "error" in result:
-                store.record_failure(key, str(result["error"])[:500], phase="personalize", node=node)
+                store.record_failure(key, node_text(result["error"]), phase="personalize", node=node)
             else:
                 result = {k: v for k, v in result.items() if k != "cloud"}  # the cloud's part is the server's
                 if key in cloud_info:

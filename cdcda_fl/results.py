@@ -182,6 +182,17 @@ def interval_note(results: Mapping[str, Any]) -> str:
     return text
 
 
+def users_cell(row: Mapping[str, Any]) -> str:
+    """'1 (+1 lower)': the users whose metrics the row shows, and those who finished but reported
+    at a level that carries none (so a row never counts users it has no metrics from)."""
+    lower = int(row.get("n_users_lower") or 0)
+    return f"{row['n_users']}" + (f" (+{lower} lower)" if lower else "")
+
+
+LOWER_NOTE = ("(+N lower): N more users finished but reported at a level without metrics "
+              "(eval.report or the owner's report = none); they are not in the row's values.")
+
+
 def print_table(results: Mapping[str, Any], console: Console | None = None) -> None:
     """Task × method, every metric of the task, best value per task/metric in bold.
 
@@ -241,7 +252,7 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
             cells = [f"[red]{outage_text(cloud_block(results, r['task']))}[/red]" if j == 0 else ""
                      for j in range(len(metric_names))]
         table.add_row(r["task"] if first else "", label, *cells,
-                      str(r["n_users"]), "" if eps is None else ("∞" if eps == float("inf") else f"{eps:.2f}"),
+                      users_cell(r), "" if eps is None else ("∞" if eps == float("inf") else f"{eps:.2f}"),
                       f"{r['n_synthetic']:.1f}" if r["method"] == "cdcda" else "", "")
         last_of_task = i == len(ordered) - 1 or ordered[i + 1]["task"] != r["task"]
         block = comparison(results, r["task"]) if last_of_task and r["task"] not in outages else None
@@ -250,6 +261,8 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
             table.add_row("", f"[italic]{GAIN_LABEL}[/italic]", *gain_cells, str(block["n_users"]), "", "",
                           f"{wtl_text(block)} ({block['verdict']})", end_section=True)
     console.print(table)
+    if any(r.get("n_users_lower") for r in rows):
+        console.print(LOWER_NOTE, markup=False, highlight=False)
     note = interval_note(results)
     if note:
         console.print(note, markup=False, highlight=False)  # "[lo, hi]" is text, not a style tag
@@ -269,8 +282,8 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
                       f"({problem['error']}: {problem['detail'][:200]})", markup=True, highlight=False)
     if results.get("failures"):
         console.print(f"[red]{len(results['failures'])} failure(s)[/red] (see failures.jsonl):")
-        for f in results["failures"][:10]:
-            console.print(f"  {f['who']}: {f['reason'][:200]}")
+        for f in results["failures"][:10]:  # text from nodes: never read as Rich markup
+            console.print(f"  {f['who']}: {f['reason'][:200]}", markup=False, highlight=False)
 
 
 def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
@@ -352,10 +365,10 @@ def paper_table(results: Mapping[str, Any]) -> str:
             if v is not None and m != "cloud" and v == best:
                 text = f"**{text}**"
             cells.append(text)
-        n_users = max((r["n_users"] for r in rows if r["task"] == task), default=0)
+        widest = max((r for r in rows if r["task"] == task), key=lambda r: r["n_users"])
         title = get_task(task).title
         lines.append(f"| {task.replace('_', '-')} ({title}) | {metric} {'↓' if lower else '↑'} | "
-                     + " | ".join(cells) + f" | {n_users} |")
+                     + " | ".join(cells) + f" | {users_cell(widest)} |")
         eps_values += [float(r["epsilon"]) for r in rows if r["task"] == task and r.get("epsilon") is not None]
     if cloud_vs_device(results) in ("same", "smaller"):
         lines[0] = lines[0].replace(PAPER_LABELS["cloud"], "Cloud model (not an upper bound) †")
@@ -363,6 +376,8 @@ def paper_table(results: Mapping[str, Any]) -> str:
              "↑/↓: higher/lower is better."]
     if eps_values:
         notes.append(f"Local LoRA and CDCDA trained with DP-SGD, ε ≤ {max(eps_values):.2f} per user.")
+    if any(r.get("n_users_lower") for r in rows):
+        notes.append(LOWER_NOTE)
     gains = gain_table(results, tasks)
     note = interval_note(results)
     budgets = [t for t in (steps_text(results, task) for task in tasks) if t]

@@ -11,34 +11,29 @@ Layout of ``out-dir``::
     devices/synthetic/<task>/<user>.json   what a simulated device received, kept and dropped of the
                            cloud's records, and its decision (device/synthetic_store.py; never uploaded)
     predictions/<task>/<method>_outputs.json   LaMP-format predictions
-    results.json, summary.csv, plots/*.png       the report (results.json ``per_user``: each user's
+    results.json, summary.csv, plots/*.png       the report (cdcda_fl/aggregate.py; ``per_user``: each user's
                            cloud accounting, device decision and metrics; ``cloud``: their sums per task)
 
 Results are written per user as they arrive, so the server holds no per-user state beyond what
-the final report needs, and an interrupted run resumes where it stopped.
+the final report needs, and an interrupted run resumes where it stopped. Nothing the run writes
+may be a symbolic link (:func:`check_run_dir`, ``ResultStore.path``; appends use ``O_NOFOLLOW``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 import platform
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import safe_filename, write_text_atomic
-from cdcda_fl.config import Scalar, csv_list
+from cdcda_fl.atomic import UnsafePathError, append_text, refuse_symlinks, safe_filename
+from cdcda_fl.config import Scalar
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
-from cdcda_fl.data.lamp import User, write_json_atomic, write_outputs
+from cdcda_fl.data.lamp import User, write_json_atomic
 from cdcda_fl.data.tasks import parse_task_list
-from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
-from cdcda_fl.stats import task_intervals
 
 VERSIONED_PACKAGES = ("cdcda-fl", "torch", "transformers", "peft", "flwr", "ray", "opacus", "bitsandbytes",
                       "datasets", "bm25s", "rouge-score", "gguf")
@@ -73,6 +68,7 @@ def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     cfg = dict(cfg)
     out = Path(str(cfg["out-dir"])).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out)
     cfg["out-dir"] = str(out)
     if cfg["data-dir"]:
         cfg["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
@@ -88,6 +84,24 @@ def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     write_json_atomic(out / "config.json", {"config": cfg, "versions": package_versions(),
                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return cfg
+
+
+# What a run writes inside its out-dir; none of it may be a symbolic link (issue 29.10).
+RUN_ENTRIES = ("users", "predictions", "plots", "devices", "audit.jsonl", "failures.jsonl", "results.json",
+               "summary.csv", "table.md", "config.json")
+
+
+def check_run_dir(out: Path | str) -> None:
+    """Refuse a run dir in which something the run writes is a symbolic link (UnsafePathError).
+
+    Why: a planted ``users`` link put every result outside the run dir; a ``failures.jsonl`` link
+    made the server append to a file of the attacker's choosing.
+    """
+    out = Path(out)
+    for name in RUN_ENTRIES:
+        if (out / name).is_symlink():
+            raise UnsafePathError(f"{out / name} is a symbolic link: a run's files and folders must be real ones "
+                                  f"inside its out-dir (remove the link)")
 
 
 def write_simulated_consent(out: Path, cfg: Mapping[str, Scalar]) -> Path:
@@ -195,10 +209,10 @@ class ResultStore:
 
         if str(task) not in TASKS:
             raise ValueError(f"unknown task {str(task)[:40]!r} in a result")
-        path = self.root / "users" / str(task) / f"{_safe(str(user_id))}.json"
+        path = refuse_symlinks(self.root, self.root / "users" / str(task) / f"{_safe(str(user_id))}.json")
         if not path.resolve().is_relative_to((self.root / "users").resolve()):
             raise ValueError(f"result path for user {str(user_id)[:40]!r} leaves the run directory")
-        return path
+        return path  # (a linked users/ or users/<task>/ was refused above, not followed)
 
     def done(self, task: str, user_id: str) -> bool:
         return self.path(task, user_id).is_file()
@@ -207,11 +221,9 @@ class ResultStore:
         write_json_atomic(self.path(result["task"], result["user_id"]), dict(result), indent=None)
 
     def record_failure(self, who: str, reason: str, **extra: Any) -> None:
+        """One line of ``failures.jsonl`` (appended without following a link, fsynced)."""
         line = json.dumps({"who": who, "reason": reason, "time": time.time(), **extra}) + "\n"
-        with (self.root / "failures.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_text(self.root / "failures.jsonl", line, fsync=True)
 
     def failures(self) -> list[dict[str, Any]]:
         path = self.root / "failures.jsonl"
@@ -220,245 +232,6 @@ class ResultStore:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def iter_results(self, task: str) -> Iterator[dict[str, Any]]:
-        folder = self.root / "users" / task
+        folder = refuse_symlinks(self.root, self.root / "users" / task / "*.json").parent
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             yield json.loads(path.read_text(encoding="utf-8"))
-
-
-@dataclass
-class MethodSummary:
-    task: str
-    method: str
-    metrics: dict[str, float]
-    n_users: int
-    n_queries: int
-    epsilon: float | None
-    mia_auc: float | None
-    train_seconds: float
-    n_synthetic: float
-    train_steps: float = 0.0  # optimizer steps per user (CDCDA's budget differs with equal real exposure)
-
-
-def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read all user results, write LaMP-format predictions, ``results.json`` and ``summary.csv``.
-
-    ``extra`` (e.g. the run's phase timings) is stored in results.json as given.
-    """
-    out = Path(str(cfg["out-dir"]))
-    store = ResultStore(out)
-    methods = csv_list(cfg["methods"])
-    summaries: list[MethodSummary] = []
-    skipped: dict[str, str] = {}
-    users_per_task: dict[str, int] = {}
-    intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.stats.task_intervals)
-    problems: list[dict[str, str]] = []  # method rows that could not be scored, and why
-    per_user_entries: dict[str, dict[str, dict[str, Any]]] = {}  # task -> user -> cloud, decision, metrics
-    for spec in parse_task_list(str(cfg["tasks"])):
-        primary = primary_metric(spec)
-        per_user: dict[str, dict[str, tuple[float, float]]] = {}  # method -> user -> (value, n queries)
-        golds: dict[str, str] = {}
-        preds: dict[str, dict[str, str]] = {m: {} for m in methods}
-        eps: dict[str, list[float]] = {m: [] for m in methods}
-        mia: dict[str, list[float]] = {m: [] for m in methods}
-        secs: dict[str, list[float]] = {m: [] for m in methods}
-        steps: dict[str, list[float]] = {m: [] for m in methods}
-        n_syn: list[int] = []
-        user_metrics: dict[str, list[tuple[dict[str, float], float]]] = {m: [] for m in methods}
-        metrics_only: dict[str, int] = {m: 0 for m in methods}  # users who reported metrics, no predictions
-        n_users = 0
-        task_users = per_user_entries.setdefault(spec.name, {})
-        for result in store.iter_results(spec.name):
-            n_users += 1
-            task_users[str(result["user_id"])] = user_entry(result)
-            golds.update(result.get("golds") or {})  # absent under eval.report=metrics|none
-            n_syn.append(int(result.get("n_synthetic_used", 0)))
-            for m in methods:
-                entry = (result.get("methods") or {}).get(m, {})
-                if entry.get("metrics"):
-                    n_q = float(len(entry.get("predictions") or {}) or result.get("n_queries") or 1)
-                    user_metrics[m].append((entry["metrics"], n_q))
-                    metrics_only[m] += "predictions" not in entry
-                if "skipped" in entry:
-                    skipped[m] = entry["skipped"]
-                preds[m].update(entry.get("predictions", {}))
-                if entry.get("metrics", {}).get(primary) is not None:  # works without predictions too
-                    per_user.setdefault(m, {})[str(result["user_id"])] = (
-                        float(entry["metrics"][primary]), float(len(result.get("golds") or {}) or result.get("n_queries") or 1))
-                if entry.get("epsilon") is not None:
-                    eps[m].append(float(entry["epsilon"]))
-                if entry.get("mia_auc") is not None:
-                    mia[m].append(float(entry["mia_auc"]))
-                if "train" in entry:
-                    secs[m].append(float(entry["train"].get("seconds", 0.0)))
-                    steps[m].append(float(entry["train"].get("steps") or 0))
-        users_per_task[spec.name] = n_users
-        intervals[spec.name] = task_intervals(per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
-                                              seed=int(cfg.get("seed", 0)))
-        for m in methods:
-            if preds[m]:
-                write_outputs(out / "predictions" / spec.name / f"{m}_outputs.json", spec.name, sorted(preds[m].items()))
-            if metrics_only[m]:  # some users kept their predictions: pool everyone's per-user metrics
-                from cdcda_fl.privacy.report import pool_user_metrics
-
-                metrics = pool_user_metrics(user_metrics[m])
-                n_queries = int(sum(n for _, n in user_metrics[m]))
-            elif not preds[m]:
-                continue
-            else:
-                try:
-                    metrics = score(spec, {i: golds[i] for i in preds[m]}, preds[m])
-                except (PredictionMismatchError, KeyError) as exc:
-                    # Never a silent "–": the row is missing for a reason the report must name.
-                    missing = sorted(set(preds[m]) - set(golds))[:5]
-                    problems.append({"task": spec.name, "method": m, "error": type(exc).__name__,
-                                     "detail": f"predictions without golds: {missing}" if missing else str(exc)})
-                    continue
-                n_queries = len(preds[m])
-            summaries.append(MethodSummary(
-                spec.name, m, metrics, n_users, n_queries,
-                max(eps[m]) if eps[m] else None, sum(mia[m]) / len(mia[m]) if mia[m] else None,
-                sum(secs[m]) / len(secs[m]) if secs[m] else 0.0,
-                sum(n_syn) / len(n_syn) if (n_syn and m == "cdcda") else 0.0,
-                sum(steps[m]) / len(steps[m]) if steps[m] else 0.0))
-    results = {
-        "config": dict(cfg),
-        "versions": package_versions(),
-        "users": users_per_task,
-        "table": [s.__dict__ for s in summaries],
-        "intervals": intervals,
-        "skipped": skipped,
-        "failures": store.failures(),
-        "problems": problems,
-        "shared": audit_totals(out),
-        "cloud": {task: cloud_summary(entries.values()) for task, entries in per_user_entries.items()},
-        "per_user": per_user_entries,
-        **dict(extra or {}),
-    }
-    write_json_atomic(out / "results.json", results)
-    _write_summary_csv(out / "summary.csv", summaries)
-    return results
-
-
-USER_ENTRY_KEYS = ("cloud", "synthetic_decision", "n_synthetic_received", "n_synthetic_used", "n_queries", "report")
-
-
-def user_entry(result: Mapping[str, Any]) -> dict[str, Any]:
-    """One user's entry in results.json ``per_user``: the cloud's accounting for the user (server
-    data: records sent, filter counts by reason, error), the device's synthetic decision if it
-    reported one, and the metrics per method."""
-    entry = {k: result[k] for k in USER_ENTRY_KEYS if k in result}
-    cdcda = (result.get("methods") or {}).get("cdcda")
-    if "synthetic_decision" not in entry and isinstance(cdcda, Mapping) and isinstance(cdcda.get("decision"), Mapping):
-        entry["synthetic_decision"] = dict(cdcda["decision"])  # a metrics-level reply: the flag only
-    dp = cdcda.get("dp") if isinstance(cdcda, Mapping) else None
-    if isinstance(dp, Mapping) and isinstance(dp.get("fell_back"), bool):
-        entry["dp_decision"] = {"chosen": dp.get("chosen"), "fell_back": dp["fell_back"]}  # CDCDA+DP's choice
-    metrics = {m: dict(e["metrics"]) for m, e in (result.get("methods") or {}).items()
-               if isinstance(e, Mapping) and e.get("metrics")}
-    if metrics:
-        entry["metrics"] = metrics
-    return entry
-
-
-def _used_synthetic(entry: Mapping[str, Any]) -> bool | None:
-    decision = entry.get("synthetic_decision")
-    if isinstance(decision, Mapping) and isinstance(decision.get("used_synthetic"), bool):
-        return decision["used_synthetic"]
-    return None
-
-
-def _dp_fell_back(entry: Mapping[str, Any]) -> bool | None:
-    """CDCDA+DP's decision (``dp_decision``, from ``methods.cdcda.dp``): True = answered with the base model."""
-    dp = entry.get("dp_decision")
-    if isinstance(dp, Mapping) and isinstance(dp.get("fell_back"), bool):
-        return dp["fell_back"]
-    return None
-
-
-def cloud_summary(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """A task's cloud accounting over its users (results.json ``cloud``).
-
-    ``records_written``: records the cloud parsed from its generations; ``records_accepted``: those
-    that passed its filters; ``rejected``: filter rejections by reason; ``users_with_error`` and
-    ``outage`` (every user with a cloud entry got an error: CDCDA then is local-only training);
-    ``fell_back``/``used_synthetic``: devices that reported a ``synthetic_decision``;
-    ``dp_fell_back``/``dp_decisions``: under DP, devices whose CDCDA+DP choice was the base model.
-    """
-    entries = list(entries)
-    clouds = [e["cloud"] for e in entries if isinstance(e.get("cloud"), Mapping)]
-    rejected: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    written = accepted = sent = 0
-    for c in clouds:
-        counts = c.get("counts") or {}
-        written += int(counts.get("generated", 0))
-        accepted += int(counts.get("accepted", 0))
-        sent += int(c.get("n_records", 0))
-        for key, value in counts.items():
-            if key.startswith("rejected_"):
-                rejected[key[len("rejected_"):]] = rejected.get(key[len("rejected_"):], 0) + int(value)
-        if c.get("error"):
-            text = str(c["error"])[:200]
-            errors[text] = errors.get(text, 0) + 1
-    with_error = sum(errors.values())
-    decisions = [d for d in map(_used_synthetic, entries) if d is not None]
-    dp_decisions = [d for d in map(_dp_fell_back, entries) if d is not None]
-    return {
-        "users": len(clouds), "records_written": written, "records_accepted": accepted, "records_sent": sent,
-        "rejected": dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "users_with_error": with_error,
-        "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
-        "outage": bool(clouds) and with_error == len(clouds),
-        "decisions": len(decisions), "used_synthetic": sum(decisions), "fell_back": len(decisions) - sum(decisions),
-        "dp_decisions": len(dp_decisions), "dp_fell_back": sum(dp_decisions),
-    }
-
-
-def audit_totals(out_dir: Path | str) -> dict[str, dict[str, int]]:
-    """What left the devices, per task, from ``audit.jsonl``: the privacy cost a report sets against utility.
-
-    A rerun (resume) shares again and appends new lines, so ``records``/``bytes``/``users`` count
-    each user's *latest* share once (what the cloud holds of that user for this run), while
-    ``requests``/``bytes_sent`` count every line (what actually crossed the network, reruns included).
-    """
-    from cdcda_fl.privacy.audit_log import read_audit
-
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    totals: dict[str, dict[str, int]] = {}
-    # Profile sizes never leave a device; simulated devices (and the lab's) keep their own audit
-    # logs inside the run dir, and only those tell how many records each user had.
-    n_total: dict[tuple[str, str], int] = {}
-    for log in [Path(out_dir) / "devices" / "audit.jsonl", *sorted(Path(out_dir).glob("devices/*/audit.jsonl"))]:
-        for line in read_audit(log):
-            if line.get("kind", "share") == "share" and "n_total" in line:
-                n_total[(str(line.get("task", "")), str(line.get("user", "")))] = int(line["n_total"])
-    for line in read_audit(Path(out_dir) / "audit.jsonl"):
-        if line.get("kind", "share") != "share":  # result replies are audited too, not counted here
-            continue
-        task = str(line.get("task", ""))
-        latest[(task, str(line.get("user", "")))] = line
-        t = totals.setdefault(task, {"users": 0, "records": 0, "records_total": 0, "bytes": 0,
-                                     "requests": 0, "bytes_sent": 0})
-        t["requests"] += 1
-        t["bytes_sent"] += int(line.get("bytes", 0))
-    for (task, _user), line in latest.items():
-        t = totals[task]
-        t["users"] += 1
-        t["records"] += int(line.get("n_shared", 0))
-        t["records_total"] += int(line.get("n_total", n_total.get((task, _user), 0)))
-        t["bytes"] += int(line.get("bytes", 0))
-    return totals
-
-
-def _write_summary_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["task", "method", "metric", "value", "higher_is_better", "n_users", "n_queries", "epsilon",
-                     "mia_auc", "train_seconds_per_user", "synthetic_per_user"])
-    for s in summaries:
-        for name, value in s.metrics.items():
-            writer.writerow([s.task, s.method, name, f"{value:.6f}", name not in LOWER_IS_BETTER, s.n_users,
-                             s.n_queries, "" if s.epsilon is None else f"{s.epsilon:.4f}",
-                             "" if s.mia_auc is None else f"{s.mia_auc:.4f}", f"{s.train_seconds:.2f}",
-                             f"{s.n_synthetic:.1f}"])
-    write_text_atomic(path, buffer.getvalue())

@@ -279,7 +279,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, runner: Runner)
 def _with_shared(results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Older run directories lack results["shared"]: recompute it from their audit log."""
     if "shared" not in results:
-        from cdcda_fl.runs import audit_totals
+        from cdcda_fl.aggregate import audit_totals
 
         results = {**results, "shared": audit_totals(run_dir)}
     return results

@@ -10,11 +10,18 @@ Each handler decodes the message (only its kind's config keys: ``config.MESSAGE_
 the Flower-free device node, and encodes the payload. Anything that raises leaves as a generic
 code (:func:`_guarded`); consent, audit and which users a node serves are documented in
 :mod:`cdcda_fl.device_node`.
+
+Simulated or real is decided here, never by the server: ``simulation_app`` (what ``cdcda run``
+hands Flower's simulation engine) marks every node simulated; ``app`` (the pyproject component a
+SuperNode or ``flwr run .`` loads) marks a node simulated only while Flower's simulation engine
+itself is calling it (its Ray actor's ``run`` is on the call stack). A SuperNode's own node config
+cannot claim the mark; without ``data-dir`` it refuses to run (``device_node.NodeNotConfigured``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import Context, Message
@@ -25,12 +32,37 @@ from cdcda_fl.quiet import quiet_libraries
 from clients.codec import config_of, pack, unpack
 
 quiet_libraries()
-app = ClientApp()
 
 Handler = Callable[[dict[str, Any], Any, dict[str, Any]], dict[str, Any]]
+SIMULATION_ACTOR_MODULE = "flwr.simulation.ray_transport.ray_actor"
 
 
-def _guarded(kind: str, handler: Handler):
+def run_by_simulation_engine() -> bool:
+    """Whether Flower's simulation engine is running this ClientApp call (its actor's ``run``
+    is a caller): only the engine calls apps that way, so neither a server's message nor a
+    SuperNode's config can fake it. The module is looked up, not imported (devices have no Ray)."""
+    module = sys.modules.get(SIMULATION_ACTOR_MODULE)
+    actor = getattr(module, "VirtualClientEngineActor", None)
+    code = getattr(getattr(actor, "run", None), "__code__", None)
+    frame = sys._getframe(1)
+    while code is not None and frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def node_config_of(context: Context, simulated: bool) -> dict[str, Any]:
+    """The node config the device code sees: the node's own keys, with the simulation mark only
+    where ``simulated`` (a mark in the SuperNode's own config is dropped)."""
+    config: Mapping[str, Any] = context.node_config
+    out = {k: v for k, v in config.items() if k != node.SIMULATED}
+    if simulated:
+        out[node.SIMULATED] = True
+    return out
+
+
+def _guarded(kind: str, handler: Handler, simulation: bool | None = None):
     """Run a node handler on a message; anything it raises leaves as a generic code, never as text.
 
     Flower turns an uncaught exception into an error reply that carries its message (which can
@@ -42,19 +74,28 @@ def _guarded(kind: str, handler: Handler):
         # warning filters set at import did not hold when the models load (bitsandbytes' missing
         # 'kernels' notice and torch.jit deprecations reached every actor's console). Idempotent.
         quiet_libraries()
+        node_config = node_config_of(context, run_by_simulation_engine() if simulation is None else simulation)
         cfg = None
         try:
             cfg = config_of(msg, kind)
-            payload = handler(context.node_config, cfg, unpack(msg))
+            payload = handler(node_config, cfg, unpack(msg))
         except node.InjectedCrash:
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
-            payload = node.error_reply(kind, context.node_config, cfg, exc)
-        return Message(pack(**node.audit_reply(kind, context.node_config, cfg, payload)), reply_to=msg)
+            payload = node.error_reply(kind, node_config, cfg, exc)
+        return Message(pack(**node.audit_reply(kind, node_config, cfg, payload)), reply_to=msg)
 
     wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
-app.query("share")(_guarded("share", node.share))
-app.train("personalize")(_guarded("personalize", node.personalize))
+def make_app(simulation: bool | None) -> ClientApp:
+    """The device ClientApp; ``simulation``: True = every node simulated, None = as the engine says."""
+    client = ClientApp()
+    client.query("share")(_guarded("share", node.share, simulation))
+    client.train("personalize")(_guarded("personalize", node.personalize, simulation))
+    return client
+
+
+app = make_app(None)  # pyproject's clientapp: real SuperNodes and `flwr run .` simulations
+simulation_app = make_app(True)  # `cdcda run` hands this one to Flower's simulation engine

@@ -172,7 +172,7 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
         raise RuntimeError("no valid users to run (see the data errors above)")
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    from clients.device import app as client_app
+    from clients.device import simulation_app as client_app
     from strategies.cloud_augment import RunInterrupted, make_server_app
 
     from cdcda_fl.quiet import quiet_libraries

@@ -14,11 +14,11 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from cdcda_fl.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
-from cdcda_fl.device_node import hosted_users
+from cdcda_fl.device_node import SIMULATED, hosted_users
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.runs import write_simulated_consent
 from clients.codec import pack, unpack
-from clients.device import app
+from clients.device import simulation_app as app
 
 CANARY_DENIED = "CANARY-DENIED-7f3a"  # in a record with a denied term -> never shared
 CANARY_FIELD = "CANARY-FIELD-91bc"  # in a field outside the allow-list -> never shared
@@ -116,7 +116,7 @@ def test_personalize_reply_has_no_adapter_and_no_profile(cfg: dict) -> None:
 def test_real_device_serves_only_its_own_user(cfg: dict) -> None:
     assert [u.user_id for u in hosted_users({"data-dir": cfg["data-dir"], "user-id": "alice"}, cfg)] == ["alice"]
     assert hosted_users({"data-dir": cfg["data-dir"], "user-id": "bob"}, cfg) == []
-    assert hosted_users({"partition-id": 1, "num-partitions": 2}, cfg) == []
+    assert hosted_users({"partition-id": 1, "num-partitions": 2, SIMULATED: True}, cfg) == []
 
 
 # ------------------------------------------------------------------ consent belongs to the device (issue 16)
@@ -296,10 +296,12 @@ def test_dp_decision_leaves_at_metrics_without_training_losses() -> None:
     assert "methods" not in filter_result(result, "none")
 
 
-def test_every_message_silences_library_chatter_again() -> None:
+def test_every_message_silences_library_chatter_again(tmp_path: Path, monkeypatch) -> None:
     """Regression: in Flower's Ray actors the logger levels set at import did not hold when the
     models loaded, so bitsandbytes' notice reached every actor's console; each message re-applies them."""
     import logging
+
+    monkeypatch.chdir(tmp_path)  # the unconfigured node audits its reply under ./.cdcda-device
 
     from clients.device import _guarded
 

@@ -121,6 +121,6 @@ def test_node_reads_only_its_own_users(tmp_path: Path, monkeypatch) -> None:
         return original(self, refs)
 
     monkeypatch.setattr(index_mod.TaskIndex, "load_users", spy)
-    users = device.hosted_users({"partition-id": 1, "num-partitions": 3}, cfg)
+    users = device.hosted_users({"partition-id": 1, "num-partitions": 3, device.SIMULATED: True}, cfg)
     everyone = [r.user_id for r in device.user_refs(cfg)]
     assert [u.user_id for u in users] == everyone[1::3] == loaded

@@ -120,7 +120,7 @@ def _task_identity():
 
 
 def test_misbehaving_node_cannot_steal_overwrite_or_escape(tmp_path: Path) -> None:
-    from clients.device import app as client_app
+    from clients.device import simulation_app as client_app
     from strategies.cloud_augment import run_cdcda
 
     out = tmp_path / "run"

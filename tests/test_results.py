@@ -11,7 +11,8 @@ from rich.console import Console
 
 from cdcda_fl.metrics import score
 from cdcda_fl.results import paper_table, print_table, write_plots
-from cdcda_fl.runs import ResultStore, aggregate
+from cdcda_fl.aggregate import aggregate
+from cdcda_fl.runs import ResultStore
 
 # Per user: gold ratings and the predictions of local-only and CDCDA (LaMP-3, MAE: lower is better).
 USERS = {
@@ -245,7 +246,7 @@ def test_rate_and_eta_text() -> None:
 
 
 def test_dp_fall_backs_to_the_base_are_counted_per_task() -> None:
-    from cdcda_fl.runs import cloud_summary, user_entry
+    from cdcda_fl.aggregate import cloud_summary, user_entry
 
     def result(fell_back: bool) -> dict:
         return {"user_id": "u", "task": "LaMP_2", "cloud": {"n_records": 2, "counts": {"generated": 3, "accepted": 2}},

@@ -74,7 +74,7 @@ def fake_runner(calls: list[str], fail: str = ""):
                   "n_queries": 2, "epsilon": eps if m != "base" else None,
                   "mia_auc": None if m == "base" else 0.9 - penalty, "n_synthetic": 0.0}
                  for m, acc in (("base", 0.1), ("local", 0.5 - penalty), ("cdcda", 0.5 + 0.3 * share - penalty))]
-        from cdcda_fl.runs import audit_totals
+        from cdcda_fl.aggregate import audit_totals
 
         results = {"config": dict(cfg), "table": table, "users": {"LaMP_2": 1}, "failures": [],
                    "shared": audit_totals(out)}

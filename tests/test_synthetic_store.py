@@ -157,7 +157,7 @@ def test_no_device_reply_carries_the_synthetic_log(tmp_path: Path, monkeypatch, 
 
     def call(kind: str, content: RecordDict) -> Message:
         msg = Message(content, dst_node_id=1, message_type=kind)
-        return device.app(msg, Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={}))
+        return device.simulation_app(msg, Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={}))
 
     # Sent by the cloud: the kept record's text is in the request, and must not be echoed back.
     synthetic = {"LaMP_5/alice": [dict(r) for r in RECEIVED]}

@@ -13,8 +13,9 @@ disk). Both name every reply with its ``kind`` (``share`` or ``result``), user, 
 and SHA-256, so the two can be compared line by line (tests/test_simulation.py does, after a real run).
 Device lines may also carry ``n_total``/``n_denied``, which never leave the device.
 
-Appends are serialized by a thread lock and a file lock, so Ray workers or threads writing the
-same ``audit.jsonl`` never interleave half-lines.
+Appends are serialized by a thread lock and a lock on the log file itself, so Ray workers or
+threads writing the same ``audit.jsonl`` never interleave half-lines; the log is 0600 and a
+symbolic link in its place is refused, never followed (``atomic.append_text``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import append_text
 from cdcda_fl.privacy.consent import SharedRecords
 
 AUDIT_FILENAME = "audit.jsonl"
@@ -104,13 +106,9 @@ class AuditLog:
 
     def _append(self, line: dict[str, Any]) -> dict[str, Any]:
         text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        from filelock import FileLock
-
-        with self._lock, FileLock(str(self.path) + ".lock"):
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new folder is private; an old one stays
+        with self._lock:
+            append_text(self.path, text, private=True)
         return line
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
