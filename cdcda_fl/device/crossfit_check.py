@@ -119,8 +119,11 @@ class CrossfitCheck:
         def metric_of(answers: Sequence[str]) -> float | None:
             return score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
 
+        def per_item(answers: Sequence[str]) -> list[float]:
+            return [score(spec, {i: g}, {i: a})[metric] for (i, g), a in zip(golds.items(), answers)]
+
         v = judge(s, margin=gate.margin, criterion=gate.criterion, metric_of=metric_of,
-                  higher_is_better=metric not in LOWER_IS_BETTER)
+                  higher_is_better=metric not in LOWER_IS_BETTER, per_item=per_item)
         r4 = (lambda x: None if x is None else round(float(x), 4))
         return GateDecision(gate.rule, v.used_synthetic, v.reason, len(self.items), r4(v.loss_real), r4(v.loss_mix),
                             gate.margin, r4(v.metric_real), r4(v.metric_mix), list(s.steps) or None,

@@ -34,6 +34,7 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
+from cdcda_fl.device.crossfit import RULE_VERSION as CROSSFIT_VERSION
 from cdcda_fl.device.crossfit_check import CrossfitCheck
 from cdcda_fl.device.schedule import exposure_scale, schedule_name, train_cdcda
 from cdcda_fl.device.select import SelectConfig, Selection, select_records
@@ -398,7 +399,7 @@ class _UserRun:
         gate = GateConfig.from_config(self.cfg)
         key = f"{self.spec.name}-gate-" + _fingerprint(
             {k_: config_get(self.cfg, k_) for k_ in _TRAIN_KEYS + _GATE_KEYS}, self.real_pairs, self.synth_pairs,
-            self.synth_weights)
+            self.synth_weights, CROSSFIT_VERSION if gate.rule == "crossfit" else None)
         path = self.store.path(self.user.user_id, key)
         if (path / TRAIN_META).is_file() and not self.cfg["train.retrain"]:
             self.decision = GateDecision(**json.loads((path / TRAIN_META).read_text()))
