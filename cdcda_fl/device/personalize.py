@@ -24,7 +24,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,13 @@ TRAINED_METHODS = ("local", "cdcda")
 TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
 
 
-def share_records(user: User, cfg: Mapping[str, Scalar]) -> SharedRecords:
-    """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device."""
-    return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile)
+def share_records(user: User, cfg: Mapping[str, Scalar], *, id_key: bytes | None = None) -> SharedRecords:
+    """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device.
+
+    ``cfg`` is the policy here (library use: experiments, audits); a device node applies its
+    owner's file and the server's ceiling instead (``device_node.share``)."""
+    return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile,
+                                                              id_key=id_key)
 
 
 def _label(spec: TaskSpec, item: Mapping[str, Any]) -> str | None:
@@ -166,10 +170,12 @@ class _UserRun:
 
     def __init__(self, user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
                  storage_dir: Path, model: Any, answerer: Answerer,
-                 on_step: Callable[[str], None] | None) -> None:
+                 on_step: Callable[[str], None] | None, shared_ids: frozenset[str] | None = None) -> None:
         from cdcda_fl.device.lora import AdapterStore
 
         self.user, self.cfg, self.model = user, cfg, model
+        #: the owner's ids of the records the device shared (None: derive them from ``cfg``'s policy)
+        self.shared_ids = shared_ids
         self.storage_dir = Path(storage_dir)
         #: the saved adapter folder the model holds now (None: the plain base); what a runtime
         #: other than PyTorch answers with (cdcda_fl/edge/runtime.py)
@@ -532,7 +538,7 @@ def _cdcda(run: _UserRun) -> None:
 def _private(run: _UserRun, method: str) -> None:
     started = time.perf_counter()
     extra, run.adapter_dir = private_method(run.model, run.store, run.spec, run.user, method, run.valid_synthetic,
-                                            run.cfg)
+                                            run.cfg, shared_ids=run.shared_ids)
     if method == "cdcda":  # under DP: every valid cloud record but the validation split
         run.result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
     extra.update(run.mia())
@@ -568,7 +574,9 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
 
 def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], cfg: Mapping[str, Scalar], *,
                       storage_dir: Path, device_model: Any | None = None,
-                      on_step: Callable[[str], None] | None = None) -> list[dict[str, Any] | Exception]:
+                      on_step: Callable[[str], None] | None = None,
+                      shared: Mapping[tuple[str, str], frozenset[str]] | None = None
+                      ) -> list[dict[str, Any] | Exception]:
     """:func:`personalize_user` for every (user, synthetic records) a node hosts, answering them together.
 
     Each user's methods train (or reuse) their adapters in turn; the answers of every method of
@@ -579,6 +587,10 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
     ``seconds`` is its own time plus its rows' share of the batched answering.
 
     One user's failure is that user's outcome (the exception), never the others'.
+    ``shared``: (task, user id) -> the owner's ids of the records the device shared (its ledger,
+    ``privacy/shared_ledger.py``); DP's private selection spends ε on the others only. Without
+    it, the records ``cfg``'s own consent keys select (library use; a device's personalize
+    message carries no consent keys, and reading them there is an error).
     """
     model = device_model or device_model_for(cfg)
     answerer = make_answerer(cfg, device_model=model, storage_dir=Path(storage_dir),
@@ -590,7 +602,7 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
             run = None
             try:
                 run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, answerer=answerer,
-                               on_step=on_step)
+                               on_step=on_step, shared_ids=None if shared is None else shared[(user.task, user.user_id)])
                 run.clear()
                 for method in methods_of(cfg):
                     run.step(method)
@@ -701,8 +713,8 @@ def _write_meta_only(path: Path, text: str) -> None:
 
 
 def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: str,
-                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar]
-                   ) -> tuple[dict[str, Any], Path | None]:
+                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
+                   shared_ids: Collection[str] | None = None) -> tuple[dict[str, Any], Path | None]:
     """Train (or reuse) one DP method's adapter: DP-SGD candidates (:func:`~cdcda_fl.device.dp_select.train_private`)
     or, for CDCDA with ``dp.selection = private``, a cloud-trained adapter and one ε-DP choice
     (:func:`~cdcda_fl.device.dp_select.select_public_privately`).
@@ -742,7 +754,9 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     if private_select:
         # Every cloud record trains the public adapter (no synthetic hold-out is needed: the choice is
         # made on the non-shared real records, with the exponential mechanism).
-        shared_ids = set(share_records(user, cfg).record_ids)
+        if shared_ids is None:  # library use: cfg is the user's policy
+            shared_ids = share_records(user, cfg).local_ids
+        shared_ids = set(shared_ids)
         private_pairs = spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared_ids])
         public = [*synth_pairs, *validation]
         started = time.perf_counter()
