@@ -36,13 +36,8 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.personalize import personalize_users
 from cdcda_fl.privacy.audit_log import AuditLog
-from cdcda_fl.privacy.consent import (
-    DEVICE_POLICY_FILENAME,
-    ConsentPolicy,
-    DevicePolicy,
-    load_device_policy,
-    share_nothing,
-)
+from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, share_nothing
+from cdcda_fl.privacy.policy_file import DevicePolicy, load_device_policy
 from cdcda_fl.privacy.record_ids import device_key
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
 from cdcda_fl.privacy.shared_ledger import record_shared, shared_ids
@@ -203,13 +198,24 @@ def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any]
         _log_error(home, "consent", UserWarning(warning))
 
 
+def _ceiling(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> ConsentPolicy | None:
+    """The server's ``consent.*`` keys as a ceiling on a real device's own policy.
+
+    A simulated device has none: its policy file was written by the run from these very keys
+    (combined with the owners' file of the data dir, ``privacy/policy_file.py``), so it already is
+    at most the ceiling, and applying the server's fraction again would take a fraction of a
+    fraction (it caps the device's own selection: ``ConsentPolicy.select``).
+    """
+    return ConsentPolicy.ceiling_from_config(cfg) if is_real_device(node_config) else None
+
+
 def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Mapping[str, Any]) -> dict[str, Any]:
     """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
     home = device_home(node_config, cfg)
     try:
         users = hosted_users(node_config, cfg)
         own = _own_policy(node_config, cfg)
-        ceiling = ConsentPolicy.ceiling_from_config(cfg)
+        ceiling = _ceiling(node_config, cfg)
         id_key = device_key(home)  # records leave under opaque ids only this device can map back
     except Exception as exc:  # the whole node cannot share: say so without the private details
         return error_reply("share", node_config, cfg, exc)
@@ -221,7 +227,9 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
             continue
         try:
             policy = own.policy_for(user.user_id) if own is not None else share_nothing()
-            shared = policy.stricter(ceiling).apply(get_task(user.task), user.user_id, user.profile, id_key=id_key)
+            if ceiling is not None:
+                policy = policy.stricter(ceiling)
+            shared = policy.apply(get_task(user.task), user.user_id, user.profile, id_key=id_key)
             audit.record(shared, destination="server", request="share", local=True)
             record_shared(home, user.task, user.user_id, shared.local_ids)  # what DP treats as seen
             shares.append(shared.to_dict())

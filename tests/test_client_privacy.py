@@ -99,8 +99,9 @@ def test_share_reply_holds_only_consented_scrubbed_fields(cfg: dict) -> None:
 
 
 def test_share_nothing_sends_no_records(cfg: dict) -> None:
-    reply = _call("query.share", pack(dict(cfg, **{"consent.share-fraction": 0.0}), share=True),
-                  {"partition-id": 0, "num-partitions": 1})
+    nothing = dict(cfg, **{"consent.share-fraction": 0.0})
+    write_simulated_consent(Path(cfg["out-dir"]), nothing)  # a run writes its devices' file from its own keys
+    reply = _call("query.share", pack(nothing, share=True), {"partition-id": 0, "num-partitions": 1})
     assert all(not s["records"] for s in unpack(reply)["shares"])
 
 
@@ -144,12 +145,17 @@ def test_server_config_that_widens_sharing_is_ignored(cfg: dict) -> None:
     assert CANARY_DENIED not in text and CANARY_FIELD not in text and CANARY_EMAIL not in text
 
 
-def test_server_can_make_sharing_stricter(cfg: dict) -> None:
-    """The server's fraction is a fraction of the device's own selection (2 of 3: p1 is denied)."""
-    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.5}))
+def test_server_can_make_sharing_stricter(cfg: dict, tmp_path: Path) -> None:
+    """On a real device the server's fraction is a fraction of the device's own selection (2 of 3:
+    p1 is denied). A simulated device has no ceiling: the run wrote its file from these very keys."""
+    (Path(cfg["data-dir"]) / "consent.toml").write_text('[default]\nshare-fraction = 1.0\ndeny-terms = "secret project"\n')
+    real = {"data-dir": cfg["data-dir"], "user-id": "alice", "storage-dir": str(tmp_path / "dev")}
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.5}), real)
     assert len(share["records"]) == 1
-    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}))
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}), real)
     assert share["records"] == []
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}))  # simulated: its file (fraction 1.0) alone
+    assert len(share["records"]) == 2
 
 
 def test_device_policy_of_zero_shares_nothing_whatever_the_server_sends(cfg: dict) -> None:

@@ -140,7 +140,7 @@ def test_shared_records_round_trip_and_audit_lines(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------ device-owned policy (issue 16)
-from cdcda_fl.privacy.consent import device_policy_values, load_device_policy, write_device_policy  # noqa: E402
+from cdcda_fl.privacy.policy_file import device_policy_values, load_device_policy, write_device_policy  # noqa: E402
 
 
 def test_server_ceiling_only_makes_a_policy_stricter() -> None:
