@@ -113,7 +113,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "consent.fields": ("", "comma-separated fields that may be shared (empty = all fields of the task)"),
     "consent.deny-terms": ("", "comma-separated terms: a record containing any is never shared"),
     "consent.deny-labels": ("", "comma-separated labels/tags never shared"),
-    "consent.record-ids": ("", "comma-separated record ids to share explicitly"),
+    "consent.record-ids": ("", "comma-separated record ids to share explicitly (the owners' ids: a simulation "
+                               "writes them into its devices' file; never sent to a device)"),
     "consent.redact-terms": ("", "comma-separated terms scrubbed to [REDACTED] (the record is still shared)"),
     "consent.scrub": (True, "PII scrubbing of shared text (e-mails, phones, URLs, handles, long numbers)"),
     "consent.overrides": ("", "per-user consent overrides file (JSON/TOML: user id -> keys)"),

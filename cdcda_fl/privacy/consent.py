@@ -23,8 +23,8 @@ Configuration is flat (Flower run-config style, scalar values)::
     consent.overrides      = "consent.json"  # per-user file: user id -> the same keys
 
 Who decides: the device owner. A device reads its owner's policy from its own disk
-(:func:`load_device_policy`: ``consent.toml`` at the root of its data directory, or the file its
-node config names); the server's ``consent.*`` keys are only a *ceiling*
+(:func:`cdcda_fl.privacy.policy_file.load_device_policy`: ``consent.toml`` at the root of its
+data directory, or the file its node config names); the server's ``consent.*`` keys are only a *ceiling*
 (:meth:`ConsentPolicy.stricter`): per key the more restrictive of the two wins, and a device
 without a policy file shares nothing.
 
