@@ -116,7 +116,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "consent.fields": ("", "comma-separated fields that may be shared (empty = all fields of the task)"),
     "consent.deny-terms": ("", "comma-separated terms: a record containing any is never shared"),
     "consent.deny-labels": ("", "comma-separated labels/tags never shared"),
-    "consent.record-ids": ("", "comma-separated record ids to share explicitly"),
+    "consent.record-ids": ("", "comma-separated record ids to share explicitly (the owners' ids: a simulation "
+                               "writes them into its devices' file; never sent to a device)"),
     "consent.redact-terms": ("", "comma-separated terms scrubbed to [REDACTED] (the record is still shared)"),
     "consent.scrub": (True, "PII scrubbing of shared text (e-mails, phones, URLs, handles, long numbers)"),
     "consent.overrides": ("", "per-user consent overrides file (JSON/TOML: user id -> keys)"),
@@ -199,8 +200,10 @@ MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
                     # the cloud upper bound answers on the device with the in-process (hf) cloud model
                     "cloud.backend", "cloud.model", "cloud.device", "cloud.prompt-style", "cloud.batch-size"),
 }
-# Never sent although a listed section holds it: a path on the server's disk the device must not open.
-_NEVER_SENT = frozenset({"consent.overrides"})
+# Never sent although a listed section holds it: a path on the server's disk the device must not
+# open, and the owners' own record ids (a simulation writes them into its devices' policy file; a
+# server never learns them: shared records leave under opaque ids).
+_NEVER_SENT = frozenset({"consent.overrides", "consent.record-ids"})
 
 
 def message_keys(kind: str) -> list[str]:
@@ -222,16 +225,51 @@ class ReceivedConfig(dict):
 
     Reading a key that kind does not carry raises instead of answering with a default: a device
     silently using a default where the run set something else would be a wrong result that no
-    test sees. Add the key to :data:`MESSAGE_KEYS` if the device really needs it.
+    test sees. Add the key to :data:`MESSAGE_KEYS` if the device really needs it. ``get`` and
+    ``in`` raise the same way (``key in cfg`` answering False is the same silent default), and
+    ``items()`` raises too: a section is read with :func:`config_section`, which knows whether
+    the kind carries it (``consent.*`` read off a personalize message was an empty section).
     """
 
     def __init__(self, kind: str, values: Mapping[str, Scalar]) -> None:
         super().__init__(values)
         self.kind = kind
 
+    def _refuse(self, key: Any) -> ConfigError:
+        return ConfigError(f"config key {key!r} is not sent to devices with {self.kind!r} messages "
+                           "(cdcda_fl.config.MESSAGE_KEYS)")
+
     def __missing__(self, key: str) -> Scalar:
-        raise ConfigError(f"config key {key!r} is not sent to devices with {self.kind!r} messages "
-                          "(cdcda_fl.config.MESSAGE_KEYS)")
+        raise self._refuse(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not dict.__contains__(self, key):
+            raise self._refuse(key)
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: ARG002 - a default is what this refuses
+        return self[key]
+
+    def items(self) -> Any:
+        raise ConfigError(f"a {self.kind!r} message's config is read by key or by section "
+                          "(cdcda_fl.config.config_section), not by items()")
+
+    def section(self, prefix: str) -> dict[str, Scalar]:
+        """Every key under ``prefix`` (e.g. ``"consent."``); the kind must carry that section."""
+        if prefix not in MESSAGE_KEYS[self.kind]:
+            raise ConfigError(f"config section {prefix!r} is not sent to devices with {self.kind!r} messages "
+                              "(cdcda_fl.config.MESSAGE_KEYS)")
+        return {k: v for k, v in dict.items(self) if k.startswith(prefix)}
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickling (Ray) must not go through items()
+        return (ReceivedConfig, (self.kind, dict(self)))
+
+
+def config_section(cfg: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The keys of ``cfg`` under ``prefix``; on a device, only a section its message carries."""
+    if isinstance(cfg, ReceivedConfig):
+        return cfg.section(prefix)
+    return {k: v for k, v in cfg.items() if k.startswith(prefix)}
 
 
 def received_config(kind: str, shipped: Mapping[str, Any]) -> ReceivedConfig:

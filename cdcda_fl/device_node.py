@@ -42,14 +42,11 @@ from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.personalize import personalize_users
 from cdcda_fl.privacy.audit_log import AuditLog
-from cdcda_fl.privacy.consent import (
-    DEVICE_POLICY_FILENAME,
-    ConsentPolicy,
-    DevicePolicy,
-    load_device_policy,
-    share_nothing,
-)
+from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, share_nothing
+from cdcda_fl.privacy.policy_file import DevicePolicy, load_device_policy
+from cdcda_fl.privacy.record_ids import device_key
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
+from cdcda_fl.privacy.shared_ledger import record_shared, shared_ids
 from cdcda_fl.runs import load_users, user_key, user_refs
 
 
@@ -242,13 +239,25 @@ def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any]
         _log_error(home, "consent", UserWarning(warning))
 
 
+def _ceiling(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> ConsentPolicy | None:
+    """The server's ``consent.*`` keys as a ceiling on a real device's own policy.
+
+    A simulated device has none: its policy file was written by the run from these very keys
+    (combined with the owners' file of the data dir, ``privacy/policy_file.py``), so it already is
+    at most the ceiling, and applying the server's fraction again would take a fraction of a
+    fraction (it caps the device's own selection: ``ConsentPolicy.select``).
+    """
+    return ConsentPolicy.ceiling_from_config(cfg) if is_real_device(node_config) else None
+
+
 def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Mapping[str, Any]) -> dict[str, Any]:
     """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
     try:
         home = private_dir(device_home(node_config, cfg))
         users = hosted_users(node_config, cfg)
         own = _own_policy(node_config, cfg)
-        ceiling = ConsentPolicy.ceiling_from_config(cfg)
+        ceiling = _ceiling(node_config, cfg)
+        id_key = device_key(home)  # records leave under opaque ids only this device can map back
     except Exception as exc:  # the whole node cannot share: say so without the private details
         return error_reply("share", node_config, cfg, exc)
     _warn_unknown_users(own, node_config, cfg, home)
@@ -259,14 +268,30 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
             continue
         try:
             policy = own.policy_for(user.user_id) if own is not None else share_nothing()
-            shared = policy.stricter(ceiling).apply(get_task(user.task), user.user_id, user.profile)
+            if ceiling is not None:
+                policy = policy.stricter(ceiling)
+            shared = policy.apply(get_task(user.task), user.user_id, user.profile, id_key=id_key)
             audit.record(shared, destination="server", request="share", local=True)
+            record_shared(home, user.task, user.user_id, shared.local_ids)  # what DP treats as seen
             shares.append(shared.to_dict())
         except Exception as exc:  # one user's bad consent file must not silence the others
             _log_error(home, f"share {user_key(user.task, user.user_id)}", exc)
             errors.append({"user": user_key(user.task, user.user_id), "reason": generic_error(exc)})
     hosted = [user_key(u.task, u.user_id) for u in users]
     return {"users": hosted, "shares": shares, "errors": errors}
+
+
+def _shared_sets(home: Path, users: list[User]
+                 ) -> tuple[dict[tuple[str, str], frozenset[str]], dict[tuple[str, str], Any]]:
+    """Each user's records this device has shared (its ledger); an unreadable ledger fails that user only."""
+    seen: dict[tuple[str, str], frozenset[str]] = {}
+    failed: dict[tuple[str, str], Any] = {}
+    for user in users:
+        try:
+            seen[(user.task, user.user_id)] = shared_ids(home, user.task, user.user_id)
+        except Exception as exc:  # noqa: BLE001 - reported as this user's error
+            failed[(user.task, user.user_id)] = exc
+    return seen, failed
 
 
 def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
@@ -283,12 +308,16 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
     _crash_check(users, cfg, node_config, home)
     audit = AuditLog(home / "audit.jsonl")
     results = []
-    jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in users]
+    seen, outcome_of = _shared_sets(home, users)
+    ready = [u for u in users if (u.task, u.user_id) in seen]
+    jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in ready]
     try:  # all hosted users together: their answers share mixed-adapter batches
-        outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg))
+        outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg), shared=seen)
     except Exception as exc:  # the node cannot personalize at all (e.g. its model does not load)
-        outcomes = [exc] * len(users)
-    for user, outcome in zip(users, outcomes):
+        outcomes = [exc] * len(ready)
+    outcome_of.update({(u.task, u.user_id): o for u, o in zip(ready, outcomes)})
+    for user in users:
+        outcome = outcome_of[(user.task, user.user_id)]
         key = user_key(user.task, user.user_id)
         try:
             if isinstance(outcome, Exception):

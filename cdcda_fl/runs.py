@@ -108,12 +108,16 @@ def write_simulated_consent(out: Path, cfg: Mapping[str, Scalar]) -> Path:
     """The simulated users' own consent file, ``devices/consent.toml`` (their shared "disk").
 
     Devices own their consent (cdcda_fl.privacy.consent): a simulated device reads this file as
-    its owner's policy, written from the run's ``consent.*`` keys (and overrides file) so that a
-    run config shares exactly what it did before. Real devices never read it.
+    its owner's policy, written from the run's ``consent.*`` keys (and overrides file) and, when
+    the data dir holds its owners' ``consent.toml``, the most restrictive combination of the two
+    (privacy/policy_file.py): simulating real owners never shares what they did not consent to.
+    Real devices never read it.
     """
-    from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, device_policy_values, write_device_policy
+    from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME
+    from cdcda_fl.privacy.policy_file import owners_policy_file, simulated_policy_tables, write_device_policy
 
-    return write_device_policy(out / "devices" / DEVICE_POLICY_FILENAME, device_policy_values(cfg))
+    tables = simulated_policy_tables(cfg, owners_policy_file(cfg["data-dir"]))
+    return write_device_policy(out / "devices" / DEVICE_POLICY_FILENAME, tables)
 
 
 def index_root(cfg: Mapping[str, Scalar]) -> Path:
@@ -171,7 +175,7 @@ def unknown_consent_users(cfg: Mapping[str, Scalar]) -> list[str]:
     path = Path(str(cfg["out-dir"])) / "devices" / "consent.toml"
     if not path.is_file():
         return []
-    from cdcda_fl.privacy.consent import load_device_policy
+    from cdcda_fl.privacy.policy_file import load_device_policy
 
     return load_device_policy(path).unknown_users(ref.user_id for ref in user_refs(cfg))
 

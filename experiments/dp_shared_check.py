@@ -64,7 +64,7 @@ def main() -> None:
             if not done.is_file():
                 continue
             result = json.loads(done.read_text())
-            shared_ids = set(share_records(user, cfg).record_ids)
+            shared_ids = set(share_records(user, cfg).local_ids)
             shared = spec.profile_to_pairs([r for r in user.profile if str(r["id"]) in shared_ids])
             base_q = float(result["methods"]["base"]["metrics"][metric])
             row = {"task": task, "user": user.user_id, "n_profile": len(user.profile), "n_shared": len(shared),

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from cdcda_fl.config import Scalar
+from cdcda_fl.privacy.policy_file import owners_policy_file
 from cdcda_fl.progress import log
 from cdcda_fl.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users, user_refs
 
@@ -163,6 +164,10 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     if issues:
         log(f"skipping the users of {len(issues)} invalid record(s) (reported in failures.jsonl):\n"
             f"{describe_issues(issues)}")
+    owners = owners_policy_file(cfg["data-dir"])
+    if owners is not None:
+        log(f"simulating the owners' consent: {owners}, combined with the run's consent.* keys (the stricter per "
+            "key), is each simulated device's policy (devices/consent.toml)")
     unknown = unknown_consent_users(cfg)
     if unknown:
         log(f"[yellow]warning:[/yellow] consent overrides name user(s) no task of this run holds: "

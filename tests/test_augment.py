@@ -69,7 +69,7 @@ def test_prompts_hold_only_consented_records_fields_and_one_user_each(tmp_path) 
     users = {u: movie_user(u) for u in ("alice", "bob", "carol")}
     cfg = {"consent.share-fraction": 0.5, "consent.deny-labels": "comedy"}
     shared = [ConsentPolicy.from_config(cfg, u).apply(LAMP2, u, items) for u, items in users.items()]
-    consented = {(s.user_id, rid) for s in shared for rid in s.record_ids}
+    consented = {(s.user_id, rid) for s in shared for rid in s.local_ids}  # the owners' ids (canaries name them)
     assert 0 < len(consented) < 24
     backend = RecordingBackend(novel_movie)
     audit = AuditLog(tmp_path)
@@ -83,7 +83,8 @@ def test_prompts_hold_only_consented_records_fields_and_one_user_each(tmp_path) 
         assert found <= consented, f"non-consented record in a prompt: {found - consented}"
     # The audit names exactly the consented records, and never copies their text.
     lines = read_audit(tmp_path)
-    assert {(ln["user"], rid) for ln in lines for rid in ln["record_ids"]} == consented
+    assert {(ln["user"], rid) for ln in lines for rid in ln["record_ids"]} == {(s.user_id, rid) for s in shared
+                                                                               for rid in s.record_ids}
     assert "CANARY" not in (tmp_path / "audit.jsonl").read_text()
     for u, res in results.items():
         assert res.error is None and len(res.records) == 4

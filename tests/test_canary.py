@@ -110,7 +110,7 @@ def test_planted_canaries_never_reach_the_share_payload(fraction):
     payload = json.dumps(shared.to_dict())
     assert not any(c.secret in payload or f'"{c.id}' in payload for c in canaries)
     # Planting changes neither which nor how many records leave.
-    assert shared.record_ids == share_records(user, cfg).record_ids
+    assert shared.local_ids == share_records(user, cfg).local_ids
     # Without the canary consent, sharing everything would leak them, and the check says so.
     if fraction == 1.0:
         with pytest.raises(CanaryError, match="would reach the cloud"):

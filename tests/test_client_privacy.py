@@ -16,6 +16,7 @@ from cdcda_fl.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
 from cdcda_fl.device_node import SIMULATED, hosted_users
 from cdcda_fl.privacy.audit_log import read_audit
+from cdcda_fl.privacy.record_ids import device_key, own_ids
 from cdcda_fl.runs import write_simulated_consent
 from clients.codec import pack, unpack
 from clients.device import simulation_app as app
@@ -74,6 +75,13 @@ def _call(message_type: str, content: RecordDict, node_config: dict) -> Message:
     return app(msg, ctx)
 
 
+def _own(cfg: dict, share: dict, home: Path | None = None) -> list[str]:
+    """The owner's ids of a share's records: only the device's key maps the opaque ids back."""
+    key = device_key(home or Path(cfg["out-dir"]) / "devices")
+    back = own_ids(key, share["task"], share["user_id"], ["p0", "p1", "p2"])
+    return [back[r["id"]] for r in share["records"]]
+
+
 def _reply_bytes(reply: Message) -> str:
     return json.dumps({name: dict(rec) for name, rec in reply.content.items()}, default=str)
 
@@ -84,14 +92,16 @@ def test_share_reply_holds_only_consented_scrubbed_fields(cfg: dict) -> None:
     assert CANARY_DENIED not in text and CANARY_FIELD not in text and CANARY_EMAIL not in text
     shares = unpack(reply)["shares"]
     assert len(shares) == 1 and shares[0]["user_id"] == "alice"
-    assert [r["id"] for r in shares[0]["records"]] == ["p0", "p2"]  # p1 denied by term
+    assert _own(cfg, shares[0]) == ["p0", "p2"]  # p1 denied by term
+    assert not {"p0", "p1", "p2"} & {r["id"] for r in shares[0]["records"]}  # the owner's ids stay home
     assert all(set(r) == {"id", "title"} for r in shares[0]["records"])
     assert "[EMAIL]" in shares[0]["records"][0]["title"]
 
 
 def test_share_nothing_sends_no_records(cfg: dict) -> None:
-    reply = _call("query.share", pack(dict(cfg, **{"consent.share-fraction": 0.0}), share=True),
-                  {"partition-id": 0, "num-partitions": 1})
+    nothing = dict(cfg, **{"consent.share-fraction": 0.0})
+    write_simulated_consent(Path(cfg["out-dir"]), nothing)  # a run writes its devices' file from its own keys
+    reply = _call("query.share", pack(nothing, share=True), {"partition-id": 0, "num-partitions": 1})
     assert all(not s["records"] for s in unpack(reply)["shares"])
 
 
@@ -130,14 +140,22 @@ def test_server_config_that_widens_sharing_is_ignored(cfg: dict) -> None:
     wide = dict(cfg, **{"consent.share-fraction": 1.0, "consent.scrub": False, "consent.fields": "",
                         "consent.deny-terms": "", "consent.record-ids": "p0,p1,p2"})
     (share,) = _share(wide)
-    assert [r["id"] for r in share["records"]] == ["p0", "p2"] and all(set(r) == {"id", "title"} for r in share["records"])
+    assert _own(wide, share) == ["p0", "p2"] and all(set(r) == {"id", "title"} for r in share["records"])
     text = json.dumps(share)
     assert CANARY_DENIED not in text and CANARY_FIELD not in text and CANARY_EMAIL not in text
 
 
-def test_server_can_make_sharing_stricter(cfg: dict) -> None:
-    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}))
+def test_server_can_make_sharing_stricter(cfg: dict, tmp_path: Path) -> None:
+    """On a real device the server's fraction is a fraction of the device's own selection (2 of 3:
+    p1 is denied). A simulated device has no ceiling: the run wrote its file from these very keys."""
+    (Path(cfg["data-dir"]) / "consent.toml").write_text('[default]\nshare-fraction = 1.0\ndeny-terms = "secret project"\n')
+    real = {"data-dir": cfg["data-dir"], "user-id": "alice", "storage-dir": str(tmp_path / "dev")}
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.5}), real)
     assert len(share["records"]) == 1
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}), real)
+    assert share["records"] == []
+    (share,) = _share(dict(cfg, **{"consent.share-fraction": 0.34}))  # simulated: its file (fraction 1.0) alone
+    assert len(share["records"]) == 2
 
 
 def test_device_policy_of_zero_shares_nothing_whatever_the_server_sends(cfg: dict) -> None:

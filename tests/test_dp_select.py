@@ -93,7 +93,7 @@ def _synthetic(n: int) -> list[dict]:
 def test_validation_pairs_come_only_from_the_cloud_records_never_from_training():
     spec, user = get_task("LaMP_2"), _user()
     cfg = _cfg(**{"consent.share-fraction": 0.5})
-    shared_ids = set(share_records(user, cfg).record_ids)
+    shared_ids = set(share_records(user, cfg).local_ids)
     private_pairs = set(spec.profile_to_pairs([r for r in user.profile if r["id"] not in shared_ids]))
     synthetic = _synthetic(8)
     syn_pairs = set(spec.profile_to_pairs(synthetic))
@@ -330,7 +330,7 @@ def test_personalize_with_private_selection_never_trains_on_private_records(tiny
     assert entry["epsilon"] == 8.0 and entry["dp"]["criterion"].startswith("exponential mechanism")
     real = set(get_task("LaMP_2").profile_to_pairs(user.profile))
     assert seen and all(not set(batch) & real for batch in seen)  # only the cloud's records were trained on
-    assert entry["dp"]["n_validation"] == len(user.profile) - len(share_records(user, cfg).record_ids)
+    assert entry["dp"]["n_validation"] == len(user.profile) - len(share_records(user, cfg).local_ids)
     with pytest.raises(ConfigError, match="choose from synthetic, private"):
         check_dp_selection({**cfg, "dp.selection": "magic"})
     # No target ε (σ given instead): nothing for the mechanism to spend, so DP-SGD candidates as before.

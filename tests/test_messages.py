@@ -24,9 +24,27 @@ def test_received_config_fills_defaults_drops_other_kinds_keys_and_refuses_unsen
     cfg = received_config("share", {"consent.share-fraction": "0.25", "cloud.base-url": "https://x", "train.steps": 3})
     assert cfg["consent.share-fraction"] == 0.25  # coerced
     assert cfg["seed"] == 0  # default filled
-    assert "cloud.base-url" not in cfg and "train.steps" not in cfg  # not the share kind's: dropped
+    assert "cloud.base-url" not in dict(cfg) and "train.steps" not in dict(cfg)  # not the share kind's: dropped
     with pytest.raises(ConfigError, match="'train.steps' is not sent to devices with 'share' messages"):
         cfg["train.steps"]
+    assert "seed" in cfg and cfg.get("seed") == 0
+
+
+@pytest.mark.parametrize("read", [lambda c: "dp.epsilon" in c, lambda c: c.get("dp.epsilon", 0.0), lambda c: c.items(),
+                                  lambda c: __import__("cdcda_fl.config").config.config_section(c, "dp.")])
+def test_received_config_guards_get_in_items_and_sections(read):
+    """`in` answering False, `.get` its default or `.items()` an empty section is a silent default too."""
+    with pytest.raises(ConfigError, match="not sent to devices with 'share' messages|read by key or by section"):
+        read(received_config("share", {}))
+
+
+def test_consent_is_not_read_off_a_personalize_message():
+    """The bug of issue 29.14: ConsentPolicy.from_config on a personalize message read no consent.*
+    keys through items() and answered "share nothing"; now it says the section is not there."""
+    from cdcda_fl.privacy.consent import ConsentPolicy
+
+    with pytest.raises(ConfigError, match="'consent.' is not sent to devices with 'personalize'"):
+        ConsentPolicy.from_config(received_config("personalize", {}), "u")
     with pytest.raises(ConfigError, match="unknown config key"):
         received_config("share", {"trian.steps": 3})
     with pytest.raises(ConfigError, match="unknown message kind"):
@@ -59,7 +77,8 @@ def test_the_dp_paths_run_on_what_a_personalize_message_carries(tmp_path):
     for selection in ("private", "synthetic"):
         cfg = received_config("personalize", message_config("personalize", _full_cfg(**{
             "methods": "local,cdcda", "dp.enabled": True, "dp.epsilon": 8.0, "dp.selection": selection})))
-        (result,) = personalize_users([(_lamp2_user("d", 2), _synthetic(_lamp2_user("d", 2)))], cfg,
-                                      storage_dir=tmp_path / selection)
+        user = _lamp2_user("d", 2)
+        shared = {(user.task, user.user_id): frozenset(str(r["id"]) for r in user.profile[:2])}  # the device's ledger
+        (result,) = personalize_users([(user, _synthetic(user))], cfg, storage_dir=tmp_path / selection, shared=shared)
         assert not isinstance(result, Exception), (selection, result)
         assert set(result["methods"]) == {"local", "cdcda"}

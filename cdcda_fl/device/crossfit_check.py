@@ -11,7 +11,6 @@ of exactly those and reused by every share fraction and writer of a sweep, and b
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,20 +19,17 @@ from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.device.crossfit import CrossfitScores, FoldScores, folds, judge, run_folds
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, check_step_scale
+from cdcda_fl.device.train_key import adapter_key, base_identity, fingerprint
 from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
 
 META = "crossfit.json"
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class CrossfitCheck:
     """One user's cross-fitted check; :meth:`decide` returns the device's decision."""
 
-    def __init__(self, run: Any, gate: GateConfig, train_keys: Mapping[str, Any]) -> None:
-        self.run, self.gate, self.train_keys = run, gate, dict(train_keys)
+    def __init__(self, run: Any, gate: GateConfig) -> None:
+        self.run, self.gate = run, gate
         self.items: list[Mapping[str, Any]] = list(run.user.profile)
         self.spec = run.spec
 
@@ -90,9 +86,12 @@ class CrossfitCheck:
                 fresh: Any) -> FoldScores:
         """Scores of a model that does not depend on the cloud's records, stored on the device."""
         run = self.run
-        key = f"{self.spec.name}-xfit-{kind}-" + _key(self.train_keys, kind, self.gate.budget, len(self.items),
-                                                      self.spec.profile_to_pairs(list(train)),
-                                                      self.spec.profile_to_pairs(list(held)))
+        train_pairs = self.spec.profile_to_pairs(list(train))
+        model = (adapter_key(run.cfg, train_pairs, [1.0] * len(train_pairs), len(train_pairs)) if train_pairs
+                 else base_identity(run.cfg))
+        key = f"{self.spec.name}-xfit-{kind}-" + fingerprint(
+            model, kind, check_step_scale(self.gate, len(train), len(self.items)),
+            self.spec.profile_to_pairs(list(held)), str(run.cfg["eval.batch-size"]))
         path = run.store.path(run.user.user_id, key)
         if (path / META).is_file() and not run.cfg["train.retrain"]:
             d = json.loads((path / META).read_text())

@@ -21,10 +21,9 @@ holds predictions, metrics, ε and counts — never adapter weights or profile r
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.crossfit import RULE_VERSION as CROSSFIT_VERSION
 from cdcda_fl.device.crossfit_check import CrossfitCheck
-from cdcda_fl.device.schedule import exposure_scale, schedule_name, train_cdcda
+from cdcda_fl.device.schedule import exposure_scale, train_cdcda
 from cdcda_fl.device.select import SelectConfig, Selection, select_records
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
@@ -47,6 +46,7 @@ from cdcda_fl.device.synthetic_gate import (
     decide,
     mean_loss,
 )
+from cdcda_fl.device.train_key import adapter_key, base_dtype, dp_key, gate_key
 from cdcda_fl.edge.runtime import Answerer, AnswerRequest, make_answerer
 from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
 from cdcda_fl.privacy.audit import membership_auc
@@ -56,9 +56,13 @@ TRAINED_METHODS = ("local", "cdcda")
 TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
 
 
-def share_records(user: User, cfg: Mapping[str, Scalar]) -> SharedRecords:
-    """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device."""
-    return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile)
+def share_records(user: User, cfg: Mapping[str, Scalar], *, id_key: bytes | None = None) -> SharedRecords:
+    """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device.
+
+    ``cfg`` is the policy here (library use: experiments, audits); a device node applies its
+    owner's file and the server's ceiling instead (``device_node.share``)."""
+    return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile,
+                                                              id_key=id_key)
 
 
 def _label(spec: TaskSpec, item: Mapping[str, Any]) -> str | None:
@@ -108,17 +112,6 @@ def mixture_weights(spec: TaskSpec, real: Sequence[Mapping[str, Any]], synthetic
     return kept, real_w, syn_w
 
 
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-_TRAIN_KEYS = ("device.model", "device.quantization", "device.dtype", "seed") + tuple(
-    k for k in ("train.steps", "train.epochs", "train.lr", "train.batch-size", "train.rank", "train.alpha",
-                "train.dropout", "train.max-length", "train.target-modules", "train.lora-layers", "train.synthetic-weight",
-                "dp.enabled", "dp.epsilon", "dp.noise-multiplier", "dp.max-grad-norm", "dp.delta", "dp.accountant"))
-
-
 def _cloud_backend(cfg: Mapping[str, Scalar]):
     """The cloud model for the upper-bound baseline, loaded once per process like the base model."""
     from cdcda_fl.cloud.backends import make_backend
@@ -140,9 +133,7 @@ def device_model_for(cfg: Mapping[str, Scalar]) -> Any:
     from cdcda_fl.device.lora import DeviceModel
     from cdcda_fl.device.models import cached, get_base_model
 
-    dtype = str(cfg["device.dtype"])
-    if cfg["dp.enabled"] and dtype in ("", "auto"):
-        dtype = "fp32"  # Opacus's per-sample gradients are checked in fp32 only (tests/test_dp.py)
+    dtype = base_dtype(cfg)
     model, quantization = str(cfg["device.model"]), str(cfg["device.quantization"]) or None
     return cached(("device", model, quantization, dtype),
                   lambda: DeviceModel(get_base_model(model, quantization=quantization, dtype=dtype)))
@@ -168,10 +159,12 @@ class _UserRun:
 
     def __init__(self, user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
                  storage_dir: Path, model: Any, answerer: Answerer,
-                 on_step: Callable[[str], None] | None) -> None:
+                 on_step: Callable[[str], None] | None, shared_ids: frozenset[str] | None = None) -> None:
         from cdcda_fl.device.lora import AdapterStore
 
         self.user, self.cfg, self.model = user, cfg, model
+        #: the owner's ids of the records the device shared (None: derive them from ``cfg``'s policy)
+        self.shared_ids = shared_ids
         self.storage_dir = Path(storage_dir)
         #: the saved adapter folder the model holds now (None: the plain base); what a runtime
         #: other than PyTorch answers with (cdcda_fl/edge/runtime.py)
@@ -293,11 +286,8 @@ class _UserRun:
         under ``train.synthetic-schedule`` (device/schedule.py). Never under DP: with
         ``dp.enabled`` both trained methods go through :func:`private_method`."""
         cfg = self.cfg
-        keys = {k_: cfg[k_] for k_ in _TRAIN_KEYS}
         n_real = len(self.real_pairs)
-        if len(pairs) > n_real:
-            keys["train.synthetic-schedule"] = schedule_name(cfg)
-        key = f"{self.spec.name}-{method}-{_fingerprint(keys, pairs, weights)}"
+        key = f"{self.spec.name}-{method}-{adapter_key(cfg, pairs, weights, n_real)}"
         path = self.store.path(self.user.user_id, key)
         # An adapter folder without its metadata is from before metadata was written with
         # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
@@ -397,16 +387,17 @@ class _UserRun:
         if self.decision is not None:
             return self.decision
         gate = GateConfig.from_config(self.cfg)
-        key = f"{self.spec.name}-gate-" + _fingerprint(
-            {k_: config_get(self.cfg, k_) for k_ in _TRAIN_KEYS + _GATE_KEYS}, self.real_pairs, self.synth_pairs,
-            self.synth_weights, CROSSFIT_VERSION if gate.rule == "crossfit" else None)
+        key = f"{self.spec.name}-gate-" + gate_key(self.cfg, self.real_pairs, self.real_weights, self.synth_pairs,
+                                                    self.synth_weights)
+        if gate.rule == "crossfit":  # a changed rule never reuses the old rule's decisions
+            key += f"-x{CROSSFIT_VERSION}"
         path = self.store.path(self.user.user_id, key)
         if (path / TRAIN_META).is_file() and not self.cfg["train.retrain"]:
             self.decision = GateDecision(**json.loads((path / TRAIN_META).read_text()))
             return self.decision
         self.step("check")
         if gate.rule == "crossfit":  # every user, sparse ones included (device/crossfit.py)
-            self.decision = CrossfitCheck(self, gate, {k_: config_get(self.cfg, k_) for k_ in _TRAIN_KEYS}).decide()
+            self.decision = CrossfitCheck(self, gate).decide()
         else:
             self.decision = decide(gate, self.user.profile, len(self.synth_pairs),
                                    seed=f"{self.cfg['seed']}:{self.user.user_id}",
@@ -473,12 +464,6 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-_GATE_KEYS = ("train.synthetic-gate", "train.synthetic-gate-criterion", "train.synthetic-gate-fraction",
-              "train.synthetic-gate-margin", "train.synthetic-gate-min-real", "train.synthetic-gate-min-held-out",
-              "train.synthetic-gate-budget", "train.synthetic-gate-folds", "train.synthetic-record-cap",
-              "train.equal-real-exposure",
-              "train.synthetic-schedule", "train.synthetic-select", "train.synthetic-select-keep")
-
 
 # ---------------------------------------------------------------------- the method registry
 def _base(run: _UserRun) -> None:
@@ -542,7 +527,7 @@ def _cdcda(run: _UserRun) -> None:
 def _private(run: _UserRun, method: str) -> None:
     started = time.perf_counter()
     extra, run.adapter_dir = private_method(run.model, run.store, run.spec, run.user, method, run.valid_synthetic,
-                                            run.cfg)
+                                            run.cfg, shared_ids=run.shared_ids)
     if method == "cdcda":  # under DP: every valid cloud record but the validation split
         run.result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
     extra.update(run.mia())
@@ -578,7 +563,9 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
 
 def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], cfg: Mapping[str, Scalar], *,
                       storage_dir: Path, device_model: Any | None = None,
-                      on_step: Callable[[str], None] | None = None) -> list[dict[str, Any] | Exception]:
+                      on_step: Callable[[str], None] | None = None,
+                      shared: Mapping[tuple[str, str], frozenset[str]] | None = None
+                      ) -> list[dict[str, Any] | Exception]:
     """:func:`personalize_user` for every (user, synthetic records) a node hosts, answering them together.
 
     Each user's methods train (or reuse) their adapters in turn; the answers of every method of
@@ -589,6 +576,10 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
     ``seconds`` is its own time plus its rows' share of the batched answering.
 
     One user's failure is that user's outcome (the exception), never the others'.
+    ``shared``: (task, user id) -> the owner's ids of the records the device shared (its ledger,
+    ``privacy/shared_ledger.py``); DP's private selection spends ε on the others only. Without
+    it, the records ``cfg``'s own consent keys select (library use; a device's personalize
+    message carries no consent keys, and reading them there is an error).
     """
     model = device_model or device_model_for(cfg)
     answerer = make_answerer(cfg, device_model=model, storage_dir=Path(storage_dir),
@@ -600,7 +591,7 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
             run = None
             try:
                 run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, answerer=answerer,
-                               on_step=on_step)
+                               on_step=on_step, shared_ids=None if shared is None else shared[(user.task, user.user_id)])
                 run.clear()
                 for method in methods_of(cfg):
                     run.step(method)
@@ -664,9 +655,6 @@ def _answer_pending(runs: Sequence[_UserRun]) -> dict[int, Exception]:
 
 
 # ---------------------------------------------------------------------- the DP methods
-_DP_KEYS = _TRAIN_KEYS + ("dp.auto", "dp.candidates", "dp.fallback", "dp.fallback-margin", "dp.validation-fraction",
-                          "train.equal-real-exposure", "dp.public-warmstart", "dp.public-steps", "dp.public-lr")
-
 
 def dp_training_data(spec: TaskSpec, user: User, synthetic: Sequence[Mapping[str, Any]], method: str,
                      cfg: Mapping[str, Scalar]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[float],
@@ -711,8 +699,8 @@ def _write_meta_only(path: Path, text: str) -> None:
 
 
 def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: str,
-                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar]
-                   ) -> tuple[dict[str, Any], Path | None]:
+                   synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
+                   shared_ids: Collection[str] | None = None) -> tuple[dict[str, Any], Path | None]:
     """Train (or reuse) one DP method's adapter: DP-SGD candidates (:func:`~cdcda_fl.device.dp_select.train_private`)
     or, for CDCDA with ``dp.selection = private``, a cloud-trained adapter and one ε-DP choice
     (:func:`~cdcda_fl.device.dp_select.select_public_privately`).
@@ -724,7 +712,7 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     back is computed from the candidates) and ``dp`` (the decision: chosen candidate or fell back,
     validation losses of the base and of every candidate, σ, ε, δ).
     """
-    from cdcda_fl.device.dp_select import candidates_for, select_public_privately, train_private
+    from cdcda_fl.device.dp_select import candidates_for, public_lora, select_public_privately, train_private
 
     real_pairs, synth_pairs, synth_weights, validation = dp_training_data(spec, user, synthetic, method, cfg)
     weights = [1.0] * len(real_pairs) + synth_weights
@@ -733,9 +721,28 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
     # dp.noise-multiplier set there is no ε to give the exponential mechanism): else DP-SGD candidates.
     private_select = (method == "cdcda" and selection == "private" and bool(synth_pairs or validation)
                       and float(config_get(cfg, "dp.epsilon") or 0.0) > 0)
-    keys = _DP_KEYS + (("dp.selection",) if method == "cdcda" else ())
-    key = f"{spec.name}-{method}-dp-" + _fingerprint({k_: config_get(cfg, k_) for k_ in keys}, real_pairs,
-                                                     synth_pairs, synth_weights, validation)
+    public: list[tuple[str, str]] = []
+    private_pairs: list[tuple[str, str]] = []
+    if private_select:
+        # Every cloud record trains the public adapter (no synthetic hold-out is needed: the choice is
+        # made on the non-shared real records, with the exponential mechanism).
+        if shared_ids is None:  # library use: cfg is the user's policy
+            shared_ids = share_records(user, cfg).local_ids
+        shared_ids = set(shared_ids)
+        private_pairs = spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared_ids])
+        public = [*synth_pairs, *validation]
+        candidates = candidates_for(cfg, len(real_pairs))[:1]
+    else:
+        shared_ids = None  # DP-SGD covers every real record, shared or not
+        warm = parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart")
+        if method == "cdcda" and synth_pairs and warm:
+            # The cloud's records are public here: a noise-free first stage, then DP-SGD on the real pairs only.
+            public, synth_pairs, synth_weights, weights = synth_pairs, [], [], [1.0] * len(real_pairs)
+        scale = exposure_scale(cfg, weights, real_pairs)
+        candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
+    stage = public_lora(candidates[0].lora, cfg, len(public)) if public else None
+    key = f"{spec.name}-{method}-dp-" + dp_key(cfg, method, candidates, stage,
+                                               (real_pairs, synth_pairs, synth_weights, validation, public), shared_ids)
     path = store.path(user.user_id, key)
     meta = path / TRAIN_META
     if meta.is_file() and not cfg["train.retrain"]:
@@ -748,27 +755,13 @@ def private_method(model: Any, store: Any, spec: TaskSpec, user: User, method: s
         if decision and store.exists(user.user_id, key):
             model.load_adapter(path)
             return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}, path
-    public: list[tuple[str, str]] = []
+    started = time.perf_counter()
     if private_select:
-        # Every cloud record trains the public adapter (no synthetic hold-out is needed: the choice is
-        # made on the non-shared real records, with the exponential mechanism).
-        shared_ids = set(share_records(user, cfg).record_ids)
-        private_pairs = spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared_ids])
-        public = [*synth_pairs, *validation]
-        started = time.perf_counter()
-        first = candidates_for(cfg, len(real_pairs))[0]
         decision, res = select_public_privately(
-            model, public, private_pairs, cfg, first.lora, seed=f"{cfg['seed']}:{user.user_id}",
+            model, public, private_pairs, cfg, candidates[0].lora, seed=f"{cfg['seed']}:{user.user_id}",
             utilities=lambda m, pairs: metric_utilities(m, spec, pairs),
             utility_name=f"the greedy answer's {primary_metric(spec)} in [0, 1]")
         return _private_entry(model, store, path, decision, res, started, real_pairs, public)
-    warm = parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart")
-    if method == "cdcda" and synth_pairs and warm:
-        # The cloud's records are public here: a noise-free first stage, then DP-SGD on the real pairs only.
-        public, synth_pairs, synth_weights, weights = synth_pairs, [], [], [1.0] * len(real_pairs)
-    scale = exposure_scale(cfg, weights, real_pairs)
-    candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
-    started = time.perf_counter()
     decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,
                                   synth_weights=synth_weights if synth_pairs else None, candidates=candidates,
                                   public_pairs=public)

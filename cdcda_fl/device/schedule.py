@@ -21,6 +21,7 @@ apply: CDCDA+DP always runs its own two stages (``dp.public-warmstart``, docs/dp
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cdcda_fl.config import ConfigError, config_get
@@ -39,33 +40,41 @@ def exposure_scale(cfg: Mapping[str, Any], weights: Sequence[float], real_pairs:
     return sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
 
 
-def _mix(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-         synth_w: Sequence[float], step_scale: float) -> Any:
+@dataclass(frozen=True)
+class Stage:
+    """One training of a schedule: on which pairs (``all``, ``synthetic``, ``real``), with which
+    resolved LoRA settings, and whether it continues the adapter of the stage before."""
+
+    data: str
+    lora: Any  # LoraTrainConfig (imported lazily: torch)
+    continues: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the stage's weights depend on besides its data: the adapter store's fingerprint uses it."""
+        return {"data": self.data, "continues": self.continues, "lora": asdict(self.lora)}
+
+
+def _mix(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+         synth_w: Sequence[float], step_scale: float) -> list[Stage]:
     from cdcda_fl.device.training import LoraTrainConfig
 
     weights = [*real_w, *synth_w]
-    lcfg = LoraTrainConfig.from_run_config(cfg, step_scale * exposure_scale(cfg, weights, real))
-    return model.train([*real, *synth], lcfg, None, weights=weights)
+    return [Stage("all", LoraTrainConfig.from_run_config(cfg, step_scale * exposure_scale(cfg, weights, real)))]
 
 
-def _synthetic_first(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-                     synth_w: Sequence[float], step_scale: float) -> Any:
-    from cdcda_fl.device.training import LoraTrainConfig, TrainResult
+def _synthetic_first(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+                     synth_w: Sequence[float], step_scale: float) -> list[Stage]:
+    from cdcda_fl.device.training import LoraTrainConfig
 
     if not synth:
-        return _mix(model, cfg, real, real_w, synth, synth_w, step_scale)
+        return _mix(cfg, real, real_w, synth, synth_w, step_scale)
     share = min(1.0, sum(synth_w) / max(len(real), 1))  # synthetic mass per real record, at most 1
-    first = model.train(list(synth), LoraTrainConfig.from_run_config(cfg, step_scale * share), None,
-                        weights=list(synth_w))
-    second = model.train(list(real), LoraTrainConfig.from_run_config(cfg, step_scale), None,
-                         weights=[1.0] * len(real), continue_active=True)
-    return TrainResult(steps=first.steps + second.steps, trained_tokens=first.trained_tokens + second.trained_tokens,
-                       seconds=first.seconds + second.seconds, final_loss=second.final_loss,
-                       losses=[*first.losses, *second.losses])
+    return [Stage("synthetic", LoraTrainConfig.from_run_config(cfg, step_scale * share)),
+            Stage("real", LoraTrainConfig.from_run_config(cfg, step_scale), continues=True)]
 
 
-#: name -> how CDCDA trains one adapter on (real, real weights, synthetic, synthetic weights).
-SCHEDULES: dict[str, Callable[..., Any]] = {"mix": _mix, "synthetic-first": _synthetic_first}
+#: name -> the stages CDCDA trains one adapter in, from (real, real weights, synthetic, synthetic weights).
+SCHEDULES: dict[str, Callable[..., list[Stage]]] = {"mix": _mix, "synthetic-first": _synthetic_first}
 
 
 def schedule_name(cfg: Mapping[str, Any]) -> str:
@@ -76,6 +85,13 @@ def schedule_name(cfg: Mapping[str, Any]) -> str:
     return name
 
 
+def plan_cdcda(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+               synth_w: Sequence[float], *, step_scale: float = 1.0) -> list[Stage]:
+    """The stages :func:`train_cdcda` runs, resolved (step budgets included): what a stored
+    adapter is keyed by, so a setting that changes training can never reuse a stale one."""
+    return SCHEDULES[schedule_name(cfg)](cfg, real, real_w, synth, synth_w, step_scale)
+
+
 def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
                 synth_w: Sequence[float], *, step_scale: float = 1.0) -> Any:
     """Train a fresh CDCDA adapter (left active on ``model``) under ``train.synthetic-schedule``.
@@ -83,4 +99,17 @@ def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequenc
     ``step_scale`` scales local-only's step budget (the holdout check trains on part of the
     profile: synthetic_gate.check_step_scale). Returns the TrainResult (steps summed over stages).
     """
-    return SCHEDULES[schedule_name(cfg)](model, cfg, real, real_w, synth, synth_w, step_scale)
+    from cdcda_fl.device.training import TrainResult
+
+    data = {"all": ([*real, *synth], [*real_w, *synth_w]), "synthetic": (list(synth), list(synth_w)),
+            "real": (list(real), [1.0] * len(real))}  # the real stage trains as local-only does
+    results = []
+    for stage in plan_cdcda(cfg, real, real_w, synth, synth_w, step_scale=step_scale):
+        pairs, weights = data[stage.data]
+        extra = {"continue_active": True} if stage.continues else {}
+        results.append(model.train(pairs, stage.lora, None, weights=weights, **extra))
+    if len(results) == 1:
+        return results[0]
+    return TrainResult(steps=sum(r.steps for r in results), trained_tokens=sum(r.trained_tokens for r in results),
+                       seconds=sum(r.seconds for r in results), final_loss=results[-1].final_loss,
+                       losses=[x for r in results for x in r.losses])

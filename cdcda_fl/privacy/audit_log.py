@@ -11,7 +11,8 @@ Two logs, two views: the server appends what it *received* (the cloud's view, ``
 and each device appends what it *sent* before replying (its owner's view, on the device's own
 disk). Both name every reply with its ``kind`` (``share`` or ``result``), user, task, byte count
 and SHA-256, so the two can be compared line by line (tests/test_simulation.py does, after a real run).
-Device lines may also carry ``n_total``/``n_denied``, which never leave the device.
+Device lines may also carry ``n_total``/``n_denied`` and ``own_ids`` (the owner's ids of the
+opaque ``record_ids``), which never leave the device.
 
 Appends are serialized by a thread lock and a lock on the log file itself, so Ray workers or
 threads writing the same ``audit.jsonl`` never interleave half-lines; the log is 0600 and a
@@ -77,6 +78,7 @@ class AuditLog:
         if local:
             line["n_total"] = shared.n_total
             line["n_denied"] = shared.n_denied
+            line["own_ids"] = list(shared.local_ids)  # the owner's ids of record_ids (opaque on the wire)
         if destination is not None:
             line["destination"] = destination
         if request is not None:

@@ -193,8 +193,8 @@ def canary_consent(cfg: Mapping[str, Any], user: User, canaries: Sequence[Canary
     out = dict(cfg)
     terms = [t for t in str(cfg.get("consent.deny-terms", "") or "").split(",") if t.strip()]
     out["consent.deny-terms"] = ",".join([*terms, *(c.secret for c in canaries)])
-    if unplanted.record_ids:
-        out["consent.record-ids"] = ",".join(unplanted.record_ids)
+    if unplanted.local_ids:
+        out["consent.record-ids"] = ",".join(unplanted.local_ids)
     else:
         out["consent.share-fraction"] = 0.0
         out["consent.record-ids"] = ""
@@ -207,7 +207,7 @@ def check_not_shared(shared: Any, canaries: Sequence[Canary]) -> None:
     for c in canaries:
         if c.secret.lower() in payload:
             raise CanaryError(f"canary {c.id} ({c.task}) would reach the cloud: its secret is in the shared payload")
-    for rid in getattr(shared, "record_ids", []) or []:
+    for rid in getattr(shared, "local_ids", None) or getattr(shared, "record_ids", []) or []:
         if is_canary_id(rid):
             raise CanaryError(f"canary record {rid!r} would reach the cloud")
 

@@ -3,7 +3,8 @@
 The policy runs on the device, before anything is audited or sent. It decides three things:
 
 * **which records**: none, a seeded fraction, or an explicit list of record ids;
-* **which fields** of those records (``id`` is always kept so the audit can name records);
+* **which fields** of those records (an ``id`` is always kept so the audit can name records; it
+  leaves as an opaque keyed hash, never the owner's string: :mod:`cdcda_fl.privacy.record_ids`);
 * **what never goes**: records with a denied label or containing a denied term.
 
 Every shared text field is then PII-scrubbed (:mod:`cdcda_fl.privacy.redact`). The result is a
@@ -22,8 +23,8 @@ Configuration is flat (Flower run-config style, scalar values)::
     consent.overrides      = "consent.json"  # per-user file: user id -> the same keys
 
 Who decides: the device owner. A device reads its owner's policy from its own disk
-(:func:`load_device_policy`: ``consent.toml`` at the root of its data directory, or the file its
-node config names); the server's ``consent.*`` keys are only a *ceiling*
+(:func:`cdcda_fl.privacy.policy_file.load_device_policy`: ``consent.toml`` at the root of its
+data directory, or the file its node config names); the server's ``consent.*`` keys are only a *ceiling*
 (:meth:`ConsentPolicy.stricter`): per key the more restrictive of the two wins, and a device
 without a policy file shares nothing.
 
@@ -31,6 +32,16 @@ Why the fraction is rounded *down* and ranked by a per-record hash: a user who c
 "half" must never get more than half out, and ranking by ``sha256(seed:user:record-id)`` makes
 the choice deterministic per user, independent of record order, and nested (raising the
 fraction only adds records), which keeps privacy-utility sweeps comparable.
+
+Why the fraction counts only the records the owner's deny rules allow, and the server's fraction
+only the device's own selection (:meth:`ConsentPolicy.select`): the number of records shared is
+seen by the server, so it must not depend on records that are never shared. Counted over the
+whole profile, a server asking for 0.5, 0.6 and 1.0 of a 10-record profile with 4 denied records
+got 5, 6 and 6 back and so learned both numbers. Now a denied record changes nothing the server
+sees, and a server's fraction c yields ``floor(c * n)`` of the ``n`` records it gets at c = 1.
+What the count does reveal is the size of the pool the owner's own fraction samples from
+(≈ shared / fraction): an owner who wants no count to depend on unshared records lists
+``record-ids`` instead.
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import parse_bool
+from cdcda_fl.config import config_get, config_section, parse_bool
+from cdcda_fl.privacy.record_ids import fresh_key, opaque_id
 from cdcda_fl.privacy.redact import Redactor, fold
 
 Scalar = str | int | float | bool
@@ -84,8 +96,9 @@ class SharedRecords:
 
     ``n_total`` and ``n_denied`` stay on the device (its own audit log): they depend on records
     that were *not* shared, so sending them would let a server that chooses the deny terms ask
-    "does any record of this user mention X?" (a keyword oracle) or learn profile sizes.
-    :meth:`to_dict` -- the wire form -- leaves them out.
+    "does any record of this user mention X?" (a keyword oracle) or learn profile sizes. So do
+    ``local_ids``, the owner's own ids of the shared records (``record_ids`` and each record's
+    ``id`` are their opaque names). :meth:`to_dict` -- the wire form -- leaves them out.
     """
 
     user_id: str
@@ -98,6 +111,7 @@ class SharedRecords:
     bytes: int
     redactions: dict[str, int] = field(default_factory=dict)
     n_denied: int = 0
+    local_ids: list[str] = field(default_factory=list)  # the owner's ids of ``record_ids``, in order
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form (Flower messages): everything except the device-local counts."""
@@ -112,10 +126,11 @@ class SharedRecords:
         names = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in names}
         values.setdefault("n_total", 0)  # device-local: never on the wire
+        values.pop("local_ids", None)
         return cls(**values)
 
 
-LOCAL_ONLY = ("n_total", "n_denied")
+LOCAL_ONLY = ("n_total", "n_denied", "local_ids")
 
 
 def payload_bytes(records: Sequence[Mapping[str, Any]]) -> int:
@@ -225,10 +240,9 @@ class ConsentPolicy:
     record_ids: tuple[str, ...] | None = None
     scrub: bool = True
     seed: int = 0
-    # Set only by :meth:`stricter` (the server's ceiling): at most this fraction of the records,
-    # and only these ids (None = any).
+    # Set only by :meth:`stricter` (the server's ceiling): at most this fraction of the records
+    # the device's own rules select.
     max_fraction: float = 1.0
-    allowed_ids: tuple[str, ...] | None = None
     # The server's deny rules (also set only by :meth:`stricter`). They see only the fields that
     # are shared and only remove records after the device's own selection: matched against
     # non-shared fields, or letting another record take a denied one's place, they would let a
@@ -256,14 +270,14 @@ class ConsentPolicy:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Scalar], user_id: str) -> ConsentPolicy:
         """Build a user's policy from flat run config, then apply that user's overrides (if any)."""
-        values: dict[str, Any] = {k[len(PREFIX):]: v for k, v in cfg.items() if k.startswith(PREFIX)}
+        values: dict[str, Any] = {k[len(PREFIX):]: v for k, v in config_section(cfg, PREFIX).items()}
         unknown = [k for k in values if k not in KEYS]
         if unknown:
             raise ConsentError(f"unknown consent key(s) {[PREFIX + k for k in unknown]}; allowed: {[PREFIX + k for k in KEYS]}")
         overrides_path = values.pop("overrides", "")
         if overrides_path:
             values = merge_entry(values, load_overrides(str(overrides_path)).get(str(user_id), {}))
-        return cls.from_values(values, seed_default=cfg.get("seed", 0))
+        return cls.from_values(values, seed_default=config_get(cfg, "seed"))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], *, seed_default: Any = 0) -> ConsentPolicy:
@@ -288,26 +302,25 @@ class ConsentPolicy:
         ``consent.overrides`` names a file on the *server's* disk; a device never opens a path a
         server chose (that turned overrides into a file probe), so it is ignored here: per-user
         settings reach simulated devices through the policy file the run writes for them.
+        ``consent.record-ids`` are the owner's names for their records, which a server never sees
+        (they leave as opaque ids) and could only use to probe for them: ignored too.
         """
-        values = {k: v for k, v in cfg.items() if k != PREFIX + "overrides"}
+        values = {k: v for k, v in config_section(cfg, PREFIX).items()
+                  if k not in (PREFIX + "overrides", PREFIX + "record-ids")}
         return cls.from_config(values, "")
 
     def stricter(self, ceiling: ConsentPolicy) -> ConsentPolicy:
         """This (device) policy, restricted by ``ceiling`` (the server's): per key the stricter wins.
 
         Which records go stays the device's choice (its fraction or ids, its seed); the server can
-        only lower how many (``max_fraction``), narrow explicit ids, intersect the fields, add deny
-        and redaction terms and labels, and switch scrubbing on. It can never widen anything.
+        only lower how many (``max_fraction``, a fraction of the device's own selection), intersect
+        the fields, add deny and redaction terms and labels, and switch scrubbing on. It can never
+        widen anything, and never name records.
         """
         def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
             return tuple(dict.fromkeys((*a, *b)))
 
-        max_fraction = min(self.max_fraction, ceiling.max_fraction,
-                           ceiling.share_fraction if ceiling.record_ids is None else 1.0)
-        allowed = self.allowed_ids
-        for ids in (ceiling.record_ids, ceiling.allowed_ids):
-            if ids is not None:
-                allowed = tuple(i for i in ids if allowed is None or i in allowed)
+        max_fraction = min(self.max_fraction, ceiling.max_fraction, ceiling.share_fraction)
         if self.fields and ceiling.fields:
             fields_ = tuple(f for f in self.fields if f in ceiling.fields)
             if not fields_:  # no field both allow: nothing may go
@@ -319,7 +332,7 @@ class ConsentPolicy:
             deny_terms=self.deny_terms, deny_labels=self.deny_labels,
             redact_terms=union(union(self.redact_terms, ceiling.redact_terms), ceiling.deny_terms),
             record_ids=self.record_ids, scrub=self.scrub or ceiling.scrub, seed=self.seed,
-            max_fraction=max_fraction, allowed_ids=allowed,
+            max_fraction=max_fraction,
             ceiling_deny_terms=union(union(self.ceiling_deny_terms, ceiling.ceiling_deny_terms), ceiling.deny_terms),
             ceiling_deny_labels=union(union(self.ceiling_deny_labels, ceiling.ceiling_deny_labels),
                                       ceiling.deny_labels),
@@ -360,29 +373,33 @@ class ConsentPolicy:
         return hashlib.sha256(f"{self.seed}:{user_id}:{record_id}".encode()).hexdigest()
 
     def select(self, task: Any, user_id: str, items: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], int]:
-        """The records to share (in profile order) and how many were refused by deny rules."""
+        """The records to share (in profile order) and how many were refused by deny rules.
+
+        Every count here is taken over records that may be shared (module docstring): the owner's
+        fraction over the records its deny rules allow, the server's fraction over the owner's
+        selection; the server's deny rules only remove. A denied record changes nothing.
+        """
         eligible = [it for it in items if not self._denied(task, it)]
         n_denied = len(items) - len(eligible)
-        rank = lambda it: self.rank_key(user_id, str(it.get("id")))  # noqa: E731
         if self.record_ids is not None:
             wanted = set(self.record_ids)
             chosen = [it for it in eligible if str(it.get("id")) in wanted]
         else:
-            k = min(len(eligible), int(math.floor(self.share_fraction * len(items) + 1e-9)))
-            keep = {id(it) for it in sorted(eligible, key=rank)[:k]}
-            chosen = [it for it in eligible if id(it) in keep]
-        if self.allowed_ids is not None:
-            allowed = set(self.allowed_ids)
-            chosen = [it for it in chosen if str(it.get("id")) in allowed]
-        cap = int(math.floor(self.max_fraction * len(items) + 1e-9))
-        if len(chosen) > cap:  # the ceiling lowers the count; the device's own ranking picks which
-            keep = {id(it) for it in sorted(chosen, key=rank)[:cap]}
-            chosen = [it for it in chosen if id(it) in keep]
+            chosen = self._first(user_id, eligible, self.share_fraction)
+        chosen = self._first(user_id, chosen, self.max_fraction)  # the server's cap; the device's ranking picks
         if self.ceiling_deny_terms or self.ceiling_deny_labels:  # only removes, never replaces
             kept = [it for it in chosen if not self._ceiling_denied(task, it)]
             n_denied += len(chosen) - len(kept)
             chosen = kept
         return chosen, n_denied
+
+    def _first(self, user_id: str, items: Sequence[Mapping[str, Any]], fraction: float) -> list[Mapping[str, Any]]:
+        """``floor(fraction * len(items))`` of ``items`` by rank, in their own order (nested in ``fraction``)."""
+        k = int(math.floor(fraction * len(items) + 1e-9))
+        if k >= len(items):
+            return list(items)
+        keep = {id(it) for it in sorted(items, key=lambda it: self.rank_key(user_id, str(it.get("id"))))[:k]}
+        return [it for it in items if id(it) in keep]
 
     def _ceiling_denied(self, task: Any, item: Mapping[str, Any]) -> bool:
         """The server's deny rules, on the fields that would be shared only."""
@@ -396,8 +413,12 @@ class ConsentPolicy:
                 return True
         return False
 
-    def apply(self, task: Any, user_id: str, items: Sequence[Mapping[str, Any]]) -> SharedRecords:
+    def apply(self, task: Any, user_id: str, items: Sequence[Mapping[str, Any]], *,
+              id_key: bytes | None = None) -> SharedRecords:
         """Select, project onto allowed fields, and scrub: the payload that may leave the device.
+
+        Each record leaves under an opaque id keyed by ``id_key`` (the device's key,
+        :func:`cdcda_fl.privacy.record_ids.device_key`); without one, a fresh key for this call.
 
         Label fields with a fixed label list (LaMP-2 tag, LaMP-3 score) are not scrubbed: they
         carry no free text (values outside the list are refused by :meth:`_denied`) and scrubbing
@@ -414,9 +435,10 @@ class ConsentPolicy:
         chosen, n_denied = self.select(task, user_id, items)
         redactor = Redactor(self.redact_terms + self.deny_terms, pii=self.scrub)
         fixed_label = task.label_field if task.labels else None
+        key = id_key if id_key is not None else fresh_key()
         records: list[dict[str, Any]] = []
         for item in chosen:
-            rec: dict[str, Any] = {"id": str(item["id"])}
+            rec: dict[str, Any] = {"id": opaque_id(key, task.name, user_id, str(item["id"]))}
             for name in allowed:
                 if name not in item:
                     continue
@@ -436,6 +458,7 @@ class ConsentPolicy:
             bytes=payload_bytes(records),
             redactions=dict(redactor.counts),
             n_denied=n_denied,
+            local_ids=[str(item["id"]) for item in chosen],
         )
 
 
@@ -466,87 +489,3 @@ def merge_entry(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, 
         else:
             out[key] = value
     return out
-
-
-# ---------------------------------------------------------------------- the device's own policy file
-@dataclass(frozen=True)
-class DevicePolicy:
-    """A device owner's consent file: a ``[default]`` table plus one table per user id."""
-
-    path: Path
-    default: Mapping[str, Any]
-    users: Mapping[str, Mapping[str, Any]]
-
-    def values_for(self, user_id: str) -> dict[str, Any]:
-        return merge_entry(self.default, self.users.get(str(user_id), {}))
-
-    def policy_for(self, user_id: str) -> ConsentPolicy:
-        """This user's own policy (before the server's ceiling); errors name the file."""
-        values = {k: v for k, v in self.values_for(user_id).items() if k not in DEVICE_ONLY_KEYS}
-        try:
-            return ConsentPolicy.from_values(values)
-        except ConsentError as exc:
-            raise ConsentError(f"consent file {str(self.path)!r}, user {user_id!r}: {exc}") from None
-
-    def report_for(self, user_id: str) -> str | None:
-        """The result-report level the owner allows (``report`` key), None when the file is silent."""
-        value = self.values_for(user_id).get("report")
-        return None if value in (None, "") else str(value)
-
-    def unknown_users(self, known: Iterable[str]) -> list[str]:
-        """User tables naming nobody this device holds (a typo would otherwise pass silently)."""
-        known = {str(k) for k in known}
-        return sorted(u for u in self.users if u not in known)
-
-
-def load_device_policy(path: str | Path) -> DevicePolicy:
-    """Read a device policy file (TOML or JSON). Keys may carry the ``consent.`` prefix."""
-    p = Path(path).expanduser()
-    tables = load_overrides(p, extra_keys=DEVICE_ONLY_KEYS)
-    default = tables.pop("default", {})
-    return DevicePolicy(p, default, tables)
-
-
-def device_policy_values(cfg: Mapping[str, Scalar]) -> dict[str, dict[str, Any]]:
-    """What a simulated run writes as its users' own policy files: the run's ``consent.*`` keys
-    as ``[default]`` (with the run seed made explicit) and the overrides file's tables per user.
-    With this, a simulation shares exactly what the same run config shared before devices owned
-    their consent."""
-    values: dict[str, Any] = {k[len(PREFIX):]: v for k, v in cfg.items() if k.startswith(PREFIX)}
-    overrides_path = values.pop("overrides", "")
-    if "seed" not in values or values["seed"] in ("", None):
-        values["seed"] = cfg.get("seed", 0)
-    ConsentPolicy.from_values(values)  # fail early, naming the key
-    tables: dict[str, dict[str, Any]] = {"default": values}
-    if overrides_path:
-        for user, entry in load_overrides(str(overrides_path)).items():
-            if user == "default":
-                raise ConsentError(f"consent overrides file {str(overrides_path)!r}: 'default' is not a user id")
-            tables[user] = dict(entry)
-    return tables
-
-
-def write_device_policy(path: str | Path, tables: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write a policy file (TOML, ``[default]`` first) atomically; returns its path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# Consent policy of this device's users (who may share what with the cloud).",
-             "# [default] applies to every user; a user's table overrides it, deny/redact lists add up.", ""]
-    for name in ["default", *sorted(k for k in tables if k != "default")]:
-        if name not in tables:
-            continue
-        lines.append(f"[{json.dumps(str(name))}]")
-        for key, value in tables[name].items():
-            lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
-        lines.append("")
-    return write_text_atomic(p, "\n".join(lines))
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
-    return json.dumps(str(value))

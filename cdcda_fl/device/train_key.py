@@ -1,0 +1,99 @@
+"""What a stored adapter (or a stored decision) is keyed by: its data and its *resolved* settings.
+
+A device reuses an adapter from its store when the key matches, so a key that misses a setting
+reuses a stale adapter (a hand-written key list missed ``train.equal-real-exposure``, issue 29.14).
+The keys here are built from what training actually receives: the base model as loaded, the
+schedule's resolved stages (:func:`~cdcda_fl.device.schedule.plan_cdcda`: LoRA settings with their
+step budgets, so every key that changes a budget is in), the DP candidates (LoRA + DPConfig +
+plan), the gate's and the selector's typed configs, and the DP decision rule. A new setting that
+reaches training through one of these is in the key without anyone listing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cdcda_fl.config import check_dp_selection, config_get, parse_bool
+
+Pairs = Sequence[tuple[str, str]]
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def base_dtype(cfg: Mapping[str, Any]) -> str:
+    """The dtype the device loads its base model in (``device.dtype``, fp32 under DP when ``auto``)."""
+    dtype = str(cfg["device.dtype"])
+    if cfg["dp.enabled"] and dtype in ("", "auto"):
+        dtype = "fp32"  # Opacus's per-sample gradients are checked in fp32 only (tests/test_dp.py)
+    return dtype
+
+
+def base_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The base model as the device loads it (device_model_for)."""
+    return {"model": str(cfg["device.model"]), "quantization": str(cfg["device.quantization"]) or None,
+            "dtype": base_dtype(cfg)}
+
+
+def adapter_key(cfg: Mapping[str, Any], pairs: Pairs, weights: Sequence[float], n_real: int) -> str:
+    """A non-DP adapter trained by ``train_cdcda`` on ``pairs`` (the first ``n_real`` real)."""
+    from cdcda_fl.device.schedule import plan_cdcda
+
+    stages = plan_cdcda(cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
+    return fingerprint({"base": base_identity(cfg), "stages": [s.to_dict() for s in stages]}, list(pairs),
+                       list(weights))
+
+
+def gate_key(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
+             synth_w: Sequence[float]) -> str:
+    """The synthetic-data check's decision: its rule, the selector, and how CDCDA would train."""
+    from cdcda_fl.device.schedule import plan_cdcda
+    from cdcda_fl.device.select import SelectConfig
+    from cdcda_fl.device.synthetic_gate import GateConfig
+
+    stages = plan_cdcda(cfg, real, real_w, synth, synth_w)
+    settings = {"base": base_identity(cfg), "stages": [s.to_dict() for s in stages],
+                "gate": asdict(GateConfig.from_config(cfg)), "select": asdict(SelectConfig.from_config(cfg)),
+                "seed": config_get(cfg, "seed")}
+    return fingerprint(settings, list(real), list(synth), list(synth_w))
+
+
+@dataclass(frozen=True)
+class DPRule:
+    """How a DP method decides between its candidates and the base (the ``dp.*`` keys that are not
+    a candidate's training): typed, so the adapter key holds each of them."""
+
+    selection: str
+    fallback: bool
+    fallback_margin: float
+    public_warmstart: bool
+    validation_fraction: float
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> DPRule:
+        return cls(selection=check_dp_selection(cfg),
+                   fallback=parse_bool(config_get(cfg, "dp.fallback"), what="dp.fallback"),
+                   fallback_margin=float(config_get(cfg, "dp.fallback-margin") or 0.0),
+                   public_warmstart=parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart"),
+                   validation_fraction=float(config_get(cfg, "dp.validation-fraction")))
+
+
+def dp_key(cfg: Mapping[str, Any], method: str, candidates: Sequence[Any], public_lora: Any | None,
+           data: Sequence[Any], shared_ids: Collection[str] | None = None) -> str:
+    """A DP method's stored adapter or fall-back: its candidates, the public stage, the rule, and
+    (private selection) which records count as private, i.e. the device's shared set."""
+    rule = asdict(DPRule.from_run_config(cfg))
+    if method != "cdcda":  # local-only never trains on the cloud's records: these do not apply
+        rule.pop("selection"), rule.pop("public_warmstart")
+    settings = {"base": base_identity(cfg), "method": method, "rule": rule,
+                "candidates": [{"name": c.name, "lora": asdict(c.lora), "dp": asdict(c.dp), "plan": c.plan}
+                               for c in candidates],
+                "public": asdict(public_lora) if public_lora is not None else None,
+                "shared": sorted(shared_ids) if shared_ids is not None else None}
+    return fingerprint(settings, *data)
