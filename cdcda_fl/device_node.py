@@ -17,7 +17,8 @@ Which users a node serves comes from its ``node_config``:
   list (one user per node when N equals the number of users);
 - real device: ``data-dir`` (the device's own LaMP files), optional ``user-id`` to serve one user
   of them, optional ``storage-dir`` for the private adapters (and its audit log), optional
-  ``consent-file`` (default ``<data-dir>/consent.toml``).
+  ``consent-file`` (default ``<data-dir>/consent.toml``), optional ``allowed-models`` (models
+  beyond the bundled presets the server may name: :mod:`cdcda_fl.device.model_policy`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
+from cdcda_fl.device.model_policy import enforce_owner_models
 from cdcda_fl.device.personalize import personalize_users
 from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import (
@@ -44,6 +46,7 @@ from cdcda_fl.privacy.consent import (
     share_nothing,
 )
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
+from cdcda_fl.privacy.share_cap import cap_shared
 from cdcda_fl.runs import load_users, user_key, user_refs
 
 
@@ -218,7 +221,7 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
             continue
         try:
             policy = own.policy_for(user.user_id) if own is not None else share_nothing()
-            shared = policy.stricter(ceiling).apply(get_task(user.task), user.user_id, user.profile)
+            shared = cap_shared(policy.stricter(ceiling).apply(get_task(user.task), user.user_id, user.profile))
             audit.record(shared, destination="server", request="share", local=True)
             shares.append(shared.to_dict())
         except Exception as exc:  # one user's bad consent file must not silence the others
@@ -235,6 +238,8 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
     real = is_real_device(node_config)
     targets: dict[str, list[dict[str, Any]]] = request["synthetic"]
     try:
+        if real:  # before anything reads a server-named model path (docs: device/model_policy.py)
+            enforce_owner_models(node_config, cfg, home)
         users = [u for u in hosted_users(node_config, cfg) if user_key(u.task, u.user_id) in targets]
         own = _own_policy(node_config, cfg)
     except Exception as exc:
