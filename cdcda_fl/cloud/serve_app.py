@@ -18,10 +18,12 @@ live in :mod:`cdcda_fl.cloud.serve`, the per-request caps (:class:`Limits`) here
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,6 +115,7 @@ class OpenAIApp:
                  limits: Limits, request_timeout: float) -> None:
         self.backend, self.batcher, self.model_name = backend, batcher, model_name
         self.api_key, self.limits, self.request_timeout = api_key, limits, request_timeout
+        self._count_tokens = _token_counter(backend)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
@@ -166,12 +169,11 @@ class OpenAIApp:
     def _check_prompt_lengths(self, prompts: Sequence[Prompt]) -> None:
         """413 for a prompt over ``max_prompt_tokens``: by characters first, then by the model's tokenizer."""
         cap = self.limits.max_prompt_tokens
-        tokenizer = getattr(self.backend, "tokenizer", None)
         for prompt in prompts:
             text = prompt.flat_text()
             if len(text) > cap * CHARS_PER_TOKEN_MAX:
                 raise RequestError("prompt_too_long")
-            if callable(tokenizer) and len(tokenizer(text, add_special_tokens=False)["input_ids"]) > cap:
+            if self._count_tokens is not None and self._count_tokens(text) > cap:
                 raise RequestError("prompt_too_long")
 
     async def _wait(self, futures: list[Any]) -> list[Generation]:
@@ -185,6 +187,24 @@ class OpenAIApp:
             err_id = uuid.uuid4().hex[:12]
             log.error("generation failed [error id %s]", err_id, exc_info=exc)
             raise RequestError("server_error", error_id=err_id) from None
+
+
+def _token_counter(backend: LLMBackend) -> Callable[[str], int] | None:
+    """Token count with a private copy of the backend's tokenizer, or None if it has none.
+
+    Why a copy under its own lock: a fast tokenizer that the generating thread is using (it sets
+    padding on it) fails with "Already borrowed" when another thread encodes at the same time.
+    """
+    tokenizer = getattr(backend, "tokenizer", None)
+    if not callable(tokenizer):
+        return None
+    own, lock = copy.deepcopy(tokenizer), threading.Lock()
+
+    def count(text: str) -> int:
+        with lock:
+            return len(own(text, add_special_tokens=False)["input_ids"])
+
+    return count
 
 
 async def _respond(send: Send, status: int, payload: dict[str, Any]) -> None:
