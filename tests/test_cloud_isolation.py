@@ -132,15 +132,17 @@ def test_a_backend_that_mixes_rows_cannot_hand_bob_s_records_to_alice() -> None:
     assert len(alice.records) == 3 and results["bob"].counts.get("rejected_cross_user", 0) == 0
 
 
-def test_cross_user_index_spares_phrases_the_user_wrote_too() -> None:
+def test_cross_user_index_spares_common_phrases() -> None:
     from cdcda_fl.cloud.filters import CrossUserIndex
 
     common = "in this paper we propose a novel method for"
+    bobs = "my oncologist said the biopsy came back positive"
     index = CrossUserIndex()
     index.add("alice", [{"abstract": f"{common} graphs."}], ["abstract"])
-    index.add("bob", [{"abstract": f"{common} speech.", "title": "Bob's Secret Diary Entry"}], ["abstract", "title"])
+    index.add("bob", [{"abstract": f"{common} speech. {bobs}", "title": "Bob's Secret Diary Entry"}], ["abstract", "title"])
     assert not index.foreign("alice", [f"{common} trees."])  # alice wrote it too
-    assert index.foreign("carol", [f"{common} trees."])  # carol did not
+    assert not index.foreign("carol", [f"{common} trees."])  # two users wrote it: a common phrase
+    assert index.foreign("carol", [f"Today {bobs}."]) and index.foreign("alice", [f"Today {bobs}."])
     assert index.foreign("alice", ["bob's secret diary entry"])  # a short field, whole
     assert not index.foreign("alice", ["a diary"])  # too short to mean anything
-    assert not index.foreign("bob", [f"{common} speech."])
+    assert not index.foreign("bob", [f"{common} speech. {bobs}"])

@@ -11,8 +11,9 @@ synthetic records.
 "Another user's words" (:class:`CrossUserIndex`, reason ``cross_user``) is a privacy check, not
 a quality one: a backend that mixes rows of a batch (a bug, a caching proxy, a hostile endpoint)
 could hand bob's shared notes to alice as "synthetic". Any record that repeats a run of
-``CROSS_USER_NGRAM`` words from another user's shared records in the same call is dropped,
-unless alice's own shared records hold the same run (a phrase both wrote is not a leak).
+``CROSS_USER_NGRAM`` words found in exactly one other user's shared records in the same call is
+dropped; a run that alice's records hold too, or that two or more users wrote, is a common
+phrase, not a leak (templated personas share most 8-word runs across users).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ TASK_LENGTH_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {("LaMP_7", "text")
 #: two people's writing; fields shorter than this are compared whole (if of >= CROSS_USER_MIN words).
 CROSS_USER_NGRAM = 8
 CROSS_USER_MIN = 3
-_SEVERAL = ""  # owner marker: the n-gram occurs in records of two or more users
+_SEVERAL = object()  # owner marker: the n-gram occurs in records of two or more users
 
 
 def field_shingles(values: Sequence[str], n: int = CROSS_USER_NGRAM) -> set[tuple[str, ...]]:
@@ -165,31 +166,26 @@ class CrossUserIndex:
     """Which user's shared records hold each n-gram, over all users of one augment call.
 
     One index for the whole call (not one per user), so memory grows with the records, not with
-    users squared; an n-gram of several users is marked as such and checked against the asking
-    user's own records.
+    users squared; an n-gram of several users is only marked as such.
     """
 
     def __init__(self, n: int = CROSS_USER_NGRAM) -> None:
         self.n = n
-        self._owner: dict[tuple[str, ...], str] = {}
-        self._own: dict[str, set[tuple[str, ...]]] = {}
+        self._owner: dict[tuple[str, ...], object] = {}
 
     def add(self, user: str, records: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
         """Index ``user``'s shared records (only ``fields``: ids and labels are not content)."""
-        grams = field_shingles([str(r[f]) for r in records for f in fields if f in r], self.n)
-        self._own.setdefault(user, set()).update(grams)
-        for g in grams:
+        for g in field_shingles([str(r[f]) for r in records for f in fields if f in r], self.n):
             owner = self._owner.get(g)
             self._owner[g] = user if owner in (None, user) else _SEVERAL
 
     def foreign(self, user: str, values: Sequence[str]) -> bool:
-        """True if ``values`` repeat an n-gram of another user's records that ``user`` never wrote."""
-        own = self._own.get(user, set())
-        for g in field_shingles(values, self.n):
-            owner = self._owner.get(g)
-            if owner is not None and owner != user and g not in own:
-                return True
-        return False
+        """True if ``values`` repeat an n-gram found in exactly one other user's records.
+
+        An n-gram of two or more users is a common phrase (a template, a field's jargon), not one
+        person's record; a copied record still carries n-grams only its owner wrote.
+        """
+        return any(self._owner.get(g) not in (None, user, _SEVERAL) for g in field_shingles(values, self.n))
 
 
 # ---------------------------------------------------------------------- embedding filter
