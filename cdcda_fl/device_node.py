@@ -18,7 +18,8 @@ Which users a node serves comes from its ``node_config``:
   p, p+N, … of the run's user list (one user per node when N equals the number of users);
 - real device: ``data-dir`` (the device's own LaMP files), optional ``user-id`` to serve one user
   of them, optional ``storage-dir`` for the private adapters (and its audit log), optional
-  ``consent-file`` (default ``<data-dir>/consent.toml``).
+  ``consent-file`` (default ``<data-dir>/consent.toml``), optional ``allowed-models`` (models
+  beyond the bundled presets the server may name: :mod:`cdcda_fl.device.model_policy`).
 A node that is neither refuses every message (:class:`NodeNotConfigured`): before 2026-12 a
 SuperNode without ``data-dir`` ran as a simulated device, reading consent from a folder the server
 named and reporting at ``predictions`` level (issue 29.3). Fault drills (``debug.crash-users``)
@@ -40,12 +41,14 @@ from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
+from cdcda_fl.device.model_policy import enforce_owner_models
 from cdcda_fl.device.personalize import personalize_users
 from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, share_nothing
 from cdcda_fl.privacy.policy_file import DevicePolicy, load_device_policy
 from cdcda_fl.privacy.record_ids import device_key
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
+from cdcda_fl.privacy.share_cap import cap_shared
 from cdcda_fl.privacy.shared_ledger import record_shared, shared_ids
 from cdcda_fl.runs import load_users, user_key, user_refs
 
@@ -270,7 +273,7 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
             policy = own.policy_for(user.user_id) if own is not None else share_nothing()
             if ceiling is not None:
                 policy = policy.stricter(ceiling)
-            shared = policy.apply(get_task(user.task), user.user_id, user.profile, id_key=id_key)
+            shared = cap_shared(policy.apply(get_task(user.task), user.user_id, user.profile, id_key=id_key))
             audit.record(shared, destination="server", request="share", local=True)
             record_shared(home, user.task, user.user_id, shared.local_ids)  # what DP treats as seen
             shares.append(shared.to_dict())
@@ -301,6 +304,8 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
     try:
         real = is_real_device(node_config)
         home = private_dir(device_home(node_config, cfg))
+        if real:  # before anything reads a server-named model path (docs: device/model_policy.py)
+            enforce_owner_models(node_config, cfg, home)
         users = [u for u in hosted_users(node_config, cfg) if user_key(u.task, u.user_id) in targets]
         own = _own_policy(node_config, cfg)
     except Exception as exc:

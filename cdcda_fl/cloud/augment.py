@@ -13,9 +13,10 @@ from the user's own label distribution, because free continuation drifted toward
 Long free-text fields are shown shortened, so the model writes records that fit the token
 budget instead of being cut off.
 
-Failure: a backend error costs only the users whose prompts were in the failed call; they get
-``AugmentResult(records=[], error=...)`` and train on real data only. Junk is counted, never
-raised.
+Failure: a batch that fails is retried per user, so a backend error costs only the users whose
+own prompts fail; they get ``AugmentResult(records=[], error=...)`` and train on real data only.
+Junk is counted, never raised; a record that repeats another user's shared words is dropped
+(``cross_user``, :class:`~cdcda_fl.cloud.filters.CrossUserIndex`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
-from cdcda_fl.cloud.filters import FilterSettings, RecordFilter, parse_records
+from cdcda_fl.cloud.filters import CrossUserIndex, FilterSettings, RecordFilter, parse_records
 from cdcda_fl.config import config_get, default_of, parse_bool
 from cdcda_fl.privacy.consent import SharedRecords
 
@@ -138,12 +139,29 @@ class PromptJob:
     target_label: str | None
 
 
+#: Characters per word (token budget) a shown value may use at most: English averages ~6 with
+#: its space; the cap is what stops a value without spaces (one "word" of megabytes) at the budget.
+CHARS_PER_WORD = 8
+SHORT_FIELD_WORDS = 24  # titles, tags and scores are shown whole up to this many words
+
+
 def _shorten(value: str, max_words: int) -> str:
-    """First ``max_words`` words, cut back to a sentence end when one is near."""
-    words = re.sub(r"\s+", " ", str(value)).strip().split(" ")
-    if len(words) <= max_words:
-        return " ".join(words)
+    """First ``max_words`` words and at most ``CHARS_PER_WORD * max_words`` characters, cut
+    back to a sentence end when one is near.
+
+    Why both bounds: a word count alone lets one user's record with no spaces (a 9 MB
+    abstract) through whole, which made the endpoint refuse the batch every other user was in.
+    """
+    text = re.sub(r"\s+", " ", str(value)).strip()
+    words = text.split(" ")
+    max_chars = CHARS_PER_WORD * max_words
+    if len(words) <= max_words and len(text) <= max_chars:
+        return text
     text = " ".join(words[:max_words])
+    if len(text) > max_chars:
+        head = text[:max_chars]
+        space = head.rfind(" ")
+        text = head[:space] if space > max_chars // 2 else head
     cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
     return text[: cut + 1] if cut > len(text) // 2 else text.rstrip(",;:") + "."
 
@@ -175,7 +193,7 @@ class TaskPrompter:
         lines = []
         for f in self.fields:
             value = str(rec[f])
-            lines.append(f"{f}: {value.strip() if f in SHORT_FIELDS else _shorten(value, self.shot_words)}")
+            lines.append(f"{f}: {_shorten(value, SHORT_FIELD_WORDS if f in SHORT_FIELDS else self.shot_words)}")
         return "\n".join(lines)
 
     def _shots(self, target: str | None) -> list[Mapping[str, Any]]:
@@ -204,6 +222,18 @@ class TaskPrompter:
         )
         system = "You write new records that imitate one person's style and format. Reply with records only."
         return PromptJob(self.shared.user_id, Prompt.chat(user, system=system), "", target)
+
+
+def _cross_user_index(requests: Sequence[SharedRecords]) -> CrossUserIndex:
+    """The n-grams of every user's shared content fields in this call (for the ``cross_user`` filter)."""
+    from cdcda_fl.data.tasks import get_task
+
+    index = CrossUserIndex()
+    for req in requests:
+        task = get_task(req.task)
+        fields = [f for f in task.profile_fields if f in req.fields and not (task.labels and f == task.label_field)]
+        index.add(str(req.user_id), req.records, fields)
+    return index
 
 
 @dataclass
@@ -245,6 +275,7 @@ class CloudAugmenter:
         results: dict[str, AugmentResult] = {}
         states: dict[str, _UserState] = {}
         settings = FilterSettings(self.cfg.near_dup, self.cfg.embed_filter, self.cfg.embed_min_sim, self.cfg.embed_max_sim, self.cfg.label_quota)
+        others = _cross_user_index(requests)
         for req in requests:
             uid = str(req.user_id)
             if not req.records:
@@ -257,7 +288,7 @@ class CloudAugmenter:
             if not prompter.records or not any(f != prompter.label_field for f in prompter.fields):
                 results[uid] = AugmentResult(uid, req.task, counts={"no_usable_fields": 1})
                 continue
-            filt = RecordFilter(task, prompter.fields, prompter.records, self.cfg.per_user, settings)
+            filt = RecordFilter(task, prompter.fields, prompter.records, self.cfg.per_user, settings, others=others, user=uid)
             states[uid] = _UserState(req, task, prompter, filt)
         for rnd in range(self.cfg.max_rounds):
             active = [s for s in states.values() if s.error is None and s.need > 0]
@@ -314,7 +345,14 @@ class CloudAugmenter:
                 bar.advance()
 
     def _run_batch(self, batch: list[PromptJob], states: dict[str, _UserState], rnd: int, b: int) -> None:
-        """Generate one prompt batch; a backend failure only costs the users in it."""
+        """Generate one prompt batch; if it fails, each user's prompts are retried on their own.
+
+        Why the retry: a batch holds several users' prompts, and one user's records can make the
+        whole call fail (a prompt the endpoint refuses as too large, a record that crashes the
+        model). Without it, everyone batched with that user would lose augmentation; with it,
+        only users whose own prompts fail get an error (the cost: one extra call per user of a
+        failed batch).
+        """
         chunk = [j for j in batch if states[j.user_id].error is None]
         if not chunk:
             return
@@ -322,9 +360,14 @@ class CloudAugmenter:
         try:
             gens = self._generate([j.prompt for j in chunk], seed)
         except Exception as exc:  # noqa: BLE001 - any backend failure only costs these users
-            msg = f"{type(exc).__name__}: {exc}"
+            by_user: dict[str, list[PromptJob]] = {}
             for j in chunk:
-                states[j.user_id].error = msg
+                by_user.setdefault(j.user_id, []).append(j)
+            if len(by_user) == 1:
+                states[chunk[0].user_id].error = f"{type(exc).__name__}: {exc}"
+                return
+            for jobs in by_user.values():
+                self._run_batch(jobs, states, rnd, b)  # one user each: fails (at most) that user
             return
         for job, gen in zip(chunk, gens):
             self._absorb(states[job.user_id], job, gen)

@@ -3,9 +3,17 @@
 Small models write junk as often as records: half-records cut off by the token limit, list
 markers and bold keys, the prompt copied back, a label that is not a label, loops. Parsing
 therefore reads EVERY complete record in a generation and skips everything else, and each
-candidate then passes a chain of cheap filters (schema -> label -> length -> repetition ->
-exact duplicate -> near duplicate -> optional embedding similarity -> label quota). The reason
-a candidate is dropped is counted so a run can say *why* a user got few synthetic records.
+candidate then passes a chain of cheap filters (schema -> label -> length -> another user's
+words -> repetition -> exact duplicate -> near duplicate -> optional embedding similarity ->
+label quota). The reason a candidate is dropped is counted so a run can say *why* a user got few
+synthetic records.
+
+"Another user's words" (:class:`CrossUserIndex`, reason ``cross_user``) is a privacy check, not
+a quality one: a backend that mixes rows of a batch (a bug, a caching proxy, a hostile endpoint)
+could hand bob's shared notes to alice as "synthetic". Any record that repeats a run of
+``CROSS_USER_NGRAM`` words found in exactly one other user's shared records in the same call is
+dropped; a run that alice's records hold too, or that two or more users wrote, is a common
+phrase, not a leak (templated personas share most 8-word runs across users).
 """
 
 from __future__ import annotations
@@ -134,6 +142,52 @@ LENGTH_BOUNDS: dict[str, tuple[int, int]] = {
 TASK_LENGTH_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {("LaMP_7", "text"): (3, 70)}
 
 
+# ---------------------------------------------------------------------- other users' records
+#: Words in a row that count as copied from another user. 8 words rarely repeat by chance between
+#: two people's writing; fields shorter than this are compared whole (if of >= CROSS_USER_MIN words).
+CROSS_USER_NGRAM = 8
+CROSS_USER_MIN = 3
+_SEVERAL = object()  # owner marker: the n-gram occurs in records of two or more users
+
+
+def field_shingles(values: Sequence[str], n: int = CROSS_USER_NGRAM) -> set[tuple[str, ...]]:
+    """Every n-word run of each value, or the whole value when it is shorter (and not tiny)."""
+    out: set[tuple[str, ...]] = set()
+    for value in values:
+        toks = tokens(str(value))
+        if len(toks) >= n:
+            out.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+        elif len(toks) >= CROSS_USER_MIN:
+            out.add(tuple(toks))
+    return out
+
+
+class CrossUserIndex:
+    """Which user's shared records hold each n-gram, over all users of one augment call.
+
+    One index for the whole call (not one per user), so memory grows with the records, not with
+    users squared; an n-gram of several users is only marked as such.
+    """
+
+    def __init__(self, n: int = CROSS_USER_NGRAM) -> None:
+        self.n = n
+        self._owner: dict[tuple[str, ...], object] = {}
+
+    def add(self, user: str, records: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+        """Index ``user``'s shared records (only ``fields``: ids and labels are not content)."""
+        for g in field_shingles([str(r[f]) for r in records for f in fields if f in r], self.n):
+            owner = self._owner.get(g)
+            self._owner[g] = user if owner in (None, user) else _SEVERAL
+
+    def foreign(self, user: str, values: Sequence[str]) -> bool:
+        """True if ``values`` repeat an n-gram found in exactly one other user's records.
+
+        An n-gram of two or more users is a common phrase (a template, a field's jargon), not one
+        person's record; a copied record still carries n-grams only its owner wrote.
+        """
+        return any(self._owner.get(g) not in (None, user, _SEVERAL) for g in field_shingles(values, self.n))
+
+
 # ---------------------------------------------------------------------- embedding filter
 _EMBEDDER: Any = None
 _EMBED_LOCK = threading.Lock()
@@ -167,7 +221,8 @@ class RecordFilter:
 
     ``fields`` are the fields the user shared (the only ones the cloud can write);
     ``shared`` the user's shared records (duplicates of them are rejected, and their label
-    distribution sets the label quota); ``target`` the number of records wanted.
+    distribution sets the label quota); ``target`` the number of records wanted; ``others``
+    (with ``user``) the call's :class:`CrossUserIndex`, for the ``cross_user`` check.
     """
 
     task: Any
@@ -177,6 +232,8 @@ class RecordFilter:
     settings: FilterSettings = field(default_factory=FilterSettings)
     counts: Counter = field(default_factory=Counter)
     accepted: list[dict[str, str]] = field(default_factory=list)
+    others: CrossUserIndex | None = None
+    user: str = ""
 
     def __post_init__(self) -> None:
         self.label_field = self.task.label_field if (self.task.labels and self.task.label_field in self.fields) else None
@@ -218,6 +275,8 @@ class RecordFilter:
             lo, hi = TASK_LENGTH_BOUNDS.get((self.task.name, f), LENGTH_BOUNDS.get(f, (2, 300)))
             if not lo <= len(rec[f].split()) <= hi:
                 return "length", rec
+        if self.others is not None and self.others.foreign(self.user, [rec[f] for f in self.content_fields]):
+            return "cross_user", rec
         toks = tokens(self.content(rec))
         if len(toks) >= 8 and len(set(toks)) / len(toks) < 0.45:
             return "repetitive", rec

@@ -73,6 +73,9 @@ def generic_error(exc: BaseException) -> str:
     from cdcda_fl.data.lamp import LampDataError
     from cdcda_fl.privacy.consent import ConsentError
 
+    code = getattr(exc, "error_code", None)  # an error that names its own code (e.g. model_not_allowed)
+    if isinstance(code, str) and code.isidentifier():
+        return code
     if isinstance(exc, LampDataError):
         where = []
         if exc.index is not None:
