@@ -163,6 +163,8 @@ def error_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Sca
     _log_error(_home_or_default(node_config, cfg), kind, exc)
     if kind == "share":
         return {"users": [], "shares": [], "errors": [{"user": "*", "reason": generic_error(exc)}]}
+    if kind == "fedavg":
+        return {"error": generic_error(exc)}
     return {"results": [{"user_id": "*", "task": "*", "error": generic_error(exc)}]}
 
 
@@ -228,15 +230,29 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
     return {"users": hosted, "shares": shares, "errors": errors}
 
 
+def _global_adapters(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], meta: Mapping[str, Any],
+                     arrays: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The global adapters a personalize message carried, checked and kept on the device's disk."""
+    from cdcda_fl.device.federated import store_global
+
+    return {str(task): store_global(None, cfg, storage_dir(node_config, cfg), str(task), info, arrays.get(task))
+            for task, info in meta.items()}
+
+
 def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
-                request: Mapping[str, Any]) -> dict[str, Any]:
-    """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
+                request: Mapping[str, Any], arrays: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report).
+
+    ``arrays``: task -> the FedAvg global adapter's arrays the message carried (``request["global"]``
+    names their SHA-256, rounds and steps), for the federated methods.
+    """
     home = device_home(node_config, cfg)
     real = is_real_device(node_config)
     targets: dict[str, list[dict[str, Any]]] = request["synthetic"]
     try:
         users = [u for u in hosted_users(node_config, cfg) if user_key(u.task, u.user_id) in targets]
         own = _own_policy(node_config, cfg)
+        global_adapters = _global_adapters(node_config, cfg, request.get("global") or {}, arrays or {})
     except Exception as exc:
         return error_reply("personalize", node_config, cfg, exc)
     _crash_check(users, cfg)
@@ -244,7 +260,8 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
     results = []
     jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in users]
     try:  # all hosted users together: their answers share mixed-adapter batches
-        outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg))
+        outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg),
+                                     global_adapters=global_adapters)
     except Exception as exc:  # the node cannot personalize at all (e.g. its model does not load)
         outcomes = [exc] * len(users)
     for user, outcome in zip(users, outcomes):
@@ -261,3 +278,57 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
                              report=result.get("report", "error"))
         results.append(result)
     return {"results": results}
+
+
+# ---------------------------------------------------------------------- FedAvg rounds (issue 31)
+def fedavg_round(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], task: str, server_round: int,
+                 arrays: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+    """One FedAvg round on this node: (updated adapter arrays, counts, the users who trained).
+
+    The node's users of ``task`` train the global adapter on their real records
+    (device/federated.py). What leaves is the arrays and the record count FedAvg weighs them by,
+    nothing else: the training loss stays in the device's error-free log below.
+    """
+    from cdcda_fl.device.federated import local_round
+
+    users = [u for u in hosted_users(node_config, cfg) if u.task == task]
+    _crash_check(users, cfg)
+    if not users:
+        raise ValueError(f"this node holds no user of {task}")
+    home = device_home(node_config, cfg)
+    updated, n, loss = local_round(users, cfg, arrays, server_round, storage_dir(node_config, cfg))
+    _log_fedavg(home, {"task": task, "round": server_round, "users": len(users), "num-examples": n, "loss": loss})
+    return updated, {"num-examples": n}, [u.user_id for u in users]
+
+
+def _log_fedavg(home: Path, line: Mapping[str, Any]) -> None:
+    """The round's local facts (loss included) stay on the device, for its owner."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "fedavg.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"time": time.time(), **line}) + "\n")
+
+
+def audit_update(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None, task: str, users: list[str],
+                 parts: list[tuple[str, bytes]], counts: Mapping[str, int], server_round: int) -> dict[str, Any]:
+    """Append a FedAvg reply to the device's audit log: bytes and SHA-256 of exactly what is sent.
+
+    ``parts`` are the serialized arrays as they travel (name, bytes) and ``counts`` the metric
+    record; the hash covers names, bytes and the counts' canonical JSON, in name order.
+    """
+    import hashlib
+
+    from cdcda_fl.privacy.audit_log import canonical_json
+
+    digest = hashlib.sha256()
+    total = 0
+    for name, blob in sorted(parts):
+        digest.update(name.encode())
+        digest.update(blob)
+        total += len(blob)
+    metrics = canonical_json(dict(counts))
+    digest.update(metrics)
+    home = _home_or_default(node_config, cfg)
+    return AuditLog(home / "audit.jsonl").record_bytes(
+        "update", "*", task, n_bytes=total + len(metrics), sha256=digest.hexdigest(),
+        fields=["arrays", *(f"metrics.{k}" for k in counts)], destination="server", request="fedavg",
+        round=int(server_round), users=list(users), n_arrays=len(parts))

@@ -239,6 +239,10 @@ class MethodSummary:
     train_steps: float = 0.0  # optimizer steps per user (CDCDA's budget differs with equal real exposure)
 
 
+#: paired differences results.json reports per task (when both methods were scored)
+PAIRS = (("cdcda", "local"), ("cdcda", "fedavg+local"))
+
+
 def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read all user results, write LaMP-format predictions, ``results.json`` and ``summary.csv``.
 
@@ -288,12 +292,13 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
                     eps[m].append(float(entry["epsilon"]))
                 if entry.get("mia_auc") is not None:
                     mia[m].append(float(entry["mia_auc"]))
-                if "train" in entry:
+                if "train" in entry:  # federated rows: the shared adapter's rounds × local steps count too
                     secs[m].append(float(entry["train"].get("seconds", 0.0)))
-                    steps[m].append(float(entry["train"].get("steps") or 0))
+                    steps[m].append(float(entry["train"].get("steps") or 0)
+                                    + float(entry["train"].get("federated_steps") or 0))
         users_per_task[spec.name] = n_users
         intervals[spec.name] = task_intervals(per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
-                                              seed=int(cfg.get("seed", 0)))
+                                              seed=int(cfg.get("seed", 0)), pairs=PAIRS)
         for m in methods:
             if preds[m]:
                 write_outputs(out / "predictions" / spec.name / f"{m}_outputs.json", spec.name, sorted(preds[m].items()))
@@ -318,7 +323,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
                 spec.name, m, metrics, n_users, n_queries,
                 max(eps[m]) if eps[m] else None, sum(mia[m]) / len(mia[m]) if mia[m] else None,
                 sum(secs[m]) / len(secs[m]) if secs[m] else 0.0,
-                sum(n_syn) / len(n_syn) if (n_syn and m == "cdcda") else 0.0,
+                sum(n_syn) / len(n_syn) if (n_syn and m in ("cdcda", "cdcda+fedavg")) else 0.0,
                 sum(steps[m]) / len(steps[m]) if steps[m] else 0.0))
     results = {
         "config": dict(cfg),

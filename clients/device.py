@@ -2,7 +2,11 @@
 
 Handlers:
 - ``query.share``: reply with the records this node's users consented to share (scrubbed).
-- ``train.personalize``: receive each user's synthetic records, train the private adapters on
+- ``train`` (Flower's FedAvg, issue 31): one round of the global LoRA adapter on this node's users'
+  real records; the reply is the adapter's ArrayRecord and a MetricRecord with the record count,
+  nothing else (:func:`fedavg_train`).
+- ``train.personalize``: receive each user's synthetic records (and, for the federated methods,
+  the final global adapter as ArrayRecords ``global/<task>``), train the private adapters on
   real + synthetic data, answer the held-out queries offline, reply with what the report level
   allows (:mod:`cdcda_fl.privacy.report`). Adapters and non-consented records never go into a reply.
 
@@ -17,17 +21,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from cdcda_fl import device_node as node
 from cdcda_fl.quiet import quiet_libraries
-from clients.codec import config_of, pack, unpack
+from cdcda_fl.config import received_config
+from clients.codec import array_record, config_of, global_arrays, pack, split_fedavg_config, unpack
 
 quiet_libraries()
 app = ClientApp()
 
-Handler = Callable[[dict[str, Any], Any, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[dict[str, Any], Any, dict[str, Any], Message], dict[str, Any]]
 
 
 def _guarded(kind: str, handler: Handler):
@@ -45,7 +50,7 @@ def _guarded(kind: str, handler: Handler):
         cfg = None
         try:
             cfg = config_of(msg, kind)
-            payload = handler(context.node_config, cfg, unpack(msg))
+            payload = handler(context.node_config, cfg, unpack(msg), msg)
         except node.InjectedCrash:
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
@@ -56,5 +61,45 @@ def _guarded(kind: str, handler: Handler):
     return wrapped
 
 
-app.query("share")(_guarded("share", node.share))
-app.train("personalize")(_guarded("personalize", node.personalize))
+FEDAVG_ERROR = 31  # Error code of a FedAvg round a node could not do (the reason is a generic code)
+
+
+@app.train()
+def fedavg_train(msg: Message, context: Context) -> Message:
+    """One round of Flower's FedAvg: train the global adapter here, reply arrays + record count.
+
+    A node that cannot train replies a Flower error (a generic code, never the exception's text),
+    which FedAvg leaves out of the round's average; every reply, error or not, is in the audit log.
+    """
+    quiet_libraries()
+    cfg, task, server_round = None, "*", 0
+    try:
+        raw, meta = split_fedavg_config(msg)
+        cfg = received_config("fedavg", raw)
+        task, server_round = str(meta["cdcda.task"]), int(meta["server-round"]) + int(meta["cdcda.round-offset"])
+        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()} if "arrays" in msg.content else {}
+        updated, counts, users = node.fedavg_round(context.node_config, cfg, task, server_round, arrays)
+    except node.InjectedCrash:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
+        payload = node.error_reply("fedavg", context.node_config, cfg, exc)
+        node.audit_reply("fedavg", context.node_config, cfg, payload)
+        return Message(Error(FEDAVG_ERROR, str(payload["error"])), reply_to=msg)
+    record = array_record(updated)
+    node.audit_update(context.node_config, cfg, task, users, [(k, bytes(a.data)) for k, a in record.items()],
+                      counts, server_round)
+    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(dict(counts))}), reply_to=msg)
+
+
+def _share(node_config: dict[str, Any], cfg: Any, request: dict[str, Any], msg: Message) -> dict[str, Any]:
+    return node.share(node_config, cfg, request)
+
+
+def _personalize(node_config: dict[str, Any], cfg: Any, request: dict[str, Any], msg: Message) -> dict[str, Any]:
+    # the global adapters of the federated methods travel as ArrayRecords beside the JSON payload
+    return node.personalize(node_config, cfg, request, global_arrays(msg))
+
+
+_share.__doc__, _personalize.__doc__ = node.share.__doc__, node.personalize.__doc__
+app.query("share")(_guarded("share", _share))
+app.train("personalize")(_guarded("personalize", _personalize))

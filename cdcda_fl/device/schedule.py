@@ -40,23 +40,23 @@ def exposure_scale(cfg: Mapping[str, Any], weights: Sequence[float], real_pairs:
 
 
 def _mix(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-         synth_w: Sequence[float], step_scale: float) -> Any:
+         synth_w: Sequence[float], step_scale: float, from_active: bool = False) -> Any:
     from cdcda_fl.device.training import LoraTrainConfig
 
     weights = [*real_w, *synth_w]
     lcfg = LoraTrainConfig.from_run_config(cfg, step_scale * exposure_scale(cfg, weights, real))
-    return model.train([*real, *synth], lcfg, None, weights=weights)
+    return model.train([*real, *synth], lcfg, None, weights=weights, continue_active=from_active)
 
 
 def _synthetic_first(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-                     synth_w: Sequence[float], step_scale: float) -> Any:
+                     synth_w: Sequence[float], step_scale: float, from_active: bool = False) -> Any:
     from cdcda_fl.device.training import LoraTrainConfig, TrainResult
 
     if not synth:
-        return _mix(model, cfg, real, real_w, synth, synth_w, step_scale)
+        return _mix(model, cfg, real, real_w, synth, synth_w, step_scale, from_active)
     share = min(1.0, sum(synth_w) / max(len(real), 1))  # synthetic mass per real record, at most 1
     first = model.train(list(synth), LoraTrainConfig.from_run_config(cfg, step_scale * share), None,
-                        weights=list(synth_w))
+                        weights=list(synth_w), continue_active=from_active)
     second = model.train(list(real), LoraTrainConfig.from_run_config(cfg, step_scale), None,
                          weights=[1.0] * len(real), continue_active=True)
     return TrainResult(steps=first.steps + second.steps, trained_tokens=first.trained_tokens + second.trained_tokens,
@@ -77,10 +77,13 @@ def schedule_name(cfg: Mapping[str, Any]) -> str:
 
 
 def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-                synth_w: Sequence[float], *, step_scale: float = 1.0) -> Any:
+                synth_w: Sequence[float], *, step_scale: float = 1.0, from_active: bool = False) -> Any:
     """Train a fresh CDCDA adapter (left active on ``model``) under ``train.synthetic-schedule``.
+
+    ``from_active``: train the adapter the model holds further instead of a fresh one (the
+    federated methods start from the FedAvg global adapter, device/federated.py).
 
     ``step_scale`` scales local-only's step budget (the holdout check trains on part of the
     profile: synthetic_gate.check_step_scale). Returns the TrainResult (steps summed over stages).
     """
-    return SCHEDULES[schedule_name(cfg)](model, cfg, real, real_w, synth, synth_w, step_scale)
+    return SCHEDULES[schedule_name(cfg)](model, cfg, real, real_w, synth, synth_w, step_scale, from_active)
