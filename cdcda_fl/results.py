@@ -185,11 +185,13 @@ def interval_note(results: Mapping[str, Any]) -> str:
     if not blocks:
         return ""
     b = blocks[0]
-    tie = next((c["tie_tolerance"] for c in (v.get("cdcda_vs_local") for v in blocks) if c), None)
+    tie = next((c["tie_tolerance"] for c in (v.get(k) for v in blocks for k in COMPARISONS) if c), None)
     text = (f"[lo, hi]: {b['level']:.0%} percentile-bootstrap interval over users ({b['resamples']} resamples, "
             f"seed {b['seed']}).")
     if tie is not None:
-        text += (f" {GAIN_LABEL}: the paired per-user difference, positive = CDCDA better (for MAE, local − CDCDA); "
+        other = "local" if any(v.get("cdcda_vs_local") for v in blocks) else "FedAvg + local"
+        text += (f" Δ CDCDA vs {other}: the paired per-user difference, positive = CDCDA better (for MAE, "
+                 f"{other} − CDCDA); "
                  f"W/T/L: users where CDCDA is better / within {tie:g} / worse.")
     return text
 
@@ -415,8 +417,9 @@ def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     rows = [(task, label, block) for task in tasks for label, block in comparisons(results, task)]
     if not rows:
         return []
-    several = len({label for _t, label, _b in rows}) > 1
-    lines = ["", f"| Task | Metric | {'Δ paired' if several else GAIN_LABEL} (paired, 95 % CI) | W/T/L | Verdict | Users |",
+    labels = sorted({label for _t, label, _b in rows})
+    several = len(labels) > 1
+    lines = ["", f"| Task | Metric | {'Δ' if several else labels[0]} (paired, 95 % CI) | W/T/L | Verdict | Users |",
              "|---|---|---:|---:|---|---:|"]
     for task, label, block in rows:
         if several:

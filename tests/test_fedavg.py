@@ -210,3 +210,32 @@ def test_users_per_node_above_one_train_together_and_are_answered_each(tmp_path:
     assert results["users"] == {"LaMP_2": 4} and not results["failures"]
     updates = [ln for ln in read_audit(Path(cfg["out-dir"]) / "devices") if ln["kind"] == "update"]
     assert len(updates) == 2 and sorted(len(u["users"]) for u in updates) == [2, 2]
+
+
+def test_cdcda_from_the_global_adapter_follows_cdcdas_decision(tmp_path: Path) -> None:
+    """cdcda+fedavg trains real + synthetic from the global adapter when CDCDA uses the cloud's
+    records (rule none: always), and its paired difference against fedavg+local is reported."""
+    from cdcda_fl import orchestrator
+    from cdcda_fl.runs import user_key
+    from strategies.cloud_augment import GridTransport
+
+    class Writer:  # the cloud, stubbed: two labelled records per user
+        def __init__(self, cfg: Any) -> None:
+            pass
+
+        def run(self, shares: Any) -> dict[str, list[dict]]:
+            return {user_key(s.task, s.user_id): [{"id": f"s{i}", "description": f"a film {i}", "tag": "comedy"}
+                                                  for i in range(2)] for s in shares}
+
+    cfg = _cfg(tmp_path, methods="fedavg+local,cdcda,cdcda+fedavg", **{"fedavg.rounds": 1,
+                                                                        "train.synthetic-gate": "none"})
+    results = orchestrator.run_cdcda(GridTransport(LoopbackGrid(simulated_nodes(2))), cfg, writer_factory=Writer)
+    assert not results["failures"]
+    for path in (Path(cfg["out-dir"]) / "users" / "LaMP_2").glob("*.json"):
+        user = json.loads(path.read_text())
+        entry = user["methods"]["cdcda+fedavg"]
+        if user["n_synthetic_used"]:
+            assert entry["decision"]["answer_with"] == "cdcda" and entry["train"]["n_synthetic"] > 0
+            assert entry["train"]["global_sha256"] == user["methods"]["fedavg+local"]["train"]["global_sha256"]
+    assert results["intervals"]["LaMP_2"]["cdcda_vs_fedavg+local"]["n_users"] == 2
+    assert "Δ CDCDA vs FedAvg + local" in (Path(cfg["out-dir"]) / "table.md").read_text()
