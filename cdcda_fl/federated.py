@@ -189,3 +189,34 @@ def round_facts(sampled: int, replied: int, failed: int, up_bytes: list[int], do
     """One round's facts for ``rounds.jsonl`` and the communication table (measured, not computed)."""
     return {"sampled": sampled, "replied": replied, "failed": failed, "up_bytes": up_bytes,
             "down_bytes_per_node": down_bytes, "seconds": round(seconds, 3), "time": time.time()}
+
+
+def measured_bytes(out_dir: Path | str, device_logs: list[Path] | None = None) -> dict[str, Any]:
+    """FedAvg's bytes per user per round, measured: up from the devices' audit logs (each ``update``
+    line: the bytes of exactly what one node sent, divided by the users it trained for), down from
+    the server's rounds logs (the global adapter sent to each sampled node, divided likewise).
+
+    ``device_logs``: the devices' audit logs (default: the simulated devices' shared
+    ``out/devices/audit.jsonl``; a real device's is in its storage dir). Empty dict: no FedAvg ran.
+    """
+    import statistics
+
+    from cdcda_fl.privacy.audit_log import read_audit
+
+    out = Path(out_dir)
+    updates = [ln for log_path in (device_logs or [out / "devices"]) for ln in read_audit(log_path)
+               if ln.get("kind") == "update"]
+    if not updates:
+        return {}
+    up = [int(ln["bytes"]) / max(1, len(ln.get("users") or [1])) for ln in updates]
+    users_per_node = statistics.median(max(1, len(ln.get("users") or [1])) for ln in updates)
+    down = []
+    for path in sorted((out / "federated").glob("*/rounds.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            facts = json.loads(line)
+            if facts.get("down_bytes_per_node"):
+                down.append(int(facts["down_bytes_per_node"]) / users_per_node)
+    rounds = {(ln["task"], ln.get("round")) for ln in updates}
+    return {"updates": len(updates), "task_rounds": len(rounds), "up_bytes_per_user_round_median": statistics.median(up),
+            "down_bytes_per_user_round_median": statistics.median(down) if down else None,
+            "users_per_node_median": users_per_node}

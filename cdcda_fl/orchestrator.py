@@ -35,6 +35,7 @@ from cdcda_fl.device.schedule import schedule_name
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
 from cdcda_fl.edge.runtime import check_runtime
+from cdcda_fl.federated import measured_bytes as fedavg_report
 from cdcda_fl.federated import personalize_requests, run_federated_phase
 from cdcda_fl.node_guard import NodeGuard, Refused
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
@@ -295,7 +296,8 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     from cdcda_fl.results import print_table, write_paper_table, write_plots
 
     with clock("report"):
-        results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes)})
+        results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes),
+                                  **({"fedavg": fedavg_report(cfg["out-dir"])} if global_adapters else {})})
         results["plots"] = write_plots(cfg["out-dir"], results)
         results["table_md"] = str(write_paper_table(cfg["out-dir"], results))
         write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
