@@ -4,7 +4,10 @@ CDCDA moves data, not weights: device→cloud carries the records a user consent
 (after scrubbing), cloud→device the synthetic records written for that user. FedAvg moves the
 trainable weights both ways every round. This benchmark runs (or reads) a CDCDA run directory,
 measures the former from its audit log and per-user results, and computes the latter from the
-on-device model with the run's LoRA settings (fp32 weights, one upload + one download).
+on-device model with the run's LoRA settings (fp32 weights, one upload + one download). When the
+run also ran the federated baselines (methods fedavg, fedavg+local, cdcda+fedavg), FedAvg's bytes
+per user per round are also *measured*: up from the devices' audit logs, down from the server's
+rounds log (cdcda_fl/federated.py: measured_bytes).
 
     python benchmarks/communication.py                 # a small run (real cloud model), then the table
     python benchmarks/communication.py --quick         # smoke size: tiny-random cloud (writes ~no records)
@@ -57,6 +60,9 @@ def measure(run_dir: Path) -> dict:
     users = sorted(set(up) | set(down))
     lora, full = lora_and_full_params(str(cfg["device.model"]), int(cfg["train.rank"]),
                                       csv_list(cfg["train.target-modules"]))
+    from cdcda_fl.federated import measured_bytes
+
+    fedavg = measured_bytes(run_dir)
     per_user_up = [up.get(u, 0) for u in users]
     per_user_down = [down.get(u, 0) for u in users]
     cdcda_total = statistics.median([a + b for a, b in zip(per_user_up, per_user_down)]) if users else 0
@@ -69,6 +75,7 @@ def measure(run_dir: Path) -> dict:
         "lora_params": lora, "full_params": full,
         "fedavg_lora_round_bytes": 2 * 4 * lora, "fedavg_full_round_bytes": 2 * 4 * full,
         "ratio_fedavg_lora_to_cdcda": (2 * 4 * lora) / cdcda_total if cdcda_total else None,
+        **({"fedavg_measured": fedavg} if fedavg else {}),
     }
 
 
@@ -108,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['fedavg_lora_round_bytes']:,}")
     table.add_row(f"FedAvg, one round of the full model ({row['full_params']:,} params, up+down)",
                   f"{row['fedavg_full_round_bytes']:,}")
+    measured = row.get("fedavg_measured")
+    if measured:
+        table.add_row(f"FedAvg measured: device→server per round (audit logs, median of {measured['updates']})",
+                      f"{measured['up_bytes_per_user_round_median']:,.0f}")
+        if measured.get("down_bytes_per_user_round_median"):
+            table.add_row("FedAvg measured: server→device per round (rounds log, median)",
+                          f"{measured['down_bytes_per_user_round_median']:,.0f}")
     Console().print(table)
     if row["ratio_fedavg_lora_to_cdcda"]:
         print(f"one FedAvg LoRA round = {row['ratio_fedavg_lora_to_cdcda']:.0f}x the bytes of a whole CDCDA run per user")

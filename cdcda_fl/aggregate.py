@@ -105,7 +105,9 @@ class TaskTally:
             numbers["mia"].append(float(entry["mia_auc"]))
         if isinstance(entry.get("train"), Mapping):
             numbers["secs"].append(float(entry["train"].get("seconds", 0.0)))
-            numbers["steps"].append(float(entry["train"].get("steps") or 0))
+            # federated rows: the shared adapter's rounds × local steps count too
+            numbers["steps"].append(float(entry["train"].get("steps") or 0)
+                                    + float(entry["train"].get("federated_steps") or 0))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -167,9 +169,13 @@ def _summaries(spec: TaskSpec, tally: TaskTally, problems: list[dict[str, str]])
             spec.name, m, metrics, len(tally.user_metrics.get(m, [])) or len({u for u, _ in tally.preds.get(m, {})}),
             n_queries, max(numbers["eps"]) if numbers["eps"] else None,
             _mean(numbers["mia"]) if numbers["mia"] else None, _mean(numbers["secs"]),
-            _mean(tally.n_syn) if m == "cdcda" else 0.0, _mean(numbers["steps"]),
+            _mean(tally.n_syn) if m in ("cdcda", "cdcda+fedavg") else 0.0, _mean(numbers["steps"]),
             n_users_lower=tally.no_metrics.get(m, 0)))
     return rows
+
+
+#: paired differences results.json reports per task (when both methods were scored)
+PAIRS = (("cdcda", "local"), ("cdcda", "fedavg+local"))
 
 
 def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -196,7 +202,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         skipped.update(tally.skipped)
         users_per_task[spec.name] = tally.n_users
         intervals[spec.name] = task_intervals(tally.per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
-                                              seed=int(cfg.get("seed", 0)))
+                                              seed=int(cfg.get("seed", 0)), pairs=PAIRS)
         _write_lamp_outputs(out, spec.name, tally, problems)
         summaries += _summaries(spec, tally, problems)
     results = {

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "data.strict": (False, "refuse the run if any record is invalid (default: skip those users, report them)"),
     "out-dir": ("runs/default", "run directory: results, predictions, audit log; rerun resumes here"),
     "seed": (0, "seed for personas, consent sampling, training and generation"),
-    "methods": ("base,rag,local,cdcda,cloud", "subset of base,rag,local,cdcda,cloud"),
+    "methods": ("base,rag,local,cdcda,cloud", "subset of base,rag,local,cdcda,cloud,fedavg,fedavg+local,cdcda+fedavg"),
     "personas.queries": (8, "held-out queries per synthetic user"),
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
@@ -111,6 +111,15 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "eval.report": ("auto", "what a device's result reply may carry: predictions | metrics | none | auto "
                             "(= predictions in simulation, metrics on real devices); a device's consent file can only lower it"),
     "mia.enabled": (False, "membership-inference AUC (loss threshold) on each trained adapter"),
+    # ------------------------------------------------------------------ federated baselines (issue 31)
+    "fedavg.rounds": (3, "FedAvg rounds of the global LoRA adapter (methods fedavg, fedavg+local, cdcda+fedavg); "
+                         "the adapter has local LoRA's rank, targets and base"),
+    "fedavg.local-steps": (8, "optimizer steps a node trains the global adapter per round on its users' real records"),
+    "fedavg.fraction": (1.0, "fraction of a task's nodes sampled per round (Flower FedAvg fraction_train)"),
+    "fedavg.min-nodes": (1, "nodes a round needs at least (FedAvg min_train_nodes / min_available_nodes): a round "
+                            "waits for this many, then completes with whoever replies"),
+    "fedavg.timeout": (600.0, "seconds a FedAvg round waits for replies; a node that has not replied by then is "
+                              "left out of that round's average (0 = Flower's default, 3600)"),
     # ------------------------------------------------------------------ consent (device side)
     "consent.share-fraction": (0.5, "fraction of profile records a user shares with the cloud (0..1)"),
     "consent.fields": ("", "comma-separated fields that may be shared (empty = all fields of the task)"),
@@ -196,6 +205,8 @@ _LOCATE_USERS = ("tasks", "users", "split", "data-dir", "data.strict", "out-dir"
                  "debug.crash-users")
 MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
     "share": (*_LOCATE_USERS, "consent."),
+    # one FedAvg round on the device: its users' real records train the global adapter
+    "fedavg": (*_LOCATE_USERS, "device.", "train.", "fedavg.local-steps"),
     "personalize": (*_LOCATE_USERS, "methods", "device.", "train.", "dp.", "rag.", "eval.", "mia.",
                     # the cloud upper bound answers on the device with the in-process (hf) cloud model
                     "cloud.backend", "cloud.model", "cloud.device", "cloud.prompt-style", "cloud.batch-size"),
@@ -207,7 +218,7 @@ _NEVER_SENT = frozenset({"consent.overrides", "consent.record-ids"})
 
 
 def message_keys(kind: str) -> list[str]:
-    """The run-config keys a ``kind`` message (share | personalize) carries, in DEFAULTS order."""
+    """The run-config keys a ``kind`` message (share | fedavg | personalize) carries, in DEFAULTS order."""
     if kind not in MESSAGE_KEYS:
         raise ConfigError(f"unknown message kind {kind!r}; choose from {', '.join(MESSAGE_KEYS)}")
     wanted = MESSAGE_KEYS[kind]
@@ -442,7 +453,9 @@ def csv_list(value: Scalar) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-METHODS = ("base", "rag", "local", "cdcda", "cloud")
+METHODS = ("base", "rag", "local", "cdcda", "cloud", "fedavg", "fedavg+local", "cdcda+fedavg")
+#: methods answered with the global adapter of the federated phase (run before personalize)
+FEDERATED_METHODS = ("fedavg", "fedavg+local", "cdcda+fedavg")
 DP_SELECTIONS = ("synthetic", "private")  # dp.selection (device/dp_select.py, docs/dp.md)
 
 
@@ -460,6 +473,16 @@ def check_dp_selection(cfg: Mapping[str, Scalar]) -> str:
     if value not in DP_SELECTIONS:
         raise ConfigError(f"dp.selection: unknown {value!r}; choose from {', '.join(DP_SELECTIONS)}")
     return value
+
+
+def federated_methods(cfg: Mapping[str, Scalar]) -> list[str]:
+    """The run's methods that need the FedAvg global adapter (empty: no federated phase)."""
+    return [m for m in methods_of(cfg) if m in FEDERATED_METHODS]
+
+
+def uses_cloud_data(cfg: Mapping[str, Scalar]) -> bool:
+    """Does a method of the run train on the cloud's synthetic records (so users must share)?"""
+    return any(m in ("cdcda", "cdcda+fedavg") for m in methods_of(cfg))
 
 
 def methods_of(cfg: Mapping[str, Scalar]) -> list[str]:

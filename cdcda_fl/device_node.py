@@ -204,6 +204,8 @@ def error_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Sca
         print(f"cdcda device: {exc}", file=sys.stderr)
     if kind == "share":
         return {"users": [], "shares": [], "errors": [{"user": "*", "reason": generic_error(exc)}]}
+    if kind == "fedavg":
+        return {"error": generic_error(exc)}
     return {"results": [{"user_id": "*", "task": "*", "error": generic_error(exc)}]}
 
 
@@ -297,9 +299,22 @@ def _shared_sets(home: Path, users: list[User]
     return seen, failed
 
 
+def _global_adapters(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], meta: Mapping[str, Any],
+                     arrays: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The global adapters a personalize message carried, checked and kept on the device's disk."""
+    from cdcda_fl.device.federated import store_global
+
+    return {str(task): store_global(None, cfg, storage_dir(node_config, cfg), str(task), info, arrays.get(task))
+            for task, info in meta.items()}
+
+
 def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
-                request: Mapping[str, Any]) -> dict[str, Any]:
-    """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report)."""
+                request: Mapping[str, Any], arrays: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report).
+
+    ``arrays``: task -> the FedAvg global adapter's arrays the message carried (``request["global"]``
+    names their SHA-256, rounds and steps), for the federated methods.
+    """
     targets: dict[str, list[dict[str, Any]]] = request["synthetic"]
     try:
         real = is_real_device(node_config)
@@ -308,6 +323,7 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
             enforce_owner_models(node_config, cfg, home)
         users = [u for u in hosted_users(node_config, cfg) if user_key(u.task, u.user_id) in targets]
         own = _own_policy(node_config, cfg)
+        global_adapters = _global_adapters(node_config, cfg, request.get("global") or {}, arrays or {})
     except Exception as exc:
         return error_reply("personalize", node_config, cfg, exc)
     _crash_check(users, cfg, node_config, home)
@@ -317,7 +333,8 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
     ready = [u for u in users if (u.task, u.user_id) in seen]
     jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in ready]
     try:  # all hosted users together: their answers share mixed-adapter batches
-        outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg), shared=seen)
+        outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg), shared=seen,
+                                     global_adapters=global_adapters)
     except Exception as exc:  # the node cannot personalize at all (e.g. its model does not load)
         outcomes = [exc] * len(ready)
     outcome_of.update({(u.task, u.user_id): o for u, o in zip(ready, outcomes)})
@@ -336,3 +353,57 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
                              report=result.get("report", "error"))
         results.append(result)
     return {"results": results}
+
+
+# ---------------------------------------------------------------------- FedAvg rounds (issue 31)
+def fedavg_round(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], task: str, server_round: int,
+                 arrays: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+    """One FedAvg round on this node: (updated adapter arrays, counts, the users who trained).
+
+    The node's users of ``task`` train the global adapter on their real records
+    (device/federated.py). What leaves is the arrays and the record count FedAvg weighs them by,
+    nothing else: the training loss stays in the device's error-free log below.
+    """
+    from cdcda_fl.device.federated import local_round
+
+    home = private_dir(device_home(node_config, cfg))
+    if is_real_device(node_config):  # before anything reads a server-named model path
+        enforce_owner_models(node_config, cfg, home)
+    users = [u for u in hosted_users(node_config, cfg) if u.task == task]
+    _crash_check(users, cfg, node_config, home)
+    if not users:
+        raise ValueError(f"this node holds no user of {task}")
+    updated, n, loss = local_round(users, cfg, arrays, server_round, storage_dir(node_config, cfg))
+    _log_fedavg(home, {"task": task, "round": server_round, "users": len(users), "num-examples": n, "loss": loss})
+    return updated, {"num-examples": n}, [u.user_id for u in users]
+
+
+def _log_fedavg(home: Path, line: Mapping[str, Any]) -> None:
+    """The round's local facts (loss included) stay on the device, for its owner."""
+    append_text(private_dir(home) / "fedavg.jsonl", json.dumps({"time": time.time(), **line}) + "\n", private=True)
+
+
+def audit_update(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None, task: str, users: list[str],
+                 parts: list[tuple[str, bytes]], counts: Mapping[str, int], server_round: int) -> dict[str, Any]:
+    """Append a FedAvg reply to the device's audit log: bytes and SHA-256 of exactly what is sent.
+
+    ``parts`` are the serialized arrays as they travel (name, bytes) and ``counts`` the metric
+    record; the hash covers names, bytes and the counts' canonical JSON, in name order.
+    """
+    import hashlib
+
+    from cdcda_fl.privacy.audit_log import canonical_json
+
+    digest = hashlib.sha256()
+    total = 0
+    for name, blob in sorted(parts):
+        digest.update(name.encode())
+        digest.update(blob)
+        total += len(blob)
+    metrics = canonical_json(dict(counts))
+    digest.update(metrics)
+    home = _home_or_default(node_config, cfg)
+    return AuditLog(home / "audit.jsonl").record_bytes(
+        "update", "*", task, n_bytes=total + len(metrics), sha256=digest.hexdigest(),
+        fields=["arrays", *(f"metrics.{k}" for k in counts)], destination="server", request="fedavg",
+        round=int(server_round), users=list(users), n_arrays=len(parts))

@@ -29,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.config import Scalar, check_dp_selection, check_lora_layers, message_config, methods_of
+from cdcda_fl.config import (Scalar, check_dp_selection, check_lora_layers, federated_methods, message_config,
+                             methods_of, uses_cloud_data)
 from cdcda_fl.device.schedule import schedule_name
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
 from cdcda_fl.edge.runtime import check_runtime
+from cdcda_fl.federated import measured_bytes as fedavg_report
+from cdcda_fl.federated import personalize_requests, run_federated_phase
 from cdcda_fl.node_guard import NodeGuard, Refused, node_text
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
@@ -67,7 +70,8 @@ class Transport(Protocol):
         """The nodes connected now."""
 
     def send(self, kind: str, cfg: Mapping[str, Scalar], requests: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
-        """Queue ``(node, payload)`` requests of one ``kind`` (SHARE | PERSONALIZE); one handle each."""
+        """Queue ``(node, payload)`` requests of one ``kind`` (SHARE | PERSONALIZE); one handle each.
+        (Federated baselines: also ``arrays=`` and a ``federated_rounds`` method, cdcda_fl/federated.py.)"""
 
     def poll(self, handles: list[str]) -> list[tuple[str, Reply]]:
         """The replies that have arrived for these handles (each at most once)."""
@@ -103,7 +107,8 @@ def wait_for_nodes(transport: Transport, expected: int, wait_s: float, settle_s:
 
 def exchange(transport: Transport, requests: list[tuple[int, Mapping[str, Any]]], kind: str,
              cfg: Mapping[str, Scalar], timeout: float | None, on_reply: Callable[[Reply], int | None],
-             label: str, *, total: int | None = None, unit: str = "nodes") -> list[int]:
+             label: str, *, total: int | None = None, unit: str = "nodes", arrays: Mapping[str, Any] | None = None
+             ) -> list[int]:
     """Send ``(node, payload)`` requests, then hand each reply to ``on_reply`` as it arrives.
 
     Returns the nodes that did not reply before ``timeout`` (None = wait for all). Streaming lets
@@ -114,7 +119,8 @@ def exchange(transport: Transport, requests: list[tuple[int, Mapping[str, Any]]]
     if STOP.is_set():
         raise RunInterrupted("stop requested")
     # only the keys a device reads for this kind leave the server (config.MESSAGE_KEYS)
-    pending = dict(zip(transport.send(kind, message_config(kind, cfg), requests), (node for node, _ in requests)))
+    extra = {"arrays": arrays} if arrays else {}  # the federated methods' global adapters, if any
+    pending = dict(zip(transport.send(kind, message_config(kind, cfg), requests, **extra), (node for node, _ in requests)))
     deadline = None if not timeout else time.monotonic() + timeout
     delay = 0.05
     with Progress(label, total=len(pending) if total is None else total, unit=unit) as bar:
@@ -218,7 +224,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     from cdcda_fl.cloud.reference_writers import NotSimulated, is_reference
 
     simulated = is_simulated(transport)
-    if is_reference(str(cfg["cloud.backend"])) and not simulated and "cdcda" in methods_of(cfg):
+    if is_reference(str(cfg["cloud.backend"])) and not simulated and uses_cloud_data(cfg):
         raise NotSimulated(f"cloud.backend={cfg['cloud.backend']} runs only in a simulation: this server's "
                            "devices are real (a SuperLink deployment)")
     if writer_factory is CloudWriter:
@@ -242,9 +248,11 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     if not nodes:
         raise RuntimeError("no device nodes connected")
 
-    wants_cloud_data = "cdcda" in methods_of(cfg)
+    wants_cloud_data = uses_cloud_data(cfg)
     with clock("share"):
         user_node, shares = _share_phase(transport, cfg, nodes, store, wants_cloud_data, timeout)
+    with clock("federated") if federated_methods(cfg) else contextlib.nullcontext():  # FedAvg first (issue 31)
+        global_adapters = run_federated_phase(transport, cfg, user_node, store.record_failure)
 
     # Sorted: which users share a round or chunk must not depend on the order replies arrived in.
     remaining = sorted(u for u in user_node if not store.done(*u.split("/", 1)))
@@ -277,7 +285,8 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
                 if writer and u not in shares:  # the cloud was never asked for this user
                     cloud_info[u]["counts"].setdefault("no_share_received", 1)
             with clock("personalize"):
-                _personalize_chunk(transport, cfg, chunk, synthetic, user_node, store, timeout, label, cloud_info)
+                _personalize_chunk(transport, cfg, chunk, synthetic, user_node, store, timeout, label, cloud_info,
+                                   global_adapters)
             for u in chunk:
                 shares.pop(u, None)
         done_now = set(selected)
@@ -288,7 +297,8 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     from cdcda_fl.results import print_table, write_paper_table, write_plots
 
     with clock("report"):
-        results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes)})
+        results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes),
+                                  **({"fedavg": fedavg_report(cfg["out-dir"])} if global_adapters else {})})
         results["plots"] = write_plots(cfg["out-dir"], results)
         results["table_md"] = str(write_paper_table(cfg["out-dir"], results))
         write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
@@ -400,8 +410,10 @@ def _nodes_to_ask_for_records(guard: NodeGuard, claims: Mapping[int, list[Any]],
 def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: list[str],
                        synthetic: Mapping[str, list[dict[str, Any]]], user_node: Mapping[str, int],
                        store: ResultStore, timeout: float | None, label: str,
-                       cloud_info: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """Send each device its users' synthetic sets; validate, audit and store the results.
+                       cloud_info: Mapping[str, Mapping[str, Any]] | None = None,
+                       global_adapters: Mapping[str, Any] | None = None) -> None:
+    """Send each device its users' synthetic sets (and the global adapters of its users' tasks, for
+    the federated methods); validate, audit and store the results.
 
     ``cloud_info`` (user key -> :func:`cloud_accounting`) is the server's own data: it is stored
     as the result's ``cloud`` entry, replacing anything a device put under that key.
@@ -448,8 +460,9 @@ def _personalize_chunk(transport: Transport, cfg: Mapping[str, Scalar], chunk: l
             store.record_failure(u, "the device's reply had no result for this user", phase="personalize", node=node)
         return len(expected)
 
-    lost = exchange(transport, [(node, {"synthetic": payload}) for node, payload in by_node.items()], PERSONALIZE,
-                    cfg, timeout, on_result, label, total=sum(map(len, by_node.values())), unit="users")
+    requests, arrays = personalize_requests(by_node, global_adapters or {})
+    lost = exchange(transport, requests, PERSONALIZE, cfg, timeout, on_result, label, unit="users",
+                    total=sum(map(len, by_node.values())), arrays=arrays)
     for node in lost:
         for u in by_node[node]:
             store.record_failure(u, "no reply before timeout", phase="personalize")

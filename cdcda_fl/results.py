@@ -16,8 +16,11 @@ from cdcda_fl.metrics import LOWER_IS_BETTER
 from cdcda_fl.stats import format_interval
 
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
-                 "cdcda": "CDCDA", "cloud": "cloud (not private)"}
+                 "cdcda": "CDCDA", "cloud": "cloud (not private)", "fedavg": "FedAvg LoRA",
+                 "fedavg+local": "FedAvg + local", "cdcda+fedavg": "CDCDA from FedAvg"}
 GAIN_LABEL = "Δ CDCDA vs local"
+#: paired comparisons the reports show, in order: results.json "intervals" key -> row label
+COMPARISONS = {"cdcda_vs_local": GAIN_LABEL, "cdcda_vs_fedavg+local": "Δ CDCDA vs FedAvg + local"}
 _SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)([kmbt])(?![A-Za-z0-9])", re.IGNORECASE)
 _SCALE = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 
@@ -131,6 +134,9 @@ def steps_text(results: Mapping[str, Any], task: str) -> str:
         how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
                "(train.equal-real-exposure)" if cfg.get("train.equal-real-exposure", True) else "equal step budgets")
     parts = ", ".join(f"{METHOD_LABELS.get(m, m)} {v:.1f}" for m, v in steps.items())
+    if any(m.startswith("fedavg") or m.endswith("fedavg") for m in steps):
+        how += (f"; FedAvg rows: {cfg.get('fedavg.rounds')} rounds × {cfg.get('fedavg.local-steps')} local steps "
+                "on the shared adapter, plus the user's own steps for +local / CDCDA")
     return f"{task} training steps per user: {parts}; {how}."
 
 
@@ -146,10 +152,16 @@ def method_interval(results: Mapping[str, Any], task: str, method: str) -> tuple
     return float(entry["lo"]), float(entry["hi"])
 
 
-def comparison(results: Mapping[str, Any], task: str) -> dict[str, Any] | None:
-    """The task's paired CDCDA-vs-local block (gain interval, win/tie/loss), if both methods were scored."""
-    block = results.get("intervals", {}).get(task, {}).get("cdcda_vs_local")
+def comparison(results: Mapping[str, Any], task: str, key: str = "cdcda_vs_local") -> dict[str, Any] | None:
+    """The task's paired CDCDA-vs-local block (gain interval, win/tie/loss), if both methods were scored
+    (``key``: another pair of :data:`COMPARISONS`)."""
+    block = results.get("intervals", {}).get(task, {}).get(key)
     return block if block and block.get("n_users") else None
+
+
+def comparisons(results: Mapping[str, Any], task: str) -> list[tuple[str, dict[str, Any]]]:
+    """(label, block) of every paired comparison of :data:`COMPARISONS` the task has."""
+    return [(label, b) for key, label in COMPARISONS.items() if (b := comparison(results, task, key))]
 
 
 def value_with_interval(value: float, interval: tuple[float, float] | None) -> str:
@@ -173,11 +185,13 @@ def interval_note(results: Mapping[str, Any]) -> str:
     if not blocks:
         return ""
     b = blocks[0]
-    tie = next((c["tie_tolerance"] for c in (v.get("cdcda_vs_local") for v in blocks) if c), None)
+    tie = next((c["tie_tolerance"] for c in (v.get(k) for v in blocks for k in COMPARISONS) if c), None)
     text = (f"[lo, hi]: {b['level']:.0%} percentile-bootstrap interval over users ({b['resamples']} resamples, "
             f"seed {b['seed']}).")
     if tie is not None:
-        text += (f" {GAIN_LABEL}: the paired per-user difference, positive = CDCDA better (for MAE, local − CDCDA); "
+        other = "local" if any(v.get("cdcda_vs_local") for v in blocks) else "FedAvg + local"
+        text += (f" Δ CDCDA vs {other}: the paired per-user difference, positive = CDCDA better (for MAE, "
+                 f"{other} − CDCDA); "
                  f"W/T/L: users where CDCDA is better / within {tie:g} / worse.")
     return text
 
@@ -255,11 +269,11 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
                       users_cell(r), "" if eps is None else ("∞" if eps == float("inf") else f"{eps:.2f}"),
                       f"{r['n_synthetic']:.1f}" if r["method"] == "cdcda" else "", "")
         last_of_task = i == len(ordered) - 1 or ordered[i + 1]["task"] != r["task"]
-        block = comparison(results, r["task"]) if last_of_task and r["task"] not in outages else None
-        if block:
+        blocks = comparisons(results, r["task"]) if last_of_task and r["task"] not in outages else []
+        for j, (gain_label, block) in enumerate(blocks):
             gain_cells = [gain_text(block) if name == primary else "" for name in metric_names]
-            table.add_row("", f"[italic]{GAIN_LABEL}[/italic]", *gain_cells, str(block["n_users"]), "", "",
-                          f"{wtl_text(block)} ({block['verdict']})", end_section=True)
+            table.add_row("", f"[italic]{gain_label}[/italic]", *gain_cells, str(block["n_users"]), "", "",
+                          f"{wtl_text(block)} ({block['verdict']})", end_section=j == len(blocks) - 1)
     console.print(table)
     if any(r.get("n_users_lower") for r in rows):
         console.print(LOWER_NOTE, markup=False, highlight=False)
@@ -327,7 +341,9 @@ def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
 
 
 PAPER_COLUMNS = ("base", "rag", "local", "cdcda", "cloud")
-PAPER_LABELS = {"base": "Base", "rag": "RAG", "local": "Local LoRA", "cdcda": "CDCDA", "cloud": "Cloud LLM †"}
+PAPER_LABELS = {"base": "Base", "rag": "RAG", "local": "Local LoRA", "cdcda": "CDCDA", "cloud": "Cloud LLM †",
+                "fedavg": "FedAvg LoRA", "fedavg+local": "FedAvg + local", "cdcda+fedavg": "CDCDA from FedAvg"}
+FEDERATED_COLUMNS = ("fedavg", "fedavg+local", "cdcda+fedavg")  # shown only when the run has them
 
 
 def paper_table(results: Mapping[str, Any]) -> str:
@@ -343,20 +359,21 @@ def paper_table(results: Mapping[str, Any]) -> str:
     rows = table_rows(results)
     by_key = {(r["task"], r["method"]): r for r in rows}
     tasks = sorted({r["task"] for r in rows}, key=lambda t: (TASK_NAMES.index(t) if t in TASK_NAMES else 99, t))
-    lines = ["| Task | Metric | " + " | ".join(PAPER_LABELS[m] for m in PAPER_COLUMNS) + " | Users |",
-             "|---|---|" + "---:|" * len(PAPER_COLUMNS) + "---:|"]
+    columns = PAPER_COLUMNS + tuple(m for m in FEDERATED_COLUMNS if any(r["method"] == m for r in rows))
+    lines = ["| Task | Metric | " + " | ".join(PAPER_LABELS[m] for m in columns) + " | Users |",
+             "|---|---|" + "---:|" * len(columns) + "---:|"]
     eps_values: list[float] = []
     for task in tasks:
         metric = primary_metric(task)
         lower = metric in LOWER_IS_BETTER
-        values = {m: by_key[(task, m)]["metrics"].get(metric) for m in PAPER_COLUMNS if (task, m) in by_key}
+        values = {m: by_key[(task, m)]["metrics"].get(metric) for m in columns if (task, m) in by_key}
         outage = cloud_outage(results, task)
         if outage and "cdcda" in values:  # not a CDCDA result: said in words, never bold
             values["cdcda"] = None
         private = [v for m, v in values.items() if m != "cloud" and v is not None]
         best = (min(private) if lower else max(private)) if private else None
         cells = []
-        for m in PAPER_COLUMNS:
+        for m in columns:
             v = values.get(m)
             text = "–" if v is None else value_with_interval(v, method_interval(results, task, m))
             if m == "cdcda" and outage:
@@ -412,13 +429,19 @@ def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """CDCDA against local-only, paired over the same users: one Markdown row per task (empty without data)."""
     from cdcda_fl.metrics import primary_metric
 
-    rows = [(task, comparison(results, task)) for task in tasks]
-    rows = [(task, block) for task, block in rows if block]
+    rows = [(task, label, block) for task in tasks for label, block in comparisons(results, task)]
     if not rows:
         return []
-    lines = ["", f"| Task | Metric | {GAIN_LABEL} (paired, 95 % CI) | W/T/L | Verdict | Users |",
+    labels = sorted({label for _t, label, _b in rows})
+    several = len(labels) > 1
+    lines = ["", f"| Task | Metric | {'Δ' if several else labels[0]} (paired, 95 % CI) | W/T/L | Verdict | Users |",
              "|---|---|---:|---:|---|---:|"]
-    for task, block in rows:
+    for task, label, block in rows:
+        if several:
+            task_label = f"{task.replace('_', '-')}: {label}"
+            lines.append(f"| {task_label} | {primary_metric(task)} | {gain_text(block)} | {wtl_text(block)} | "
+                         f"{block['verdict']} | {block['n_users']} |")
+            continue
         metric = primary_metric(task)
         if cloud_outage(results, task):
             lines.append(f"| {task.replace('_', '-')} | {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'} | – | – | "

@@ -39,3 +39,32 @@ def config_of(message: Message, kind: str) -> ReceivedConfig:
     """The run config the ServerApp shipped with a ``kind`` message: checked keys, only the kind's
     (``config.MESSAGE_KEYS``), defaults for the ones it left out."""
     return received_config(kind, dict(message.content[CONFIG]) if CONFIG in message.content else {})
+
+
+# ---------------------------------------------------------------------- FedAvg (issue 31)
+#: keys Flower's FedAvg train messages carry in their ConfigRecord besides the run config:
+#: Flower's own ``server-round``, the task whose adapter trains and the rounds done before a resume
+FEDAVG_META = ("server-round", "cdcda.task", "cdcda.round-offset")
+GLOBAL_PREFIX = "global/"  # ArrayRecords of a personalize message: the global adapter per task
+
+
+def split_fedavg_config(message: Message) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run config part, the FedAvg meta part) of a FedAvg train message's ConfigRecord."""
+    raw = dict(message.content[CONFIG]) if CONFIG in message.content else {}
+    meta = {k: raw.pop(k) for k in FEDAVG_META if k in raw}
+    return raw, meta
+
+
+def global_arrays(message: Message) -> dict[str, dict[str, Any]]:
+    """task -> numpy arrays of the global adapters a personalize message carries (empty: none)."""
+    from flwr.app import ArrayRecord
+
+    return {name[len(GLOBAL_PREFIX):]: {k: v.numpy() for k, v in rec.items()}
+            for name, rec in message.content.items() if name.startswith(GLOBAL_PREFIX) and isinstance(rec, ArrayRecord)}
+
+
+def array_record(arrays: Mapping[str, Any]):
+    """An ArrayRecord of numpy arrays, in name order."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(v) for k, v in sorted(arrays.items())})

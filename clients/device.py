@@ -2,7 +2,11 @@
 
 Handlers:
 - ``query.share``: reply with the records this node's users consented to share (scrubbed).
-- ``train.personalize``: receive each user's synthetic records, train the private adapters on
+- ``train`` (Flower's FedAvg, issue 31): one round of the global LoRA adapter on this node's users'
+  real records; the reply is the adapter's ArrayRecord and a MetricRecord with the record count,
+  nothing else (:func:`fedavg_train`).
+- ``train.personalize``: receive each user's synthetic records (and, for the federated methods,
+  the final global adapter as ArrayRecords ``global/<task>``), train the private adapters on
   real + synthetic data, answer the held-out queries offline, reply with what the report level
   allows (:mod:`cdcda_fl.privacy.report`). Adapters and non-consented records never go into a reply.
 
@@ -24,16 +28,17 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from cdcda_fl import device_node as node
 from cdcda_fl.quiet import quiet_libraries
-from clients.codec import config_of, pack, unpack
+from cdcda_fl.config import received_config
+from clients.codec import array_record, config_of, global_arrays, pack, split_fedavg_config, unpack
 
 quiet_libraries()
 
-Handler = Callable[[dict[str, Any], Any, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[dict[str, Any], Any, dict[str, Any], Message], dict[str, Any]]
 SIMULATION_ACTOR_MODULE = "flwr.simulation.ray_transport.ray_actor"
 
 
@@ -78,7 +83,7 @@ def _guarded(kind: str, handler: Handler, simulation: bool | None = None):
         cfg = None
         try:
             cfg = config_of(msg, kind)
-            payload = handler(node_config, cfg, unpack(msg))
+            payload = handler(node_config, cfg, unpack(msg), msg)
         except node.InjectedCrash:
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
@@ -89,11 +94,57 @@ def _guarded(kind: str, handler: Handler, simulation: bool | None = None):
     return wrapped
 
 
+FEDAVG_ERROR = 31  # Error code of a FedAvg round a node could not do (the reason is a generic code)
+
+
+def _fedavg_train(simulation: bool | None):
+    """One round of Flower's FedAvg: train the global adapter here, reply arrays + record count.
+
+    A node that cannot train replies a Flower error (a generic code, never the exception's text),
+    which FedAvg leaves out of the round's average; every reply, error or not, is in the audit log.
+    """
+    def fedavg_train(msg: Message, context: Context) -> Message:
+        quiet_libraries()
+        node_config = node_config_of(context, run_by_simulation_engine() if simulation is None else simulation)
+        cfg, task, server_round = None, "*", 0
+        try:
+            raw, meta = split_fedavg_config(msg)
+            cfg = received_config("fedavg", raw)
+            task, server_round = str(meta["cdcda.task"]), int(meta["server-round"]) + int(meta["cdcda.round-offset"])
+            arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()} if "arrays" in msg.content else {}
+            updated, counts, users = node.fedavg_round(node_config, cfg, task, server_round, arrays)
+        except node.InjectedCrash:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
+            payload = node.error_reply("fedavg", node_config, cfg, exc)
+            node.audit_reply("fedavg", node_config, cfg, payload)
+            return Message(Error(FEDAVG_ERROR, str(payload["error"])), reply_to=msg)
+        record = array_record(updated)
+        node.audit_update(node_config, cfg, task, users, [(k, bytes(a.data)) for k, a in record.items()],
+                          counts, server_round)
+        return Message(RecordDict({"arrays": record, "metrics": MetricRecord(dict(counts))}), reply_to=msg)
+
+    return fedavg_train
+
+
+def _share(node_config: dict[str, Any], cfg: Any, request: dict[str, Any], msg: Message) -> dict[str, Any]:
+    return node.share(node_config, cfg, request)
+
+
+def _personalize(node_config: dict[str, Any], cfg: Any, request: dict[str, Any], msg: Message) -> dict[str, Any]:
+    # the global adapters of the federated methods travel as ArrayRecords beside the JSON payload
+    return node.personalize(node_config, cfg, request, global_arrays(msg))
+
+
+_share.__doc__, _personalize.__doc__ = node.share.__doc__, node.personalize.__doc__
+
+
 def make_app(simulation: bool | None) -> ClientApp:
     """The device ClientApp; ``simulation``: True = every node simulated, None = as the engine says."""
     client = ClientApp()
-    client.query("share")(_guarded("share", node.share, simulation))
-    client.train("personalize")(_guarded("personalize", node.personalize, simulation))
+    client.query("share")(_guarded("share", _share, simulation))
+    client.train("personalize")(_guarded("personalize", _personalize, simulation))
+    client.train()(_fedavg_train(simulation))  # Flower's FedAvg sends plain "train" messages
     return client
 
 

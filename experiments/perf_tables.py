@@ -145,6 +145,13 @@ def communication_table(results: Path) -> list[str]:
         [f"FedAvg, one round of the full `{d['device_model']}` ({d['full_params']:,} params, up + down)",
          f"{d['fedavg_full_round_bytes']:,}"],
     ]
+    measured = d.get("fedavg_measured")
+    if measured:  # the federated baselines ran: their bytes as the audit logs recorded them
+        body.append([f"FedAvg measured, device → server per round (device audit logs; median of "
+                     f"{measured['updates']} updates)", f"{measured['up_bytes_per_user_round_median']:,.0f}"])
+        if measured.get("down_bytes_per_user_round_median"):
+            body.append(["FedAvg measured, server → device per round (server rounds log; median)",
+                         f"{measured['down_bytes_per_user_round_median']:,.0f}"])
     ratio = d.get("ratio_fedavg_lora_to_cdcda") or d["fedavg_lora_round_bytes"] / d["cdcda_total_bytes_median"]
     run = f"run `{d['run_dir']}`: {d['users']} users, share fraction {d['share_fraction']}, " \
           f"{d['synthetic_per_user']} synthetic records asked per user" if "run_dir" in d else ""

@@ -1,4 +1,5 @@
-"""The cloud: a Flower ServerApp whose "aggregation" is data augmentation, not FedAvg.
+"""The cloud: a Flower ServerApp whose "aggregation" is data augmentation (and, for the federated
+baselines, Flower's own FedAvg: strategies/fedavg.py).
 
 All of the run's logic (rounds, resume, failures, reporting) is in :mod:`cdcda_fl.orchestrator`;
 this module only adapts Flower's Grid to its :class:`~cdcda_fl.orchestrator.Transport`: requests
@@ -17,7 +18,7 @@ from flwr.superlink.grid import InMemoryGrid
 
 from cdcda_fl import orchestrator
 from cdcda_fl.config import Scalar, resolve
-from clients.codec import pack, unpack
+from clients.codec import GLOBAL_PREFIX, array_record, pack, unpack
 
 MESSAGE_TYPES = {orchestrator.SHARE: "query.share", orchestrator.PERSONALIZE: "train.personalize"}
 
@@ -39,12 +40,26 @@ class GridTransport:
     def node_ids(self) -> list[int]:
         return list(self.grid.get_node_ids())
 
-    def send(self, kind: str, cfg: Mapping[str, Scalar], requests: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
-        msgs = [Message(pack(cfg, **payload), dst_node_id=node, message_type=MESSAGE_TYPES[kind])
-                for node, payload in requests]
+    def send(self, kind: str, cfg: Mapping[str, Scalar], requests: list[tuple[int, Mapping[str, Any]]],
+             arrays: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+        """``arrays``: named arrays (the global adapter per task) a request names in its payload's
+        ``global``; each message carries only those it names, as ArrayRecords ``global/<task>``."""
+        msgs = []
+        for node, payload in requests:
+            content = pack(cfg, **payload)
+            for task in (payload.get("global") or {}) if arrays else ():
+                content[GLOBAL_PREFIX + task] = array_record(arrays[task])
+            msgs.append(Message(content, dst_node_id=node, message_type=MESSAGE_TYPES[kind]))
         handles = list(self.grid.push_messages(msgs))
         self._sent.update(zip(handles, (node for node, _ in requests)))
         return handles
+
+    def federated_rounds(self, cfg: Mapping[str, Scalar], task: str, nodes: list[int], first_round: int,
+                         initial: Mapping[str, Any], on_round: Any, on_failure: Any) -> None:
+        """FedAvg rounds of one task's global adapter with Flower's own strategy (strategies/fedavg.py)."""
+        from strategies.fedavg import run_rounds
+
+        run_rounds(self.grid, cfg, task, nodes, first_round, initial, on_round, on_failure)
 
     def poll(self, handles: list[str]) -> list[tuple[str, orchestrator.Reply]]:
         out = []

@@ -324,7 +324,7 @@ def test_every_message_silences_library_chatter_again(tmp_path: Path, monkeypatc
     from clients.device import _guarded
 
     logging.getLogger("bitsandbytes").setLevel(logging.NOTSET)
-    handler = _guarded("share", lambda node_config, cfg, request: {"users": [], "shares": [], "errors": []})
+    handler = _guarded("share", lambda node_config, cfg, request, msg: {"users": [], "shares": [], "errors": []})
     reply = handler(Message(pack(resolve({}), share=True), dst_node_id=1, message_type="query.share"),
                     Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
     assert unpack(reply) == {"users": [], "shares": [], "errors": []}

@@ -106,3 +106,49 @@ def test_plain_flwr_run_dot_as_the_flower_docs_teach(tmp_path) -> None:
         name = Path("predictions") / "LaMP_2" / f"{method}_outputs.json"
         assert json.loads((tmp_path / "flwr" / name).read_text()) == \
             json.loads((tmp_path / "cdcda" / name).read_text()), name
+
+
+def test_flwr_run_dot_gives_the_same_fedavg_adapter_and_predictions_as_cdcda_run(tmp_path) -> None:
+    """Issue 31: the federated baselines under plain `flwr run .` (2 SuperNodes) and `cdcda run` with
+    2 simulated devices and the same seed train the same global adapter (same SHA-256 per round)
+    and answer the same."""
+    import os
+    import subprocess
+
+    from strategies.simulation import run_simulation
+
+    home = tmp_path / "flwr-home"
+    keys = {"users": "4", "tasks": "'LaMP_2'", "methods": "'base,fedavg,fedavg+local'",
+            "device.model": "'tiny-random'", "cloud.model": "'tiny-random'", "train.steps": "2",
+            "personas.queries": "2", "fedavg.rounds": "2", "fedavg.local-steps": "2"}
+    run_config = f"out-dir='{tmp_path / 'flwr'}' " + " ".join(f"{k}={v}" for k, v in keys.items())
+    # Flower's CLI from this venv with ./run's environment, not ./run itself: ./run reinstalls the
+    # project into the venv whenever pyproject.toml changed, and the venv may be shared.
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    try:
+        # one CPU per simulated device, as `cdcda run` gives each (PyTorch's float sums depend on the threads)
+        proc = subprocess.run([str(venv_bin / "flwr"), "run", ".", "--stream", "--run-config", run_config,
+                               "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        _stop_managed_superlinks(home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    via_flwr = json.loads((tmp_path / "flwr" / "results.json").read_text())
+    via_cdcda = run_simulation(load_config(None, [f"out-dir={tmp_path / 'cdcda'}", "sim.num-supernodes=2",
+                                                  *(f"{k}={v.strip(chr(39))}" for k, v in keys.items())]))
+    assert via_flwr["users"] == via_cdcda["users"] == {"LaMP_2": 4}
+    assert not via_flwr["failures"] and not via_cdcda["failures"]
+
+    def rounds(run: str) -> list[str]:
+        path = tmp_path / run / "federated" / "LaMP_2" / "rounds.jsonl"
+        return [json.loads(line)["sha256"] for line in path.read_text().splitlines()]
+
+    assert len(rounds("flwr")) == 2 and rounds("flwr") == rounds("cdcda")
+    for method in ("base", "fedavg", "fedavg+local"):
+        name = Path("predictions") / "LaMP_2" / f"{method}_outputs.json"
+        assert json.loads((tmp_path / "flwr" / name).read_text()) == \
+            json.loads((tmp_path / "cdcda" / name).read_text()), name

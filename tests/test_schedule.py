@@ -102,7 +102,8 @@ def test_synthetic_first_end_to_end_on_tiny_random(tmp_path):
         **base, "train.synthetic-gate": "none", "train.synthetic-schedule": "mix"}.items()]),
         storage_dir=tmp_path / "none", device_model=model)  # same store: a different adapter, not a reuse
     assert mix["methods"]["cdcda"]["train"]["steps"] == 4 and not mix["methods"]["cdcda"]["train"].get("reused")
-    cfg = load_config(None, [f"{k}={v}" for k, v in base.items()])  # rule holdout: 6 items, 3 held out
+    cfg = load_config(None, [f"{k}={v}" for k, v in {**base, "train.synthetic-gate": "holdout"}.items()])
+    # rule holdout: 6 items, 3 held out
     res = personalize_user(user, synthetic, cfg, storage_dir=tmp_path / "holdout", device_model=model)
     # the check's real + synthetic adapter: 3 of 6 items -> 2 of the 4 steps, + 1 synthetic-stage step
     assert res["synthetic_decision"]["check_steps"] == [2, 1 + 2]

@@ -129,7 +129,7 @@ def test_the_holdout_check_selects_with_its_own_adapter_and_the_default_never_sc
 
     monkeypatch.setattr(personalize, "select_records", spy)
     base = {"methods": "local,cdcda", "device.model": "tiny-random", "train.steps": 2, "train.batch-size": 2,
-            "train.equal-real-exposure": "false", "seed": 0}
+            "train.equal-real-exposure": "false", "seed": 0, "train.synthetic-gate": "holdout"}
     res = personalize.personalize_user(_user(6), SYNTHETIC, _cfg(**base, **{"train.synthetic-select": "style"}),
                                        storage_dir=tmp_path / "style", device_model=tiny_model)
     assert calls == [4, 4]  # the final selection, then the check's (3 of 6 items held out)

@@ -304,6 +304,15 @@ class DeviceModel:
             return
         slots.load_new(config, weights, path)
 
+    def adapter_arrays(self) -> dict[str, Any]:
+        """The active adapter's tensors as fp32 numpy arrays, keyed as in a saved PEFT file.
+
+        What a FedAvg round sends (device/federated.py): the keys and values a saved adapter
+        holds, nothing of the base model."""
+        if not self._slots.active or self._slots.name is None:
+            raise RuntimeError("no active adapter (train or load one first)")
+        return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._slots.params(self._slots.name).items()}
+
     def clear_adapter(self) -> None:
         """Back to the plain base: zero this user's adapter weights and switch them off."""
         if self._slots.name is not None:

@@ -12,6 +12,8 @@ holds predictions, metrics, ε and counts — never adapter weights or profile r
 - with ``dp.enabled``, ``local`` and ``cdcda`` go through :func:`private_method` instead: DP
   candidates, a privacy-free choice on the cloud's synthetic records, and a fall-back to the base
   model when no candidate beats it (docs/dp.md);
+- ``fedavg``, ``fedavg+local``, ``cdcda+fedavg``: the FedAvg global adapter as is, fine-tuned
+  locally, or as CDCDA's starting point (device/federated.py; registered below);
 - ``cloud``: the cloud model answering with the user's whole profile retrieved into the prompt.
   It is the non-private upper bound, so it is computed *here* with the cloud model loaded
   in-process (hf backend), never by sending the user's queries out; with a remote backend it is
@@ -35,6 +37,7 @@ from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.crossfit import RULE_VERSION as CROSSFIT_VERSION
 from cdcda_fl.device.crossfit_check import CrossfitCheck
+from cdcda_fl.device.federated import FEDERATED
 from cdcda_fl.device.schedule import exposure_scale, train_cdcda
 from cdcda_fl.device.select import SelectConfig, Selection, select_records
 from cdcda_fl.device.synthetic_gate import (
@@ -172,6 +175,7 @@ class _UserRun:
         self.answerer = answerer  # the node's ``device.runtime`` engine, shared by all its users
         self.pending: list[_Deferred] = []
         self.kept_handles: list[str] = []  # adapters kept in the PyTorch model until the answering step
+        self.global_adapter: Any = None  # the task's FedAvg adapter (device/federated.py GlobalAdapter), if any
         self.spec = spec = get_task(user.task)
         max_q = int(cfg["eval.max-queries"])
         self.queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
@@ -542,6 +546,7 @@ def _private(run: _UserRun, method: str) -> None:
 METHODS: dict[str, Callable[[_UserRun], None]] = {
     "base": _base, "rag": _rag, "local": _local, "cdcda": _cdcda, "cloud": _cloud,
 }
+METHODS.update(FEDERATED)  # fedavg, fedavg+local, cdcda+fedavg (device/federated.py)
 
 
 def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
@@ -564,8 +569,8 @@ def personalize_user(user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Ma
 def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], cfg: Mapping[str, Scalar], *,
                       storage_dir: Path, device_model: Any | None = None,
                       on_step: Callable[[str], None] | None = None,
-                      shared: Mapping[tuple[str, str], frozenset[str]] | None = None
-                      ) -> list[dict[str, Any] | Exception]:
+                      shared: Mapping[tuple[str, str], frozenset[str]] | None = None,
+                      global_adapters: Mapping[str, Any] | None = None) -> list[dict[str, Any] | Exception]:
     """:func:`personalize_user` for every (user, synthetic records) a node hosts, answering them together.
 
     Each user's methods train (or reuse) their adapters in turn; the answers of every method of
@@ -580,6 +585,7 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
     ``privacy/shared_ledger.py``); DP's private selection spends ε on the others only. Without
     it, the records ``cfg``'s own consent keys select (library use; a device's personalize
     message carries no consent keys, and reading them there is an error).
+    ``global_adapters``: task -> the FedAvg global adapter (device/federated.py) for the federated methods.
     """
     model = device_model or device_model_for(cfg)
     answerer = make_answerer(cfg, device_model=model, storage_dir=Path(storage_dir),
@@ -592,6 +598,7 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
             try:
                 run = _UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, answerer=answerer,
                                on_step=on_step, shared_ids=None if shared is None else shared[(user.task, user.user_id)])
+                run.global_adapter = (global_adapters or {}).get(user.task)
                 run.clear()
                 for method in methods_of(cfg):
                     run.step(method)

@@ -93,8 +93,11 @@ def plan_cdcda(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], syn
 
 
 def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-                synth_w: Sequence[float], *, step_scale: float = 1.0) -> Any:
+                synth_w: Sequence[float], *, step_scale: float = 1.0, from_active: bool = False) -> Any:
     """Train a fresh CDCDA adapter (left active on ``model``) under ``train.synthetic-schedule``.
+
+    ``from_active``: train the adapter the model holds further instead of a fresh one (the
+    federated methods start from the FedAvg global adapter, device/federated.py).
 
     ``step_scale`` scales local-only's step budget (the holdout check trains on part of the
     profile: synthetic_gate.check_step_scale). Returns the TrainResult (steps summed over stages).
@@ -104,9 +107,9 @@ def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequenc
     data = {"all": ([*real, *synth], [*real_w, *synth_w]), "synthetic": (list(synth), list(synth_w)),
             "real": (list(real), [1.0] * len(real))}  # the real stage trains as local-only does
     results = []
-    for stage in plan_cdcda(cfg, real, real_w, synth, synth_w, step_scale=step_scale):
+    for i, stage in enumerate(plan_cdcda(cfg, real, real_w, synth, synth_w, step_scale=step_scale)):
         pairs, weights = data[stage.data]
-        extra = {"continue_active": True} if stage.continues else {}
+        extra = {"continue_active": True} if stage.continues or (from_active and i == 0) else {}
         results.append(model.train(pairs, stage.lora, None, weights=weights, **extra))
     if len(results) == 1:
         return results[0]

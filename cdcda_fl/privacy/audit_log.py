@@ -106,6 +106,19 @@ class AuditLog:
             line["destination"] = destination
         return self._append(line)
 
+    def record_bytes(self, kind: str, user: str, task: str, *, n_bytes: int, sha256: str, fields: list[str],
+                     destination: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Append one line for a binary reply (``kind='update'``: a FedAvg round's adapter arrays),
+        whose bytes and SHA-256 the caller computed over exactly what is sent."""
+        line: dict[str, Any] = {
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "kind": kind, "user": str(user), "task": str(task), "fields": sorted(fields),
+            "bytes": int(n_bytes), "sha256": str(sha256), **extra,
+        }
+        if destination is not None:
+            line["destination"] = destination
+        return self._append(line)
+
     def _append(self, line: dict[str, Any]) -> dict[str, Any]:
         text = json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new folder is private; an old one stays
