@@ -26,6 +26,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DP_BEGIN, DP_END = "<!-- dp:begin -->", "<!-- dp:end -->"
 CANARY_BEGIN, CANARY_END = "<!-- canaries:begin -->", "<!-- canaries:end -->"
 CANARY_PLOT = "canary_exposure_vs_epsilon.png"
+CURVE_BEGIN, CURVE_END = "<!-- share-curve:begin -->", "<!-- share-curve:end -->"
 #: The perf_tables tables each file holds, in the order they appear there.
 PERF_SECTIONS: dict[str, tuple[str, ...]] = {
     "README.md": ("scale", "communication", "device", "train-speed", "per-user", "augment"),
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--canaries", type=Path, default=None,
                         help="a folder with canaries.json (cdcda audit canaries --out DIR); fills the README's "
                              "canary section and draws docs/images/" + CANARY_PLOT)
+    parser.add_argument("--share-curve", type=Path, action="append", default=[],
+                        help="a finished experiments/share_curve.py directory (repeatable: personas, real "
+                             "writing); fills the README's share-curve section and copies its plot to docs/images/")
     parser.add_argument("--benchmarks", type=Path, default=None,
                         help="regenerate the Performance tables of README.md and docs/device.md from a benchmark "
                              "results directory, e.g. benchmarks/results")
@@ -191,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run}/results.json not found: run it first", file=sys.stderr)
             return 1
     if (args.demo is None and args.quality is None and args.realtext is None and not args.dp and args.sweep is None
-            and args.canaries is None and args.benchmarks is None):
-        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep, --canaries, --benchmarks")
+            and args.canaries is None and args.benchmarks is None and not args.share_curve):
+        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep, --canaries, --benchmarks, "
+                     "--share-curve")
+    for curve in args.share_curve:
+        if not (curve / "share_curve.md").is_file():
+            print(f"{curve}/share_curve.md not found: run experiments/share_curve.py first", file=sys.stderr)
+            return 1
     if args.sweep is not None and args.demo is None and args.quality is None and args.realtext is None:
         # Only the plots: copy them over docs/images/sweep_*.png (the README links those files) and
         # leave the results section as it is.
@@ -213,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _replace_between(readme, CANARY_BEGIN, CANARY_END, canary_section(args.canaries)):
             return 1
         print("README.md canary section updated")
+    if args.share_curve:
+        if not _replace_between(ROOT / "README.md", CURVE_BEGIN, CURVE_END, share_curve_section(args.share_curve)):
+            return 1
+        print("README.md share-curve section updated")
     if args.benchmarks is not None:
         if not update_perf_sections(args.benchmarks):
             return 1
@@ -230,6 +243,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("README.md results section updated")
     return 0
+
+
+def share_curve_section(curves: list[Path]) -> list[str]:
+    """Each curve's tables (share_curve.md, generated with its intervals) and plot, with its command."""
+    lines: list[str] = []
+    for curve in curves:
+        data = json.loads((curve / "share_curve.json").read_text())
+        image = ROOT / "docs" / "images" / f"share_curve_{curve.name}.png"
+        if (curve / "share_curve.png").is_file():
+            image.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(curve / "share_curve.png", image)
+        lines += [f"From `python experiments/share_curve.py {data['config']}` ({curve.name}):", "",
+                  *(curve / "share_curve.md").read_text().splitlines(), ""]
+        if image.is_file():
+            lines += [f"![CDCDA − local-only against the share fraction]({image.relative_to(ROOT)})", ""]
+    return lines
 
 
 def _replace_between(readme: Path, begin: str, end: str, lines: list[str]) -> bool:
