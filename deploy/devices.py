@@ -113,7 +113,7 @@ def write_user_files(source: Path, target: Path, tasks: Sequence[str], split: st
 
 def write_consent(device: Device, cfg: Mapping[str, Any], given: Path | None) -> Path:
     """The owner's policy: a copy of ``given``, else the run's ``consent.*`` keys (see module docstring)."""
-    from cdcda_fl.privacy.consent import device_policy_values, write_device_policy
+    from cdcda_fl.privacy.policy_file import device_policy_values, write_device_policy
 
     device.consent_file.parent.mkdir(parents=True, exist_ok=True)
     if given is not None:
