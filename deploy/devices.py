@@ -53,7 +53,8 @@ class Device:
 
 def parse_consent(values: Sequence[str]) -> dict[str, Path]:
     """``--consent`` values: ``FILE`` (every device) or ``nodeI=FILE``; each file must exist and parse."""
-    from cdcda_fl.privacy.consent import ConsentError, load_device_policy
+    from cdcda_fl.privacy.consent import ConsentError
+    from cdcda_fl.privacy.policy_file import load_device_policy
 
     out: dict[str, Path] = {}
     for value in values:

@@ -24,7 +24,7 @@ def _cfg(tmp_path: Path, users: int = 2) -> dict:
 
 
 def test_each_device_holds_only_its_users_data_and_a_consent_file_that_shares(tmp_path: Path) -> None:
-    from cdcda_fl.privacy.consent import load_device_policy
+    from cdcda_fl.privacy.policy_file import load_device_policy
 
     devices = build_devices(_cfg(tmp_path), tmp_path / "devices")
     assert [(d.name, d.users) for d in devices] == [("node0", ("dev-u0000",)), ("node1", ("dev-u0001",))]
