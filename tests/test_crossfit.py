@@ -125,13 +125,13 @@ def test_crossfit_is_the_default_rule_and_folds_are_checked() -> None:
         GateConfig.from_config(load_config(None, ["train.synthetic-gate-folds=1"]))
 
 
-def test_the_base_model_needs_more_than_one_items_evidence() -> None:
-    """One item better (of three) is a coin flip: CDCDA keeps the adapter."""
-    golds = ["x", "y", "z"]
+def test_the_base_model_needs_three_items_of_evidence() -> None:
+    """Two items better (of four) is not enough: the out-of-fold adapters understate the final one."""
+    golds = ["x", "y", "z", "w"]
     per_item = (lambda answers: [float(a == g) for a, g in zip(answers, golds)])
-    s = _scores([2.0] * 3, [2.5] * 3, ["x", "q", "q"], ["q"] * 3, ["q"] * 3)
+    s = _scores([2.0] * 4, [2.5] * 4, ["x", "y", "q", "q"], ["q"] * 4, ["q"] * 4)
     v = judge(s, margin=0.0, criterion="loss+metric", metric_of=_acc(golds), higher_is_better=True, per_item=per_item)
     assert v.answer_with == "local"
-    s = _scores([2.0] * 3, [2.5] * 3, ["x", "y", "q"], ["q"] * 3, ["q"] * 3)
+    s = _scores([2.0] * 4, [2.5] * 4, ["x", "y", "z", "q"], ["q"] * 4, ["q"] * 4)
     v = judge(s, margin=0.0, criterion="loss+metric", metric_of=_acc(golds), higher_is_better=True, per_item=per_item)
-    assert v.answer_with == "base" and "2 more item(s)" in v.reason
+    assert v.answer_with == "base" and "3 more item(s)" in v.reason
