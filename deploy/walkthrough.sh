@@ -94,7 +94,7 @@ flwr supernode list local-deployment
 step "5. a tiny first run (untrained tiny models, 2 training steps; the table is printed at the end)"
 flwr run "$REPO" local-deployment --stream --run-config "out-dir='$OUT' min-nodes=2 node-wait=300 \
 tasks='LaMP_2,LaMP_5' methods='base,rag,local,cdcda' device.model='tiny-random' cloud.model='tiny-random' \
-train.steps=2 synthetic.per-user=4 synthetic.max-rounds=1 synthetic.max-new-tokens=16"
+train.steps=2 synthetic.per-user=4 synthetic.max-rounds=1 synthetic.max-new-tokens=16 consent.share-fraction=1.0"
 [[ -f $OUT/results.json ]] || { echo "error: the run wrote no $OUT/results.json (see the output above)" >&2; exit 1; }
 
 step "6. what each device sent, from its own audit log"

@@ -43,7 +43,7 @@ def _movies(text: str) -> list[dict]:
 def test_deny_terms_refuse_invisible_and_lookalike_spellings(variant: str) -> None:
     cfg = {"consent.share-fraction": 1.0, "consent.deny-terms": "cancer,biopsy"}
     shared = ConsentPolicy.from_config(cfg, "u").apply(LAMP2, "u", _movies(variant))
-    assert shared.record_ids == ["m0"], f"{variant!r} passed the deny term"
+    assert shared.local_ids == ["m0"], f"{variant!r} passed the deny term"
 
 
 @pytest.mark.parametrize("variant", [*VARIANTS.values(), *DOTLESS.values()], ids=[*VARIANTS, *DOTLESS])
@@ -78,7 +78,7 @@ def test_ascii_keeps_its_identity_so_digits_and_labels_still_compare() -> None:
     assert normalize_label("1.0") == normalize_label("1") == "1"
     reviews = [{"id": "r1", "text": "fine", "score": "1.0"}, {"id": "r2", "text": "ok", "score": 5}]
     assert ConsentPolicy.from_config({"consent.share-fraction": 1, "consent.deny-labels": "1"}, "u") \
-        .apply(LAMP3, "u", reviews).record_ids == ["r2"]
+        .apply(LAMP3, "u", reviews).local_ids == ["r2"]
     assert Redactor(("rna",), pii=False)("mammal rna") == "mammal [REDACTED]"  # no m -> rn
 
 
