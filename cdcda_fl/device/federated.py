@@ -197,10 +197,9 @@ def train_from_global(run: _UserRun, method: str, real_w: list[float], synth: li
     trained = adapter_key(cfg, [*real, *synth], [*real_w, *synth_w], len(real))
     key = f"{run.spec.name}-{method}-{fingerprint(trained, 'from-global', adapter.sha256)}"
     path = run.store.path(run.user.user_id, key)
-    if run.store.exists(run.user.user_id, key) and (path / TRAIN_META).is_file() and not cfg["train.retrain"]:
-        run.model.load_adapter(path)
-        run.adapter_dir = path
-        return {**json.loads((path / TRAIN_META).read_text()), "reused": True}
+    stored = run.load_stored(key)
+    if stored is not None:
+        return stored
     run.model.load_adapter(adapter.path)
     res = train_cdcda(run.model, cfg, real, real_w, synth, synth_w, from_active=True)
     info = _global_info(adapter, steps=res.steps, tokens=res.trained_tokens, seconds=round(res.seconds, 3),

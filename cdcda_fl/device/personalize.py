@@ -283,6 +283,18 @@ class _UserRun:
         return {"mia_auc": membership_auc(self.model.example_losses(self.real_pairs),
                                           self.model.example_losses(held_out))}
 
+    def load_stored(self, key: str) -> dict[str, Any] | None:
+        """The stored adapter ``key`` loaded into the model (its metadata, ``reused``), or None.
+
+        An adapter folder without its metadata is from before metadata was written with it
+        (atomically): it is retrained rather than reporting a reused DP adapter's ε as unknown."""
+        path = self.store.path(self.user.user_id, key)
+        if not self.store.exists(self.user.user_id, key) or not (path / TRAIN_META).is_file() or self.cfg["train.retrain"]:
+            return None
+        self.model.load_adapter(path)
+        self.adapter_dir = path
+        return {**json.loads((path / TRAIN_META).read_text()), "reused": True}
+
     def train_or_reuse(self, method: str, pairs: list[tuple[str, str]], weights: list[float]) -> dict[str, Any]:
         """Train (or reload from the device's store) an adapter; on return the model holds it.
 
@@ -293,12 +305,9 @@ class _UserRun:
         n_real = len(self.real_pairs)
         key = f"{self.spec.name}-{method}-{adapter_key(cfg, pairs, weights, n_real)}"
         path = self.store.path(self.user.user_id, key)
-        # An adapter folder without its metadata is from before metadata was written with
-        # it (atomically): retrain rather than report a reused DP adapter's ε as unknown.
-        if self.store.exists(self.user.user_id, key) and (path / TRAIN_META).is_file() and not cfg["train.retrain"]:
-            self.model.load_adapter(path)
-            self.adapter_dir = path
-            return {**json.loads((path / TRAIN_META).read_text()), "reused": True}
+        stored = self.load_stored(key)
+        if stored is not None:
+            return stored
         res = train_cdcda(self.model, cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
         info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
                 "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
