@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(grid)}] {point_name(w, s)} in {time.perf_counter() - t0:.0f}s; "
               f"elapsed {done / 60:.1f} min, ETA {done / i * (len(grid) - i) / 60:.1f} min", flush=True)
     sizes = profile_sizes(data, tasks, split)
-    curve: dict[str, Any] = {"config": str(args.config), "points": {}}
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--analyze-only"]
+    curve: dict[str, Any] = {"config": str(args.config), "command": " ".join(["experiments/share_curve.py", *shown]),
+                             "points": {}}
     for w, s in grid:
         point = out / "points" / point_name(w, s)
         if (point / "results.json").is_file():

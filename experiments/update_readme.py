@@ -254,7 +254,8 @@ def share_curve_section(curves: list[Path]) -> list[str]:
         if (curve / "share_curve.png").is_file():
             image.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(curve / "share_curve.png", image)
-        lines += [f"From `python experiments/share_curve.py {data['config']}` ({curve.name}):", "",
+        command = data.get("command") or f"experiments/share_curve.py {data['config']}"
+        lines += [f"From `python {command}` ({curve.name}):", "",
                   *(curve / "share_curve.md").read_text().splitlines(), ""]
         if image.is_file():
             lines += [f"![CDCDA − local-only against the share fraction]({image.relative_to(ROOT)})", ""]
