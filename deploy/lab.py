@@ -135,6 +135,10 @@ def _deploy(args: argparse.Namespace) -> int:
               f"storage {d.storage_dir}")
     before = {d.name: len(read_audit(d.storage_dir)) for d in devices}
     print(f"running {len(devices)} SuperNode(s) ... (progress: {work / 'logs' / 'flwr-run.log'})", flush=True)
+    # The owners' files now hold the policy; on a real device the server's fraction caps the
+    # device's own selection (docs/privacy.md), so the server asks for all that each owner allows
+    # (with the run's 0.5 again, a device would share half of its owner's half).
+    cfg = {**cfg, "consent.share-fraction": 1.0}
     results = deployment(cfg, [d.node_config() for d in devices], work=work, tls=not args.insecure,
                          auth=not (args.insecure or args.no_auth), timeout=args.timeout)
     print_table(results)
