@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,7 +92,6 @@ def write_global(model: DeviceModel, cfg: Mapping[str, Scalar], arrays: Mapping[
     beside ``path`` and renamed into place; if another worker (simulated nodes share a disk) got
     there first, its identical copy stays and this one is dropped. A reader never sees half a folder.
     """
-    import shutil
     import tempfile
 
     import torch
@@ -132,24 +134,22 @@ def local_round(users: Sequence[User], cfg: Mapping[str, Scalar], arrays: Mappin
     step_cfg = replace(init, seed=int(cfg["seed"]) * 1000 + int(server_round))
     try:
         if arrays:
-            tmp = Path(storage_dir) / GLOBAL_DIR / "incoming" / adapter_digest(arrays)[:16]
-            if not tmp.is_dir():
-                _prune(tmp.parent)  # earlier rounds' adapters: rounds run one after the other
+            # A folder of this call's own: simulated nodes share one storage dir and run rounds at
+            # the same time, so a shared folder per digest raced (one node pruned what another was
+            # loading: FileNotFoundError under `flwr run .`). It is removed once loaded.
+            tmp = (Path(storage_dir) / GLOBAL_DIR / "incoming"
+                   / f"{adapter_digest(arrays)[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
                 write_global(model, cfg, arrays, tmp)
-            model.load_adapter(tmp)
+                model.load_adapter(tmp)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             res = model.train(pairs, step_cfg, continue_active=True)
         else:
             res = model.train(pairs, init)
         return model.adapter_arrays(), len(pairs), float(res.final_loss)
     finally:
         model.clear_adapter()
-
-
-def _prune(folder: Path) -> None:
-    import shutil
-
-    for old in folder.glob("[0-9a-f]*") if folder.is_dir() else ():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def store_global(model: DeviceModel | None, cfg: Mapping[str, Scalar], storage_dir: Path, task: str,
