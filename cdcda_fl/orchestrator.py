@@ -221,12 +221,11 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     ``writer_factory`` builds the cloud writer (anything with ``run(shares) -> {user key: records}``);
     tests pass a stub, the product the real :class:`CloudWriter`.
     """
-    from cdcda_fl.cloud.reference_writers import NotSimulated, is_reference
+    from cdcda_fl.cloud.reference_writers import refuse_outside_simulation
 
     simulated = is_simulated(transport)
-    if is_reference(str(cfg["cloud.backend"])) and not simulated and uses_cloud_data(cfg):
-        raise NotSimulated(f"cloud.backend={cfg['cloud.backend']} runs only in a simulation: this server's "
-                           "devices are real (a SuperLink deployment)")
+    if uses_cloud_data(cfg):  # before any node is contacted: a real deployment gets no oracle
+        refuse_outside_simulation(cfg, simulated)
     if writer_factory is CloudWriter:
         writer_factory = functools.partial(CloudWriter, simulated=simulated)
     methods_of(cfg)  # fail early on a bad method list

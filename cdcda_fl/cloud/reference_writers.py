@@ -137,11 +137,18 @@ def is_reference(backend: str) -> bool:
     return str(backend).strip().lower() in REFERENCE_POOLS
 
 
-def make_reference_writer(cfg: Mapping[str, Any], *, simulated: bool, data_dir: str) -> ReferenceWriter:
-    """The writer ``cloud.backend`` names; refused (one line, no traceback) outside a simulation."""
+def refuse_outside_simulation(cfg: Mapping[str, Any], simulated: bool) -> None:
+    """:class:`NotSimulated` (one line, no traceback) when ``cloud.backend`` names a reference
+    writer and the devices are not simulated; nothing otherwise."""
     kind = str(cfg["cloud.backend"]).strip().lower()
-    if not simulated:
+    if is_reference(kind) and not simulated:
         raise NotSimulated(f"cloud.backend={kind} ({LABELS[kind]}) reads the simulated users' own further "
                            "items, which a real cloud never has: it runs only in Flower's simulation "
                            "(`cdcda run`, `flwr run .` on a simulation federation)")
+
+
+def make_reference_writer(cfg: Mapping[str, Any], *, simulated: bool, data_dir: str) -> ReferenceWriter:
+    """The writer ``cloud.backend`` names; refused (one line, no traceback) outside a simulation."""
+    refuse_outside_simulation(cfg, simulated)
+    kind = str(cfg["cloud.backend"]).strip().lower()
     return ReferenceWriter(kind, AugmentConfig.from_config(cfg), REFERENCE_POOLS[kind](_Items(data_dir, str(cfg["split"]))))
