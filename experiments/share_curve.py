@@ -75,7 +75,7 @@ def run_point(config: Path, out: Path, data: Path, writer: str, share: float, se
            *[a for s in writer_sets(writer) for a in ("--set", s)]]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    (point).mkdir(parents=True, exist_ok=True)
+    point.mkdir(parents=True, exist_ok=True)
     write_text_atomic(point / "run.log", proc.stdout[-20000:] + proc.stderr[-20000:])
     if proc.returncode != 0:
         raise RuntimeError(f"point {point.name} failed (rc {proc.returncode}); see {point / 'run.log'}")
