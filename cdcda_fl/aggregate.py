@@ -42,7 +42,7 @@ class MethodSummary:
     epsilon: float | None
     mia_auc: float | None
     train_seconds: float
-    n_synthetic: float
+    n_synthetic: float | None  # None: no user reported it (report level below `predictions`)
     train_steps: float = 0.0  # optimizer steps per user (CDCDA's budget differs with equal real exposure)
     n_users_lower: int = 0  # finished users of the task whose report level carried no metrics for this method
 
@@ -77,7 +77,8 @@ class TaskTally:
         self.n_users += 1
         golds = _str_map(result.get("golds"))  # absent under eval.report=metrics|none
         self.golds.update(((uid, q), g) for q, g in golds.items())
-        self.n_syn.append(int(result.get("n_synthetic_used", 0) or 0))
+        if "n_synthetic_used" in result:  # absent under eval.report=metrics|none: not reported is not zero
+            self.n_syn.append(int(result.get("n_synthetic_used") or 0))
         methods = result.get("methods") if isinstance(result.get("methods"), Mapping) else {}
         for m in self.methods:
             entry = methods.get(m) if isinstance(methods.get(m), Mapping) else {}
@@ -169,7 +170,7 @@ def _summaries(spec: TaskSpec, tally: TaskTally, problems: list[dict[str, str]])
             spec.name, m, metrics, len(tally.user_metrics.get(m, [])) or len({u for u, _ in tally.preds.get(m, {})}),
             n_queries, max(numbers["eps"]) if numbers["eps"] else None,
             _mean(numbers["mia"]) if numbers["mia"] else None, _mean(numbers["secs"]),
-            _mean(tally.n_syn) if m in ("cdcda", "cdcda+fedavg") else 0.0, _mean(numbers["steps"]),
+            (_mean(tally.n_syn) if tally.n_syn else None) if m in ("cdcda", "cdcda+fedavg") else 0.0, _mean(numbers["steps"]),
             n_users_lower=tally.no_metrics.get(m, 0)))
     return rows
 
@@ -345,5 +346,5 @@ def _write_summary_csv(path: Path, summaries: Sequence[MethodSummary]) -> None:
             writer.writerow([s.task, s.method, name, f"{value:.6f}", name not in LOWER_IS_BETTER, s.n_users,
                              s.n_queries, "" if s.epsilon is None else f"{s.epsilon:.4f}",
                              "" if s.mia_auc is None else f"{s.mia_auc:.4f}", f"{s.train_seconds:.2f}",
-                             f"{s.n_synthetic:.1f}", s.n_users_lower])
+                             "" if s.n_synthetic is None else f"{s.n_synthetic:.1f}", s.n_users_lower])
     write_text_atomic(path, buffer.getvalue())

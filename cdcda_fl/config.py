@@ -176,6 +176,28 @@ class ConfigError(ValueError):
     """A bad configuration key or value; the message says which and what is allowed."""
 
 
+# Keys that may differ between a stored run's config and a fresh one without changing its results:
+# paths (data-dir is compared resolved), waits and retries, orchestration (sim.*) -- not what is
+# trained, written or measured. Used to reuse a finished sweep point and to refuse resuming a run
+# dir that holds another configuration's results.
+VOLATILE_KEYS = ("out-dir", "data-dir", "timeout", "node-wait", "min-nodes", "device.storage-dir", "cloud.timeout",
+                 "cloud.max-retries", "fedavg.timeout", "chunk-users")
+VOLATILE_PREFIXES = ("sim.", "debug.")
+
+
+def _comparable(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k not in VOLATILE_KEYS and not k.startswith(VOLATILE_PREFIXES)}
+    if cfg.get("data-dir"):
+        out["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
+    return out
+
+
+def config_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Keys whose value differs between a stored run's config and the one asked for now (both must hold the key)."""
+    a, b = _comparable(stored), _comparable(wanted)
+    return sorted(k for k in set(a) | set(b) if k in a and k in b and a[k] != b[k])
+
+
 def defaults() -> dict[str, Scalar]:
     return {k: v for k, (v, _) in DEFAULTS.items()}
 

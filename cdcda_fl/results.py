@@ -193,7 +193,18 @@ def interval_note(results: Mapping[str, Any]) -> str:
         text += (f" Δ CDCDA vs {other}: the paired per-user difference, positive = CDCDA better (for MAE, "
                  f"{other} − CDCDA); "
                  f"W/T/L: users where CDCDA is better / within {tie:g} / worse.")
+    if any(r.get("method") in ("cdcda", "cdcda+fedavg") and r.get("n_synthetic", 0) is None
+           for r in results.get("table", [])):
+        text += " synth/user n/r: not reported (the devices' report level carries no counts; see the cloud line)."
     return text
+
+
+def _synthetic_cell(row: Mapping[str, Any]) -> str:
+    """CDCDA rows: synthetic records used per user; ``n/r`` where no device reported it (report level)."""
+    if row["method"] not in ("cdcda", "cdcda+fedavg"):
+        return ""
+    value = row.get("n_synthetic")
+    return "n/r" if value is None else f"{value:.1f}"
 
 
 def users_cell(row: Mapping[str, Any]) -> str:
@@ -267,7 +278,7 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
                      for j in range(len(metric_names))]
         table.add_row(r["task"] if first else "", label, *cells,
                       users_cell(r), "" if eps is None else ("∞" if eps == float("inf") else f"{eps:.2f}"),
-                      f"{r['n_synthetic']:.1f}" if r["method"] == "cdcda" else "", "")
+                      _synthetic_cell(r), "")
         last_of_task = i == len(ordered) - 1 or ordered[i + 1]["task"] != r["task"]
         blocks = comparisons(results, r["task"]) if last_of_task and r["task"] not in outages else []
         for j, (gain_label, block) in enumerate(blocks):

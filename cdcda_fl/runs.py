@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import UnsafePathError, append_text, refuse_symlinks, safe_filename
-from cdcda_fl.config import Scalar
+from cdcda_fl.config import ConfigError, Scalar, config_mismatch
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User, write_json_atomic
 from cdcda_fl.data.tasks import parse_task_list
@@ -70,6 +70,7 @@ def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     out.mkdir(parents=True, exist_ok=True)
     check_run_dir(out)
     cfg["out-dir"] = str(out)
+    check_resumable(out, cfg)
     if cfg["data-dir"]:
         cfg["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
         if not Path(str(cfg["data-dir"])).is_dir():
@@ -84,6 +85,34 @@ def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     write_json_atomic(out / "config.json", {"config": cfg, "versions": package_versions(),
                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return cfg
+
+
+class OtherRunInDir(ConfigError):
+    """The out-dir holds finished users of a run with another configuration; resuming would mix them."""
+
+
+def check_resumable(out: Path, cfg: Mapping[str, Scalar]) -> None:
+    """Refuse to resume into a run dir whose finished users came from another configuration.
+
+    Why: a rerun resumes by skipping users with a result on disk; with another writer or another
+    method list those users' stale results were reported as the new run's (found with the lab,
+    issue 34). Keys that do not change results (paths, waits, ``sim.*``: config.VOLATILE_KEYS)
+    may differ.
+    """
+    stored_file = out / "config.json"
+    users = out / "users"
+    if not stored_file.is_file() or not users.is_dir() or not any(users.rglob("*.json")):
+        return
+    try:
+        stored = json.loads(stored_file.read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable config.json is overwritten below; results are keyed per user anyway
+    diff = config_mismatch(stored, cfg)
+    if diff:
+        shown = ", ".join(f"{k}: {stored[k]!r} -> {cfg[k]!r}" for k in diff[:6]) + (" ..." if len(diff) > 6 else "")
+        raise OtherRunInDir(f"{out} holds finished users of a run with another configuration ({shown}); a rerun "
+                            f"there would report their old results as new: choose another out-dir (--out DIR or "
+                            f"--set out-dir=DIR) or remove {out}")
 
 
 # What a run writes inside its out-dir; none of it may be a symbolic link (issue 29.10).

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import ConfigError, Scalar, load_config, read_toml
+from cdcda_fl.config import ConfigError, Scalar, config_mismatch, load_config, read_toml
 from cdcda_fl.progress import Progress, log
 from cdcda_fl.sweep_canaries import Auditor, CanaryPlan, attach_exposure, audit_summary, run_sweep_canaries
 
@@ -50,11 +50,6 @@ DEFAULT_SHARE = (0.0, 0.25, 0.5, 1.0)
 DEFAULT_EPSILON: tuple[float | None, ...] = (None, 8.0, 4.0, 1.0)
 TRAINED = ("local", "cdcda")
 OFF = "off"
-# Keys that may differ between a point's stored config and a fresh one without changing its results:
-# paths (data-dir is compared resolved), orchestration (sim.*, waits) -- not what is trained or measured.
-_VOLATILE_KEYS = ("out-dir", "data-dir", "timeout", "node-wait", "min-nodes", "device.storage-dir")
-_VOLATILE_PREFIXES = ("sim.",)
-
 Runner = Callable[[dict[str, Scalar]], dict[str, Any]]
 
 
@@ -214,19 +209,6 @@ def point_config(spec: SweepSpec, point: SweepPoint, out_dir: Path) -> dict[str,
         "device.storage-dir": str(spec.config.get("device.storage-dir") or (out_dir / "devices")),
     })
     return cfg
-
-
-def _comparable(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in cfg.items() if k not in _VOLATILE_KEYS and not k.startswith(_VOLATILE_PREFIXES)}
-    if cfg.get("data-dir"):
-        out["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
-    return out
-
-
-def config_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """Keys whose value differs between a finished point's config and the one asked for now."""
-    a, b = _comparable(stored), _comparable(wanted)
-    return sorted(k for k in set(a) | set(b) if k in a and k in b and a[k] != b[k])
 
 
 @dataclass

@@ -64,7 +64,7 @@ def audit_config(config: Mapping[str, Scalar], out: Path) -> dict[str, Scalar]:
 
 
 def _reusable(path: Path, cfg: Mapping[str, Any], settings: list[Any], plan: CanaryPlan) -> dict[str, Any] | None:
-    from cdcda_fl.sweep import config_mismatch
+    from cdcda_fl.config import config_mismatch
 
     if not path.exists():
         return None

@@ -51,6 +51,26 @@ __all__ = [
 ]
 
 
+#: the lab's cloud writer unless --writer says otherwise (issue 34: the lab must show CDCDA using records)
+LAB_WRITER = "smollm2-135m"
+#: a real writer needs room for a whole record; shorter generations are rejected as truncated
+LAB_WRITER_MIN_NEW_TOKENS = 48
+
+
+def with_writer(cfg: dict, writer: str) -> dict:
+    """The run config with the lab's writer: ``writer`` as cloud.model and enough new tokens for a record.
+
+    ``writer == "config"`` leaves the config as it is; otherwise the run dir gets a ``-lab`` suffix,
+    so the lab never resumes (and is never refused by) a `cdcda run` of the same config.
+    """
+    if writer == "config":
+        return cfg
+    if not str(cfg.get("out-dir", "")).endswith("-lab"):  # its own run dir: never resume another writer's run
+        cfg = {**cfg, "out-dir": f"{cfg['out-dir']}-lab"}
+    tokens = max(int(cfg.get("synthetic.max-new-tokens", LAB_WRITER_MIN_NEW_TOKENS)), LAB_WRITER_MIN_NEW_TOKENS)
+    return {**cfg, "cloud.model": writer, "synthetic.max-new-tokens": tokens}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploy/lab.sh", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -68,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--consent", action="append", default=[], metavar="[nodeI=]FILE",
                      help="the owner's consent.toml for every device, or for device nodeI (repeatable); default: the "
                           "run's consent.* keys (share-fraction 0.5 unless set)")
+    dep.add_argument("--writer", default=LAB_WRITER, metavar="MODEL|config",
+                     help=f"the cloud's writer model (default {LAB_WRITER}, a real small model that installs offline: "
+                          "the untrained tiny-random writer of tiny configs writes no record the filters accept, so "
+                          "CDCDA would quietly be local-only); 'config' keeps the config's cloud.model")
     certs = sub.add_parser("certs", help="write ca.crt, server.pem, server.key (0600) for 127.0.0.1/localhost")
     certs.add_argument("dir", help="a folder outside the checkout (relative to where you are)")
     certs.add_argument("--host", action="append", default=[], help="extra host name or IP for the certificate")
@@ -127,9 +151,10 @@ def _deploy(args: argparse.Namespace) -> int:
     work = outside_checkout(args.work, "--work")
     devices_root = outside_checkout(args.devices or work / "devices", "--devices")
     consent = parse_consent(args.consent)
-    cfg = prepare_cfg(load_config(args.config or ROOT / "pyproject.toml", args.set))
+    cfg = prepare_cfg(with_writer(load_config(args.config or ROOT / "pyproject.toml", args.set), args.writer))
     devices = build_devices(cfg, devices_root, consent)
     print(f"lab: {work} (certificates certs/, SuperNode keys keys/, logs logs/)")
+    print(f"cloud writer: {cfg.get('cloud.model')} (--writer MODEL or --writer config to change it)")
     for d in devices:
         print(f"device {d.name}: users {', '.join(d.users)}; data {d.data_dir}; consent {d.consent_file}; "
               f"storage {d.storage_dir}")

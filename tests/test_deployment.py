@@ -119,3 +119,28 @@ def test_two_devices_with_the_same_user_ids_stop_the_run_before_any_record_leave
     for storage in (device.storage_dir, Path(twin["storage-dir"])):
         sent = summarize_sent(storage)
         assert sent["records"] == 0 and not sent["shares"] and sent["replies"] == 1, sent
+
+
+def test_lab_deploy_of_the_tiny_config_shows_cdcda_using_shared_records(tmp_path, capsys) -> None:
+    """`deploy/lab.sh deploy experiments/configs/tiny.toml --set users=2` as the README says (issue 34):
+    every device shares what its owner's file allows, the lab's real writer's records pass the
+    filters, some device uses them (CDCDA is not quietly local-only), and the printed table is
+    results.json's."""
+    import json
+
+    from deploy.lab import main
+
+    out = tmp_path / "run"
+    rc = main(["deploy", str(CONFIG), "--set", "users=2", "--set", f"out-dir={out}", "--work", str(tmp_path / "lab")])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    results = json.loads((Path(f"{out}-lab") / "results.json").read_text())
+    assert results["config"]["cloud.model"] == "smollm2-135m"
+    assert all(results["shared"][t]["records"] > 0 for t in ("LaMP_2", "LaMP_5")), results["shared"]
+    used = {t: b["used_synthetic"] for t, b in results["cloud"].items()}
+    assert sum(b["records_accepted"] for b in results["cloud"].values()) > 0, results["cloud"]
+    assert any(n > 0 for n in used.values()), results["cloud"]
+    assert "cloud writer: smollm2-135m" in printed and "what each device sent" in printed
+    cdcda = [r for r in results["table"] if r["method"] == "cdcda"]
+    assert cdcda and all(r["n_users"] == 2 for r in cdcda)
+    assert "synth/user n/r" in printed  # not "0.0": real devices do not report the count

@@ -284,3 +284,24 @@ def test_readme_canary_section_tables_and_plots_the_audit(tmp_path: Path) -> Non
     assert "| LaMP_3 | ε = 8 | 2.70 [2.40, 3.00] | 2.10 | 0.55 | 7.98 | 8 |" in text
     assert (tmp_path / "img" / module.CANARY_PLOT).stat().st_size > 5000
     assert module.main(["--canaries", str(tmp_path / "missing")]) == 1
+
+
+def test_synthetic_count_not_reported_is_not_shown_as_zero(tmp_path: Path) -> None:
+    """Real devices report at `metrics` level, without n_synthetic_used: the lab's CDCDA row said
+    "synth/user 0.0" while the devices had used the cloud's records (issue 34)."""
+    from cdcda_fl.privacy.report import filter_result
+
+    _write_users(tmp_path, with_predictions=True)
+    store = ResultStore(tmp_path)
+    for uid in USERS:
+        path = store.path("LaMP_3", uid)
+        path.write_text(json.dumps(filter_result(json.loads(path.read_text()), "metrics")))
+    results = aggregate(_cfg(tmp_path))
+    row = next(r for r in results["table"] if r["method"] == "cdcda")
+    assert row["n_synthetic"] is None
+    console = Console(file=io.StringIO(), width=200)
+    print_table(results, console=console)
+    text = console.file.getvalue()
+    assert "n/r" in text and "not reported" in text
+    _write_users(tmp_path, with_predictions=True)  # predictions level: the count is there again
+    assert next(r for r in aggregate(_cfg(tmp_path))["table"] if r["method"] == "cdcda")["n_synthetic"] == 3.0
