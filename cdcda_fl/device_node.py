@@ -32,6 +32,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -373,9 +374,54 @@ def fedavg_round(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], task
     _crash_check(users, cfg, node_config, home)
     if not users:
         raise ValueError(f"this node holds no user of {task}")
+    users, modes = federated_training_users(users, _own_policy(node_config, cfg), node_config, cfg, home)
+    if not users:
+        raise FederatedNotConsented(f"no user of {task} on this node lets FedAvg train on its records ({modes})")
     updated, n, loss = local_round(users, cfg, arrays, server_round, storage_dir(node_config, cfg))
-    _log_fedavg(home, {"task": task, "round": server_round, "users": len(users), "num-examples": n, "loss": loss})
+    _log_fedavg(home, {"task": task, "round": server_round, "users": len(users), "num-examples": n, "loss": loss,
+                       "federated": modes})
     return updated, {"num-examples": n}, [u.user_id for u in users]
+
+
+class FederatedNotConsented(RuntimeError):
+    """No user of the task on this node lets a FedAvg update be computed from its records."""
+
+    error_code = "federated_not_consented"  # what the server sees (privacy/report.py: generic_error)
+
+
+def federated_training_users(users: list[User], own: DevicePolicy | None, node_config: Mapping[str, Any],
+                             cfg: Mapping[str, Scalar], home: Path) -> tuple[list[User], dict[str, str]]:
+    """The users as a FedAvg update may see them, under each owner's ``federated`` key.
+
+    An update is computed from records and leaks what model updates leak, so the owner decides
+    (privacy/consent.py, FEDERATED_MODES): ``all`` trains on every real record, ``shared`` only on
+    the records the owner's policy (with the server's ceiling) lets leave, exactly as they would
+    leave (allowed fields, scrubbed), ``none`` leaves the user out. Silent owners: ``shared`` on a
+    real device, ``all`` in simulation. Returns the users to train on and each user's mode.
+    """
+    default = "shared" if is_real_device(node_config) else "all"
+    ceiling = _ceiling(node_config, cfg)
+    id_key = device_key(home)
+    kept: list[User] = []
+    modes: dict[str, str] = {}
+    for user in users:
+        mode = (own.federated_for(user.user_id) if own is not None else None) or default
+        modes[user.user_id] = mode
+        if mode == "all":
+            kept.append(user)
+        elif mode == "shared":
+            policy = own.policy_for(user.user_id) if own is not None else share_nothing()
+            if ceiling is not None:
+                policy = policy.stricter(ceiling)
+            records = list(cap_shared(policy.apply(get_task(user.task), user.user_id, user.profile,
+                                                   id_key=id_key)).records)
+            try:
+                usable = bool(records) and bool(get_task(user.task).profile_to_pairs(records))
+            except (KeyError, TypeError, ValueError):  # the owner withholds a field training needs
+                usable, modes[user.user_id] = False, "shared (no trainable record)"
+            if usable:
+                kept.append(replace(user, profile=records))
+    return kept, modes
 
 
 def _log_fedavg(home: Path, line: Mapping[str, Any]) -> None:

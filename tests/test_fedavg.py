@@ -186,6 +186,11 @@ def test_resume_reuses_the_checkpointed_round(tmp_path: Path) -> None:
     assert done == 1
 
     # The run is resumed with two rounds: only round 2 runs, starting from round 1's checkpoint.
+    # (As if killed after round 1, before any user finished: a run dir with finished users resumes
+    # only its own configuration, tests/test_run_dir_resume.py.)
+    import shutil
+
+    shutil.rmtree(Path(cfg["out-dir"]) / "users")
     grid = LoopbackGrid(simulated_nodes(2))
     run_cdcda(grid, dict(cfg, **{"fedavg.rounds": 2}), expected_nodes=2)
     train = [m for m in grid.sent if m.metadata.message_type == "train"]

@@ -78,8 +78,14 @@ KEYS = (
 DEVICE_POLICY_FILENAME = "consent.toml"
 # Per-user entries ADD these to the [default] table (a user's own deny list never drops a global one).
 ADDITIVE_KEYS = ("deny-terms", "deny-labels", "redact-terms")
-# A device policy file may also say which results the owner lets leave (see cdcda_fl.privacy.report).
-DEVICE_ONLY_KEYS = ("report",)
+# A device policy file may also say which results the owner lets leave (see cdcda_fl.privacy.report)
+# and which records FedAvg updates may be computed from (``federated``: FEDERATED_MODES).
+DEVICE_ONLY_KEYS = ("report", "federated")
+# What a FedAvg update (methods fedavg, fedavg+local, cdcda+fedavg) may be trained on, least first:
+# nothing (the device does not take part), the records its owner's policy shares (as shared:
+# allowed fields, scrubbed), or every real record. Default: "shared" on a real device, "all" in
+# simulation (the standard FL baseline on simulated owners).
+FEDERATED_MODES = ("none", "shared", "all")
 
 
 class ConsentError(ValueError):

@@ -20,6 +20,7 @@ from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.config import Scalar, config_get, config_section
 from cdcda_fl.privacy.consent import (
     DEVICE_ONLY_KEYS,
+    FEDERATED_MODES,
     DEVICE_POLICY_FILENAME,
     PREFIX,
     ConsentError,
@@ -53,6 +54,17 @@ class DevicePolicy:
         """The result-report level the owner allows (``report`` key), None when the file is silent."""
         value = self.values_for(user_id).get("report")
         return None if value in (None, "") else str(value)
+
+    def federated_for(self, user_id: str) -> str | None:
+        """What the owner lets FedAvg updates be computed from (``federated``), None when silent."""
+        value = self.values_for(user_id).get("federated")
+        if value in (None, ""):
+            return None
+        mode = str(value).strip().lower()
+        if mode not in FEDERATED_MODES:
+            raise ConsentError(f"consent file {str(self.path)!r}, user {user_id!r}: federated must be one of "
+                               f"{', '.join(FEDERATED_MODES)}, got {value!r}")
+        return mode
 
     def unknown_users(self, known: Iterable[str]) -> list[str]:
         """User tables naming nobody this device holds (a typo would otherwise pass silently)."""
@@ -162,8 +174,9 @@ def most_restrictive(run: Mapping[str, Any], owner: Mapping[str, Any], where: st
     out["scrub"] = bool(ConsentPolicy.from_values({"scrub": run.get("scrub", True)}).scrub
                         or ConsentPolicy.from_values({"scrub": owner.get("scrub", True)}).scrub)
     out["seed"] = owner.get("seed", run.get("seed", 0))
-    if "report" in owner:
-        out["report"] = owner["report"]
+    for key in ("report", "federated"):  # device-only: the owner's word, the run has none
+        if key in owner:
+            out[key] = owner[key]
     return out
 
 
