@@ -10,7 +10,7 @@ parallel Ray actors) and orchestration (everything else: Flower/Ray messaging, s
 start-up, waiting).
 
     python benchmarks/scale.py                              # sizes 100,300 (CI-sized default)
-    python benchmarks/scale.py --sizes 100,300,1000,3000    # the README's figures
+    python benchmarks/scale.py --sizes 100,300,1000,3000    # docs/performance.md's figures
     python benchmarks/scale.py --sizes 1000 --users-per-node 1,10,50   # the message-batching lever
 Writes benchmarks/results/scale.json.
 """

@@ -1,4 +1,5 @@
-"""The README's performance tables come from the benchmark JSON, not from typing (experiments/perf_tables.py)."""
+"""The performance tables (docs/performance.md, docs/device.md) come from the benchmark JSON, not from typing
+(experiments/perf_tables.py)."""
 
 from __future__ import annotations
 
@@ -126,12 +127,12 @@ def test_a_missing_key_skips_only_that_table(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def update_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, Path]:
-    """update_readme with ROOT moved to a copy of README.md and docs/device.md (never the real files)."""
+    """update_readme with ROOT moved to a copy of the files holding perf sections (never the real files)."""
     root = tmp_path / "repo"
-    (root / "docs").mkdir(parents=True)
-    shutil.copyfile(ROOT / "README.md", root / "README.md")
-    shutil.copyfile(ROOT / "docs" / "device.md", root / "docs" / "device.md")
     module = load_experiment("update_readme")
+    for rel in module.PERF_SECTIONS:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, root / rel)
     monkeypatch.setattr(module, "ROOT", root)
     return module, root
 
@@ -139,7 +140,7 @@ def update_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Modu
 def test_readme_update_is_idempotent_and_fills_every_marker(update_readme: tuple[ModuleType, Path],
                                                              tmp_path: Path) -> None:
     module, root = update_readme
-    files = [root / "README.md", root / "docs" / "device.md"]
+    files = [root / rel for rel in module.PERF_SECTIONS]
     assert module.main(["--benchmarks", str(RESULTS)]) == 0
     first = [f.read_text() for f in files]
     assert module.main(["--benchmarks", str(RESULTS)]) == 0
@@ -160,12 +161,12 @@ def test_readme_update_refuses_a_missing_folder_or_marker(update_readme: tuple[M
                                                           tmp_path: Path) -> None:
     module, root = update_readme
     assert module.main(["--benchmarks", str(tmp_path / "nowhere")]) == 1
-    readme = root / "README.md"
-    readme.write_text(readme.read_text().replace("<!-- perf:augment:end -->", ""))
+    page = root / "docs" / "performance.md"
+    page.write_text(page.read_text().replace("<!-- perf:augment:end -->", ""))
     assert module.main(["--benchmarks", str(RESULTS)]) == 1
 
 
-def test_real_readme_and_device_doc_have_the_markers() -> None:
+def test_real_docs_have_the_markers() -> None:
     module = load_experiment("update_readme")
     for rel, names in module.PERF_SECTIONS.items():
         text = (ROOT / rel).read_text()
