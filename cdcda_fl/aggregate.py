@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import Scalar, csv_list
+from cdcda_fl.config import Scalar, config_get, csv_list
 from cdcda_fl.data.lamp import write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import TaskSpec, parse_task_list
 from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
@@ -203,7 +203,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         skipped.update(tally.skipped)
         users_per_task[spec.name] = tally.n_users
         intervals[spec.name] = task_intervals(tally.per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
-                                              seed=int(cfg.get("seed", 0)), pairs=PAIRS)
+                                              seed=int(config_get(cfg, "seed")), pairs=PAIRS)
         _write_lamp_outputs(out, spec.name, tally, problems)
         summaries += _summaries(spec, tally, problems)
     results = {

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdcda_fl.atomic import atomic_path, write_text_atomic
-from cdcda_fl.config import METHODS
+from cdcda_fl.config import METHODS, config_get
 from cdcda_fl.metrics import LOWER_IS_BETTER
 from cdcda_fl.stats import format_interval
 
@@ -125,14 +125,13 @@ def steps_text(results: Mapping[str, Any], task: str) -> str:
     if not steps:
         return ""
     cfg = results.get("config") or {}
-    dp_auto = all(str(cfg.get(k, default)).lower() in {"true", "1"} for k, default in (("dp.enabled", False),
-                                                                                       ("dp.auto", True)))
+    dp_auto = all(str(config_get(cfg, k)).lower() in {"true", "1"} for k in ("dp.enabled", "dp.auto"))
     if dp_auto:
         how = ("DP-SGD steps of the few-record plans plus CDCDA's noise-free steps on the cloud's records "
                "(docs/dp.md)")
     else:
         how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
-               "(train.equal-real-exposure)" if cfg.get("train.equal-real-exposure", True) else "equal step budgets")
+               "(train.equal-real-exposure)" if config_get(cfg, "train.equal-real-exposure") else "equal step budgets")
     parts = ", ".join(f"{METHOD_LABELS.get(m, m)} {v:.1f}" for m, v in steps.items())
     if any(m.startswith("fedavg") or m.endswith("fedavg") for m in steps):
         how += (f"; FedAvg rows: {cfg.get('fedavg.rounds')} rounds × {cfg.get('fedavg.local-steps')} local steps "

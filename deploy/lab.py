@@ -32,6 +32,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cdcda_fl.config import config_get
+
 from .common import DEFAULT_WORK, HOST, ROOT, LabError, bin_dir, outside_checkout
 from .devices import Device, build_devices, parse_consent
 from .flwr_config import (app_run_config_keys, flwr_run_config, node_config_arg, toml_value, write_flwr_config,
@@ -67,7 +69,7 @@ def with_writer(cfg: dict, writer: str) -> dict:
         return cfg
     if not str(cfg.get("out-dir", "")).endswith("-lab"):  # its own run dir: never resume another writer's run
         cfg = {**cfg, "out-dir": f"{cfg['out-dir']}-lab"}
-    tokens = max(int(cfg.get("synthetic.max-new-tokens", LAB_WRITER_MIN_NEW_TOKENS)), LAB_WRITER_MIN_NEW_TOKENS)
+    tokens = max(int(config_get(cfg, "synthetic.max-new-tokens")), LAB_WRITER_MIN_NEW_TOKENS)
     return {**cfg, "cloud.model": writer, "synthetic.max-new-tokens": tokens}
 
 

@@ -44,3 +44,24 @@ def test_the_foundation_imports_nothing_of_the_project() -> None:
     offenders = {name: bad for name in ("config", "atomic", "progress", "quiet")
                  if (bad := [n for n in _imports(ROOT / "cdcda_fl" / f"{name}.py") if n.split(".")[0] == "cdcda_fl"])}
     assert offenders == {}
+
+
+def test_no_default_literal_for_a_run_config_key_outside_config_py() -> None:
+    """A run-config key's default lives in config.DEFAULTS only (issue 30): ``cfg.get("train.steps", 12)``
+    elsewhere is a second default that drifts. Dotted keys are unambiguous; read them with
+    ``config_get``/``cfg[...]``."""
+    import re
+
+    from cdcda_fl.config import DEFAULTS
+
+    root = Path(__file__).resolve().parent.parent
+    pattern = re.compile(r"""\.get\(\s*["']([a-z0-9\-]+\.[a-z0-9\-\.]+)["']\s*,""")
+    found = []
+    for folder in ("cdcda_fl", "clients", "strategies", "deploy"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.name == "config.py" and path.parent.name == "cdcda_fl":
+                continue
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                found += [f"{path.relative_to(root)}:{i}: {m.group(0)}" for m in pattern.finditer(line)
+                          if m.group(1) in DEFAULTS]
+    assert not found, "default literals outside config.py:\n" + "\n".join(found)

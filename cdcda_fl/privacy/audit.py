@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdcda_fl.config import add_config_arguments
+from cdcda_fl.config import add_config_arguments, config_get
 
 
 def membership_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -> float | None:
@@ -77,7 +77,7 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
     )
 
     spec = get_task(user.task)
-    seed = f"{cfg.get('seed', 0)}:{user.user_id}"
+    seed = f"{config_get(cfg, 'seed')}:{user.user_id}"
     canaries = make_canaries(spec.name, n_canaries, seed)
     controls = make_canaries(spec.name, n_controls, seed, prefix="control-")
     planted = plant(user, canaries, repeats)
@@ -152,7 +152,7 @@ def run_canary_audit(cfg: dict, settings, *, n_canaries: int = 2, n_controls: in
         missing = [t for t in tasks if not (data / t / f"{cfg['split']}_questions.json").exists()]
         if missing:
             write_personas(data, users=int(cfg["users"]), tasks=missing, seed=int(cfg["seed"]),
-                           splits=(str(cfg["split"]),), queries_per_user=int(cfg.get("personas.queries", 8)))
+                           splits=(str(cfg["split"]),), queries_per_user=int(config_get(cfg, "personas.queries")))
     from cdcda_fl.progress import Progress
 
     users_out = []

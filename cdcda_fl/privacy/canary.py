@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cdcda_fl.config import config_get
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 
@@ -191,7 +192,7 @@ def canary_consent(cfg: Mapping[str, Any], user: User, canaries: Sequence[Canary
 
     unplanted = share_records(user, cfg)
     out = dict(cfg)
-    terms = [t for t in str(cfg.get("consent.deny-terms", "") or "").split(",") if t.strip()]
+    terms = [t for t in str(config_get(cfg, "consent.deny-terms") or "").split(",") if t.strip()]
     out["consent.deny-terms"] = ",".join([*terms, *(c.secret for c in canaries)])
     if unplanted.local_ids:
         out["consent.record-ids"] = ",".join(unplanted.local_ids)
