@@ -29,18 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.config import (Scalar, check_dp_selection, check_lora_layers, federated_methods, message_config,
-                             methods_of, uses_cloud_data)
-from cdcda_fl.device.schedule import schedule_name
-from cdcda_fl.device.select import SelectConfig
-from cdcda_fl.device.synthetic_gate import GateConfig
-from cdcda_fl.edge.runtime import check_runtime
+from cdcda_fl.config import Scalar, federated_methods, message_config, uses_cloud_data
 from cdcda_fl.federated import measured_bytes as fedavg_report
 from cdcda_fl.federated import personalize_requests, run_federated_phase
 from cdcda_fl.node_guard import NodeGuard, Refused, node_text
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
 from cdcda_fl.aggregate import aggregate
+from cdcda_fl.run_checks import validate_run_config
 from cdcda_fl.runs import ResultStore, check_run_data, data_dir_of, prepare_run_dir, user_key
 
 SHARE = "share"
@@ -228,13 +224,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
         refuse_outside_simulation(cfg, simulated)
     if writer_factory is CloudWriter:
         writer_factory = functools.partial(CloudWriter, simulated=simulated)
-    methods_of(cfg)  # fail early on a bad method list
-    check_runtime(str(cfg["device.runtime"]))  # ... and a bad answering runtime
-    check_dp_selection(cfg)
-    GateConfig.from_config(cfg)  # ... and a bad device check or CDCDA schedule (else every user would fail)
-    schedule_name(cfg)
-    SelectConfig.from_config(cfg)
-    check_lora_layers(cfg)
+    validate_run_config(cfg)  # before the run dir or any node: a bad setting is one line
     clock = PhaseClock()
     cfg = prepare_run_dir(cfg)
     check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict

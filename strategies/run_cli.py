@@ -22,16 +22,10 @@ def _print_config_help() -> None:
 
 
 def check_config(cfg: dict) -> None:
-    """Checks that need more than one key's type: fail before anything starts (ConfigError)."""
-    from cdcda_fl.config import methods_of
-    from cdcda_fl.data.tasks import parse_task_list
+    """Every check that can fail before anything starts (cdcda_fl/run_checks.py): before Ray starts."""
+    from cdcda_fl.run_checks import validate_run_config
 
-    try:
-        if not parse_task_list(str(cfg["tasks"])):
-            raise ConfigError("tasks: no task given")
-    except KeyError as exc:
-        raise ConfigError(f"tasks: {exc.args[0]}") from None
-    methods_of(cfg)
+    validate_run_config(cfg)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
