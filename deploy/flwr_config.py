@@ -38,16 +38,15 @@ def node_config_arg(node_config: Mapping[str, Any]) -> str:
 
 def write_flwr_config(flwr_home: Path, connections: Mapping[str, Mapping[str, Any]],
                       default: str | None = None) -> Path:
-    """``$FLWR_HOME/config.toml`` with the given SuperLink connections (replaces the file)."""
+    """``$FLWR_HOME/config.toml`` with the given SuperLink connections (replaces the file; tomli-w)."""
+    import tomli_w
+
     flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = ["# Written by deploy/lab.py (see deploy/flwr-config.toml)", "[superlink]",
-             f"default = {json.dumps(default or next(iter(connections)))}", ""]
-    for name, conn in connections.items():
-        lines.append(f"[superlink.{name}]")
-        lines += [f"{k} = {json.dumps(v) if isinstance(v, str) else toml_value(v)}" for k, v in conn.items()]
-        lines.append("")
+    superlink: dict[str, Any] = {"default": default or next(iter(connections))}
+    superlink.update({name: dict(conn) for name, conn in connections.items()})
     path = flwr_home / "config.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text("# Written by deploy/lab.py (see deploy/flwr-config.toml)\n" + tomli_w.dumps({"superlink": superlink}),
+                    encoding="utf-8")
     return path
 
 

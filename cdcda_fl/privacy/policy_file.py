@@ -10,7 +10,6 @@ holds its owners' own ``consent.toml`` -- the most restrictive combination of th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,29 +99,25 @@ def device_policy_values(cfg: Mapping[str, Scalar]) -> dict[str, dict[str, Any]]
 
 
 def write_device_policy(path: str | Path, tables: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write a policy file (TOML, ``[default]`` first) atomically; returns its path."""
+    """Write a policy file (TOML via tomli-w, ``[default]`` first) atomically; returns its path."""
+    import tomli_w
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# Consent policy of this device's users (who may share what with the cloud).",
-             "# [default] applies to every user; a user's table overrides it, deny/redact lists add up.", ""]
-    for name in ["default", *sorted(k for k in tables if k != "default")]:
-        if name not in tables:
-            continue
-        lines.append(f"[{json.dumps(str(name))}]")
-        for key, value in tables[name].items():
-            lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
-        lines.append("")
-    return write_text_atomic(p, "\n".join(lines))
+    names = [n for n in ["default", *sorted(k for k in tables if k != "default")] if n in tables]
+    ordered = {str(n): {str(k): _toml_plain(v) for k, v in tables[n].items()} for n in names}
+    header = ("# Consent policy of this device's users (who may share what with the cloud).\n"
+              "# [default] applies to every user; a user's table overrides it, deny/redact lists add up.\n\n")
+    return write_text_atomic(p, header + tomli_w.dumps(ordered))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+def _toml_plain(value: Any) -> Any:
+    """A policy value as TOML can hold it: lists of strings, booleans, numbers, else text."""
+    if isinstance(value, (bool, int, float)):
+        return value
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
-    return json.dumps(str(value))
+        return [str(v) for v in value]
+    return str(value)
 
 
 # ---------------------------------------------------------------------- simulating real owners
