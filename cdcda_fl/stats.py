@@ -15,6 +15,12 @@ query. Everything here is a seeded percentile bootstrap over users (numpy only):
 
 With 0 users there is no estimate and with 1 user no interval: those come back as ``None``, never
 as an exception or a zero-width interval that would look like certainty.
+
+Why not ``scipy.stats.bootstrap`` (issue 30): with the same seeded generator it draws the same
+resamples and gives the same intervals up to its interpolating percentile (largest end difference
+0.0002 over 12 paired comparisons of real runs, 2026-12-07; ``tests/test_stats.py`` checks the
+agreement), but its ends are then not resample means, which the exact-enumeration tests rely on,
+and it has no per-user weights. The resampler below is a dozen lines of numpy.
 """
 
 from __future__ import annotations
