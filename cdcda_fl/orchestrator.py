@@ -283,7 +283,8 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
 
     from cdcda_fl.data.lamp import write_json_atomic
     from cdcda_fl.decision_table import print_decisions
-    from cdcda_fl.results import print_table, write_paper_table, write_plots
+    from cdcda_fl.paper_table import write_paper_table
+    from cdcda_fl.results import print_table, write_plots
 
     with clock("report"):
         results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes),

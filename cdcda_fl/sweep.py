@@ -251,7 +251,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, runner: Runner)
         log(f"[red]{point.name} failed:[/red] {type(exc).__name__}: {exc}")
         return PointOutcome(point, "failed", time.perf_counter() - started,
                             error=f"{type(exc).__name__}: {exc}\n{tb}")
-    from cdcda_fl.results import write_paper_table
+    from cdcda_fl.paper_table import write_paper_table
 
     write_paper_table(cfg["out-dir"], results)
     seconds = time.perf_counter() - started

@@ -8,7 +8,7 @@
 
 Each section lives between ``<!-- NAME:begin -->`` / ``<!-- NAME:end -->`` markers in the file
 ``SECTION_FILES`` (run results) or ``PERF_SECTIONS`` (benchmark tables) names. A run's table is
-rebuilt from its ``results.json`` by :func:`cdcda_fl.results.paper_table`, so every value carries
+rebuilt from its ``results.json`` by :func:`cdcda_fl.paper_table.paper_table`, so every value carries
 its 95 % interval over users and CDCDA's paired gain over local-only with win/tie/loss.
 
 Run directories are not committed, so for every run-result section this script also writes
@@ -117,7 +117,7 @@ def run_part(run: Path, title: str, command: str) -> Part:
 
 def render_run(part: Part, target: str) -> list[str]:
     """A run's header (config and timing), its paper table with intervals, and what left the devices."""
-    from cdcda_fl.results import paper_table
+    from cdcda_fl.paper_table import paper_table
 
     results, title, command = part["results"], part["title"], part["command"]
     cfg = results["config"]

@@ -8,7 +8,7 @@ import pytest
 
 from cdcda_fl.config import load_config
 from cdcda_fl.data.tasks import TASK_NAMES
-from cdcda_fl.results import paper_table, write_paper_table
+from cdcda_fl.paper_table import paper_table, write_paper_table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 

@@ -28,7 +28,8 @@ from cdcda_fl.aggregate import aggregate
 from cdcda_fl.atomic import UnsafePathError, append_text
 from cdcda_fl.metrics import score
 from cdcda_fl.node_guard import NodeGuard, Refused, node_text
-from cdcda_fl.results import paper_table, print_table
+from cdcda_fl.paper_table import paper_table
+from cdcda_fl.results import print_table
 from cdcda_fl.runs import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent

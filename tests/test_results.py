@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from cdcda_fl.metrics import score
-from cdcda_fl.results import paper_table, print_table, write_plots
+from cdcda_fl.paper_table import paper_table
+from cdcda_fl.results import print_table, write_plots
 from cdcda_fl.aggregate import aggregate
 from cdcda_fl.runs import ResultStore
 
