@@ -71,7 +71,7 @@ def paper_table(results: Mapping[str, Any]) -> str:
         notes.append(f"Local LoRA and CDCDA trained with DP-SGD, ε ≤ {max(eps_values):.2f} per user.")
     if any(r.get("n_users_lower") for r in rows):
         notes.append(LOWER_NOTE)
-    gains = gain_table(results, tasks)
+    gains = gain_table(results, tasks) + family_table(results, tasks)
     note = interval_note(results)
     budgets = [t for t in (steps_text(results, task) for task in tasks) if t]
     budgets = ["", *budgets] if budgets else []
@@ -126,6 +126,54 @@ def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
         lines.append(f"| {task.replace('_', '-')} | {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'} | "
                      f"{gain_text(block)} | {wtl_text(block)} | {block['verdict']} | {block['n_users']} |")
     return lines
+
+
+# Which family wins where (issue 31): (label, method a, method b) -> a - b per user, paired.
+FAMILY_PAIRS = (("FedAvg − local", "fedavg", "local"),
+                ("FedAvg + local − local", "fedavg+local", "local"),
+                ("CDCDA − FedAvg + local", "cdcda", "fedavg+local"),
+                ("CDCDA from FedAvg − CDCDA", "cdcda+fedavg", "cdcda"))
+
+
+def family_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """Per-user methods (local, CDCDA) against federated ones (FedAvg, FedAvg + local), paired per user.
+
+    Each cell is the mean per-user difference with its 95 % bootstrap interval and W/T/L (positive
+    = the first method is better; for MAE the sign is flipped), computed from the per-user metrics
+    in ``intervals`` -- so a reader sees which family wins where without typing a number.
+    Empty when the run has no federated method.
+    """
+    from cdcda_fl.stats import TIE_TOLERANCE, format_interval, paired_diff_ci, win_tie_loss
+
+    header = "| Task | Metric | " + " | ".join(label for label, _, _ in FAMILY_PAIRS) + " | Users |"
+    lines: list[str] = []
+    for task in tasks:
+        block = (results.get("intervals") or {}).get(task) or {}
+        per_user = block.get("per_user") or {}
+        if not any(m in per_user for _, m, _ in FAMILY_PAIRS[:2]):
+            continue
+        lower = not block.get("higher_is_better", True)
+        cells, widest = [], 0
+        for _, a, b in FAMILY_PAIRS:
+            users = sorted(set(per_user.get(a, {})) & set(per_user.get(b, {})))
+            if len(users) < 2:
+                cells.append("–")
+                continue
+            x = [per_user[a][u] for u in users]
+            y = [per_user[b][u] for u in users]
+            diff = paired_diff_ci(y, x) if lower else paired_diff_ci(x, y)
+            wtl = win_tie_loss(x, y, tie=TIE_TOLERANCE, lower_is_better=lower)
+            significant = diff.lo is not None and (diff.lo > 0 or diff.hi < 0)
+            text = format_interval(diff, signed=True)
+            cells.append(f"{'**' + text + '**' if significant else text} {wtl.wins}/{wtl.ties}/{wtl.losses}")
+            widest = max(widest, len(users))
+        lines.append(f"| {task.replace('_', '-')} | {block.get('metric', '')} {'↓' if lower else '↑'} | "
+                     + " | ".join(cells) + f" | {widest} |")
+    if not lines:
+        return []
+    return ["", header, "|---|---|" + "---:|" * len(FAMILY_PAIRS) + "---:|", *lines, "",
+            "Which family wins where: paired per-user differences, 95 % bootstrap interval and W/T/L (positive = "
+            "the first method better; for MAE lower − higher). **Bold**: the interval excludes zero."]
 
 
 def write_paper_table(out_dir: str | Path, results: Mapping[str, Any]) -> Path:

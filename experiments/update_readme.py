@@ -133,11 +133,73 @@ def render_run(part: Part, target: str) -> list[str]:
         table.strip(),
         "",
     ]
+    if part.get("profile_sizes"):
+        lines += size_table(results, part["profile_sizes"])
     shared = results.get("shared", {})
     if shared:
         parts = [f"{task}: {v.get('records', 0)} of {v.get('records_total', 0)} records, {v.get('bytes', 0):,} bytes"
                  for task, v in shared.items()]
         lines += ["What left the devices: " + "; ".join(parts) + ".", ""]
+    return lines
+
+
+def profile_sizes_of(run: Path) -> dict[str, dict[str, int]]:
+    """task -> user -> profile size, read from the run's data dir (kept in the snapshot: data are not committed)."""
+    results = json.loads((run / "results.json").read_text())
+    data = Path(str(results["config"].get("data-dir") or run / "data"))
+    split = str(results["config"].get("split", "dev"))
+    sizes: dict[str, dict[str, int]] = {}
+    for task in results.get("users", {}):
+        questions = json.loads((data / task / f"{split}_questions.json").read_text())
+        for q in questions:
+            uid = str(q.get("user_id") or q["id"])
+            sizes.setdefault(task, {})[uid] = len(q.get("profile") or [])
+    return sizes
+
+
+SIZE_METHODS = ("base", "local", "fedavg+local", "cdcda")
+SIZE_BUCKETS = (("≤ 5", 0, 5), ("6–15", 6, 15), ("> 15", 16, 10**9))  # as experiments/share_curve.py
+
+
+def _size_groups(sizes: dict[str, int]) -> list[tuple[str, list[str]]]:
+    """Users grouped by exact profile size when there are few sizes (real writing: 4/8/16/32), else by bucket."""
+    distinct = sorted(set(sizes.values()))
+    if len(distinct) <= 6:
+        return [(str(n), [u for u, m in sizes.items() if m == n]) for n in distinct]
+    return [(label, [u for u, m in sizes.items() if lo <= m <= hi]) for label, lo, hi in SIZE_BUCKETS]
+
+
+def size_table(results: dict, sizes: dict[str, dict[str, int]]) -> list[str]:
+    """Per task and profile size: each method's mean and CDCDA − base / CDCDA − local, paired, with intervals.
+
+    The do-no-harm check of issue 28 on real writing: no size bucket of the product default may be
+    below the base model by more than noise.
+    """
+    from cdcda_fl.stats import format_interval, mean_ci, paired_diff_ci
+
+    lines = ["", "| Task | Profile items | Users | " + " | ".join(SIZE_METHODS) + " | CDCDA − base | CDCDA − local |",
+             "|---|---:|---:|" + "---:|" * (len(SIZE_METHODS) + 2)]
+    for task, block in sorted((results.get("intervals") or {}).items()):
+        per_user = block.get("per_user") or {}
+        sign = 1.0 if block.get("higher_is_better", True) else -1.0
+        groups = _size_groups(sizes.get(task, {}))
+        for size, members in groups:
+            users = sorted(u for u in members if u in per_user.get("cdcda", {}))
+            if not users:
+                continue
+            means = [format_interval(mean_ci([per_user[m][u] for u in users])) if all(u in per_user.get(m, {})
+                     for u in users) else "–" for m in SIZE_METHODS]
+            diffs = []
+            for other in ("base", "local"):
+                if all(u in per_user.get(other, {}) for u in users):
+                    d = paired_diff_ci([sign * per_user["cdcda"][u] for u in users],
+                                       [sign * per_user[other][u] for u in users])
+                    diffs.append(format_interval(d, signed=True))
+                else:
+                    diffs.append("–")
+            lines.append(f"| {task.replace('_', '-')} | {size} | {len(users)} | " + " | ".join(means + diffs) + " |")
+    lines += ["", "By profile size: mean per method [95 % interval over users] and CDCDA's paired difference "
+              "(positive = CDCDA better)."]
     return lines
 
 
@@ -337,6 +399,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", type=Path, default=None, help="a finished ./run demo directory (e.g. runs/demo)")
     parser.add_argument("--quality", type=Path, default=None,
                         help="a finished run of experiments/configs/quality.toml (optional)")
+    parser.add_argument("--realtext-run", type=Path, default=None,
+                        help="a finished `cdcda run` on real writing (experiments/configs/realtext.toml, e.g. with "
+                             "the federated methods): its table, the family comparison and a profile-size breakdown")
     parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep directory (optional)")
     parser.add_argument("--realtext", type=Path, default=None,
                         help="an experiments/augment_compare.py output folder on real writing (its summary.md)")
@@ -361,7 +426,7 @@ def _missing_input(args: argparse.Namespace) -> str | None:
         return f"{args.benchmarks} is not a directory: run a benchmark first"
     if args.canaries is not None and not (args.canaries / "canaries.json").is_file():
         return f"{args.canaries}/canaries.json not found: run `cdcda audit canaries` first"
-    for run in (args.demo, args.quality, *args.dp):
+    for run in (args.demo, args.quality, args.realtext_run, *args.dp):
         if run is not None and not (run / "results.json").is_file():
             return f"{run}/results.json not found: run it first"
     for curve in args.share_curve:
@@ -387,9 +452,15 @@ def _results_parts(args: argparse.Namespace) -> list[Part]:
     if args.demo is not None:
         parts.append(run_part(args.demo, "Demo", "./run demo"))
     if args.quality is not None:
-        parts.append(run_part(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml"))
+        part = run_part(args.quality, "Quality run", "cdcda run experiments/configs/quality.toml")
+        part["profile_sizes"] = profile_sizes_of(args.quality)
+        parts.append(part)
     if args.realtext is not None:
         parts.append(realtext_part(args.realtext))
+    if args.realtext_run is not None:
+        part = run_part(args.realtext_run, "Real writing", "cdcda run experiments/configs/realtext.toml")
+        part["profile_sizes"] = profile_sizes_of(args.realtext_run)
+        parts.append(part)
     if args.sweep is not None and (sweep := sweep_part(args.sweep)) is not None:
         parts.append(sweep)
     return parts

@@ -127,3 +127,18 @@ def test_writing_a_section_writes_the_snapshot_it_renders_from(copy_root: tuple[
 def test_image_links_are_relative_to_the_page() -> None:
     assert update.image_link("README.md", "x.png") == "docs/images/x.png"
     assert update.image_link("docs/results.md", "x.png") == "images/x.png"
+
+
+def test_a_run_part_with_profile_sizes_gets_the_size_breakdown() -> None:
+    """Few distinct sizes (real writing: 4/8/16/32) are shown as they are, many as buckets; CDCDA's
+    paired difference against base and local per group (issue 28's do-no-harm check)."""
+    users = {f"u{i}": (4 if i < 3 else 32) for i in range(6)}
+    per_user = {"base": {u: 0.2 for u in users}, "local": {u: 0.3 for u in users},
+                "cdcda": {u: (0.1 if users[u] == 4 else 0.4) for u in users}}
+    results = {"intervals": {"LaMP_4": {"higher_is_better": True, "per_user": per_user}}}
+    lines = update.size_table(results, {"LaMP_4": users})
+    rows = {line.split("|")[2].strip(): line for line in lines if line.startswith("| LaMP-4")}
+    assert set(rows) == {"4", "32"}
+    assert "-0.100 [-0.100, -0.100] | -0.200 [-0.200, -0.200] |" in rows["4"]
+    many = {f"u{i}": i + 1 for i in range(20)}
+    assert [g for g, _ in update._size_groups(many)] == ["≤ 5", "6–15", "> 15"]

@@ -306,3 +306,22 @@ def test_synthetic_count_not_reported_is_not_shown_as_zero(tmp_path: Path) -> No
     assert "n/r" in text and "not reported" in text
     _write_users(tmp_path, with_predictions=True)  # predictions level: the count is there again
     assert next(r for r in aggregate(_cfg(tmp_path))["table"] if r["method"] == "cdcda")["n_synthetic"] == 3.0
+
+
+def test_family_table_compares_per_user_and_federated_methods_paired() -> None:
+    """Issue 31: which family wins where, from the per-user metrics (no typed number)."""
+    from cdcda_fl.paper_table import family_table
+
+    users = [f"u{i}" for i in range(6)]
+    local = dict(zip(users, [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
+    per_user = {"local": local, "cdcda": dict(local),
+                "fedavg": {u: v - 0.1 for u, v in local.items()},  # uniformly worse: significant
+                "fedavg+local": {u: v + (0.05 if i % 2 else -0.05) for i, (u, v) in enumerate(local.items())}}
+    results = {"intervals": {"LaMP_5": {"metric": "rouge-1", "higher_is_better": True, "per_user": per_user}}}
+    lines = family_table(results, ["LaMP_5"])
+    row = next(line for line in lines if line.startswith("| LaMP-5"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == "**-0.100 [-0.100, -0.100]** 0/0/6"  # FedAvg − local
+    assert cells[3].endswith(" 3/0/3") and not cells[3].startswith("**")  # FedAvg + local − local: a wash
+    assert cells[5] == "–" and cells[6] == "6"  # no cdcda+fedavg in this run
+    assert family_table({"intervals": {"LaMP_5": {"per_user": {"local": local, "cdcda": local}}}}, ["LaMP_5"]) == []
