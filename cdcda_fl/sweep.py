@@ -299,7 +299,7 @@ def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner, auditor: Aud
 
     ``runner`` runs one point's config and returns its results (the app layer passes
     ``strategies.simulation.run_simulation``; tests pass fakes): the library starts no engine itself.
-    ``auditor`` replaces :func:`cdcda_fl.privacy.audit.run_canary_audit` (tests only).
+    ``auditor`` replaces :func:`cdcda_fl.canary_audit.run_canary_audit` (tests only).
     """
     out = Path(out_dir).expanduser().resolve()
     (out / "points").mkdir(parents=True, exist_ok=True)

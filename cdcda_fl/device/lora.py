@@ -58,7 +58,7 @@ from cdcda_fl.device.encoding import (  # noqa: F401
     format_prompt,
     to_device,
 )
-from cdcda_fl.device.models import LoadedModel
+from cdcda_fl.device.models import LoadedModel, cached, get_base_model
 from cdcda_fl.device.training import (  # noqa: F401
     _EMBEDDING_NAMES,
     LoraTrainConfig,
@@ -73,6 +73,7 @@ from cdcda_fl.device.training import (  # noqa: F401
     lora_config,
     training_attention,
 )
+from cdcda_fl.device.train_key import base_dtype
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -413,3 +414,14 @@ class DeviceModel:
                     for i, v in zip(idx, example_loss(model, batch, **extra).tolist()):
                         losses[i] = v
         return losses
+
+
+def device_model_for(cfg: Mapping[str, Any]) -> DeviceModel:
+    """One DeviceModel per worker process and base model: users swap adapters, never the base.
+
+    Keyed by the base as the device loads it (``device.model``, ``device.quantization`` and the
+    dtype :func:`~cdcda_fl.device.train_key.base_dtype` resolves, fp32 under DP when ``auto``)."""
+    dtype = base_dtype(cfg)
+    model, quantization = str(cfg["device.model"]), str(cfg["device.quantization"]) or None
+    return cached(("device", model, quantization, dtype),
+                  lambda: DeviceModel(get_base_model(model, quantization=quantization, dtype=dtype)))
