@@ -95,6 +95,19 @@ def _gemma3_gguf(cache_dir: Path) -> Path:
     return target
 
 
+def preset_gguf(folder: Path) -> Path | None:
+    """The GGUF a converted preset folder (``<cache>/models/<preset>-v1``) was built from, else None.
+
+    SmolLM2 and Gemma 3 come from a GGUF llama.cpp loads as it is, so that very file is the base an
+    exported adapter runs on (cdcda_fl/edge/export.py). Here, beside the cache layout it depends on.
+    """
+    if folder.name == f"smollm2-135m-{_CACHE_VERSION}":
+        return _smollm2_gguf()
+    if folder.name == f"gemma3-270m-{_CACHE_VERSION}":
+        return _gemma3_gguf(folder.parent.parent)
+    return None
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF checkpoint into a plain, trainable safetensors folder at ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
