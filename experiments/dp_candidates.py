@@ -34,7 +34,8 @@ from pathlib import Path
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig
 from cdcda_fl.device.models import get_base_model
 from cdcda_fl.metrics import score
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans

@@ -102,7 +102,7 @@ def write_global(model: DeviceModel, cfg: Mapping[str, Scalar], arrays: Mapping[
 
     from cdcda_fl.device.training import LoraTrainConfig, lora_config  # lazy: torch; the server imports this module
 
-    config = lora_config(LoraTrainConfig.from_run_config(cfg), model._n_layers)
+    config = lora_config(LoraTrainConfig.from_run_config(cfg), model.n_layers)
     config.base_model_name_or_path = model.base.model.name_or_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
