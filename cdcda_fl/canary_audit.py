@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.data.lamp import load_task_users, write_json_atomic
+from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import get_task, parse_task_list
 from cdcda_fl.device.dp_select import candidates_for

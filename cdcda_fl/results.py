@@ -12,7 +12,8 @@ from rich.table import Table
 
 from cdcda_fl.atomic import atomic_path, write_text_atomic
 from cdcda_fl.config import METHODS
-from cdcda_fl.metrics import LOWER_IS_BETTER
+from cdcda_fl.data.tasks import TASK_NAMES, get_task
+from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.stats import format_interval
 
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
@@ -224,8 +225,6 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
     The primary metric carries its 95 % interval over users, and each task where both CDCDA and
     local-only were scored gets a row with CDCDA's paired gain over local-only and win/tie/loss.
     """
-    from cdcda_fl.metrics import primary_metric
-
     console = console or Console(width=max(Console().width, 140))
     rows = table_rows(results)
     if not rows:
@@ -318,8 +317,6 @@ def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cdcda_fl.metrics import primary_metric
-
     rows = table_rows(results)
     tasks = sorted({r["task"] for r in rows})
     if not tasks:
@@ -364,9 +361,6 @@ def paper_table(results: Mapping[str, Any]) -> str:
     *private* method per task: the cloud column is the non-private upper bound and is never bold,
     so it cannot hide whether CDCDA beats the methods it actually competes with.
     """
-    from cdcda_fl.data.tasks import TASK_NAMES, get_task
-    from cdcda_fl.metrics import primary_metric
-
     rows = table_rows(results)
     by_key = {(r["task"], r["method"]): r for r in rows}
     tasks = sorted({r["task"] for r in rows}, key=lambda t: (TASK_NAMES.index(t) if t in TASK_NAMES else 99, t))
@@ -438,8 +432,6 @@ def cloud_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
 
 def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """CDCDA against local-only, paired over the same users: one Markdown row per task (empty without data)."""
-    from cdcda_fl.metrics import primary_metric
-
     rows = [(task, label, block) for task in tasks for label, block in comparisons(results, task)]
     if not rows:
         return []

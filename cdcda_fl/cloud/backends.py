@@ -163,7 +163,7 @@ class HFBackend(_TextsFromDetails):
 
     def __init__(self, model: str = "smollm2-135m", *, batch_size: int = 8, device: str | None = None, loaded: Any = None) -> None:
         if loaded is None:
-            from cdcda_fl.device.models import get_base_model
+            from cdcda_fl.device.models import get_base_model  # lazy: torch; only the in-process hf backend needs it
 
             loaded = get_base_model(model, device=device)
         self.loaded = loaded
