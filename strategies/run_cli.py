@@ -10,7 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, path_overrides
+from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, methods_of, path_overrides
+from cdcda_fl.data.lamp import LampDataError
+from cdcda_fl.data.tasks import parse_task_list
+from cdcda_fl.runs import RunDataError
+from strategies.simulation import Interrupted, run_simulation
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "demo.toml"
 
@@ -23,9 +27,6 @@ def _print_config_help() -> None:
 
 def check_config(cfg: dict) -> None:
     """Checks that need more than one key's type: fail before anything starts (ConfigError)."""
-    from cdcda_fl.config import methods_of
-    from cdcda_fl.data.tasks import parse_task_list
-
     try:
         if not parse_task_list(str(cfg["tasks"])):
             raise ConfigError("tasks: no task given")
@@ -47,11 +48,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from strategies.simulation import Interrupted, run_simulation
-
-    from cdcda_fl.data.lamp import LampDataError
-    from cdcda_fl.runs import RunDataError
-
     try:
         results = run_simulation(cfg)
     except Interrupted as exc:
