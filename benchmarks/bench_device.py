@@ -63,7 +63,9 @@ def both_peaks(peaks: dict[str, list[float]]) -> None:
 
 
 def bench_training(base, quick: bool, peaks: dict[str, list[float]]) -> list[dict]:
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, encode_pairs
+    from cdcda_fl.device.encoding import encode_pairs
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
 
     dm = DeviceModel(base)
     n_params = sum(p.numel() for p in base.model.parameters())
@@ -93,7 +95,8 @@ def bench_training(base, quick: bool, peaks: dict[str, list[float]]) -> list[dic
 
 
 def bench_switch(base, tmp: Path, quick: bool) -> dict:
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import load_base_model
 
     dm = DeviceModel(base)
@@ -145,11 +148,11 @@ def _peak_rss_mb() -> float:
 
 def _gen_tokens_per_s(dm, queries: list[str], new_tokens: int = 24) -> float:
     """Greedy decoding of exactly ``new_tokens`` per row (min = max), one batch, adapter on."""
-    from cdcda_fl.device.lora import format_prompt
+    from cdcda_fl.device.encoding import format_prompt
 
     tok = dm.tokenizer
     enc = tok([format_prompt(tok, q) for q in queries], return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.inference_mode(), dm._adapter_ctx() as model, dm.base.compute_context():
+    with torch.inference_mode(), dm.slots.layers() as model, dm.base.compute_context():
         t = time.perf_counter()
         model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                        pad_token_id=tok.pad_token_id, logits_to_keep=torch.tensor([-1]))  # as DeviceModel.generate
@@ -159,7 +162,8 @@ def _gen_tokens_per_s(dm, queries: list[str], new_tokens: int = 24) -> float:
 def _latency_child(name: str, quantization: str | None, quick: bool, queue, dtype: str = "auto") -> None:
     """One base variant per process so peak RSS belongs to that variant alone."""
     _reset_peak_rss()
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import load_base_model
 
     rss0 = _peak_rss_mb()

@@ -83,7 +83,8 @@ def _torch_child(runtime: str, adapter_dir: str, queries: list[str], args: dict)
     import torch
 
     torch.set_num_threads(args["threads"])
-    from cdcda_fl.device.lora import DeviceModel, _encode_text, format_prompt
+    from cdcda_fl.device.encoding import _encode_text, format_prompt
+    from cdcda_fl.device.lora import DeviceModel
     from cdcda_fl.device.models import load_base_model
 
     rss_imports = _rss_mb("VmRSS:")
@@ -331,7 +332,8 @@ def _train_child(model: str, pairs: list, out: str, steps: int, threads: int, qu
         import torch
 
         torch.set_num_threads(threads)
-        from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+        from cdcda_fl.device.lora import DeviceModel
+        from cdcda_fl.device.training import LoraTrainConfig
         from cdcda_fl.device.models import load_base_model
 
         dm = DeviceModel(load_base_model(model, dtype="fp32"))

@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import load_base_model
     from cdcda_fl.quiet import quiet_libraries
 
@@ -70,9 +71,8 @@ def main() -> None:
     losses: dict[int, float] = {}
     for r in range(args.rounds):
         for n in variants:
-            cache = getattr(base, "_cdcda_prefix_cache", None)
-            if cache is not None:
-                cache.clear()
+            if base.prefix_cache is not None:
+                base.prefix_cache.clear()
             for kind, seed in (("first", r), ("next", 100 + r)):
                 cfg = LoraTrainConfig(steps=args.steps, batch_size=4, lora_layers=n, seed=seed)
                 t = time.perf_counter()

@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train_compile.json"
 
 def train_adapters(dm, data, steps: int, batch: int, adapters: int) -> list[dict]:
     """Train ``adapters`` fresh adapters; wall seconds (building the adapter included) and loss of each."""
-    from cdcda_fl.device.lora import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig
 
     out = []
     for i in range(adapters):
@@ -64,7 +64,8 @@ def main() -> None:
     from cdcda_fl.quiet import quiet_libraries
 
     quiet_libraries()
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import get_base_model
 
     data = pairs(64, 100)

@@ -37,7 +37,7 @@ VARIANTS = (("sdpa", 0.05), ("sdpa", 0.0), ("eager", 0.05), ("eager", 0.0))
 def time_variant(dm, base, data, attention: str, dropout: float, steps: int,
                  batch: int) -> tuple[float, float, float]:
     """(seconds per step, final loss, tokens per step) of one training with this attention and dropout."""
-    from cdcda_fl.device.lora import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig
 
     # The product switches to eager only inside DeviceModel.train on CPU; pinning the model's
     # own implementation to "eager" makes that a no-op, "sdpa" with the switch disabled below.
@@ -56,7 +56,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import cdcda_fl.device.lora as lora_module
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import get_base_model
 
     # Time the kernels themselves: without this the product's CPU switch would turn "sdpa" into eager.

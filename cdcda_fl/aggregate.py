@@ -26,6 +26,8 @@ from cdcda_fl.config import Scalar, config_get, csv_list
 from cdcda_fl.data.lamp import write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import TaskSpec, parse_task_list
 from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
+from cdcda_fl.privacy.audit_log import read_audit
+from cdcda_fl.privacy.report import pool_user_metrics
 from cdcda_fl.runs import ResultStore, package_versions
 from cdcda_fl.stats import task_intervals
 
@@ -143,8 +145,6 @@ def _method_metrics(spec: TaskSpec, tally: TaskTally, m: str,
     """(the method's pooled metrics, its number of queries), or None when it has nothing to show."""
     preds = tally.preds.get(m, {})
     if tally.metrics_only.get(m):  # some users kept their predictions: pool everyone's per-user metrics
-        from cdcda_fl.privacy.report import pool_user_metrics
-
         return pool_user_metrics(tally.user_metrics[m]), int(sum(n for _, n in tally.user_metrics[m]))
     if not preds:
         return None
@@ -307,8 +307,6 @@ def audit_totals(out_dir: Path | str) -> dict[str, dict[str, int]]:
     each user's *latest* share once (what the cloud holds of that user for this run), while
     ``requests``/``bytes_sent`` count every line (what actually crossed the network, reruns included).
     """
-    from cdcda_fl.privacy.audit_log import read_audit
-
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     totals: dict[str, dict[str, int]] = {}
     # Profile sizes never leave a device; simulated devices (and the lab's) keep their own audit

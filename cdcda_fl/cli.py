@@ -13,13 +13,20 @@ import json
 import sys
 from pathlib import Path
 
-from cdcda_fl.data.lamp import LampDataError, read_outputs
+from cdcda_fl import audit_cli, inspect_cli
+from cdcda_fl.cloud.backends import BackendError
+from cdcda_fl.cloud.serve import add_serve_subcommand
+from cdcda_fl.config import ConfigError
+from cdcda_fl.data.lamp import LampDataError, check_path, read_outputs
+from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import TASK_NAMES, get_task, parse_task_list
+from cdcda_fl.device.gguf_parts import ModelIntegrityError
+from cdcda_fl.edge import cli as edge_cli
+from cdcda_fl.privacy.consent import ConsentError
+from cdcda_fl.runs import RunDataError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from cdcda_fl.data.lamp import check_path
-
     task = None
     if args.task:
         try:
@@ -43,8 +50,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_personas(args: argparse.Namespace) -> int:
-    from cdcda_fl.data.personas import write_personas
-
     tasks = [t.name for t in parse_task_list(args.tasks)]
     try:
         files = write_personas(args.out, users=args.users, tasks=tasks, seed=args.seed, splits=args.splits.split(","),
@@ -59,7 +64,7 @@ def _cmd_personas(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from cdcda_fl.metrics import PredictionMismatchError, score
+    from cdcda_fl.metrics import PredictionMismatchError, score  # lazy: scikit-learn (2 s) for one command
 
     try:
         task = get_task(args.task)
@@ -109,17 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in plugin_commands():
         register(sub)
-    from cdcda_fl.cloud.serve import add_serve_subcommand
-
     add_serve_subcommand(sub)
-    from cdcda_fl.edge import cli as edge_cli
-
     edge_cli.register(sub)
-    from cdcda_fl.privacy import audit as audit_cli
-
     audit_cli.register(sub)
-    from cdcda_fl import inspect_cli
-
     inspect_cli.register(sub)
     return parser
 
@@ -150,12 +147,6 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     Anything else is a bug and keeps its traceback (``CDCDA_TRACEBACK=1`` shows it for these too).
     """
-    from cdcda_fl.cloud.backends import BackendError
-    from cdcda_fl.config import ConfigError
-    from cdcda_fl.device.gguf_parts import ModelIntegrityError
-    from cdcda_fl.privacy.consent import ConsentError
-    from cdcda_fl.runs import RunDataError
-
     return (ConfigError, LampDataError, RunDataError, ConsentError, BackendError, ModelIntegrityError,
             FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 

@@ -42,9 +42,10 @@ from cdcda_fl.config import Scalar, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
+from cdcda_fl.device.federated import local_round, store_global
 from cdcda_fl.device.model_policy import enforce_owner_models
 from cdcda_fl.device.personalize import personalize_users
-from cdcda_fl.privacy.audit_log import AuditLog
+from cdcda_fl.privacy.audit_log import AuditLog, canonical_json
 from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, share_nothing
 from cdcda_fl.privacy.policy_file import DevicePolicy, load_device_policy
 from cdcda_fl.privacy.record_ids import device_key
@@ -303,8 +304,6 @@ def _shared_sets(home: Path, users: list[User]
 def _global_adapters(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], meta: Mapping[str, Any],
                      arrays: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The global adapters a personalize message carried, checked and kept on the device's disk."""
-    from cdcda_fl.device.federated import store_global
-
     return {str(task): store_global(None, cfg, storage_dir(node_config, cfg), str(task), info, arrays.get(task))
             for task, info in meta.items()}
 
@@ -365,8 +364,6 @@ def fedavg_round(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], task
     (device/federated.py). What leaves is the arrays and the record count FedAvg weighs them by,
     nothing else: the training loss stays in the device's error-free log below.
     """
-    from cdcda_fl.device.federated import local_round
-
     home = private_dir(device_home(node_config, cfg))
     if is_real_device(node_config):  # before anything reads a server-named model path
         enforce_owner_models(node_config, cfg, home)
@@ -437,8 +434,6 @@ def audit_update(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | Non
     record; the hash covers names, bytes and the counts' canonical JSON, in name order.
     """
     import hashlib
-
-    from cdcda_fl.privacy.audit_log import canonical_json
 
     digest = hashlib.sha256()
     total = 0

@@ -26,6 +26,7 @@ import numpy as np
 from cdcda_fl.atomic import atomic_dir, write_json_atomic
 from cdcda_fl.config import Scalar, federated_methods, message_config
 from cdcda_fl.device.federated import adapter_digest
+from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.progress import log
 
 Arrays = dict[str, np.ndarray]
@@ -200,8 +201,6 @@ def measured_bytes(out_dir: Path | str, device_logs: list[Path] | None = None) -
     ``out/devices/audit.jsonl``; a real device's is in its storage dir). Empty dict: no FedAvg ran.
     """
     import statistics
-
-    from cdcda_fl.privacy.audit_log import read_audit
 
     out = Path(out_dir)
     updates = [ln for log_path in (device_logs or [out / "devices"]) for ln in read_audit(log_path)

@@ -23,6 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import safe_filename
+from cdcda_fl.data.tasks import TASKS, get_task
+from cdcda_fl.device.synthetic_store import SyntheticStoreError, load_synthetic_log, synthetic_log_path
+
 MAX_FIELD_CHARS = 160
 KNOWN_USERS_SHOWN = 8
 
@@ -74,8 +78,6 @@ class RunDir:
         self.failures = _jsonl(self.path / "failures.jsonl")
 
     def result(self, task: str, user: str) -> dict[str, Any] | None:
-        from cdcda_fl.atomic import safe_filename
-
         path = self.path / "users" / task / f"{safe_filename(user)}.json"
         return _read_json(path) if path.is_file() else None
 
@@ -132,8 +134,6 @@ def _latest_share(run: RunDir, task: str, user: str) -> tuple[dict[str, Any] | N
 
 
 def _device_store(run: RunDir, task: str, user: str) -> dict[str, Any]:
-    from cdcda_fl.device.synthetic_store import SyntheticStoreError, load_synthetic_log, synthetic_log_path
-
     searched = []
     folders = run.store_dirs()
     for folder in folders:
@@ -171,8 +171,6 @@ def inspect_user(run_dir: Path | str, user: str, task: str | None = None) -> dic
 
     Raises InspectError for a missing or foreign run dir, an unknown user or task.
     """
-    from cdcda_fl.data.tasks import TASKS, get_task
-
     run = RunDir(run_dir)
     if task is None and "/" in user and user.split("/", 1)[0] in TASKS:  # a user key: LaMP_2/dev-u0000
         task, user = user.split("/", 1)

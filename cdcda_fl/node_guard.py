@@ -30,6 +30,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdcda_fl.data.tasks import TASKS
+from cdcda_fl.privacy.consent import payload_bytes
+
 MAX_USER_ID = 128
 MAX_USERS_PER_NODE = 10_000
 MAX_RECORDS_PER_USER = 10_000
@@ -88,8 +91,6 @@ def check_result_body(key: str, result: Mapping[str, Any]) -> None:
 
 def check_user_key(key: Any) -> tuple[str, str]:
     """``(task, user_id)`` of a well-formed user key from a reply, or :class:`Refused`."""
-    from cdcda_fl.data.tasks import TASKS
-
     if not isinstance(key, str) or "/" not in key:
         raise Refused(f"malformed user key {str(key)[:40]!r}")
     task, user_id = key.split("/", 1)
@@ -158,8 +159,6 @@ class NodeGuard:
         records = raw.get("records")
         if not isinstance(records, list) or len(records) > self.max_records:
             raise Refused(f"{key[:80]}: records missing or over the limit of {self.max_records}")
-        from cdcda_fl.privacy.consent import payload_bytes
-
         size = payload_bytes(records)  # measured here: a node's own "bytes" figure is not trusted
         if size > self.max_bytes:
             raise Refused(f"{key[:80]}: share of {size} bytes over the limit of {self.max_bytes}")

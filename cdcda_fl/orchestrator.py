@@ -29,13 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cdcda_fl.aggregate import aggregate
+from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
+from cdcda_fl.cloud.backends import make_backend
+from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer, refuse_outside_simulation
 from cdcda_fl.config import Scalar, federated_methods, message_config, uses_cloud_data
+from cdcda_fl.decision_table import print_decisions
 from cdcda_fl.federated import measured_bytes as fedavg_report
 from cdcda_fl.federated import personalize_requests, run_federated_phase
 from cdcda_fl.node_guard import NodeGuard, Refused, node_text
+from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
 from cdcda_fl.progress import Progress, log
-from cdcda_fl.aggregate import aggregate
+from cdcda_fl.paper_table import write_paper_table
+from cdcda_fl.results import print_table, write_plots
 from cdcda_fl.run_checks import validate_run_config
 from cdcda_fl.runs import ResultStore, check_run_data, data_dir_of, prepare_run_dir, user_key
 
@@ -165,10 +173,6 @@ class CloudWriter:
     """
 
     def __init__(self, cfg: Mapping[str, Scalar], *, simulated: bool = False):
-        from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
-        from cdcda_fl.cloud.backends import make_backend
-        from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer
-
         #: how reports name the writer ("oracle (not private: ceiling)" for the reference writers)
         self.label = f"{cfg['cloud.backend']}:{cfg['cloud.model']}"
         if is_reference(str(cfg["cloud.backend"])):
@@ -204,9 +208,7 @@ class CloudWriter:
         return out
 
 
-def _audit_log(cfg: Mapping[str, Scalar]):
-    from cdcda_fl.privacy.audit_log import AuditLog
-
+def _audit_log(cfg: Mapping[str, Scalar]) -> AuditLog:
     return AuditLog(Path(str(cfg["out-dir"])) / "audit.jsonl")
 
 
@@ -217,8 +219,6 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     ``writer_factory`` builds the cloud writer (anything with ``run(shares) -> {user key: records}``);
     tests pass a stub, the product the real :class:`CloudWriter`.
     """
-    from cdcda_fl.cloud.reference_writers import refuse_outside_simulation
-
     simulated = is_simulated(transport)
     if uses_cloud_data(cfg):  # before any node is contacted: a real deployment gets no oracle
         refuse_outside_simulation(cfg, simulated)
@@ -280,11 +280,6 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
                 shares.pop(u, None)
         done_now = set(selected)
         remaining = [u for u in remaining if u not in done_now]
-
-    from cdcda_fl.data.lamp import write_json_atomic
-    from cdcda_fl.decision_table import print_decisions
-    from cdcda_fl.paper_table import write_paper_table
-    from cdcda_fl.results import print_table, write_plots
 
     with clock("report"):
         results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes),

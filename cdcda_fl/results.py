@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cdcda_fl.atomic import atomic_path
 from cdcda_fl.config import METHODS, config_get
-from cdcda_fl.metrics import LOWER_IS_BETTER
+from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.stats import format_interval
 
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
@@ -223,8 +223,6 @@ def print_table(results: Mapping[str, Any], console: Console | None = None) -> N
     The primary metric carries its 95 % interval over users, and each task where both CDCDA and
     local-only were scored gets a row with CDCDA's paired gain over local-only and win/tie/loss.
     """
-    from cdcda_fl.metrics import primary_metric
-
     console = console or Console(width=max(Console().width, 140))
     rows = table_rows(results)
     if not rows:
@@ -316,8 +314,6 @@ def write_plots(out_dir: str | Path, results: Mapping[str, Any]) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cdcda_fl.metrics import primary_metric
 
     rows = table_rows(results)
     tasks = sorted({r["task"] for r in rows})

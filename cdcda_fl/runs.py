@@ -33,7 +33,15 @@ from cdcda_fl.atomic import UnsafePathError, append_text, refuse_symlinks, safe_
 from cdcda_fl.config import ConfigError, Scalar, config_mismatch
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User, write_json_atomic
-from cdcda_fl.data.tasks import parse_task_list
+from cdcda_fl.data.personas import write_personas
+from cdcda_fl.data.tasks import TASKS, parse_task_list
+from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME
+from cdcda_fl.privacy.policy_file import (
+    load_device_policy,
+    owners_policy_file,
+    simulated_policy_tables,
+    write_device_policy,
+)
 
 VERSIONED_PACKAGES = ("cdcda-fl", "torch", "transformers", "peft", "flwr", "ray", "opacus", "bitsandbytes",
                       "datasets", "bm25s", "rouge-score", "gguf")
@@ -63,8 +71,6 @@ def data_dir_of(cfg: Mapping[str, Scalar]) -> Path:
 
 def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     """Make paths absolute, write personas if needed and ``config.json``; return the config to ship."""
-    from cdcda_fl.data.personas import write_personas
-
     cfg = dict(cfg)
     out = Path(str(cfg["out-dir"])).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -142,9 +148,6 @@ def write_simulated_consent(out: Path, cfg: Mapping[str, Scalar]) -> Path:
     (privacy/policy_file.py): simulating real owners never shares what they did not consent to.
     Real devices never read it.
     """
-    from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME
-    from cdcda_fl.privacy.policy_file import owners_policy_file, simulated_policy_tables, write_device_policy
-
     tables = simulated_policy_tables(cfg, owners_policy_file(cfg["data-dir"]))
     return write_device_policy(out / "devices" / DEVICE_POLICY_FILENAME, tables)
 
@@ -204,8 +207,6 @@ def unknown_consent_users(cfg: Mapping[str, Scalar]) -> list[str]:
     path = Path(str(cfg["out-dir"])) / "devices" / "consent.toml"
     if not path.is_file():
         return []
-    from cdcda_fl.privacy.policy_file import load_device_policy
-
     return load_device_policy(path).unknown_users(ref.user_id for ref in user_refs(cfg))
 
 
@@ -238,8 +239,6 @@ class ResultStore:
     def path(self, task: str, user_id: str) -> Path:
         """``users/<task>/<user>.json``; ``task`` must be a registered task (replies come from
         untrusted nodes: a ``task`` of ``../../x`` must never choose where the server writes)."""
-        from cdcda_fl.data.tasks import TASKS
-
         if str(task) not in TASKS:
             raise ValueError(f"unknown task {str(task)[:40]!r} in a result")
         path = refuse_symlinks(self.root, self.root / "users" / str(task) / f"{_safe(str(user_id))}.json")

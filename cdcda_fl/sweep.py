@@ -40,10 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import ConfigError, Scalar, config_mismatch, load_config, read_toml
+from rich.console import Console
+from rich.table import Table
+
+from cdcda_fl.aggregate import audit_totals
+from cdcda_fl.atomic import write_json_atomic, write_text_atomic
+from cdcda_fl.config import METHODS, ConfigError, Scalar, config_mismatch, load_config, read_toml
+from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.progress import Progress, log
+from cdcda_fl.paper_table import write_paper_table
+from cdcda_fl.results import METHOD_LABELS, method_interval
+from cdcda_fl.runs import package_versions
 from cdcda_fl.sweep_canaries import Auditor, CanaryPlan, attach_exposure, audit_summary, run_sweep_canaries
+from cdcda_fl.sweep_plots import write_sweep_plots
 
 SWEEP_KEYS = ("share-fraction", "dp-epsilon", "reference-share-fraction", "canaries", "canary-candidates")
 DEFAULT_SHARE = (0.0, 0.25, 0.5, 1.0)
@@ -251,8 +260,6 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, runner: Runner)
         log(f"[red]{point.name} failed:[/red] {type(exc).__name__}: {exc}")
         return PointOutcome(point, "failed", time.perf_counter() - started,
                             error=f"{type(exc).__name__}: {exc}\n{tb}")
-    from cdcda_fl.paper_table import write_paper_table
-
     write_paper_table(cfg["out-dir"], results)
     seconds = time.perf_counter() - started
     return PointOutcome(point, "ran", seconds, results=_with_shared(results, Path(str(cfg["out-dir"]))))
@@ -261,17 +268,12 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, runner: Runner)
 def _with_shared(results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Older run directories lack results["shared"]: recompute it from their audit log."""
     if "shared" not in results:
-        from cdcda_fl.aggregate import audit_totals
-
         results = {**results, "shared": audit_totals(run_dir)}
     return results
 
 
 def rows_of(outcome: PointOutcome) -> list[dict[str, Any]]:
     """One row per task × method of a finished point (the unit of sweep.csv and of every plot)."""
-    from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
-    from cdcda_fl.results import method_interval
-
     if not outcome.results:
         return []
     p = outcome.point
@@ -299,7 +301,7 @@ def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner, auditor: Aud
 
     ``runner`` runs one point's config and returns its results (the app layer passes
     ``strategies.simulation.run_simulation``; tests pass fakes): the library starts no engine itself.
-    ``auditor`` replaces :func:`cdcda_fl.privacy.audit.run_canary_audit` (tests only).
+    ``auditor`` replaces :func:`cdcda_fl.canary_audit.run_canary_audit` (tests only).
     """
     out = Path(out_dir).expanduser().resolve()
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -334,9 +336,6 @@ def write_sweep(out: Path, spec: SweepSpec, outcomes: Sequence[PointOutcome], *,
 
     ``canaries`` is the canary audit's report (canaries.json), when the sweep ran one.
     """
-    from cdcda_fl.data.lamp import write_json_atomic
-    from cdcda_fl.runs import package_versions
-
     rows = [row for o in outcomes for row in rows_of(o)]
     attach_exposure(rows, canaries)
     sweep: dict[str, Any] = {
@@ -354,8 +353,6 @@ def write_sweep(out: Path, spec: SweepSpec, outcomes: Sequence[PointOutcome], *,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if plots and rows:
-        from cdcda_fl.sweep_plots import write_sweep_plots
-
         sweep["plots"] = [str(Path(p).relative_to(out)) for p in write_sweep_plots(out, sweep)]
     write_json_atomic(out / "sweep.json", sweep)
     _write_csv(out / "sweep.csv", rows)
@@ -377,12 +374,6 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def print_sweep(sweep: Mapping[str, Any], console: Any = None) -> None:
     """Per task: one line per grid point, utility of every method side by side, ε, MIA AUC, what was shared."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from cdcda_fl.config import METHODS
-    from cdcda_fl.results import METHOD_LABELS
-
     console = console or Console(width=max(Console().width, 130))
     rows = sweep.get("rows", [])
     for task in sorted({r["task"] for r in rows}):

@@ -21,6 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.data.lamp import record_user_id
+from cdcda_fl.data.tasks import parse_task_list
+from cdcda_fl.privacy.consent import ConsentError
+from cdcda_fl.privacy.policy_file import device_policy_values, load_device_policy, write_device_policy
+from cdcda_fl.runs import list_users
+
 from .common import LabError
 
 EVERY_DEVICE = "*"
@@ -53,9 +60,6 @@ class Device:
 
 def parse_consent(values: Sequence[str]) -> dict[str, Path]:
     """``--consent`` values: ``FILE`` (every device) or ``nodeI=FILE``; each file must exist and parse."""
-    from cdcda_fl.privacy.consent import ConsentError
-    from cdcda_fl.privacy.policy_file import load_device_policy
-
     out: dict[str, Path] = {}
     for value in values:
         name, _, path = value.rpartition("=") if "=" in value else (EVERY_DEVICE, "", value)
@@ -74,9 +78,6 @@ def parse_consent(values: Sequence[str]) -> dict[str, Path]:
 
 def build_devices(cfg: Mapping[str, Any], root: Path, consent: Mapping[str, Path] | None = None) -> list[Device]:
     """One device per user id of the run (data split from the run's data set), each with its consent file."""
-    from cdcda_fl.data.tasks import parse_task_list
-    from cdcda_fl.runs import list_users
-
     consent = dict(consent or {})
     ids = sorted({u.user_id for u in list_users(dict(cfg))})
     if not ids:
@@ -96,8 +97,6 @@ def build_devices(cfg: Mapping[str, Any], root: Path, consent: Mapping[str, Path
 
 def write_user_files(source: Path, target: Path, tasks: Sequence[str], split: str, users: set[str]) -> None:
     """Copy only ``users``' questions and golds of each task (a device holds its own user's data only)."""
-    from cdcda_fl.data.lamp import record_user_id, write_json_atomic
-
     if target.exists():
         shutil.rmtree(target)  # last run's data and consent must not linger
     for task in tasks:
@@ -114,8 +113,6 @@ def write_user_files(source: Path, target: Path, tasks: Sequence[str], split: st
 
 def write_consent(device: Device, cfg: Mapping[str, Any], given: Path | None) -> Path:
     """The owner's policy: a copy of ``given``, else the run's ``consent.*`` keys (see module docstring)."""
-    from cdcda_fl.privacy.policy_file import device_policy_values, write_device_policy
-
     device.consent_file.parent.mkdir(parents=True, exist_ok=True)
     if given is not None:
         shutil.copyfile(given, device.consent_file)

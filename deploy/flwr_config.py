@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.config import DEFAULTS, _flatten
+
 from .common import ROOT, LabError
 
 
@@ -52,8 +54,6 @@ def write_flwr_config(flwr_home: Path, connections: Mapping[str, Mapping[str, An
 
 def app_run_config_keys(app_dir: Path = ROOT) -> dict[str, Any]:
     """The flat run-config keys (and defaults) the Flower app declares in pyproject.toml."""
-    from cdcda_fl.config import _flatten
-
     data = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
     return _flatten(data["tool"]["flwr"]["app"].get("config", {}))
 
@@ -65,8 +65,6 @@ def flwr_run_config(cfg: Mapping[str, Any], app_dir: Path = ROOT) -> dict[str, A
     value differs from cdcda-fl's default cannot be passed, and silently dropping it would run a
     different experiment, so that is an error.
     """
-    from cdcda_fl.config import DEFAULTS
-
     declared = app_run_config_keys(app_dir)
     lost = {k: v for k, v in cfg.items() if k not in declared and v != DEFAULTS[k][0]}
     if lost:

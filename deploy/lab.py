@@ -32,7 +32,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdcda_fl.config import config_get
+from cdcda_fl.config import ConfigError, config_get, load_config
+from cdcda_fl.privacy.audit_log import read_audit
+from cdcda_fl.privacy.consent import ConsentError
+from cdcda_fl.privacy.sent import format_sent, summarize_sent
 
 from .common import DEFAULT_WORK, HOST, ROOT, LabError, bin_dir, outside_checkout
 from .devices import Device, build_devices, parse_consent
@@ -105,9 +108,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; failures print ``error: ...`` and return 2, Ctrl-C returns 130 (no traceback)."""
-    from cdcda_fl.config import ConfigError
-    from cdcda_fl.privacy.consent import ConsentError
-
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.cmd](args)
@@ -135,8 +135,6 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _simulation(args: argparse.Namespace) -> int:
-    from cdcda_fl.config import load_config
-
     cfg = load_config(args.config or ROOT / "pyproject.toml", args.set)
     results = local_simulation(cfg, work=args.work, timeout=args.timeout)
     print(f"results: {Path(str(results['config']['out-dir'])) / 'results.json'}")
@@ -145,10 +143,7 @@ def _simulation(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     """Devices built, run deployed, then the table and what each device sent (its own audit log)."""
-    from cdcda_fl.config import load_config
-    from cdcda_fl.privacy.audit_log import read_audit
-    from cdcda_fl.privacy.sent import format_sent, summarize_sent
-    from cdcda_fl.results import print_table
+    from cdcda_fl.results import print_table  # lazy: scikit-learn (2 s), only for the closing table
 
     work = outside_checkout(args.work, "--work")
     devices_root = outside_checkout(args.devices or work / "devices", "--devices")

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.runs import list_users, prepare_run_dir
+
 from .common import DEFAULT_WORK, ROOT, LabError
 from .flwr_config import flwr_run_config
 from .pki import generate_supernode_keys, generate_tls
@@ -24,8 +26,6 @@ from .supervisor import tail
 
 def prepare_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Absolute out-dir (the ServerApp runs from an installed FAB folder) and personas written once."""
-    from cdcda_fl.runs import prepare_run_dir
-
     return dict(prepare_run_dir(dict(cfg)))
 
 
@@ -57,8 +57,6 @@ def server_error(log: Path) -> str | None:
 def local_simulation(cfg: Mapping[str, Any], *, work: Path | str = DEFAULT_WORK, app_dir: Path = ROOT,
                      timeout: float = 1800.0) -> dict[str, Any]:
     """`flwr run APP local-simulation` on a local simulation SuperLink; the same run as ``cdcda run`` for ``cfg``."""
-    from cdcda_fl.runs import list_users
-
     cfg = prepare_cfg(cfg)
     results_path = Path(str(cfg["out-dir"])) / "results.json"
     if results_path.exists():
@@ -111,8 +109,6 @@ def device_nodes(cfg: Mapping[str, Any], data_dir: Path | None = None) -> list[d
     A real device has only its own user's files; here all devices read one shared ``data-dir``
     (the run's personas by default) and ``user-id`` selects the device's user in every task.
     """
-    from cdcda_fl.runs import list_users
-
     cfg = dict(cfg)
     if data_dir is not None:
         cfg["data-dir"] = str(Path(data_dir).resolve())

@@ -61,7 +61,7 @@ def synthetic_for(cfg: dict, cloud: str, users: list, cache: Path) -> tuple[dict
     """The cloud writer's records per user (written once, cached), and its cost and filter counts."""
     from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
     from cdcda_fl.cloud.backends import make_backend
-    from cdcda_fl.device.personalize import share_records
+    from cdcda_fl.privacy.consent import share_records
 
     path = cache / f"{cloud}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
@@ -162,7 +162,8 @@ def main() -> None:
         print(summarize(done))
         write_summary(done, args.out)
         return
-    from cdcda_fl.device.personalize import device_model_for, personalize_user
+    from cdcda_fl.device.lora import device_model_for
+    from cdcda_fl.device.personalize import personalize_user
 
     sets = [f"seed={args.seed}", f"users={args.users}", f"tasks={args.tasks}", "methods=base,local,cdcda"] + args.set
     cfg = load_config(args.config, sets)

@@ -34,7 +34,8 @@ from pathlib import Path
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig
 from cdcda_fl.device.models import get_base_model
 from cdcda_fl.metrics import score
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
@@ -64,7 +65,7 @@ def _synthetic_for(cfg: dict, users: list, cache: Path | None) -> dict[str, list
     """The cloud's records for each user, written from the user's consented records only (cached)."""
     from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
     from cdcda_fl.cloud.backends import make_backend
-    from cdcda_fl.device.personalize import share_records
+    from cdcda_fl.privacy.consent import share_records
 
     stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     key = json.dumps({k: cfg[k] for k in sorted(cfg) if k.startswith(("synthetic.", "cloud.", "consent."))}

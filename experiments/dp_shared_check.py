@@ -26,7 +26,7 @@ from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.lora import DeviceModel
 from cdcda_fl.device.models import get_base_model
-from cdcda_fl.device.personalize import share_records
+from cdcda_fl.privacy.consent import share_records
 from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
 from cdcda_fl.stats import paired_diff_ci, win_tie_loss
 

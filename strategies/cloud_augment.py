@@ -19,6 +19,7 @@ from flwr.superlink.grid import InMemoryGrid
 from cdcda_fl import orchestrator
 from cdcda_fl.config import Scalar, resolve
 from clients.codec import GLOBAL_PREFIX, array_record, pack, unpack
+from strategies.fedavg import run_rounds
 
 MESSAGE_TYPES = {orchestrator.SHARE: "query.share", orchestrator.PERSONALIZE: "train.personalize"}
 
@@ -57,8 +58,6 @@ class GridTransport:
     def federated_rounds(self, cfg: Mapping[str, Scalar], task: str, nodes: list[int], first_round: int,
                          initial: Mapping[str, Any], on_round: Any, on_failure: Any) -> None:
         """FedAvg rounds of one task's global adapter with Flower's own strategy (strategies/fedavg.py)."""
-        from strategies.fedavg import run_rounds
-
         run_rounds(self.grid, cfg, task, nodes, first_round, initial, on_round, on_failure)
 
     def poll(self, handles: list[str]) -> list[tuple[str, orchestrator.Reply]]:

@@ -10,7 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, path_overrides
+from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, methods_of, path_overrides
+from cdcda_fl.data.lamp import LampDataError
+from cdcda_fl.data.tasks import parse_task_list
+from cdcda_fl.runs import RunDataError
+from strategies.simulation import Interrupted, run_simulation
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "demo.toml"
 
@@ -41,11 +45,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from strategies.simulation import Interrupted, run_simulation
-
-    from cdcda_fl.data.lamp import LampDataError
-    from cdcda_fl.runs import RunDataError
-
     try:
         results = run_simulation(cfg)
     except Interrupted as exc:

@@ -24,6 +24,7 @@ from typing import Any
 from cdcda_fl.config import Scalar
 from cdcda_fl.privacy.policy_file import owners_policy_file
 from cdcda_fl.progress import log
+from cdcda_fl.quiet import private_network_defaults, quiet_libraries
 from cdcda_fl.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users, user_refs
 
 # Seconds the run gets to wind down after a stop signal before its Ray processes are killed.
@@ -110,7 +111,7 @@ class StopOnSignal:
                 f"finished users are skipped.")
 
     def __enter__(self) -> StopOnSignal:
-        from strategies.cloud_augment import STOP
+        from strategies.cloud_augment import STOP  # lazy: flwr, imported after private_network_defaults
 
         STOP.clear()
         if threading.current_thread() is threading.main_thread():
@@ -124,7 +125,7 @@ class StopOnSignal:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        from strategies.cloud_augment import STOP
+        from strategies.cloud_augment import STOP  # lazy: flwr, imported after private_network_defaults
 
         if self.signum is not None:  # a second Ctrl-C: no more waiting
             self._hard_exit()
@@ -156,8 +157,6 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     Raises LampDataError/RunDataError for bad data (before anything starts) and Interrupted on
     SIGINT/SIGTERM.
     """
-    from cdcda_fl.quiet import private_network_defaults
-
     private_network_defaults(join_cluster=bool(cfg["sim.ray-address"]))
     cfg = prepare_run_dir(cfg)
     issues = check_run_data(cfg)
@@ -175,12 +174,11 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     n_users = len(user_refs(cfg))
     if not n_users:
         raise RuntimeError("no valid users to run (see the data errors above)")
+    # Flower and Ray read the environment when imported, so only after private_network_defaults:
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    from clients.device import simulation_app as client_app
-    from strategies.cloud_augment import RunInterrupted, make_server_app
-
-    from cdcda_fl.quiet import quiet_libraries
+    from clients.device import simulation_app as client_app  # lazy: flwr + torch, after the defaults above
+    from strategies.cloud_augment import RunInterrupted, make_server_app  # lazy: flwr, after the defaults above
 
     quiet_libraries()
     per_node = max(1, int(cfg["sim.users-per-node"]))

@@ -11,15 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import ConfigError, add_config_arguments
+from cdcda_fl.config import ConfigError, add_config_arguments, path_overrides
+from strategies.simulation import run_simulation
 
 PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "privacy.toml"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep
-    from cdcda_fl.config import path_overrides
-    from strategies.simulation import run_simulation
+    from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep  # lazy: scikit-learn; every `cdcda` loads this plugin
 
     try:
         spec = load_sweep(args.config, args.set, extra=path_overrides(args), grid=args.grid)

@@ -64,4 +64,4 @@ def one_thread():
 
 def adapter_tensors(dm) -> dict[str, torch.Tensor]:
     """Copies of a DeviceModel's current adapter tensors (keys as in a saved file)."""
-    return {k: v.detach().clone() for k, v in dm._adapter_params(dm._name).items()}
+    return {k: v.detach().clone() for k, v in dm.slots.params(dm.slots.name).items()}

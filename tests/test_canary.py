@@ -11,7 +11,7 @@ import pytest
 
 from cdcda_fl.config import resolve
 from cdcda_fl.data.lamp import Query, User
-from cdcda_fl.device.personalize import share_records
+from cdcda_fl.privacy.consent import share_records
 from cdcda_fl.privacy.canary import (
     CanaryError,
     candidate_secrets,
@@ -130,15 +130,15 @@ def test_cli_audit_canaries_end_to_end(tiny_base, tiny_cache, tmp_path: Path, mo
     from cdcda_fl.cli import main
 
     monkeypatch.setenv("CDCDA_CACHE_DIR", str(tiny_cache))
-    import cdcda_fl.device.personalize as personalize
+    import cdcda_fl.canary_audit as canary_audit
 
-    real, asked = personalize.device_model_for, []
+    real, asked = canary_audit.device_model_for, []
 
     def recording(cfg):  # the audit must take the base the device would use per setting (fp32 under DP)
         asked.append(bool(cfg["dp.enabled"]))
         return real(cfg)
 
-    monkeypatch.setattr(personalize, "device_model_for", recording)
+    monkeypatch.setattr(canary_audit, "device_model_for", recording)
     out = tmp_path / "audit"
     rc = main(["audit", "canaries", "--out", str(out), "--candidates", "8", "--dp-epsilon", "off,8",
                "--set", "tasks=LaMP_2", "--set", "users=1", "--set", "device.model=tiny-random",

@@ -1,8 +1,12 @@
-"""docs/design.md's layering rule, checked: the library never imports Flower or the app layer."""
+"""docs/design.md's layering rule, checked: the library never imports Flower or the app layer,
+and every layer imports only the layers below it (the import-linter contracts in pyproject.toml)."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,3 +71,15 @@ def test_no_default_literal_for_a_run_config_key_outside_config_py() -> None:
                 found += [f"{path.relative_to(root)}:{i}: {m.group(0)}" for m in pattern.finditer(line)
                           if m.group(1) in DEFAULTS]
     assert not found, "default literals outside config.py:\n" + "\n".join(found)
+
+
+def test_the_import_contracts_hold() -> None:
+    """pyproject.toml's [tool.importlinter] contracts: the layer table, no cycles, no Flower below
+    the app layer. import-linter sees imports inside functions too, so a lazy import hides nothing.
+    Run in a fresh interpreter, without import-linter's cache: the report is about this tree."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
+         "--config", str(ROOT / "pyproject.toml"), "--no-cache", "--no-logo"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,16 +7,10 @@ import json
 import pytest
 import torch
 
-from cdcda_fl.device.lora import (
-    IGNORE,
-    AdapterStore,
-    DeviceModel,
-    LoraTrainConfig,
-    collate,
-    encode_pairs,
-    example_loss,
-    format_prompt,
-)
+from cdcda_fl.device.adapter_store import AdapterStore
+from cdcda_fl.device.encoding import IGNORE, collate, encode_pairs, format_prompt
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig, example_loss
 from cdcda_fl.device.models import load_base_model
 from device_fixtures import (  # noqa: F401
     PROBES,
@@ -152,7 +146,7 @@ def test_switching_users_never_leaks(tiny_base, tiny_cache, tmp_path):
     with torch.no_grad():
         for p, b in zip(PROBES, base_logits):
             enc = tok([format_prompt(tok, p)], return_tensors="pt", add_special_tokens=False)
-            with dm._adapter_ctx() as model:
+            with dm.slots.layers() as model:
                 assert torch.equal(model(**enc).logits[0, -1], b)
 
     # A second device model on the same base keeps its own adapter.
@@ -178,7 +172,7 @@ def test_saved_adapter_is_plain_peft_and_small(tiny_base, tiny_cache, tmp_path):
     plain = PeftModel.from_pretrained(fresh.model, str(tmp_path / "ad"))
     tok = tiny_base.tokenizer
     enc = tok([format_prompt(tok, PROBES[0])], return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad(), dm._adapter_ctx() as model:
+    with torch.no_grad(), dm.slots.layers() as model:
         ours = model(**enc).logits
     with torch.no_grad():
         theirs = plain(**enc).logits
@@ -257,8 +251,8 @@ def test_4bit_gradients_survive_inference(tiny_cache):
 
     def grads():
         batch = collate(encode_pairs(base.tokenizer, USER_A, 256), [1.0] * 6, base.tokenizer.pad_token_id)
-        with dm._adapter_ctx() as model:
-            params = {k: p for k, p in dm._adapter_params(dm._name).items()}
+        with dm.slots.layers() as model:
+            params = {k: p for k, p in dm.slots.params(dm.slots.name).items()}
             for p in params.values():
                 p.requires_grad_(True)
                 p.grad = None
@@ -291,7 +285,7 @@ def two_kept(tiny_base):
     assert dm.has_adapter and dm.generate(PROBES, max_new_tokens=6) == active  # keep_as left it alone
     yield dm
     dm.release_all()
-    dm._drop_own_adapter()
+    dm.slots.drop_own()
 
 
 def test_mixed_batch_answers_equal_per_adapter_answers(two_kept, tiny_base, tiny_cache, tmp_path):
@@ -305,7 +299,7 @@ def test_mixed_batch_answers_equal_per_adapter_answers(two_kept, tiny_base, tiny
     alone = DeviceModel(tiny_base)
     alone.load_adapter(tmp_path / "a")
     assert alone.generate(MIXED_PROMPTS, max_new_tokens=6) == per["a"]
-    alone._drop_own_adapter()
+    alone.slots.drop_own()
 
     handles = ["a", None, "b", "a", "__base__", "b", "a"][:n]
     want = [per[None if h == "__base__" else h][i] for i, h in enumerate(handles)]
@@ -358,9 +352,9 @@ def test_kept_adapters_keep_load_save_release(tiny_base, tmp_path):
     dm.train(USER_B, FAST)
     active = adapter_tensors(dm)
     dm.load_adapter(tmp_path / "a", keep_as="u2")
-    name = dm._kept["u2"]
+    name = dm.slots.kept["u2"]
     dm.load_adapter(tmp_path / "a", keep_as="u2")
-    assert dm._kept["u2"] == name and dm.generate(PROBES, max_new_tokens=6, adapters=["u2", "u2"]) == answers
+    assert dm.slots.kept["u2"] == name and dm.generate(PROBES, max_new_tokens=6, adapters=["u2", "u2"]) == answers
     assert all(torch.equal(active[k], v) for k, v in adapter_tensors(dm).items())
     with pytest.raises(KeyError, match="nope"):
         dm.generate(PROBES, adapters=["nope", None])
@@ -368,8 +362,8 @@ def test_kept_adapters_keep_load_save_release(tiny_base, tmp_path):
         dm.generate(PROBES, adapters=["u1"])
     dm.release("u1")
     dm.release_all()
-    assert dm.kept == () and name not in dm._peft.peft_config
-    dm._drop_own_adapter()
+    assert dm.kept == () and name not in dm.slots.peft.peft_config
+    dm.slots.drop_own()
 
 
 # --------------------------------------------------------------------------- precision (device.dtype)
@@ -388,8 +382,8 @@ def test_bf16_and_fp32_bases_train_and_answer(dtype, tiny_cache):
     assert sum(dm.example_losses(USER_A)) < before - 0.3
     assert res.losses[-1] < res.losses[0]
     dm.train(USER_B, FAST, keep_as="b")  # adapters added to an existing PeftModel are fp32 too
-    for name in (dm._name, dm._kept["b"]):
-        assert {p.dtype for p in dm._adapter_params(name).values()} == {torch.float32}
+    for name in (dm.slots.name, dm.slots.kept["b"]):
+        assert {p.dtype for p in dm.slots.params(name).values()} == {torch.float32}
     answers = dm.generate(PROBES, max_new_tokens=4)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert dm.generate(PROBES, max_new_tokens=4, adapters=[None, "b"])[1] == dm.generate(
@@ -412,9 +406,9 @@ def test_answering_leaves_every_tensor_frozen(tiny_base):
     assert not any(p.requires_grad for p in tiny_base.model.parameters())
     dm.release_all()  # deleting peft's active adapter makes peft activate another one trainable
     assert not any(p.requires_grad for p in tiny_base.model.parameters())
-    dm._drop_own_adapter()
+    dm.slots.drop_own()
     assert not any(p.requires_grad for p in tiny_base.model.parameters())
-    keeper._drop_own_adapter()
+    keeper.slots.drop_own()
 
 
 def test_cpu_training_uses_eager_attention_and_restores_sdpa(tiny_base):

@@ -94,12 +94,14 @@ def test_get_base_model_caches_per_process(tiny_cache):
 def test_one_cache_holds_base_device_and_cloud_models():
     """The device model and the cloud upper bound reuse the cached base; one clear frees them all."""
     from cdcda_fl.config import load_config
-    from cdcda_fl.device.personalize import _cloud_backend, device_model_for
+    from cdcda_fl.device.lora import device_model_for
+    from cdcda_fl.device import personalize
+    from cdcda_fl.device.personalize import _cloud_backend
 
     models.clear_model_cache()
     cfg = load_config(None, ["device.model=tiny-random", "cloud.model=tiny-random"])
     device = device_model_for(cfg)
-    assert device is device_model_for(cfg)
+    assert device is device_model_for(cfg) and personalize.device_model_for(cfg) is device  # one cache key
     assert device.base is get_base_model("tiny-random", dtype=str(cfg["device.dtype"]))
     cloud = _cloud_backend(cfg)
     assert cloud is _cloud_backend(cfg)

@@ -8,7 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, _PairDataset, collate, encode_pairs, example_loss
+from cdcda_fl.device.encoding import _PairDataset, collate, encode_pairs
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig, example_loss
 from cdcda_fl.privacy.dp import DPConfig, check_dp_trainable, default_delta, make_private
 from device_fixtures import USER_A, USER_B, adapter_tensors, one_thread, tiny_base, tiny_cache  # noqa: F401
 
@@ -57,9 +59,9 @@ def test_private_gradient_equals_hand_clipped_per_sample_gradients(tiny_base, mo
     tok = tiny_base.tokenizer
     encoded = encode_pairs(tok, DATA, 256)
     weights = [1.0, 2.0, 0.5, 1.0, 1.5, 1.0, 0.25, 1.0, 1.0, 0.75]
-    with dm._adapter_ctx() as model:
+    with dm.slots.layers() as model:
         model.eval()  # no dropout anywhere
-        params = list(dm._adapter_params(dm._name).values())
+        params = list(dm.slots.params(dm.slots.name).values())
         for p in params:
             p.requires_grad_(True)
         # Per-sample norms, to put the clip bound where it really clips some examples.
@@ -177,7 +179,7 @@ def test_lora_on_embeddings_with_dp_is_a_clear_error(tiny_base):
     cfg = LoraTrainConfig(target_modules=("q_proj", "embed_tokens"), steps=1)
     with pytest.raises(ValueError, match="embedding"):
         dm.train(USER_B, cfg, dp=DPConfig(enabled=True, noise_multiplier=1.0))
-    assert dm._name is None  # nothing was created
+    assert dm.slots.name is None  # nothing was created
 
 
 def test_check_dp_trainable_rejects_base_weights(tiny_base):

@@ -21,7 +21,8 @@ from cdcda_fl.device.dp_select import (
     shared_noise_multiplier,
     train_private,
 )
-from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig
 from cdcda_fl.device.personalize import dp_training_data, personalize_user, share_records
 from cdcda_fl.privacy.dp import DPConfig
 from device_fixtures import USER_B, one_thread, tiny_base, tiny_cache  # noqa: F401
@@ -210,7 +211,7 @@ def test_personalize_without_dp_reports_no_decision(tiny_base, tmp_path: Path):
 
 # ---------------------------------------------------------------------- public warm start (CDCDA+DP)
 def _params(dm: DeviceModel) -> dict:
-    return {k: p.detach().clone() for k, p in dm._adapter_params(dm._name).items()}
+    return {k: p.detach().clone() for k, p in dm.slots.params(dm.slots.name).items()}
 
 
 def test_continue_active_trains_the_same_adapter_further(tiny_base):
@@ -220,9 +221,9 @@ def test_continue_active_trains_the_same_adapter_further(tiny_base):
     with pytest.raises(RuntimeError, match="no active adapter"):
         dm.train(USER_B, lora, continue_active=True)
     dm.train(USER_B, lora)
-    name, first = dm._name, _params(dm)
+    name, first = dm.slots.name, _params(dm)
     dm.train(COMEDY_VAL, lora, continue_active=True)
-    assert dm._name == name  # the same adapter, not a fresh one
+    assert dm.slots.name == name  # the same adapter, not a fresh one
     after = _params(dm)
     assert any(not (first[k] == after[k]).all() for k in first)
     # A fresh adapter from the same seed starts where the first one started, not from `first`.

@@ -13,7 +13,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from cdcda_fl.cli import main
-from cdcda_fl.device.lora import AdapterStore, DeviceModel, LoraTrainConfig
+from cdcda_fl.device.adapter_store import AdapterStore
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig
 from cdcda_fl.edge.export import ExportError, export_adapter, permute_rows
 from device_fixtures import USER_A, one_thread, tiny_base, tiny_cache  # noqa: F401
 

@@ -69,7 +69,7 @@ def test_prompt_tokens_equal_the_pytorch_path(smollm2_base_gguf: Path) -> None:
     """llama.cpp sees exactly the tokens DeviceModel feeds the model (chat template from the GGUF)."""
     from transformers import AutoTokenizer
 
-    from cdcda_fl.device.lora import _encode_text, format_prompt
+    from cdcda_fl.device.encoding import _encode_text, format_prompt
     from cdcda_fl.device.models import resolve_model
     from cdcda_fl.edge.llamacpp import LlamaCppModel
 
@@ -89,7 +89,8 @@ def word_adapter(tmp_path_factory) -> Path:
     _llama_cpp()
     import torch
 
-    from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
+    from cdcda_fl.device.lora import DeviceModel
+    from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import get_base_model
 
     before = torch.get_num_threads()
@@ -145,7 +146,8 @@ def test_adapter_shifts_llamacpp_logits_as_it_shifts_pytorch_logits(word_adapter
     """
     import torch
 
-    from cdcda_fl.device.lora import DeviceModel, _encode_text, format_prompt
+    from cdcda_fl.device.encoding import _encode_text, format_prompt
+    from cdcda_fl.device.lora import DeviceModel
     from cdcda_fl.device.models import get_base_model
     from cdcda_fl.edge import export
     from cdcda_fl.edge.llamacpp import LlamaCppModel
@@ -158,7 +160,7 @@ def test_adapter_shifts_llamacpp_logits_as_it_shifts_pytorch_logits(word_adapter
             dm.load_adapter(word_adapter)
         else:
             dm.clear_adapter()
-        with torch.inference_mode(), dm._adapter_ctx() as model:
+        with torch.inference_mode(), dm.slots.layers() as model:
             return model(input_ids=ids).logits[0, -1].float().numpy()
 
     def cpp_logits(adapter: Path | None) -> np.ndarray:

@@ -8,8 +8,9 @@ import torch
 from cdcda_fl.config import ConfigError, check_lora_layers, load_config
 from cdcda_fl.device import frozen_prefix
 from cdcda_fl.device.frozen_prefix import PrefixCache, frozen_prefix_for
-from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig, collate, encode_pairs, example_loss
-from cdcda_fl.device.training import lora_layer_indices
+from cdcda_fl.device.encoding import collate, encode_pairs
+from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.training import LoraTrainConfig, example_loss, lora_layer_indices
 from device_fixtures import USER_A, USER_B, adapter_tensors, one_thread, tiny_base, tiny_cache  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,12 +50,12 @@ def test_prefix_loss_equals_full_forward(tiny_base) -> None:
     dm = DeviceModel(tiny_base)
     dm.train(USER_B, TOP)  # an active top-layer adapter with non-zero B
     enc = encode_pairs(dm.tokenizer, USER_A, 256)
-    batch = collate(enc, [1.0] * len(enc), dm._pad_id)
-    with dm._slots.layers() as model, torch.no_grad():
+    batch = collate(enc, [1.0] * len(enc), dm.pad_id)
+    with dm.slots.layers() as model, torch.no_grad():
         full = example_loss(model, batch)
         prefix = frozen_prefix_for(model, 1, PrefixCache())
         assert prefix is not None and prefix.split == 1
-        states = prefix.states([p + c for p, c in enc], tiny_base.device, dm._pad_id, tiny_base.compute_context,
+        states = prefix.states([p + c for p, c in enc], tiny_base.device, dm.pad_id, tiny_base.compute_context,
                                batch_size=2)  # other batches than `batch`: padding must not matter
         batch["inputs_embeds"] = prefix.batch_inputs(states, batch["input_ids"].shape[1])
         with prefix.top_only():
@@ -64,11 +65,11 @@ def test_prefix_loss_equals_full_forward(tiny_base) -> None:
 
 
 def test_cache_is_shared_across_adapters_and_bounded(tiny_base) -> None:
-    cache = getattr(tiny_base, "_cdcda_prefix_cache", None)
-    if cache is not None:
-        cache.clear()
+    if tiny_base.prefix_cache is not None:
+        tiny_base.prefix_cache.clear()
     _train(tiny_base, TOP)
-    cache = tiny_base._cdcda_prefix_cache
+    cache = tiny_base.prefix_cache
+    assert cache is not None
     misses = cache.misses
     _train(tiny_base, LoraTrainConfig(**{**TOP.__dict__, "seed": 3}))  # another adapter, same examples
     assert cache.misses == misses and cache.hits >= len(USER_A)
@@ -83,7 +84,7 @@ def test_cache_is_shared_across_adapters_and_bounded(tiny_base) -> None:
 def test_no_prefix_when_every_layer_trains_or_model_unsupported(tiny_base) -> None:
     dm = DeviceModel(tiny_base)
     dm.train(USER_B, TOP)
-    with dm._slots.layers() as model:
+    with dm.slots.layers() as model:
         assert frozen_prefix_for(model, 0) is None
         assert frozen_prefix_for(model, 2) is None  # no frozen layer left below
         assert frozen_prefix_for(torch.nn.Linear(2, 2), 1) is None  # no decoder stack found

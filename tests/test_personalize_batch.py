@@ -65,7 +65,7 @@ def _predictions(result):
 
 def test_kept_adapters_released_then_a_new_training_works(tiny_model):
     """Regression: releasing kept adapters left peft's active adapter pointing at a deleted one."""
-    from cdcda_fl.device.lora import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig
 
     pairs = [("a b c", "d"), ("e f", "g")]
     cfg = LoraTrainConfig(steps=1, batch_size=2)
@@ -146,7 +146,7 @@ def test_cdcda_that_falls_back_reuses_local_answers_without_answering_twice(tiny
 
 def test_after_every_adapter_is_released_the_base_still_answers(tiny_model):
     """Regression: with no adapter left, PeftModel.generate looked up the deleted active adapter."""
-    from cdcda_fl.device.lora import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig
 
     before = tiny_model.generate(["hello there"], max_new_tokens=3)
     tiny_model.train([("a b c", "d"), ("e f", "g")], LoraTrainConfig(steps=1, batch_size=2))

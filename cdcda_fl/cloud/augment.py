@@ -33,7 +33,9 @@ from typing import Any
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
 from cdcda_fl.cloud.filters import CrossUserIndex, FilterSettings, RecordFilter, parse_records
 from cdcda_fl.config import config_get, default_of, parse_bool
+from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import SharedRecords
+from cdcda_fl.progress import Progress
 
 PROMPT_STYLES = ("auto", "continuation", "chat")
 
@@ -226,8 +228,6 @@ class TaskPrompter:
 
 def _cross_user_index(requests: Sequence[SharedRecords]) -> CrossUserIndex:
     """The n-grams of every user's shared content fields in this call (for the ``cross_user`` filter)."""
-    from cdcda_fl.data.tasks import get_task
-
     index = CrossUserIndex()
     for req in requests:
         task = get_task(req.task)
@@ -266,8 +266,6 @@ class CloudAugmenter:
     # ------------------------------------------------------------------ public
     def augment(self, requests: Sequence[SharedRecords]) -> dict[str, AugmentResult]:
         """One result per requesting user (call once per task when users share several tasks)."""
-        from cdcda_fl.data.tasks import get_task
-
         users = [str(r.user_id) for r in requests]
         dupes = sorted(u for u, c in Counter(users).items() if c > 1)
         if dupes:
@@ -334,8 +332,6 @@ class CloudAugmenter:
         return gens
 
     def _run_jobs(self, jobs: list[PromptJob], states: dict[str, _UserState], rnd: int) -> None:
-        from cdcda_fl.progress import Progress
-
         size = self.cfg.batch_size
         task = next(iter(states.values())).shared.task if states else "?"
         with Progress(f"cloud {task} round {rnd + 1}: prompt batches", total=-(-len(jobs) // size),

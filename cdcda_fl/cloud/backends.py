@@ -163,7 +163,7 @@ class HFBackend(_TextsFromDetails):
 
     def __init__(self, model: str = "smollm2-135m", *, batch_size: int = 8, device: str | None = None, loaded: Any = None) -> None:
         if loaded is None:
-            from cdcda_fl.device.models import get_base_model
+            from cdcda_fl.device.models import get_base_model  # lazy: torch; only the in-process hf backend needs it
 
             loaded = get_base_model(model, device=device)
         self.loaded = loaded
@@ -456,20 +456,6 @@ def _as_bool(value: Any) -> bool:
 
 
 # ====================================================================== factory
-BACKEND_KEYS = (
-    "cloud.backend",
-    "cloud.model",
-    "cloud.base-url",
-    "cloud.api-key-env",
-    "cloud.batch-size",
-    "cloud.timeout",
-    "cloud.max-retries",
-    "cloud.concurrency",
-    "cloud.device",
-    "cloud.allow-insecure-http",
-)
-
-
 def _hf_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
     """``hf``: ``cloud.model``, ``cloud.batch-size``, ``cloud.device``."""
     return HFBackend(str(config_get(cfg, "cloud.model")), batch_size=int(config_get(cfg, "cloud.batch-size")),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
-from cdcda_fl.data.tasks import TaskSpec, get_task
+from cdcda_fl.data.tasks import TASKS, TaskSpec, get_task
 
 
 class LampDataError(ValueError):
@@ -316,8 +316,6 @@ def infer_task(data: Any) -> str | None:
     Outputs files name their task. Questions files are told apart by the fields of their profile
     items (LaMP_1 and LaMP_5 share ``title``/``abstract``: LaMP_1 inputs offer references [1]/[2]).
     """
-    from cdcda_fl.data.tasks import TASKS
-
     if isinstance(data, dict):
         try:
             return get_task(str(data.get("task", ""))).name

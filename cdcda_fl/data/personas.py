@@ -219,7 +219,6 @@ PRODUCT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "home": ("office chair", "yoga mat", "bath towel", "storage box", "pillow", "curtains"),
 }
 PRODUCT_CATEGORY = {p: c for c, products in PRODUCT_CATEGORIES.items() for p in products}
-PRODUCTS = tuple(sorted(PRODUCT_CATEGORY))
 REVIEW_OPENERS = ("I bought the {p} last month: {s}.", "Got the {p} as a gift. In short, {s}.",
                   "After two weeks with the {p}, my verdict: {s}.", "Ordered the {p} online. Honestly, {s}.",
                   "Replaced my old {p} with this one: {s}.", "My second {p} from this brand. Well, {s}.")

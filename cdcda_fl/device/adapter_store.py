@@ -13,6 +13,9 @@ from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: how the adapter was trained (steps, loss, ε, the data's counts), saved inside its folder and
+#: atomically with it, so a reused adapter reports what the original training did
+TRAIN_META = "cdcda_train.json"
 
 
 def _safe_component(value: str) -> str:

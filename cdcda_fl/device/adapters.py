@@ -49,11 +49,6 @@ def _same_layout(a: Any, b: Any) -> bool:
     return set(_target_names(a.target_modules)) == set(_target_names(b.target_modules))
 
 
-def shared_peft(base: LoadedModel) -> Any:
-    """The PeftModel wrapping the base, shared by every DeviceModel on that base (None before the first)."""
-    return getattr(base, "_cdcda_peft", None)
-
-
 def adapter_params(peft: Any, name: str) -> dict[str, nn.Parameter]:
     """Adapter tensors (the live Parameters) keyed as in a saved PEFT file (adapter name removed).
 
@@ -136,7 +131,8 @@ class AdapterSlots:
 
     @property
     def peft(self) -> Any:
-        return shared_peft(self.base)
+        """The PeftModel wrapping the base, shared by every DeviceModel on it (None before the first)."""
+        return self.base.peft
 
     def params(self, name: str) -> dict[str, nn.Parameter]:
         return adapter_params(self.peft, name)
@@ -160,7 +156,7 @@ class AdapterSlots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft calls a renamed transformers API
             if self.peft is None:
-                self.base._cdcda_peft = get_peft_model(  # type: ignore[attr-defined]
+                self.base.peft = get_peft_model(
                     self.base.model, lora_cfg, adapter_name=name, autocast_adapter_dtype=True
                 )
             else:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -39,9 +40,13 @@ import numpy as np
 from cdcda_fl.config import Scalar
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
+from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_META
+from cdcda_fl.device.schedule import train_cdcda
+from cdcda_fl.device.train_key import adapter_key, fingerprint
 
 if TYPE_CHECKING:
     from cdcda_fl.device.lora import DeviceModel
+    # the one import back into personalize (a cycle, issue 30): the methods here take its _UserRun
     from cdcda_fl.device.personalize import _UserRun
 
 GLOBAL_DIR = "federated"  # under the device's storage dir: the global adapters it received
@@ -79,7 +84,7 @@ class GlobalAdapter:
 
 def _model(cfg: Mapping[str, Scalar]) -> DeviceModel:
     """The node's cached DeviceModel (FedAvg rounds never run DP-SGD: the dp keys are not sent)."""
-    from cdcda_fl.device.personalize import device_model_for
+    from cdcda_fl.device.lora import device_model_for  # lazy: torch; the server imports this module
 
     return device_model_for({"device.model": cfg["device.model"], "device.quantization": cfg["device.quantization"],
                              "device.dtype": cfg["device.dtype"], "dp.enabled": False})
@@ -92,15 +97,12 @@ def write_global(model: DeviceModel, cfg: Mapping[str, Scalar], arrays: Mapping[
     beside ``path`` and renamed into place; if another worker (simulated nodes share a disk) got
     there first, its identical copy stays and this one is dropped. A reader never sees half a folder.
     """
-    import tempfile
-
     import torch
     from safetensors.torch import save_file
 
-    from cdcda_fl.device.adapter_store import ADAPTER_WEIGHTS
-    from cdcda_fl.device.training import LoraTrainConfig, lora_config
+    from cdcda_fl.device.training import LoraTrainConfig, lora_config  # lazy: torch; the server imports this module
 
-    config = lora_config(LoraTrainConfig.from_run_config(cfg), model._n_layers)
+    config = lora_config(LoraTrainConfig.from_run_config(cfg), model.n_layers)
     config.base_model_name_or_path = model.base.model.name_or_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -124,7 +126,7 @@ def local_round(users: Sequence[User], cfg: Mapping[str, Scalar], arrays: Mappin
     ``arrays`` empty = round 1: a fresh adapter seeded by the run seed (identical on every node).
     The batch order is seeded by the round, so a resumed round trains exactly as the lost one did.
     """
-    from cdcda_fl.device.training import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig  # lazy: torch; the server imports this module
 
     pairs = [p for u in users for p in get_task(u.task).profile_to_pairs(u.profile)]
     if not pairs:
@@ -157,7 +159,7 @@ def store_global(model: DeviceModel | None, cfg: Mapping[str, Scalar], storage_d
     """Keep the global adapter a personalize message carried (checked against its SHA-256) on the device."""
     sha = str(meta["sha256"])
     path = Path(storage_dir) / GLOBAL_DIR / str(task) / sha[:16]
-    if not (path / "adapter_config.json").is_file():
+    if not (path / ADAPTER_CONFIG).is_file():
         if not arrays:
             raise ValueError(f"no global adapter arrays for {task}")
         if adapter_digest(arrays) != sha:
@@ -187,10 +189,6 @@ def train_from_global(run: _UserRun, method: str, real_w: list[float], synth: li
     steps; CDCDA's ``train.synthetic-schedule`` and real-exposure stretch), keyed by the global
     adapter's SHA-256, so a rerun with the same global adapter and data reuses it.
     """
-    from cdcda_fl.device.personalize import TRAIN_META
-    from cdcda_fl.device.schedule import train_cdcda
-    from cdcda_fl.device.train_key import adapter_key, fingerprint
-
     adapter = _global(run)
     cfg, real = run.cfg, list(run.real_pairs)
     # the typed key of the same training from a fresh adapter (device/train_key.py), plus where it starts

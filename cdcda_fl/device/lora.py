@@ -14,9 +14,8 @@ device, and swapped in for that user's queries. Three rules keep users apart:
 :mod:`~cdcda_fl.device.encoding` (prompts, pair encoding, batches),
 :mod:`~cdcda_fl.device.training` (the config, the loss, the plain and DP-SGD loops),
 :mod:`~cdcda_fl.device.adapters` (adapter lifecycle in the shared PeftModel, save/load
-files) and :mod:`~cdcda_fl.device.adapter_store` (where adapters live on disk). The names
-other modules import from here are re-exported, so ``from cdcda_fl.device.lora import ...``
-keeps working.
+files) and :mod:`~cdcda_fl.device.adapter_store` (where adapters live on disk). Import a name
+from the module that defines it; the one re-export here is ``AdapterStore`` (below).
 """
 
 from __future__ import annotations
@@ -30,44 +29,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-# Besides what DeviceModel uses, these imports re-export the names that were defined here
-# before the split (ADAPTER_*, AdapterStore, BASE, IGNORE and private helpers), so existing
-# ``from cdcda_fl.device.lora import ...`` lines keep working.
-from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterStore, _safe_component  # noqa: F401
-from cdcda_fl.device.adapters import (  # noqa: F401
-    BASE,
-    AdapterSlots,
-    _same_layout,
-    _target_names,
-    read_adapter,
-    write_adapter,
-)
-from cdcda_fl.device.encoding import (  # noqa: F401
-    _BUCKET_BATCHES,
-    IGNORE,
-    _bucketed_batches,
-    _collate_items,
-    _completion_text,
+# Re-exported for device/personalize.py and docs/device.md, which import it from here (issue 30).
+from cdcda_fl.device.adapter_store import AdapterStore  # noqa: F401
+from cdcda_fl.device.adapters import AdapterSlots, _same_layout, read_adapter, write_adapter
+from cdcda_fl.device.encoding import (
     _cut,
-    _encode_text,
     _has_chat_template,
     _length_batches,
-    _PairDataset,
     collate,
     encode_pairs,
     format_prompt,
     to_device,
 )
-from cdcda_fl.device.models import LoadedModel
-from cdcda_fl.device.training import (  # noqa: F401
-    _EMBEDDING_NAMES,
+from cdcda_fl.device import frozen_prefix  # the module: tests swap frozen_prefix.frozen_prefix_for
+from cdcda_fl.device.models import LoadedModel, cached, get_base_model
+from cdcda_fl.device.train_key import base_dtype
+from cdcda_fl.device.training import (
     LoraTrainConfig,
     TrainResult,
     _check_no_embedding_targets,
-    _is_empty,
     _normalized_weights,
-    _progress,
-    _result,
     example_loss,
     fit,
     lora_config,
@@ -75,8 +56,6 @@ from cdcda_fl.device.training import (  # noqa: F401
 )
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
     from cdcda_fl.privacy.dp import DPConfig
 
 
@@ -104,7 +83,10 @@ class DeviceModel:
 
     def __init__(self, base: LoadedModel):
         self.base = base
-        self._slots = AdapterSlots(base)
+        #: this instance's adapters in the base's shared PeftModel (device/adapters.py): what
+        #: tests and benchmarks inspect (``slots.peft``, ``slots.name``, ``slots.params(...)``,
+        #: ``slots.layers()``), and the only per-instance state
+        self.slots = AdapterSlots(base)
 
     @property
     def tokenizer(self) -> Any:
@@ -112,44 +94,16 @@ class DeviceModel:
 
     @property
     def has_adapter(self) -> bool:
-        return self._slots.active
-
-    # ------------------------------------------------------------------ internals tests and benchmarks reach into
-    @property
-    def _peft(self) -> Any:
-        """The PeftModel wrapping the base, shared by every DeviceModel on that base."""
-        return self._slots.peft
+        return self.slots.active
 
     @property
-    def _name(self) -> str | None:
-        """This instance's own adapter inside the PeftModel (None: none built)."""
-        return self._slots.name
-
-    @property
-    def _kept(self) -> Mapping[str, str]:
-        """Kept handle -> adapter name inside the PeftModel."""
-        return self._slots.kept
-
-    def _adapter_params(self, name: str) -> dict[str, nn.Parameter]:
-        return self._slots.params(name)
-
-    def _adapter_ctx(
-        self, handle: str | None = None, *, mixed: bool = False, trainable: bool = False
-    ) -> AbstractContextManager[nn.Module]:
-        """The model with exactly this instance's adapter (or the kept ``handle``) on, or none."""
-        return self._slots.layers(handle, mixed=mixed, trainable=trainable)
-
-    def _drop_own_adapter(self) -> None:
-        self._slots.drop_own()
-
-    @property
-    def _n_layers(self) -> int | None:
+    def n_layers(self) -> int | None:
         """The base model's decoder layers (for ``train.lora-layers``), None if its config does not say."""
         n = getattr(getattr(self.base.model, "config", None), "num_hidden_layers", None)
         return int(n) if isinstance(n, int) else None
 
     @property
-    def _pad_id(self) -> int:
+    def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 
     def _cuda_devices(self) -> list[int]:
@@ -183,9 +137,9 @@ class DeviceModel:
         if keep_as is not None:
             if continue_active:
                 raise ValueError("continue_active and keep_as cannot be combined")
-            with self._slots.own_aside():
+            with self.slots.own_aside():
                 res = self.train(examples, cfg, dp, weights, progress=progress)
-                self._slots.keep_own(keep_as)
+                self.slots.keep_own(keep_as)
             return res
         cfg = cfg or LoraTrainConfig()
         if not examples:
@@ -202,13 +156,13 @@ class DeviceModel:
             if continue_active:
                 self._check_continuable(cfg)
             else:
-                self._slots.add(lora_config(cfg, self._n_layers))
-            self._slots.active = True
-            with self._slots.layers(trainable=True) as model, training_attention(self.base.model, self.base.device):
+                self.slots.add(lora_config(cfg, self.n_layers))
+            self.slots.active = True
+            with self.slots.layers(trainable=True) as model, training_attention(self.base.model, self.base.device):
                 prefix = None if dp is not None and dp.enabled else self._frozen_prefix(model, cfg)
                 res = fit(
                     model, encoded, w, cfg, dp, steps, progress=progress,
-                    pad_id=self._pad_id, device=self.base.device, compute_context=self.base.compute_context,
+                    pad_id=self.pad_id, device=self.base.device, compute_context=self.base.compute_context,
                     prefix=prefix,
                 )
         res.seconds = time.perf_counter() - t0
@@ -219,20 +173,16 @@ class DeviceModel:
 
         Their states are cached per base model, so every adapter trained on it (local-only, the
         holdout check's two, CDCDA's) computes an example's frozen part once."""
-        from cdcda_fl.device.frozen_prefix import PrefixCache, frozen_prefix_for
-
-        cache = getattr(self.base, "_cdcda_prefix_cache", None)
-        if cache is None:
-            cache = PrefixCache()
-            self.base._cdcda_prefix_cache = cache  # type: ignore[attr-defined]
-        return frozen_prefix_for(model, cfg.lora_layers, cache)
+        if self.base.prefix_cache is None:
+            self.base.prefix_cache = frozen_prefix.PrefixCache()
+        return frozen_prefix.frozen_prefix_for(model, cfg.lora_layers, self.base.prefix_cache)
 
     def _check_continuable(self, cfg: LoraTrainConfig) -> None:
         """The active adapter exists and has ``cfg``'s layout (else continuing would train another shape)."""
-        slots = self._slots
+        slots = self.slots
         if not slots.active or slots.name is None:
             raise RuntimeError("continue_active: no active adapter to train further (train or load one first)")
-        if not _same_layout(slots.peft.peft_config[slots.name], lora_config(cfg, self._n_layers)):
+        if not _same_layout(slots.peft.peft_config[slots.name], lora_config(cfg, self.n_layers)):
             raise ValueError("continue_active: the active adapter's LoRA layout differs from the training config's")
 
     # ------------------------------------------------------------------ kept adapters (mixed batches)
@@ -242,21 +192,21 @@ class DeviceModel:
         For the train-then-save flow: ``train(...)``, ``save_adapter(path)``, ``keep(handle)``.
         An adapter already kept under ``handle`` is released first.
         """
-        if not self._slots.active:
+        if not self.slots.active:
             raise RuntimeError("no active adapter to keep (train or load one first)")
-        self._slots.keep_own(handle)
+        self.slots.keep_own(handle)
 
     @property
     def kept(self) -> tuple[str, ...]:
         """Handles of the adapters kept for mixed-adapter batches."""
-        return tuple(self._slots.kept)
+        return tuple(self.slots.kept)
 
     def release(self, handle: str) -> None:
         """Delete a kept adapter from the model (no-op if there is none under ``handle``)."""
-        self._slots.release(handle)
+        self.slots.release(handle)
 
     def release_all(self) -> None:
-        for handle in list(self._slots.kept):
+        for handle in list(self.slots.kept):
             self.release(handle)
 
     # ------------------------------------------------------------------ save / load / clear
@@ -271,7 +221,7 @@ class DeviceModel:
         instead of 3.7 MB in fp32. The live adapter is rounded to the same precision, so what
         answers now is exactly what a later ``load_adapter`` restores. ``dtype=None`` keeps fp32.
         """
-        slots = self._slots
+        slots = self.slots
         if adapter is not None:
             name = slots.row_name(adapter)
         elif not slots.active or slots.name is None:
@@ -291,7 +241,7 @@ class DeviceModel:
         """
         path = Path(path)
         config, weights = read_adapter(path, self.base.device)
-        slots = self._slots
+        slots = self.slots
         if keep_as is not None:
             if keep_as in slots.kept and slots.copy_in(slots.kept[keep_as], config, weights):
                 return
@@ -309,15 +259,15 @@ class DeviceModel:
 
         What a FedAvg round sends (device/federated.py): the keys and values a saved adapter
         holds, nothing of the base model."""
-        if not self._slots.active or self._slots.name is None:
+        if not self.slots.active or self.slots.name is None:
             raise RuntimeError("no active adapter (train or load one first)")
-        return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._slots.params(self._slots.name).items()}
+        return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self.slots.params(self.slots.name).items()}
 
     def clear_adapter(self) -> None:
         """Back to the plain base: zero this user's adapter weights and switch them off."""
-        if self._slots.name is not None:
-            self._slots.zero(self._slots.name)
-        self._slots.active = False
+        if self.slots.name is not None:
+            self.slots.zero(self.slots.name)
+        self.slots.active = False
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
@@ -347,7 +297,7 @@ class DeviceModel:
         """
         tok = self.tokenizer
         texts = [format_prompt(tok, p) for p in prompts]
-        rows = self._slots.row_names(len(texts), None, adapters)
+        rows = self.slots.row_names(len(texts), None, adapters)
         budgets = [int(max_new_tokens)] * len(texts) if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
         if len(budgets) != len(texts):
             raise ValueError(f"got {len(budgets)} max_new_tokens for {len(texts)} prompts")
@@ -364,7 +314,7 @@ class DeviceModel:
         # matmul broadcast and copy the whole (V, d) lm_head weight once per row: +113 MB per row
         # of fp32 SmolLM2 at every generate call, most of a batched answer's peak RSS.
         last = torch.tensor([-1], device=self.base.device)
-        with self._slots.layers(mixed=rows is not None) as model:
+        with self.slots.layers(mixed=rows is not None) as model:
             model.eval()
             for idx in _length_batches(lengths, batch_size, budgets):
                 enc = tok(
@@ -373,7 +323,7 @@ class DeviceModel:
                 extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": tok} if stop else {}
                 extra["logits_to_keep"] = last
                 if rows is not None:
-                    extra.update(self._slots.route([rows[i] for i in idx]))
+                    extra.update(self.slots.route([rows[i] for i in idx]))
                 with warnings.catch_warnings(), self.base.compute_context():
                     warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
                     out = model.generate(
@@ -401,15 +351,26 @@ class DeviceModel:
         :meth:`generate`; examples are length-sorted into mixed batches either way.
         """
         encoded = encode_pairs(self.tokenizer, examples, max_length=1 << 30)
-        rows = self._slots.row_names(len(encoded), adapter, adapters)
+        rows = self.slots.row_names(len(encoded), adapter, adapters)
         losses: list[float] = [0.0] * len(encoded)
         lengths = [len(p) + len(c) for p, c in encoded]
-        with self._slots.layers(adapter, mixed=rows is not None) as model:
+        with self.slots.layers(adapter, mixed=rows is not None) as model:
             model.eval()
             for idx in _length_batches(lengths, batch_size):
-                batch = to_device(collate([encoded[i] for i in idx], [1.0] * len(idx), self._pad_id), self.base.device)
-                extra = self._slots.route([rows[i] for i in idx]) if rows is not None else {}
+                batch = to_device(collate([encoded[i] for i in idx], [1.0] * len(idx), self.pad_id), self.base.device)
+                extra = self.slots.route([rows[i] for i in idx]) if rows is not None else {}
                 with self.base.compute_context():
                     for i, v in zip(idx, example_loss(model, batch, **extra).tolist()):
                         losses[i] = v
         return losses
+
+
+def device_model_for(cfg: Mapping[str, Any]) -> DeviceModel:
+    """One DeviceModel per worker process and base model: users swap adapters, never the base.
+
+    Keyed by the base as the device loads it (``device.model``, ``device.quantization`` and the
+    dtype :func:`~cdcda_fl.device.train_key.base_dtype` resolves, fp32 under DP when ``auto``)."""
+    dtype = base_dtype(cfg)
+    model, quantization = str(cfg["device.model"]), str(cfg["device.quantization"]) or None
+    return cached(("device", model, quantization, dtype),
+                  lambda: DeviceModel(get_base_model(model, quantization=quantization, dtype=dtype)))

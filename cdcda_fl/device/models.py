@@ -23,13 +23,17 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cdcda_fl.atomic import atomic_path
+from cdcda_fl.device import gguf_parts  # the module: its pins are read when a preset is built (tests swap them)
+
+if TYPE_CHECKING:
+    from cdcda_fl.device.frozen_prefix import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,19 @@ def _gemma3_gguf(cache_dir: Path) -> Path:
     return target
 
 
+def preset_gguf(folder: Path) -> Path | None:
+    """The GGUF a converted preset folder (``<cache>/models/<preset>-v1``) was built from, else None.
+
+    SmolLM2 and Gemma 3 come from a GGUF llama.cpp loads as it is, so that very file is the base an
+    exported adapter runs on (cdcda_fl/edge/export.py). Here, beside the cache layout it depends on.
+    """
+    if folder.name == f"smollm2-135m-{_CACHE_VERSION}":
+        return _smollm2_gguf()
+    if folder.name == f"gemma3-270m-{_CACHE_VERSION}":
+        return _gemma3_gguf(folder.parent.parent)
+    return None
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a GGUF checkpoint into a plain, trainable safetensors folder at ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -141,16 +158,12 @@ def _build_gemma3(out: Path, cache_dir: Path) -> None:
 
 def _build_qwen_coder_05b(out: Path, cache_dir: Path) -> None:
     """Qwen2.5-Coder-0.5B-Instruct from six part packages; size, SHA-256 and GGUF metadata checked."""
-    from cdcda_fl.device.gguf_parts import QWEN25_CODER_05B, assemble
-
-    _convert_gguf(assemble(QWEN25_CODER_05B, cache_dir / "gguf"), out)
+    _convert_gguf(gguf_parts.assemble(gguf_parts.QWEN25_CODER_05B, cache_dir / "gguf"), out)
 
 
 def _build_qwen_coder_15b(out: Path, cache_dir: Path) -> None:
     """Qwen2.5-Coder-1.5B-Instruct from 22 optional part packages; size, SHA-256 and GGUF metadata checked."""
-    from cdcda_fl.device.gguf_parts import QWEN25_CODER_15B, assemble
-
-    _convert_gguf(assemble(QWEN25_CODER_15B, cache_dir / "gguf"), out)
+    _convert_gguf(gguf_parts.assemble(gguf_parts.QWEN25_CODER_15B, cache_dir / "gguf"), out)
 
 
 def _build_tiny_random(out: Path, cache_dir: Path) -> None:
@@ -323,7 +336,11 @@ def _write_variant(src: str, out: str, quantization: str, dtype_name: str) -> No
 
 @dataclass
 class LoadedModel:
-    """A base model ready for LoRA: the model, its tokenizer, and how it was loaded."""
+    """A base model ready for LoRA: the model, its tokenizer, and how it was loaded.
+
+    Also the state every DeviceModel on this base shares (one base, many users' adapters): it
+    lives with the base because the DeviceModels come and go while the base stays cached.
+    """
 
     model: Any
     tokenizer: Any
@@ -332,6 +349,12 @@ class LoadedModel:
     quantization: str | None
     #: bf16 autocast around every forward pass (weights and LoRA stay fp32), or None.
     autocast_dtype: torch.dtype | None = None
+    #: the PeftModel wrapping ``model``: built by the first DeviceModel on this base, holding every
+    #: DeviceModel's adapters (device/adapters.py); None before that
+    peft: Any = field(default=None, repr=False, compare=False)
+    #: the frozen layers' states below top-layers-only adapters, shared by every adapter trained
+    #: on this base (device/frozen_prefix.py); None until the first such adapter
+    prefix_cache: PrefixCache | None = field(default=None, repr=False, compare=False)
 
     def compute_context(self) -> Any:
         """The precision context for one forward pass (enter it per step, not around a loop)."""

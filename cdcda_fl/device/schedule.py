@@ -56,7 +56,7 @@ class Stage:
 
 def _mix(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
          synth_w: Sequence[float], step_scale: float) -> list[Stage]:
-    from cdcda_fl.device.training import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig  # lazy: torch; the server plans without it
 
     weights = [*real_w, *synth_w]
     return [Stage("all", LoraTrainConfig.from_run_config(cfg, step_scale * exposure_scale(cfg, weights, real)))]
@@ -64,7 +64,7 @@ def _mix(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pa
 
 def _synthetic_first(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
                      synth_w: Sequence[float], step_scale: float) -> list[Stage]:
-    from cdcda_fl.device.training import LoraTrainConfig
+    from cdcda_fl.device.training import LoraTrainConfig  # lazy: torch; the server plans without it
 
     if not synth:
         return _mix(cfg, real, real_w, synth, synth_w, step_scale)
@@ -102,7 +102,7 @@ def train_cdcda(model: Any, cfg: Mapping[str, Any], real: Pairs, real_w: Sequenc
     ``step_scale`` scales local-only's step budget (the holdout check trains on part of the
     profile: synthetic_gate.check_step_scale). Returns the TrainResult (steps summed over stages).
     """
-    from cdcda_fl.device.training import TrainResult
+    from cdcda_fl.device.training import TrainResult  # lazy: torch; the server plans without it
 
     data = {"all": ([*real, *synth], [*real_w, *synth_w]), "synthetic": (list(synth), list(synth_w)),
             "real": (list(real), [1.0] * len(real))}  # the real stage trains as local-only does

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cdcda_fl.config import check_dp_selection, config_get, parse_bool
+from cdcda_fl.device.schedule import plan_cdcda
+from cdcda_fl.device.select import SelectConfig
+from cdcda_fl.device.synthetic_gate import GateConfig
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -43,8 +46,6 @@ def base_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def adapter_key(cfg: Mapping[str, Any], pairs: Pairs, weights: Sequence[float], n_real: int) -> str:
     """A non-DP adapter trained by ``train_cdcda`` on ``pairs`` (the first ``n_real`` real)."""
-    from cdcda_fl.device.schedule import plan_cdcda
-
     stages = plan_cdcda(cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
     return fingerprint({"base": base_identity(cfg), "stages": [s.to_dict() for s in stages]}, list(pairs),
                        list(weights))
@@ -53,10 +54,6 @@ def adapter_key(cfg: Mapping[str, Any], pairs: Pairs, weights: Sequence[float], 
 def gate_key(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
              synth_w: Sequence[float]) -> str:
     """The synthetic-data check's decision: its rule, the selector, and how CDCDA would train."""
-    from cdcda_fl.device.schedule import plan_cdcda
-    from cdcda_fl.device.select import SelectConfig
-    from cdcda_fl.device.synthetic_gate import GateConfig
-
     stages = plan_cdcda(cfg, real, real_w, synth, synth_w)
     settings = {"base": base_identity(cfg), "stages": [s.to_dict() for s in stages],
                 "gate": asdict(GateConfig.from_config(cfg)), "select": asdict(SelectConfig.from_config(cfg)),

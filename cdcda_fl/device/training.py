@@ -30,10 +30,10 @@ from cdcda_fl.device.encoding import (
     collate,
     to_device,
 )
+from cdcda_fl.privacy.dp import DPConfig, make_private, mark_empty_batch
 
 if TYPE_CHECKING:
     from cdcda_fl.device.frozen_prefix import FrozenPrefix
-    from cdcda_fl.privacy.dp import DPConfig
 
 _EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "shared")
 
@@ -314,8 +314,6 @@ def train_dp(
     device: torch.device,
 ) -> TrainResult:
     """DP-SGD (Opacus): Poisson-sampled batches, per-example clipping, noise; ε at δ in the result."""
-    from cdcda_fl.privacy.dp import make_private
-
     loader = torch.utils.data.DataLoader(
         _PairDataset(encoded, w),
         batch_size=min(cfg.batch_size, len(encoded)),
@@ -342,8 +340,6 @@ def _dp_loop(model: nn.Module, priv: Any, steps: int, bar: Any, ticks: Iterator[
     one chunk's activations. Only real (not skipped) steps count towards ``steps``.
     """
     from opacus.utils.batch_memory_manager import wrap_data_loader
-
-    from cdcda_fl.privacy.dp import mark_empty_batch
 
     chunks = wrap_data_loader(data_loader=priv.data_loader, max_batch_size=physical_batch, optimizer=priv.optimizer)
     losses, tokens, done = [], 0, 0

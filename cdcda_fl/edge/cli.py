@@ -11,18 +11,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.edge.export import OUT_TYPES, ExportError
+from cdcda_fl.edge.export import (
+    OUT_TYPES,
+    ExportError,
+    base_folder,
+    export_adapter,
+    export_base,
+    find_adapter,
+    read_adapter,
+)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cdcda_fl.edge.export import (
-        base_folder,
-        export_adapter,
-        export_base,
-        find_adapter,
-        read_adapter,
-    )
-
     try:
         if args.out is None and args.base_out is None:
             raise ExportError("nothing to write: give --out FILE.gguf and/or --base-out FILE.gguf")

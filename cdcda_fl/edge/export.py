@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 
 from cdcda_fl.atomic import atomic_path
+from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterStore
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: GGUF tensors (per block) that llama.cpp's graph applies a LoRA pair to.
 SUPPORTED_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 OUT_TYPES = ("f32", "f16")
@@ -132,7 +131,7 @@ def base_folder(config: dict[str, Any], base: str | Path | None, where: Path) ->
         raise ExportError(f"{where}: adapter_config.json names no base model; pass --base FOLDER_OR_PRESET")
     folder = Path(name).expanduser()
     if not (folder / "config.json").is_file():
-        from cdcda_fl.device.models import PRESETS, resolve_model  # imports torch; only for preset names
+        from cdcda_fl.device.models import PRESETS, resolve_model  # lazy: torch (edge/ loads none at import)
 
         if name not in PRESETS:
             raise ExportError(
@@ -276,13 +275,11 @@ def bundled_base_gguf(folder: Path) -> Path:
     Presets that came from a GGUF (SmolLM2, Gemma 3) have that very file as their llama.cpp
     base. Other bases need llama.cpp's converter; the error says how.
     """
-    from cdcda_fl.device import models  # lazy: imports torch
+    from cdcda_fl.device.models import preset_gguf  # lazy: torch (edge/ loads none at import)
 
-    for name in ("smollm2-135m", "gemma3-270m"):
-        if folder.name == f"{name}-{models._CACHE_VERSION}":
-            if name == "smollm2-135m":
-                return models._smollm2_gguf()
-            return models._gemma3_gguf(folder.parent.parent)
+    path = preset_gguf(folder)
+    if path is not None:
+        return path
     raise ExportError(
         f"base {folder} is not a bundled GGUF preset; convert it once with llama.cpp: "
         f"python convert_hf_to_gguf.py {folder} --outfile base.gguf --outtype f16 "
@@ -307,8 +304,6 @@ def find_adapter(run: Path, user: str, task: str, method: str = "cdcda") -> Path
     Layout (cdcda_fl/device/personalize.py + AdapterStore): ``<storage>/adapters/<task>-<method>-
     <fingerprint>/<user>/`` where storage is the run's ``device.storage-dir`` or ``RUN/devices``.
     """
-    from cdcda_fl.device.lora import AdapterStore  # the one definition of the on-disk layout
-
     run = Path(run)
     cfg_file = run / "config.json"
     cfg: dict[str, Any] = {}

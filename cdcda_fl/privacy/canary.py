@@ -46,6 +46,7 @@ from typing import Any
 from cdcda_fl.config import config_get
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
+from cdcda_fl.privacy.consent import share_records
 
 SUPPORTED_TASKS = ("LaMP_2", "LaMP_3", "LaMP_4", "LaMP_5")
 CANARY_ID_PREFIX = "canary-"
@@ -188,8 +189,6 @@ def canary_consent(cfg: Mapping[str, Any], user: User, canaries: Sequence[Canary
     containing it is never shared), and ``consent.record-ids`` pins the shared records to those
     the *unplanted* profile shares, so planting changes neither which nor how many records leave.
     """
-    from cdcda_fl.device.personalize import share_records
-
     unplanted = share_records(user, cfg)
     out = dict(cfg)
     terms = [t for t in str(config_get(cfg, "consent.deny-terms") or "").split(",") if t.strip()]

@@ -56,6 +56,8 @@ from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.config import config_get, config_section, parse_bool
+from cdcda_fl.data.lamp import User
+from cdcda_fl.data.tasks import TASKS, get_task
 from cdcda_fl.privacy.record_ids import fresh_key, opaque_id
 from cdcda_fl.privacy.redact import Redactor, fold
 
@@ -223,8 +225,6 @@ def load_overrides(path: str | Path, *, extra_keys: Sequence[str] = ()) -> dict[
 
 def _known_fields_and_labels() -> tuple[set[str], set[str]]:
     """Every field and label of every task, to catch typos in multi-task configs early."""
-    from cdcda_fl.data.tasks import TASKS
-
     fields_: set[str] = {"id"}
     labels: set[str] = set()
     for spec in TASKS.values():
@@ -466,6 +466,16 @@ class ConsentPolicy:
             n_denied=n_denied,
             local_ids=[str(item["id"]) for item in chosen],
         )
+
+
+def share_records(user: User, cfg: Mapping[str, Any], *, id_key: bytes | None = None) -> SharedRecords:
+    """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device.
+
+    ``cfg`` is the policy here (library use: experiments, audits); a device node applies its
+    owner's file and the server's ceiling instead (``device_node.share``). It lives here, not in
+    the device layer, because the canary audit (privacy/canary.py) must know what a user shares."""
+    return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile,
+                                                              id_key=id_key)
 
 
 def share_nothing() -> ConsentPolicy:

@@ -301,8 +301,3 @@ def few_record_plans(n_examples: int, target_epsilon: float | None = None) -> li
                                      batch_size=batch, steps=steps, max_grad_norm=0.1,
                                      name=f"r{rank}-{'+'.join(t.split('_')[0] for t in targets)}"))
     return plans
-
-
-def few_record_plan(n_examples: int, target_epsilon: float | None = None) -> DPTrainPlan:
-    """The default DP settings for ``n_examples`` pairs at ``target_epsilon`` (the first candidate)."""
-    return few_record_plans(n_examples, target_epsilon)[0]

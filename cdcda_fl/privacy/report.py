@@ -26,6 +26,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cdcda_fl.data.lamp import LampDataError
+from cdcda_fl.privacy.consent import ConsentError
+
 LEVELS = ("none", "metrics", "predictions")  # increasing disclosure
 AUTO = "auto"
 # "dp" (the DP decision: chosen candidate or fall-back, validation losses on the cloud's records,
@@ -70,9 +73,6 @@ def filter_result(result: Mapping[str, Any], level: str) -> dict[str, Any]:
 
 def generic_error(exc: BaseException) -> str:
     """A code (and, for data errors, record index and field) -- never the message text or a record id."""
-    from cdcda_fl.data.lamp import LampDataError
-    from cdcda_fl.privacy.consent import ConsentError
-
     code = getattr(exc, "error_code", None)  # an error that names its own code (e.g. model_not_allowed)
     if isinstance(code, str) and code.isidentifier():
         return code
