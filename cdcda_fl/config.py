@@ -14,6 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# The method list lives in one table (method_table.py); config checks `methods` against it and
+# re-exports its lists, so results and sweeps keep importing them from here.
+from cdcda_fl.method_table import CLOUD_DATA_METHODS, FEDERATED_METHODS, METHODS
+
 Scalar = str | int | float | bool
 
 # key -> (default, help). The order is the order of `cdcda run --help-config`.
@@ -26,7 +30,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "data.strict": (False, "refuse the run if any record is invalid (default: skip those users, report them)"),
     "out-dir": ("runs/default", "run directory: results, predictions, audit log; rerun resumes here"),
     "seed": (0, "seed for personas, consent sampling, training and generation"),
-    "methods": ("base,rag,local,cdcda,cloud", "subset of base,rag,local,cdcda,cloud,fedavg,fedavg+local,cdcda+fedavg"),
+    "methods": ("base,rag,local,cdcda,cloud", f"subset of {','.join(METHODS)}"),
     "personas.queries": (8, "held-out queries per synthetic user"),
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
@@ -475,9 +479,6 @@ def csv_list(value: Scalar) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-METHODS = ("base", "rag", "local", "cdcda", "cloud", "fedavg", "fedavg+local", "cdcda+fedavg")
-#: methods answered with the global adapter of the federated phase (run before personalize)
-FEDERATED_METHODS = ("fedavg", "fedavg+local", "cdcda+fedavg")
 DP_SELECTIONS = ("synthetic", "private")  # dp.selection (device/dp_select.py, docs/dp.md)
 
 
@@ -504,7 +505,7 @@ def federated_methods(cfg: Mapping[str, Scalar]) -> list[str]:
 
 def uses_cloud_data(cfg: Mapping[str, Scalar]) -> bool:
     """Does a method of the run train on the cloud's synthetic records (so users must share)?"""
-    return any(m in ("cdcda", "cdcda+fedavg") for m in methods_of(cfg))
+    return any(m in CLOUD_DATA_METHODS for m in methods_of(cfg))
 
 
 def methods_of(cfg: Mapping[str, Scalar]) -> list[str]:
