@@ -50,8 +50,9 @@ class Stage:
     continues: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """What the stage's weights depend on besides its data: the adapter store's fingerprint uses it."""
-        return {"data": self.data, "continues": self.continues, "lora": asdict(self.lora)}
+        """What the stage's weights depend on besides its data (every field, the LoRA config's too):
+        the adapter store's fingerprint uses it."""
+        return asdict(self)
 
 
 def _mix(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
