@@ -130,15 +130,15 @@ def test_cli_audit_canaries_end_to_end(tiny_base, tiny_cache, tmp_path: Path, mo
     from cdcda_fl.cli import main
 
     monkeypatch.setenv("CDCDA_CACHE_DIR", str(tiny_cache))
-    import cdcda_fl.device.personalize as personalize
+    import cdcda_fl.device.device_model as device_model
 
-    real, asked = personalize.device_model_for, []
+    real, asked = device_model.device_model_for, []
 
     def recording(cfg):  # the audit must take the base the device would use per setting (fp32 under DP)
         asked.append(bool(cfg["dp.enabled"]))
         return real(cfg)
 
-    monkeypatch.setattr(personalize, "device_model_for", recording)
+    monkeypatch.setattr(device_model, "device_model_for", recording)
     out = tmp_path / "audit"
     rc = main(["audit", "canaries", "--out", str(out), "--candidates", "8", "--dp-epsilon", "off,8",
                "--set", "tasks=LaMP_2", "--set", "users=1", "--set", "device.model=tiny-random",

@@ -58,14 +58,15 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
     run's ``train.*`` keys; with DP from :func:`cdcda_fl.device.dp_select.candidates_for` (the
     first candidate: the audit has no cloud data to select with, and measures the adapter DP-SGD
     releases). ``model=None`` takes the base the device would use for that setting
-    (:func:`~cdcda_fl.device.personalize.device_model_for`: under DP ``device.dtype=auto`` means
+    (:func:`~cdcda_fl.device.device_model.device_model_for`: under DP ``device.dtype=auto`` means
     fp32, without DP bf16 where the CPU has it), so the audit measures the adapter a device
     releases. ``n_controls`` canaries of the same format are never planted: their exposure is
     the "nothing leaked" reference (≈ log2 e, not 0, for a rank estimate).
     """
     from cdcda_fl.data.tasks import get_task
+    from cdcda_fl.device.device_model import device_model_for
     from cdcda_fl.device.dp_select import candidates_for
-    from cdcda_fl.device.personalize import device_model_for, share_records
+    from cdcda_fl.device.share import share_records
     from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.privacy.canary import (
         canary_consent,

@@ -187,7 +187,7 @@ def canary_consent(cfg: Mapping[str, Any], user: User, canaries: Sequence[Canary
     containing it is never shared), and ``consent.record-ids`` pins the shared records to those
     the *unplanted* profile shares, so planting changes neither which nor how many records leave.
     """
-    from cdcda_fl.device.personalize import share_records
+    from cdcda_fl.device.share import share_records
 
     unplanted = share_records(user, cfg)
     out = dict(cfg)
