@@ -53,7 +53,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.lora-layers": (0, "LoRA only in the top N decoder layers (0 = every layer); the frozen layers below "
                             "run once per training example instead of once per step (docs/device.md)"),
     "train.synthetic-weight": (1.0, "mixing ratio: total loss weight of synthetic data relative to real data, "
-                                    "kept per label for labelled tasks (see device/personalize.py)"),
+                                    "kept per label for labelled tasks (see device/methods/mixture.py)"),
     "train.equal-real-exposure": (True, "scale CDCDA's step budget by (real + synthetic weight) / real weight, so "
                                         "real records get as many updates as in local training"),
     "train.synthetic-record-cap": (1.0, "no synthetic record weighs more than this many real records "

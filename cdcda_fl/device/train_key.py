@@ -70,7 +70,8 @@ def gate_key(cfg: Mapping[str, Any], gate: GateConfig, select: SelectConfig, rea
     settings = {"base": base_identity(cfg), "stages": [s.to_dict() for s in stages],
                 "gate": asdict(gate), "select": asdict(select), "seed": config_get(cfg, "seed")}
     key = fingerprint(settings, list(real), list(synth), list(synth_w))
-    # a changed crossfit rule never reuses the old rule's decisions (a suffix: the holdout rule's keep)
+    # a changed crossfit rule never reuses the old rule's decisions (a suffix, so that the stored
+    # decisions of the other rules keep their keys)
     return f"{key}-x{CROSSFIT_VERSION}" if gate.rule == "crossfit" else key
 
 
@@ -105,8 +106,7 @@ def dp_key(cfg: Mapping[str, Any], rule: DPRule, method: str, candidates: Sequen
     if not method_entry(method).uses_cloud_data:  # local-only never trains on the cloud's records: these do not apply
         settings.pop("selection"), settings.pop("public_warmstart")
     key = {"base": base_identity(cfg), "method": method, "rule": settings,
-           "candidates": [{"name": c.name, "lora": asdict(c.lora), "dp": asdict(c.dp), "plan": c.plan}
-                          for c in candidates],
+           "candidates": [asdict(c) for c in candidates],
            "public": asdict(public_lora) if public_lora is not None else None,
            "shared": sorted(shared_ids) if shared_ids is not None else None}
     return fingerprint(key, *data)
