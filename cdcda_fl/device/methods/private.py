@@ -96,13 +96,15 @@ class Private(Method):
     loss, σ, ε, δ)."""
 
     method: str
+    trains_on_cloud_records: bool  # the method table's trait: cdcda, not local
     rule: DPRule
     target_epsilon: float  # 0: dp.noise-multiplier is set instead, so there is no ε to spend on a private choice
 
     @classmethod
     def around(cls, method: str, cfg: Mapping[str, Any]) -> Private:
         """The DP form of ``method`` (a trained method's :meth:`Method.private`), its ``dp.*`` rule read once."""
-        return cls(method, DPRule.from_run_config(cfg), float(config_get(cfg, "dp.epsilon") or 0.0))
+        return cls(method, method_entry(method).uses_cloud_data, DPRule.from_run_config(cfg),
+                   float(config_get(cfg, "dp.epsilon") or 0.0))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -111,7 +113,7 @@ class Private(Method):
     def run(self, run: UserRun) -> None:
         started = time.perf_counter()
         extra = self._train_or_reuse(run)
-        if method_entry(self.method).uses_cloud_data:  # under DP: every valid cloud record but the validation split
+        if self.trains_on_cloud_records:  # under DP: every valid cloud record but the validation split
             run.result["n_synthetic_used"] = int(extra["train"]["n_synthetic"])
         extra.update(run.mia())
         if extra["dp"]["fell_back"] and run.answers.queued("base"):
@@ -128,7 +130,7 @@ class Private(Method):
         real_pairs, synth_pairs, synth_weights, validation = dp_training_data(spec, user, run.cloud.valid,
                                                                               self.method, cfg)
         weights = [1.0] * len(real_pairs) + synth_weights
-        trains_on_cloud = method_entry(self.method).uses_cloud_data
+        trains_on_cloud = self.trains_on_cloud_records
         # Private selection needs cloud records to train on and a target ε to spend (with only
         # dp.noise-multiplier set there is no ε to give the exponential mechanism): else DP-SGD candidates.
         private_select = (trains_on_cloud and self.rule.selection == "private" and bool(synth_pairs or validation)
