@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import Scalar, config_get, csv_list
+from cdcda_fl.config import CLOUD_DATA_METHODS, Scalar, config_get, csv_list
 from cdcda_fl.data.lamp import write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import TaskSpec, parse_task_list
 from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
@@ -170,7 +170,7 @@ def _summaries(spec: TaskSpec, tally: TaskTally, problems: list[dict[str, str]])
             spec.name, m, metrics, len(tally.user_metrics.get(m, [])) or len({u for u, _ in tally.preds.get(m, {})}),
             n_queries, max(numbers["eps"]) if numbers["eps"] else None,
             _mean(numbers["mia"]) if numbers["mia"] else None, _mean(numbers["secs"]),
-            (_mean(tally.n_syn) if tally.n_syn else None) if m in ("cdcda", "cdcda+fedavg") else 0.0, _mean(numbers["steps"]),
+            (_mean(tally.n_syn) if tally.n_syn else None) if m in CLOUD_DATA_METHODS else 0.0, _mean(numbers["steps"]),
             n_users_lower=tally.no_metrics.get(m, 0)))
     return rows
 

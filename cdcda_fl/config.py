@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# The method list lives in one table (method_table.py); config checks `methods` against it and
+# re-exports its lists, so results and sweeps keep importing them from here.
 from cdcda_fl.config_keys import DEFAULTS, Scalar  # the table of every key: its one default and help
+from cdcda_fl.method_table import CLOUD_DATA_METHODS, FEDERATED_METHODS, METHODS
 
 
 class ConfigError(ValueError):
@@ -320,9 +323,6 @@ def csv_list(value: Scalar) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-METHODS = ("base", "rag", "local", "cdcda", "cloud", "fedavg", "fedavg+local", "cdcda+fedavg")
-#: methods answered with the global adapter of the federated phase (run before personalize)
-FEDERATED_METHODS = ("fedavg", "fedavg+local", "cdcda+fedavg")
 DP_SELECTIONS = ("synthetic", "private")  # dp.selection (device/dp_select.py, docs/dp.md)
 
 
@@ -349,7 +349,7 @@ def federated_methods(cfg: Mapping[str, Scalar]) -> list[str]:
 
 def uses_cloud_data(cfg: Mapping[str, Scalar]) -> bool:
     """Does a method of the run train on the cloud's synthetic records (so users must share)?"""
-    return any(m in ("cdcda", "cdcda+fedavg") for m in methods_of(cfg))
+    return any(m in CLOUD_DATA_METHODS for m in methods_of(cfg))
 
 
 def methods_of(cfg: Mapping[str, Scalar]) -> list[str]:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from cdcda_fl.method_table import METHODS
+
 Scalar = str | int | float | bool
 
 # key -> (default, help). The order is the order of `cdcda run --help-config`.
@@ -19,7 +21,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "data.strict": (False, "refuse the run if any record is invalid (default: skip those users, report them)"),
     "out-dir": ("runs/default", "run directory: results, predictions, audit log; rerun resumes here"),
     "seed": (0, "seed for personas, consent sampling, training and generation"),
-    "methods": ("base,rag,local,cdcda,cloud", "subset of base,rag,local,cdcda,cloud,fedavg,fedavg+local,cdcda+fedavg"),
+    "methods": ("base,rag,local,cdcda,cloud", f"subset of {','.join(METHODS)}"),
     "personas.queries": (8, "held-out queries per synthetic user"),
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
@@ -42,7 +44,7 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.lora-layers": (0, "LoRA only in the top N decoder layers (0 = every layer); the frozen layers below "
                             "run once per training example instead of once per step (docs/device.md)"),
     "train.synthetic-weight": (1.0, "mixing ratio: total loss weight of synthetic data relative to real data, "
-                                    "kept per label for labelled tasks (see device/personalize.py)"),
+                                    "kept per label for labelled tasks (see device/methods/mixture.py)"),
     "train.equal-real-exposure": (True, "scale CDCDA's step budget by (real + synthetic weight) / real weight, so "
                                         "real records get as many updates as in local training"),
     "train.synthetic-record-cap": (1.0, "no synthetic record weighs more than this many real records "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
+from cdcda_fl.config import FEDERATED_METHODS
 from cdcda_fl.metrics import LOWER_IS_BETTER
 from cdcda_fl.results import (LOWER_NOTE, cloud_block, cloud_note, cloud_outage, cloud_vs_device, comparisons,
                               gain_text, interval_note, method_interval, steps_text, table_rows, users_cell,
@@ -19,7 +20,7 @@ from cdcda_fl.results import (LOWER_NOTE, cloud_block, cloud_note, cloud_outage,
 PAPER_COLUMNS = ("base", "rag", "local", "cdcda", "cloud")
 PAPER_LABELS = {"base": "Base", "rag": "RAG", "local": "Local LoRA", "cdcda": "CDCDA", "cloud": "Cloud LLM †",
                 "fedavg": "FedAvg LoRA", "fedavg+local": "FedAvg + local", "cdcda+fedavg": "CDCDA from FedAvg"}
-FEDERATED_COLUMNS = ("fedavg", "fedavg+local", "cdcda+fedavg")  # shown only when the run has them
+FEDERATED_COLUMNS = FEDERATED_METHODS  # shown only when the run has them
 
 
 def paper_table(results: Mapping[str, Any]) -> str:

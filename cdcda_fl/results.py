@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdcda_fl.atomic import atomic_path
-from cdcda_fl.config import METHODS, config_get
+from cdcda_fl.config import CLOUD_DATA_METHODS, METHODS, config_get
 from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.stats import format_interval
 
@@ -192,7 +192,7 @@ def interval_note(results: Mapping[str, Any]) -> str:
         text += (f" Δ CDCDA vs {other}: the paired per-user difference, positive = CDCDA better (for MAE, "
                  f"{other} − CDCDA); "
                  f"W/T/L: users where CDCDA is better / within {tie:g} / worse.")
-    if any(r.get("method") in ("cdcda", "cdcda+fedavg") and r.get("n_synthetic", 0) is None
+    if any(r.get("method") in CLOUD_DATA_METHODS and r.get("n_synthetic", 0) is None
            for r in results.get("table", [])):
         text += " synth/user n/r: not reported (the devices' report level carries no counts; see the cloud line)."
     return text
@@ -200,7 +200,7 @@ def interval_note(results: Mapping[str, Any]) -> str:
 
 def _synthetic_cell(row: Mapping[str, Any]) -> str:
     """CDCDA rows: synthetic records used per user; ``n/r`` where no device reported it (report level)."""
-    if row["method"] not in ("cdcda", "cdcda+fedavg"):
+    if row["method"] not in CLOUD_DATA_METHODS:
         return ""
     value = row.get("n_synthetic")
     return "n/r" if value is None else f"{value:.1f}"

@@ -95,8 +95,7 @@ def test_one_cache_holds_base_device_and_cloud_models():
     """The device model and the cloud upper bound reuse the cached base; one clear frees them all."""
     from cdcda_fl.config import load_config
     from cdcda_fl.device.lora import device_model_for
-    from cdcda_fl.device import personalize
-    from cdcda_fl.device.personalize import _cloud_backend
+    from cdcda_fl.device.methods.cloud import cloud_backend as _cloud_backend
 
     models.clear_model_cache()
     cfg = load_config(None, ["device.model=tiny-random", "cloud.model=tiny-random"])

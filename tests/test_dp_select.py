@@ -22,8 +22,10 @@ from cdcda_fl.device.dp_select import (
     train_private,
 )
 from cdcda_fl.device.lora import DeviceModel
+from cdcda_fl.device.methods.private import dp_training_data
+from cdcda_fl.device.personalize import personalize_user
 from cdcda_fl.device.training import LoraTrainConfig
-from cdcda_fl.device.personalize import dp_training_data, personalize_user, share_records
+from cdcda_fl.privacy.consent import share_records
 from cdcda_fl.privacy.dp import DPConfig
 from device_fixtures import USER_B, one_thread, tiny_base, tiny_cache  # noqa: F401
 

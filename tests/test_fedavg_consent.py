@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import cdcda_fl.device.federated as federated
+import cdcda_fl.device_node as device_node
 from cdcda_fl.config import resolve
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.device_node import SIMULATED, FederatedNotConsented, fedavg_round, federated_training_users, hosted_users
@@ -33,7 +33,7 @@ def trained(monkeypatch) -> list:
         seen.extend(users)
         return {}, sum(len(u.profile) for u in users), 0.0
 
-    monkeypatch.setattr(federated, "local_round", fake_round)
+    monkeypatch.setattr(device_node, "local_round", fake_round)  # the name device_node calls
     return seen
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.personalize import mixture_weights
+from cdcda_fl.device.methods.mixture import mixture_weights
 
 
 def _items(tags: list[str]) -> list[dict]:
@@ -48,8 +48,11 @@ def test_no_synthetic_or_zero_alpha() -> None:
 
 
 def test_every_configurable_method_has_an_implementation():
-    """config.METHODS (what `methods=` accepts) and the device's registry name the same methods."""
+    """config.METHODS (what `methods=` accepts) is the method table's list, and every name in it
+    builds the device class the table names (tests/test_methods.py checks the table itself)."""
     from cdcda_fl.config import METHODS as CONFIGURABLE
-    from cdcda_fl.device.personalize import METHODS as REGISTRY
+    from cdcda_fl.device.methods.registry import method_class
+    from cdcda_fl.method_table import METHODS as TABLE
 
-    assert set(CONFIGURABLE) == set(REGISTRY)
+    assert CONFIGURABLE is TABLE
+    assert [method_class(m).name for m in CONFIGURABLE] == list(CONFIGURABLE)

@@ -118,16 +118,17 @@ def test_the_holdout_check_selects_with_its_own_adapter_and_the_default_never_sc
                                                                                     monkeypatch):
     """With the check, selection runs twice: for the final adapter and, after the check's real-only
     adapter has trained on the check's split, for the check; under the default, never."""
+    import cdcda_fl.device.methods.cloud_records as cloud_records
     import cdcda_fl.device.personalize as personalize
 
     calls: list[int] = []
-    real_select = personalize.select_records
+    real_select = cloud_records.select_records
 
     def spy(config, records, pairs, scorer):
         calls.append(len(records))
         return real_select(config, records, pairs, scorer)
 
-    monkeypatch.setattr(personalize, "select_records", spy)
+    monkeypatch.setattr(cloud_records, "select_records", spy)
     base = {"methods": "local,cdcda", "device.model": "tiny-random", "train.steps": 2, "train.batch-size": 2,
             "train.equal-real-exposure": "false", "seed": 0, "train.synthetic-gate": "holdout"}
     res = personalize.personalize_user(_user(6), SYNTHETIC, _cfg(**base, **{"train.synthetic-select": "style"}),

@@ -1,8 +1,8 @@
 """The crossfit rule on a device: train the fold adapters, score them, decide (cdcda_fl/device/crossfit.py).
 
-Kept apart from personalize.py so the rule's training loop reads on its own. ``run`` is the
-device's per-user state (``personalize._UserRun``): its model, task, real items, the cloud's
-usable records and the mixture rule the final CDCDA adapter uses.
+Kept apart from the methods so the rule's training loop reads on its own. ``run`` is the
+device's per-user state (``device/methods/user_run.py: UserRun``): its model, task, real items,
+and (``run.cloud``) the cloud's records and the mixture rule the final CDCDA adapter uses.
 
 Reuse: a real-only fold adapter depends on the user's items, the fold and the training settings,
 never on the cloud's records, so its scores are stored (metadata only, on the device) under a key
@@ -64,7 +64,7 @@ class CrossfitCheck:
 
     def mix(self, train: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> FoldScores | None:
         # the records the final CDCDA adapter would train on, weighed against this fold's items
-        kept, real_w, syn_w = (self.run.weighted_synthetic(train, self.run.kept_synthetic) if train
+        kept, real_w, syn_w = (self.run.cloud.weighted(train, self.run.cloud.kept) if train
                                else self._synthetic_only())
         if not kept:
             return None
@@ -79,7 +79,7 @@ class CrossfitCheck:
         has no real label to keep records by, so nothing is kept)."""
         if self.spec.labels:
             return [], [], []
-        kept = list(self.run.kept_synthetic)
+        kept = list(self.run.cloud.kept)
         return kept, [], [1.0] * len(kept)
 
     def _reused(self, kind: str, train: Sequence[Mapping[str, Any]], held: Sequence[Mapping[str, Any]],

@@ -1,4 +1,4 @@
-"""The device's part of the federated baselines (issue 31): FedAvg rounds and three methods.
+"""The device's part of the federated baselines (issue 31): FedAvg rounds and the global adapter.
 
 A federated run trains ONE LoRA adapter per task (same rank, targets and base as local LoRA)
 with Flower's FedAvg over the device nodes; the Flower side is ``strategies/fedavg.py``. Here,
@@ -8,13 +8,9 @@ without Flower:
   seeded fresh init every node builds identically, so the server never needs the model) trained
   ``fedavg.local-steps`` steps on the real records of the node's users of that task. Only the
   adapter's arrays and the number of records leave (``device_node.fedavg_round``).
-- the methods answered per user at personalize time, from the final global adapter the
-  personalize message carried (:func:`store_global`):
-  ``fedavg`` (the global adapter as is), ``fedavg+local`` (it, fine-tuned on the user's real
-  records with local LoRA's budget: the usual "FedAvg, then personalize") and ``cdcda+fedavg``
-  (CDCDA's training starting from it instead of from a fresh adapter; it follows CDCDA's own
-  decision about the cloud's records, made as for ``cdcda``: cloud records → real + synthetic
-  from the global adapter, local-only → ``fedavg+local``, base → ``fedavg``).
+- :func:`store_global`: the final global adapter a personalize message carried, kept on the
+  device for the three methods answered per user at personalize time (``fedavg``,
+  ``fedavg+local``, ``cdcda+fedavg``: device/methods/fedavg.py).
 
 Why the global adapter is not trained in the device's personalize step: FedAvg needs every
 node's update each round, so the rounds run first (the server's federated phase) and the
@@ -28,7 +24,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,14 +35,10 @@ import numpy as np
 from cdcda_fl.config import Scalar
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_META
-from cdcda_fl.device.schedule import train_cdcda
-from cdcda_fl.device.train_key import adapter_key, fingerprint
+from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from cdcda_fl.device.lora import DeviceModel
-    # the one import back into personalize (a cycle, issue 30): the methods here take its _UserRun
-    from cdcda_fl.device.personalize import _UserRun
 
 GLOBAL_DIR = "federated"  # under the device's storage dir: the global adapters it received
 
@@ -166,92 +157,3 @@ def store_global(model: DeviceModel | None, cfg: Mapping[str, Scalar], storage_d
             raise ValueError(f"the global adapter for {task} does not match its SHA-256")
         write_global(model or _model(cfg), cfg, arrays, path)
     return GlobalAdapter(path, sha, int(meta.get("rounds", 0)), int(meta.get("local_steps", 0)))
-
-
-# ---------------------------------------------------------------------- the methods
-def _global(run: _UserRun) -> GlobalAdapter:
-    adapter = run.global_adapter
-    if adapter is None:
-        raise RuntimeError(f"no global adapter for {run.spec.name}: the federated phase did not finish for this task")
-    return adapter
-
-
-def _global_info(adapter: GlobalAdapter, **extra: Any) -> dict[str, Any]:
-    return {"federated_steps": adapter.federated_steps, "rounds": adapter.rounds, "local_steps": adapter.local_steps,
-            "global_sha256": adapter.sha256, **extra}
-
-
-def train_from_global(run: _UserRun, method: str, real_w: list[float], synth: list[tuple[str, str]],
-                      synth_w: list[float]) -> dict[str, Any]:
-    """Fine-tune the global adapter on the user's real (+ synthetic) pairs, or reload it from the store.
-
-    The same budget and schedule as the method that starts from a fresh adapter (local LoRA's
-    steps; CDCDA's ``train.synthetic-schedule`` and real-exposure stretch), keyed by the global
-    adapter's SHA-256, so a rerun with the same global adapter and data reuses it.
-    """
-    adapter = _global(run)
-    cfg, real = run.cfg, list(run.real_pairs)
-    # the typed key of the same training from a fresh adapter (device/train_key.py), plus where it starts
-    trained = adapter_key(cfg, [*real, *synth], [*real_w, *synth_w], len(real))
-    key = f"{run.spec.name}-{method}-{fingerprint(trained, 'from-global', adapter.sha256)}"
-    path = run.store.path(run.user.user_id, key)
-    stored = run.load_stored(key)
-    if stored is not None:
-        return stored
-    run.model.load_adapter(adapter.path)
-    res = train_cdcda(run.model, cfg, real, real_w, synth, synth_w, from_active=True)
-    info = _global_info(adapter, steps=res.steps, tokens=res.trained_tokens, seconds=round(res.seconds, 3),
-                        final_loss=res.final_loss, n_real=len(real), n_synthetic=len(synth))
-    run.model.save_adapter(path, extra_files={TRAIN_META: json.dumps(info)})
-    run.adapter_dir = path
-    return info
-
-
-def _fedavg(run: _UserRun) -> None:
-    """The global adapter as it is: what FedAvg alone gives this user."""
-    started = time.perf_counter()
-    adapter = _global(run)
-    run.model.load_adapter(adapter.path)
-    run.adapter_dir = adapter.path
-    run.defer("fedavg", run.inputs, started, train=_global_info(adapter, steps=0, seconds=0.0))
-
-
-def _fedavg_local(run: _UserRun) -> None:
-    """The global adapter fine-tuned on the user's real records with local LoRA's budget."""
-    started = time.perf_counter()
-    info = train_from_global(run, "fedavg+local", [1.0] * len(run.real_pairs), [], [])
-    run.defer("fedavg+local", run.inputs, started, train=info)
-
-
-def _cdcda_fedavg(run: _UserRun) -> None:
-    """CDCDA from the global adapter: CDCDA's decision, real + synthetic training started from it."""
-    if run.cfg["dp.enabled"]:
-        raise ValueError("cdcda+fedavg is not defined under dp.enabled (its DP accounting would need the "
-                         "global adapter's, which FedAvg here does not provide)")
-    started = time.perf_counter()
-    run.prepare_synthetic()
-    decision = run.synthetic_decision()
-    answer_with = decision.answers_with
-    extra = {"decision": {"rule": decision.rule, "used_synthetic": decision.used_synthetic,
-                          "answer_with": answer_with}}
-    if answer_with == "cdcda":
-        info = train_from_global(run, "cdcda+fedavg", list(run.real_weights), list(run.synth_pairs),
-                                 list(run.synth_weights))
-        run.defer("cdcda+fedavg", run.inputs, started, train=info, **extra)
-        return
-    same = "fedavg+local" if answer_with == "local" else "fedavg"
-    if run.answers_queued(same):
-        run.same_answers("cdcda+fedavg", same, started, train={"steps": 0, "same_as": same}, **extra)
-        return
-    if same == "fedavg+local":
-        info = train_from_global(run, "fedavg+local", [1.0] * len(run.real_pairs), [], [])
-    else:
-        adapter = _global(run)
-        run.model.load_adapter(adapter.path)
-        run.adapter_dir = adapter.path
-        info = _global_info(adapter, steps=0)
-    run.defer("cdcda+fedavg", run.inputs, started, train=info, **extra)
-
-
-#: registered into device/personalize.py's METHODS
-FEDERATED = {"fedavg": _fedavg, "fedavg+local": _fedavg_local, "cdcda+fedavg": _cdcda_fedavg}

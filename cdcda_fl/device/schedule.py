@@ -1,10 +1,10 @@
 """How CDCDA's adapter trains on real + synthetic pairs (``train.synthetic-schedule``).
 
-- ``mix`` (default): one training on the weighted union (personalize.mixture_weights and the
+- ``mix`` (default): one training on the weighted union (methods/mixture.mixture_weights and the
   per-record cap decide the weights). The cloud's records and the user's own share every batch.
 - ``synthetic-first``: two stages on one adapter. It first trains on the cloud's records alone
   (their capped weights, local-only's step budget scaled by their mass per real record, at most
-  1: personalize.mixture_weights gives them ``alpha`` per real record whose label they cover),
+  1: methods/mixture.mixture_weights gives them ``alpha`` per real record whose label they cover),
   then continues on the user's real records alone with exactly local-only's step budget. Why: the last thing the adapter sees is the user's own
   writing, with as many updates as local-only gives it; the synthetic stage only moves where
   that training starts (a prior in the user's style). In ``mix`` the cloud's records take a
@@ -50,8 +50,9 @@ class Stage:
     continues: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """What the stage's weights depend on besides its data: the adapter store's fingerprint uses it."""
-        return {"data": self.data, "continues": self.continues, "lora": asdict(self.lora)}
+        """What the stage's weights depend on besides its data (every field, the LoRA config's too):
+        the adapter store's fingerprint uses it."""
+        return asdict(self)
 
 
 def _mix(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,

@@ -15,12 +15,16 @@ import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdcda_fl.config import check_dp_selection, config_get, parse_bool
 from cdcda_fl.device.schedule import plan_cdcda
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
+
+if TYPE_CHECKING:
+    from cdcda_fl.device.select import SelectConfig
+    from cdcda_fl.device.synthetic_gate import GateConfig
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -47,18 +51,29 @@ def base_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def adapter_key(cfg: Mapping[str, Any], pairs: Pairs, weights: Sequence[float], n_real: int) -> str:
     """A non-DP adapter trained by ``train_cdcda`` on ``pairs`` (the first ``n_real`` real)."""
     stages = plan_cdcda(cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
-    return fingerprint({"base": base_identity(cfg), "stages": [s.to_dict() for s in stages]}, list(pairs),
-                       list(weights))
+    return stages_key(base_identity(cfg), stages, pairs, weights)
 
 
-def gate_key(cfg: Mapping[str, Any], real: Pairs, real_w: Sequence[float], synth: Pairs,
-             synth_w: Sequence[float]) -> str:
-    """The synthetic-data check's decision: its rule, the selector, and how CDCDA would train."""
+def stages_key(base: Mapping[str, Any], stages: Sequence[Any], pairs: Pairs, weights: Sequence[float]) -> str:
+    """The key of an adapter trained in ``stages`` (schedule.Stage: every field, the LoRA config's
+    included) from ``base`` on ``pairs`` with ``weights``."""
+    return fingerprint({"base": dict(base), "stages": [s.to_dict() for s in stages]}, list(pairs), list(weights))
+
+
+def gate_key(cfg: Mapping[str, Any], gate: GateConfig, select: SelectConfig, real: Pairs, real_w: Sequence[float],
+             synth: Pairs, synth_w: Sequence[float]) -> str:
+    """The synthetic-data check's decision: its rule (every field of the typed gate and selector
+    configs, and the crossfit rule's version), and how CDCDA would train."""
+    from cdcda_fl.device.crossfit import RULE_VERSION as CROSSFIT_VERSION
+    from cdcda_fl.device.schedule import plan_cdcda
+
     stages = plan_cdcda(cfg, real, real_w, synth, synth_w)
     settings = {"base": base_identity(cfg), "stages": [s.to_dict() for s in stages],
-                "gate": asdict(GateConfig.from_config(cfg)), "select": asdict(SelectConfig.from_config(cfg)),
-                "seed": config_get(cfg, "seed")}
-    return fingerprint(settings, list(real), list(synth), list(synth_w))
+                "gate": asdict(gate), "select": asdict(select), "seed": config_get(cfg, "seed")}
+    key = fingerprint(settings, list(real), list(synth), list(synth_w))
+    # a changed crossfit rule never reuses the old rule's decisions (a suffix, so that the stored
+    # decisions of the other rules keep their keys)
+    return f"{key}-x{CROSSFIT_VERSION}" if gate.rule == "crossfit" else key
 
 
 @dataclass(frozen=True)
@@ -81,16 +96,18 @@ class DPRule:
                    validation_fraction=float(config_get(cfg, "dp.validation-fraction")))
 
 
-def dp_key(cfg: Mapping[str, Any], method: str, candidates: Sequence[Any], public_lora: Any | None,
+def dp_key(cfg: Mapping[str, Any], rule: DPRule, method: str, candidates: Sequence[Any], public_lora: Any | None,
            data: Sequence[Any], shared_ids: Collection[str] | None = None) -> str:
-    """A DP method's stored adapter or fall-back: its candidates, the public stage, the rule, and
-    (private selection) which records count as private, i.e. the device's shared set."""
-    rule = asdict(DPRule.from_run_config(cfg))
-    if method != "cdcda":  # local-only never trains on the cloud's records: these do not apply
-        rule.pop("selection"), rule.pop("public_warmstart")
-    settings = {"base": base_identity(cfg), "method": method, "rule": rule,
-                "candidates": [{"name": c.name, "lora": asdict(c.lora), "dp": asdict(c.dp), "plan": c.plan}
-                               for c in candidates],
-                "public": asdict(public_lora) if public_lora is not None else None,
-                "shared": sorted(shared_ids) if shared_ids is not None else None}
-    return fingerprint(settings, *data)
+    """A DP method's stored adapter or fall-back: its candidates (each one's LoRA, DPConfig and
+    plan), the public stage, the rule, and (private selection) which records count as private,
+    i.e. the device's shared set."""
+    from cdcda_fl.method_table import method_entry
+
+    settings = asdict(rule)
+    if not method_entry(method).uses_cloud_data:  # local-only never trains on the cloud's records: these do not apply
+        settings.pop("selection"), settings.pop("public_warmstart")
+    key = {"base": base_identity(cfg), "method": method, "rule": settings,
+           "candidates": [asdict(c) for c in candidates],
+           "public": asdict(public_lora) if public_lora is not None else None,
+           "shared": sorted(shared_ids) if shared_ids is not None else None}
+    return fingerprint(key, *data)

@@ -301,7 +301,7 @@ def export_base(folder: Path, out: Path) -> Path:
 def find_adapter(run: Path, user: str, task: str, method: str = "cdcda") -> Path:
     """The adapter a run trained for ``user`` on ``task`` with ``method`` (newest if several configs).
 
-    Layout (cdcda_fl/device/personalize.py + AdapterStore): ``<storage>/adapters/<task>-<method>-
+    Layout (cdcda_fl/device/methods/stored.py + AdapterStore): ``<storage>/adapters/<task>-<method>-
     <fingerprint>/<user>/`` where storage is the run's ``device.storage-dir`` or ``RUN/devices``.
     """
     run = Path(run)

@@ -1,0 +1,60 @@
+"""``cloud``: the cloud model answering with the user's whole profile retrieved into the prompt.
+
+It is the non-private upper bound, so it is computed *on the device* with the cloud model loaded
+in-process (hf backend), never by sending the user's queries out; with a remote backend it is
+reported as skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from cdcda_fl.data.retrieval import retrieve
+from cdcda_fl.data.tasks import TaskSpec
+from cdcda_fl.device.methods.method import Method
+from cdcda_fl.device.methods.user_run import UserRun
+
+SKIPPED = ("the cloud upper bound runs only with an in-process (hf) cloud model: a remote one would need "
+           "the user's queries")
+
+
+def cloud_backend(cfg: Mapping[str, Any]) -> Any:
+    """The cloud model for the upper-bound baseline, loaded once per process like the base model."""
+    from cdcda_fl.cloud.backends import make_backend
+    from cdcda_fl.device.models import cached
+
+    return cached(("cloud", str(cfg["cloud.backend"]), str(cfg["cloud.model"])), lambda: make_backend(cfg))
+
+
+def answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Any]) -> list[str]:
+    """Greedy answers of the in-process cloud model (seeded by the run)."""
+    from cdcda_fl.cloud.backends import Prompt
+
+    return cloud_backend(cfg).generate([Prompt.chat(p) for p in prompts], max_new_tokens=spec.max_new_tokens,
+                                       temperature=0.0, seed=int(cfg["seed"]))
+
+
+@dataclass(frozen=True)
+class CloudUpperBound(Method):
+    """The cloud model with the top-``k`` (``rag.cloud-k``) profile items: answered right away, not queued."""
+
+    name: ClassVar[str] = "cloud"
+    k: int
+    in_process: bool  # cloud.backend = hf
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> CloudUpperBound:
+        return cls(k=int(cfg["rag.cloud-k"]), in_process=str(cfg["cloud.backend"]) == "hf")
+
+    def run(self, run: UserRun) -> None:
+        started = time.perf_counter()
+        if not self.in_process:
+            run.result["methods"][self.name] = {"skipped": SKIPPED}
+            return
+        retrieved = retrieve(run.spec, run.user.profile, run.retrieval_queries, self.k)
+        prompts = [run.spec.rag_prompt(i, r) for i, r in zip(run.inputs, retrieved)]
+        texts = answer_with_cloud(run.spec, prompts, run.cfg)
+        run.record(self.name, [run.spec.parse_answer(t) for t in texts], time.perf_counter() - started)

@@ -1,0 +1,88 @@
+"""Adapters and decisions a device keeps on its own disk, and reuses when nothing they depend on changed.
+
+Every stored adapter folder holds its training metadata (:data:`TRAIN_META`), written atomically
+with it; a stored decision without an adapter (a fall-back, the synthetic-data check) is that
+file alone. The folder name is ``<task>-<method>-<key>``, the key derived from the resolved
+settings and the data (``device/train_key.py``), so a rerun reuses exactly what would be trained
+again, and ``train.retrain`` ignores what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cdcda_fl.atomic import atomic_dir
+from cdcda_fl.device.schedule import train_cdcda
+from cdcda_fl.device.train_key import adapter_key
+
+if TYPE_CHECKING:
+    from cdcda_fl.device.methods.user_run import UserRun
+
+TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
+
+
+def write_meta_only(path: Path, text: str) -> None:
+    """A decision that leaves no adapter: store just its metadata (atomically) so a rerun reuses it."""
+    with atomic_dir(path) as tmp:
+        (tmp / TRAIN_META).write_text(text, encoding="utf-8")
+
+
+def stored_meta(run: UserRun, key: str) -> dict[str, Any] | None:
+    """The metadata stored under ``key`` for this user (adapter or not), unless ``train.retrain``."""
+    meta = run.store.path(run.user.user_id, key) / TRAIN_META
+    if not meta.is_file() or run.cfg["train.retrain"]:
+        return None
+    return json.loads(meta.read_text())
+
+
+def load_stored(run: UserRun, key: str) -> dict[str, Any] | None:
+    """The stored adapter ``key`` loaded into the model (its metadata, ``reused``), or None.
+
+    An adapter folder without its metadata is from before metadata was written with it
+    (atomically): it is retrained rather than reporting a reused DP adapter's ε as unknown."""
+    if not run.store.exists(run.user.user_id, key):
+        return None
+    info = stored_meta(run, key)
+    if info is None:
+        return None
+    run.hold(run.store.path(run.user.user_id, key))
+    return {**info, "reused": True}
+
+
+def save_adapter(run: UserRun, key: str, info: dict[str, Any]) -> None:
+    """Store the adapter the model holds under ``key`` with its metadata; answers come from there."""
+    path = run.store.path(run.user.user_id, key)
+    run.model.save_adapter(path, extra_files={TRAIN_META: json.dumps(info)})
+    run.adapter_dir = path
+
+
+def train_or_reuse(run: UserRun, method: str, pairs: Sequence[tuple[str, str]], weights: Sequence[float]
+                   ) -> dict[str, Any]:
+    """Train (or reload from the device's store) a fresh adapter; on return the model holds it.
+
+    ``pairs`` start with the user's real pairs; the rest (CDCDA) are the cloud's, trained under
+    ``train.synthetic-schedule`` (device/schedule.py). Never under DP: the DP form of a trained
+    method is ``methods/private.py``."""
+    pairs, weights = list(pairs), list(weights)
+    n_real = len(run.real_pairs)
+    key = f"{run.spec.name}-{method}-{adapter_key(run.cfg, pairs, weights, n_real)}"
+    stored = load_stored(run, key)
+    if stored is not None:
+        return stored
+    res = train_cdcda(run.model, run.cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
+    info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
+            "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
+            "n_real": n_real, "n_synthetic": len(pairs) - n_real}
+    save_adapter(run, key, info)
+    return info
+
+
+def train_local(run: UserRun) -> dict[str, Any]:
+    """The local-only adapter (real records, weight 1): trained once per user, then reloaded from the store.
+
+    Local-only's own answers, the completion of partial cloud records and the selection of the
+    cloud's records all use this one adapter."""
+    return train_or_reuse(run, "local", run.real_pairs, [1.0] * len(run.real_pairs))
