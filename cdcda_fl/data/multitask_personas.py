@@ -56,7 +56,15 @@ from cdcda_fl.data.personas import (
     sentence_case,
     title_case,
 )
-from cdcda_fl.data.tasks import LAMP2_TEMPLATE, LAMP3_TEMPLATE, LAMP5_TEMPLATE, LAMP7_TEMPLATE, MOVIE_TAGS, get_task, neutralize_tweet
+from cdcda_fl.data.tasks import (
+    LAMP2_TEMPLATE,
+    LAMP3_TEMPLATE,
+    LAMP5_TEMPLATE,
+    LAMP7_TEMPLATE,
+    MOVIE_TAGS,
+    get_task,
+    neutralize_tweet,
+)
 
 #: the tasks a multi-task person writes in (LaMP-1 and LaMP-4 are not modelled: see docs/multitask.md)
 MULTITASK_TASKS: tuple[str, ...] = ("LaMP_2", "LaMP_3", "LaMP_5", "LaMP_7")
@@ -126,7 +134,7 @@ MOOD_INTERJECTIONS = {"up": ("yay", "wow", "omg", "so good"), "flat": ("honestly
 MOOD_ENDINGS = {"up": {"!": 3, "!!": 2, "!!!": 1, " :)": 1}, "flat": {"": 2, ".": 3, " lol": 1},
                 "down": {"...": 3, ".": 2, " :/": 1}}
 MOOD_EMOJI = {"up": ("🎉", "😍", "🙌", "🔥"), "flat": ("👍", "☕", "🙂"), "down": ("🙃", "😭", "😩")}
-TWEET_TAILS = (" today", " again", " this week", " and it made my day", " and now I need a nap",
+VERBOSE_TAILS = (" today", " again", " this week", " and it made my day", " and now I need a nap",
                " with the whole family")
 
 
@@ -150,6 +158,7 @@ class PersonTraits:
 
     @property
     def mood(self) -> str:
+        """'up', 'flat' or 'down': the tweet voice of their enthusiasm (which is also their rating generosity)."""
         return "up" if self.enthusiasm > 0.35 else "down" if self.enthusiasm < -0.35 else "flat"
 
     def interest(self, r: random.Random) -> Interest:
@@ -201,7 +210,7 @@ def draw_person(seed: int, person: str, profile_size: tuple[int, int] = DEFAULT_
     r.shuffle(order)
     rich, sparse = sizes_for(r, *profile_size)
     return PersonTraits(person=person, interests=interests, interest_weights=weights, signature_words=signature,
-                        p_signature=r.uniform(0.4, 0.8), casing=casing, p_own_casing=r.uniform(0.8, 0.97),
+                        p_signature=r.uniform(0.6, 0.9), casing=casing, p_own_casing=r.uniform(0.85, 0.98),
                         verbosity=r.random(), enthusiasm=enthusiasm, tag_rank=rank, task_order=tuple(order),
                         rich_size=rich, sparse_sizes=sparse)
 
@@ -266,7 +275,7 @@ def title_items(person: PersonTraits, r: random.Random) -> Iterator[Item]:
     author.p_dataset = 0.05 + 0.6 * person.verbosity
     while True:
         abstract, title = author.paper()
-        if r.random() < person.p_signature and ":" not in title and not title.endswith("?"):
+        if r.random() < person.p_signature and ":" not in title:
             title = f"{r.choice(person.signature_words).capitalize()}: {_decapitalize(title)}"
         title = person.recase(r, title)
         yield {"abstract": abstract, "title": title}, LAMP5_TEMPLATE.format(abstract=abstract), title
@@ -288,7 +297,7 @@ def tweet_items(person: PersonTraits, r: random.Random) -> Iterator[Item]:
         topic = person.interest(r)
         text = r.choice(topic.activities) if r.random() < 0.7 else r.choice(TWEET_ACTIVITIES)
         if r.random() < person.verbosity:
-            text += r.choice(TWEET_TAILS)
+            text += r.choice(VERBOSE_TAILS)
         if r.random() < p_mention:
             text = f"{text} with {friend}"
         text = person.recase(r, text)
@@ -317,7 +326,8 @@ def check_tasks(tasks: Sequence[str]) -> list[str]:
     names = [get_task(t).name for t in tasks]
     unsupported = [t for t in names if t not in ITEM_STREAMS]
     if unsupported or not names:
-        raise ValueError(f"multi-task personas write {', '.join(MULTITASK_TASKS)}; not {', '.join(unsupported) or 'no task'}")
+        raise ValueError(f"multi-task personas write {', '.join(MULTITASK_TASKS)}; "
+                         f"not {', '.join(unsupported) or 'no task'}")
     return list(dict.fromkeys(names))
 
 
@@ -344,8 +354,8 @@ def person_task(person: PersonTraits, task: str, tasks: Sequence[str], seed: int
     return PersonTask(profile, queries, disjoint_items(extra, profile, texts) if extra else [])
 
 
-def write_multitask_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = MULTITASK_TASKS, seed: int = 0,
-                             splits: Sequence[str] = ("train", "dev"),
+def write_multitask_personas(out_dir: Path | str, *, users: int, tasks: Sequence[str] = MULTITASK_TASKS,
+                             seed: int = 0, splits: Sequence[str] = ("train", "dev"),
                              profile_size: tuple[int, int] = DEFAULT_PROFILE_SIZE, queries_per_user: int = 8,
                              user_prefix: str = "", oracle_items: int = ORACLE_ITEMS) -> list[Path]:
     """Write ``OUT/LaMP_k/{split}_questions.json``, ``{split}_outputs.json`` and (``oracle_items`` > 0)
