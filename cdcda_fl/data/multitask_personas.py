@@ -9,7 +9,8 @@ What the traits fix across tasks (docs/multitask.md):
 - **interests** (one or two of :data:`INTERESTS`): the movie tags they watch and prefer (LaMP-2),
   the product category they buy and are kind to (LaMP-3), their research areas (LaMP-5), what
   they tweet about and their hashtags (LaMP-7);
-- **signature words** from those interests: the catchy names of their papers and their hashtags;
+- **signature words**, their mascot (a pet's name they give things) and one of their interests' words:
+  the catchy names of their papers and their hashtags;
 - **casing** (lower, sentence or title case) of every text they write: titles and tweets;
 - **verbosity**: dataset suffixes on titles, tails on tweets, filler sentences in reviews;
 - **enthusiasm**: rating generosity (LaMP-3) and exclamations, interjections and emoji (LaMP-7);
@@ -128,10 +129,17 @@ INTERESTS: dict[str, Interest] = {
                         ("#running", "#fitness", "#yoga"), ("sprint", "stamina", "tempo", "stride")),
 }
 
+#: the name a person gives the things they make, their pets and their projects: one per person, rarely
+#: shared, so it names that person's papers and tags their tweets and nobody else's
+MASCOTS: tuple[str, ...] = ("biscuit", "maple", "juniper", "nova", "pepper", "clover", "ziggy", "mochi", "waffles",
+                            "pickle", "noodle", "bramble", "tango", "pebble", "sprocket", "marble", "fennel", "hazel",
+                            "indigo", "kiwi", "lumen", "mango", "nimbus", "olive", "quill", "rusty", "sable",
+                            "toffee", "velvet", "willow", "yuzu", "zephyr")
+
 # Tweet voice by mood: an enthusiastic person exclaims, a grumpy one sighs.
 MOOD_INTERJECTIONS = {"up": ("yay", "wow", "omg", "so good"), "flat": ("honestly", "tbh", "ngl", "lol"),
                       "down": ("smh", "ugh", "meh", "sigh")}
-MOOD_ENDINGS = {"up": {"!": 3, "!!": 2, "!!!": 1, " :)": 1}, "flat": {"": 2, ".": 3, " lol": 1},
+MOOD_ENDINGS = {"up": {"!": 3, "!!": 2, "!!!": 1, " :)": 1}, "flat": {"": 2, ".": 3, " haha": 1},
                 "down": {"...": 3, ".": 2, " :/": 1}}
 MOOD_EMOJI = {"up": ("🎉", "😍", "🙌", "🔥"), "flat": ("👍", "☕", "🙂"), "down": ("🙃", "😭", "😩")}
 VERBOSE_TAILS = (" today", " again", " this week", " and it made my day", " and now I need a nap",
@@ -176,6 +184,11 @@ class PersonTraits:
         return self.rich_size if task == home else self.sparse_sizes[task]
 
 
+def interest_tags(interests: Sequence[str]) -> set[str]:
+    """The movie tags of these interests: the ones a person watches and ranks up (LaMP-2)."""
+    return {t for name in interests for t in INTERESTS[name].tags}
+
+
 def person_rng(seed: int, person: str) -> random.Random:
     """The stream a person's traits come from: the seed and the person, nothing about any task."""
     return random.Random(f"cdcda-multitask/{seed}/{person}")
@@ -199,10 +212,10 @@ def draw_person(seed: int, person: str, profile_size: tuple[int, int] = DEFAULT_
     interests = tuple(r.sample(sorted(INTERESTS), 1 + (r.random() < 0.4)))
     weights = tuple(_dirichlet(r, [2.0] * len(interests)))
     pool = sorted({w for name in interests for w in INTERESTS[name].words})
-    signature = tuple(r.sample(pool, 2))
+    signature = (r.choice(MASCOTS), r.choice(pool))
     casing = _weighted(r, {"lower": 0.3, "sentence": 0.35, "title": 0.35})
     enthusiasm = RATING_BIAS[_weighted(r, {"harsh": 0.3, "neutral": 0.3, "generous": 0.4})] + r.uniform(-0.3, 0.3)
-    favoured = {t for name in interests for t in INTERESTS[name].tags}
+    favoured = interest_tags(interests)
     tags = sorted(MOVIE_TAGS)
     taste = _dirichlet(r, [0.5] * len(tags))
     rank = {t: w * math.sqrt(TAG_POPULARITY[t]) * (4.0 if t in favoured else 1.0) for t, w in zip(tags, taste)}
@@ -221,7 +234,7 @@ def movie_items(person: PersonTraits, r: random.Random) -> Iterator[Item]:
 
     As in personas' LaMP-2, a movie cues 2-3 tags and 12 % of the time another cued tag wins.
     """
-    favoured = _interest_tags(person)
+    favoured = interest_tags(person.interests)
     watched = {t: TAG_POPULARITY[t] * (3.0 if t in favoured else 1.0) for t in sorted(MOVIE_TAGS)}
     while True:
         n_cued = 3 if r.random() < 0.4 else 2
@@ -237,10 +250,6 @@ def movie_items(person: PersonTraits, r: random.Random) -> Iterator[Item]:
         if n_cued == 3:
             text += f" {sentence_case(cues[2])}."
         yield {"description": text, "tag": tag}, LAMP2_TEMPLATE.format(description=text), tag
-
-
-def _interest_tags(person: PersonTraits) -> set[str]:
-    return {t for name in person.interests for t in INTERESTS[name].tags}
 
 
 def review_items(person: PersonTraits, r: random.Random) -> Iterator[Item]:
