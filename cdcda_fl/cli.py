@@ -2,6 +2,7 @@
 
 Examples:
   cdcda data personas --out data/personas --users 8 --tasks LaMP_2,LaMP_5 --seed 0
+  cdcda data personas --multitask --out data/people --users 8 --tasks LaMP_2,LaMP_5,LaMP_7
   cdcda data validate ~/LaMP
   cdcda eval --task LaMP_2 --golds dev_outputs.json --preds preds.json --json
 """
@@ -18,6 +19,7 @@ from cdcda_fl.cloud.backends import BackendError
 from cdcda_fl.cloud.serve import add_serve_subcommand
 from cdcda_fl.config import ConfigError
 from cdcda_fl.data.lamp import LampDataError, check_path, read_outputs
+from cdcda_fl.data.multitask_personas import MULTITASK_TASKS, write_multitask_personas
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import TASK_NAMES, get_task, parse_task_list
 from cdcda_fl.device.gguf_parts import ModelIntegrityError
@@ -50,15 +52,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_personas(args: argparse.Namespace) -> int:
-    tasks = [t.name for t in parse_task_list(args.tasks)]
+    write = write_multitask_personas if args.multitask else write_personas
+    tasks = [t.name for t in parse_task_list(args.tasks or ",".join(MULTITASK_TASKS if args.multitask else TASK_NAMES))]
     try:
-        files = write_personas(args.out, users=args.users, tasks=tasks, seed=args.seed, splits=args.splits.split(","),
-                               user_prefix=args.user_prefix)
+        files = write(args.out, users=args.users, tasks=tasks, seed=args.seed, splits=args.splits.split(","),
+                      user_prefix=args.user_prefix)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     first = f"{args.user_prefix}{args.splits.split(',')[0]}-u0000"
-    print(f"wrote {len(files)} files for {len(tasks)} task(s), {args.users} users per split (ids {first}, ...), "
+    who = "people, each in every task" if args.multitask else "users"
+    print(f"wrote {len(files)} files for {len(tasks)} task(s), {args.users} {who} per split (ids {first}, ...), "
           f"under {Path(args.out).resolve()}")
     return 0
 
@@ -97,12 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     per = data_sub.add_parser("personas", help="write seeded synthetic users in LaMP's file format")
     per.add_argument("--out", type=Path, required=True, help="output data directory (one LaMP_k/ folder per task)")
     per.add_argument("--users", type=int, default=8, help="users per task and split (default 8)")
-    per.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated tasks (default: all six)")
+    per.add_argument("--tasks", default="", help="comma-separated tasks (default: all six; with --multitask "
+                                                 "LaMP_2,LaMP_3,LaMP_5,LaMP_7)")
     per.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     per.add_argument("--splits", default="train,dev", help="comma-separated splits to write (default train,dev)")
     per.add_argument("--user-prefix", default="", metavar="PREFIX",
                      help="put PREFIX in front of every user id (e.g. phone1- gives phone1-dev-u0000): devices that "
                           "each write their own personas need distinct ids, or the server refuses the users they share")
+    per.add_argument("--multitask", action="store_true",
+                     help="each user id is one person across the tasks: shared interests, casing, length and mood, "
+                          "a rich profile in one task and sparse ones in the others (docs/multitask.md)")
     per.set_defaults(func=_cmd_personas)
 
     ev = sub.add_parser("eval", help="score LaMP-format predictions against golds with LaMP's metrics")
