@@ -1,0 +1,72 @@
+"""The cloud side of one run's augmentation step: the writer the orchestrator calls per round.
+
+It loads the cloud model once per run (or a simulation-only reference writer), writes each task's
+synthetic records for the users who shared, and keeps per-user accounting (records sent, filter
+counts, errors) that the orchestrator stores with each user's result. Apart from orchestrator.py
+so that the scheduling of rounds and the cloud's writing read separately.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
+from cdcda_fl.cloud.backends import make_backend
+from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer
+from cdcda_fl.config import Scalar
+from cdcda_fl.privacy.consent import SharedRecords
+from cdcda_fl.progress import log
+from cdcda_fl.runs import data_dir_of, user_key
+
+
+def cloud_accounting(records: list[dict[str, Any]], counts: Mapping[str, Any] | None,
+                     error: str | None) -> dict[str, Any]:
+    """The server's per-user record of what the cloud did (stored with the user's result, so it
+    reaches results.json): records sent to the device, the filter counts by reason, any error."""
+    return {"n_records": len(records), "counts": {str(k): int(v) for k, v in dict(counts or {}).items()},
+            "error": None if error is None else str(error)[:500]}
+
+
+class CloudWriter:
+    """The cloud model, loaded once per run, writing synthetic records task by task.
+
+    After each :meth:`run`, :attr:`accounting` holds that call's per-user counts and errors
+    (:func:`cloud_accounting`, by user key), which the orchestrator stores with each result.
+    """
+
+    def __init__(self, cfg: Mapping[str, Scalar], *, simulated: bool = False):
+        #: how reports name the writer ("oracle (not private: ceiling)" for the reference writers)
+        self.label = f"{cfg['cloud.backend']}:{cfg['cloud.model']}"
+        if is_reference(str(cfg["cloud.backend"])):
+            self.augmenter = make_reference_writer(cfg, simulated=simulated, data_dir=str(data_dir_of(cfg)))
+            self.label = self.augmenter.name
+            log(f"cloud: {self.label} writer (simulation only; no language model)")
+        else:
+            log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
+            self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
+        self.accounting: dict[str, dict[str, Any]] = {}
+
+    def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
+        by_task: dict[str, list[SharedRecords]] = {}
+        for s in shared:
+            by_task.setdefault(s.task, []).append(s)
+        out: dict[str, list[dict[str, Any]]] = {}
+        self.accounting = {}
+        # Sorted, so the cloud's sampling does not depend on the order in which devices replied.
+        for task, requests in sorted(by_task.items()):
+            requests = sorted(requests, key=lambda r: r.user_id)
+            started = time.perf_counter()
+            results = self.augmenter.augment(requests)
+            accepted = 0
+            for uid, res in results.items():
+                out[user_key(task, uid)] = list(res.records)
+                self.accounting[user_key(task, uid)] = {**cloud_accounting(list(res.records), res.counts, res.error),
+                                                        "writer": self.label}
+                accepted += len(res.records)
+                if res.error:
+                    log(f"cloud: {task}/{uid}: {res.error} (falls back to real data only)")
+            log(f"cloud: {task}: {accepted} synthetic records for {len(requests)} user(s) "
+                f"in {time.perf_counter() - started:.1f}s")
+        return out
