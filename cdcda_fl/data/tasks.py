@@ -297,3 +297,14 @@ def parse_task_list(value: str | Iterable[str]) -> list[TaskSpec]:
     """'LaMP_2,LaMP_5' -> [TaskSpec, TaskSpec] with a clear error for unknown names."""
     names = value.split(",") if isinstance(value, str) else list(value)
     return [get_task(n) for n in names if str(n).strip()]
+
+
+def known_fields_and_labels() -> tuple[set[str], set[str]]:
+    """Every field and label of every task, to catch typos in multi-task configs early (consent keys)."""
+    fields_: set[str] = {"id"}
+    labels: set[str] = set()
+    for spec in TASKS.values():
+        fields_.update(spec.profile_fields)
+        if spec.label_field and spec.labels:
+            labels.update(spec.labels)
+    return fields_, labels

@@ -50,16 +50,16 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
 from cdcda_fl.config import config_get, config_section, parse_bool
 from cdcda_fl.data.lamp import User
-from cdcda_fl.data.tasks import TASKS, get_task
+from cdcda_fl.data.tasks import get_task, known_fields_and_labels
 from cdcda_fl.privacy.record_ids import fresh_key, opaque_id
 from cdcda_fl.privacy.redact import Redactor, fold
+from cdcda_fl.privacy.shared_records import SharedRecords, payload_bytes  # built here; callers import both from here too
 
 Scalar = str | int | float | bool
 
@@ -90,60 +90,9 @@ DEVICE_ONLY_KEYS = ("report", "federated")
 FEDERATED_MODES = ("none", "shared", "all")
 
 
+
 class ConsentError(ValueError):
     """A consent setting is invalid; the message names the key (and the file, for overrides)."""
-
-
-@dataclass
-class SharedRecords:
-    """Exactly what one user's device sends to the cloud for one task (after consent + scrub).
-
-    ``records`` hold only allowed fields (plus ``id``); ``bytes`` is the size of their JSON
-    encoding, i.e. what crosses the network. ``redactions`` counts placeholders by kind (never
-    the removed values) so the audit can show that scrubbing happened.
-
-    ``n_total`` and ``n_denied`` stay on the device (its own audit log): they depend on records
-    that were *not* shared, so sending them would let a server that chooses the deny terms ask
-    "does any record of this user mention X?" (a keyword oracle) or learn profile sizes. So do
-    ``local_ids``, the owner's own ids of the shared records (``record_ids`` and each record's
-    ``id`` are their opaque names). :meth:`to_dict` -- the wire form -- leaves them out.
-    """
-
-    user_id: str
-    task: str
-    records: list[dict[str, Any]]
-    record_ids: list[str]
-    fields: list[str]
-    n_total: int
-    n_shared: int
-    bytes: int
-    redactions: dict[str, int] = field(default_factory=dict)
-    n_denied: int = 0
-    local_ids: list[str] = field(default_factory=list)  # the owner's ids of ``record_ids``, in order
-
-    def to_dict(self) -> dict[str, Any]:
-        """The wire form (Flower messages): everything except the device-local counts."""
-        data = asdict(self)
-        for name in LOCAL_ONLY:
-            data.pop(name, None)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SharedRecords:
-        """Inverse of :meth:`to_dict`; ignores unknown keys so old payloads keep loading."""
-        names = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in data.items() if k in names}
-        values.setdefault("n_total", 0)  # device-local: never on the wire
-        values.pop("local_ids", None)
-        return cls(**values)
-
-
-LOCAL_ONLY = ("n_total", "n_denied", "local_ids")
-
-
-def payload_bytes(records: Sequence[Mapping[str, Any]]) -> int:
-    """Size in bytes of the records' compact UTF-8 JSON encoding."""
-    return len(json.dumps(list(records), ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 def _split_list(value: Any, key: str) -> tuple[str, ...]:
@@ -223,17 +172,6 @@ def load_overrides(path: str | Path, *, extra_keys: Sequence[str] = ()) -> dict[
     return out
 
 
-def _known_fields_and_labels() -> tuple[set[str], set[str]]:
-    """Every field and label of every task, to catch typos in multi-task configs early."""
-    fields_: set[str] = {"id"}
-    labels: set[str] = set()
-    for spec in TASKS.values():
-        fields_.update(spec.profile_fields)
-        if spec.label_field and spec.labels:
-            labels.update(spec.labels)
-    return fields_, labels
-
-
 @dataclass(frozen=True)
 class ConsentPolicy:
     """One user's consent. Build it with :meth:`from_config`; apply it per task with :meth:`apply`."""
@@ -259,7 +197,7 @@ class ConsentPolicy:
     def __post_init__(self) -> None:
         _fraction(self.share_fraction)
         _fraction(self.max_fraction)
-        known_fields, known_labels = _known_fields_and_labels()
+        known_fields, known_labels = known_fields_and_labels()
         unknown = [f for f in self.fields if f not in known_fields]
         if unknown:
             raise ConsentError(
