@@ -10,9 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, methods_of, path_overrides
+from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, path_overrides
 from cdcda_fl.data.lamp import LampDataError
-from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.runs import RunDataError
 from strategies.simulation import Interrupted, run_simulation
 

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cdcda_fl.cloud.backends import BackendError, OpenAIBackend, Prompt, apply_stop, make_backend, normalize_base_url
+from cdcda_fl.cloud.backends import BackendError, OpenAIBackend, Prompt, apply_stop, make_backend
+from cdcda_fl.cloud.openai_backend import normalize_base_url
 
 
 class FlakyServer(ThreadingHTTPServer):

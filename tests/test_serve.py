@@ -14,7 +14,8 @@ import pytest
 
 from cdcda_fl.cloud import serve_app
 from cdcda_fl.cloud.augment import CloudAugmenter
-from cdcda_fl.cloud.backends import BackendError, Generation, HFBackend, OpenAIBackend, Prompt, is_loopback_host
+from cdcda_fl.cloud.backends import BackendError, Generation, HFBackend, OpenAIBackend, Prompt
+from cdcda_fl.cloud.openai_backend import is_loopback_host
 from cdcda_fl.cloud.serve import Batcher, Limits, ServeError, add_serve_subcommand, make_server, tls_context
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import ConsentPolicy

@@ -30,7 +30,8 @@ import threading
 import time
 from typing import Any
 
-from cdcda_fl.cloud.backends import HFBackend, LLMBackend, is_loopback_host
+from cdcda_fl.cloud.backends import HFBackend, LLMBackend
+from cdcda_fl.cloud.openai_backend import is_loopback_host
 from cdcda_fl.cloud.batcher import Batcher
 from cdcda_fl.cloud.serve_app import MAX_BODY, Limits, OpenAIApp, ServeError
 

@@ -15,16 +15,12 @@ import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cdcda_fl.config import check_dp_selection, config_get, parse_bool
 from cdcda_fl.device.schedule import plan_cdcda
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
-
-if TYPE_CHECKING:
-    from cdcda_fl.device.select import SelectConfig
-    from cdcda_fl.device.synthetic_gate import GateConfig
 
 Pairs = Sequence[tuple[str, str]]
 
