@@ -148,14 +148,15 @@ def family_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
 
     header = "| Task | Metric | " + " | ".join(label for label, _, _ in FAMILY_PAIRS) + " | Users |"
     lines: list[str] = []
+    verdicts: list[str] = []
     for task in tasks:
         block = (results.get("intervals") or {}).get(task) or {}
         per_user = block.get("per_user") or {}
         if not any(m in per_user for _, m, _ in FAMILY_PAIRS[:2]):
             continue
         lower = not block.get("higher_is_better", True)
-        cells, widest = [], 0
-        for _, a, b in FAMILY_PAIRS:
+        cells, widest, significant_diffs = [], 0, []
+        for label, a, b in FAMILY_PAIRS:
             users = sorted(set(per_user.get(a, {})) & set(per_user.get(b, {})))
             if len(users) < 2:
                 cells.append("–")
@@ -167,14 +168,44 @@ def family_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
             significant = diff.lo is not None and (diff.lo > 0 or diff.hi < 0)
             text = format_interval(diff, signed=True)
             cells.append(f"{'**' + text + '**' if significant else text} {wtl.wins}/{wtl.ties}/{wtl.losses}")
+            if significant:
+                significant_diffs.append((label, a, b, diff.mean, text))
             widest = max(widest, len(users))
         lines.append(f"| {task.replace('_', '-')} | {block.get('metric', '')} {'↓' if lower else '↑'} | "
                      + " | ".join(cells) + f" | {widest} |")
+        verdicts.append(family_verdict(task, significant_diffs))
     if not lines:
         return []
     return ["", header, "|---|---|" + "---:|" * len(FAMILY_PAIRS) + "---:|", *lines, "",
             "Which family wins where: paired per-user differences, 95 % bootstrap interval and W/T/L (positive = "
-            "the first method better; for MAE lower − higher). **Bold**: the interval excludes zero."]
+            "the first method better; for MAE lower − higher). **Bold**: the interval excludes zero.", "",
+            *verdicts]
+
+
+FEDERATED_FAMILY = {"fedavg", "fedavg+local", "cdcda+fedavg"}
+
+
+def family_verdict(task: str, significant: list[tuple[str, str, str, float, str]]) -> str:
+    """One sentence per task, from the differences whose interval excludes zero (none: a tie)."""
+    name = task.replace("_", "-")
+    if not significant:
+        return f"- {name}: no family is ahead beyond noise (every interval above contains zero)."
+    federated_ahead = [f"{label} {text}" for label, a, b, mean, text in significant
+                       if (a in FEDERATED_FAMILY) != (b in FEDERATED_FAMILY)
+                       and (mean > 0) == (a in FEDERATED_FAMILY)]
+    per_user_ahead = [f"{label} {text}" for label, a, b, mean, text in significant
+                      if (a in FEDERATED_FAMILY) != (b in FEDERATED_FAMILY)
+                      and (mean > 0) != (a in FEDERATED_FAMILY)]
+    within = [f"{label} {text}" for label, a, b, mean, text in significant
+              if (a in FEDERATED_FAMILY) == (b in FEDERATED_FAMILY)]
+    parts = []
+    if federated_ahead:
+        parts.append("the federated family is ahead (" + "; ".join(federated_ahead) + ")")
+    if per_user_ahead:
+        parts.append("the per-user family is ahead (" + "; ".join(per_user_ahead) + ")")
+    if within:
+        parts.append("within a family: " + "; ".join(within))
+    return f"- {name}: " + ", and ".join(parts) + "."
 
 
 def write_paper_table(out_dir: str | Path, results: Mapping[str, Any]) -> Path:

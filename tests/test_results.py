@@ -324,4 +324,6 @@ def test_family_table_compares_per_user_and_federated_methods_paired() -> None:
     assert cells[2] == "**-0.100 [-0.100, -0.100]** 0/0/6"  # FedAvg − local
     assert cells[3].endswith(" 3/0/3") and not cells[3].startswith("**")  # FedAvg + local − local: a wash
     assert cells[5] == "–" and cells[6] == "6"  # no cdcda+fedavg in this run
+    # the generated sentence: FedAvg alone is significantly worse than local-only here
+    assert lines[-1] == "- LaMP-5: the per-user family is ahead (FedAvg − local -0.100 [-0.100, -0.100])."
     assert family_table({"intervals": {"LaMP_5": {"per_user": {"local": local, "cdcda": local}}}}, ["LaMP_5"]) == []
