@@ -244,3 +244,30 @@ def test_cdcda_from_the_global_adapter_follows_cdcdas_decision(tmp_path: Path) -
             assert entry["train"]["global_sha256"] == user["methods"]["fedavg+local"]["train"]["global_sha256"]
     assert results["intervals"]["LaMP_2"]["cdcda_vs_fedavg+local"]["n_users"] == 2
     assert "Δ CDCDA vs FedAvg + local" in (Path(cfg["out-dir"]) / "table.md").read_text()
+
+
+def test_cdcda_from_fedavg_that_falls_back_reports_the_budget_of_what_it_answers_with(tmp_path: Path) -> None:
+    """Refused cloud records (the crossfit check on an empty cloud): cdcda+fedavg answers as
+    fedavg+local and reports that adapter's steps (found at 0 steps on a real-writing run)."""
+    from cdcda_fl import orchestrator
+    from strategies.cloud_augment import GridTransport
+
+    class NoRecords:  # the cloud, stubbed: nothing written for anybody
+        def __init__(self, cfg: Any) -> None:
+            pass
+
+        def run(self, shares: Any) -> dict[str, list[dict]]:
+            return {}
+
+    cfg = _cfg(tmp_path, methods="fedavg+local,cdcda+fedavg", **{"fedavg.rounds": 1})
+    orchestrator.run_cdcda(GridTransport(LoopbackGrid(simulated_nodes(2))), cfg, writer_factory=NoRecords)
+    checked = 0
+    for path in (Path(cfg["out-dir"]) / "users" / "LaMP_2").glob("*.json"):
+        user = json.loads(path.read_text())
+        entry, local = user["methods"]["cdcda+fedavg"], user["methods"]["fedavg+local"]
+        if entry["decision"]["answer_with"] == "local":
+            assert entry["train"]["steps"] == local["train"]["steps"] > 0
+            assert entry["train"]["federated_steps"] == local["train"]["federated_steps"] > 0
+            assert entry["train"]["same_as"] == "fedavg+local"
+            checked += 1
+    assert checked  # no record: every user falls back to (fedavg+)local

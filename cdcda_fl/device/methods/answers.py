@@ -66,6 +66,11 @@ class AnswerQueue:
         """Are ``method``'s own answers queued (so another method can share them)?"""
         return any(d.method == method and d.request is not None for d in self.pending)
 
+    def train_of(self, method: str) -> dict[str, Any] | None:
+        """The training report of ``method``'s queued answers (what another method answering the same reports)."""
+        return next((dict(d.extra.get("train") or {}) for d in self.pending
+                     if d.method == method and d.request is not None), None)
+
     def requests(self) -> list[AnswerRequest]:
         return [d.request for d in self.pending if d.request is not None]
 

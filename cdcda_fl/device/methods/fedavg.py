@@ -114,7 +114,9 @@ class CdcdaFedAvg(Method):
             return
         same = FedAvgLocal.name if answer_with == "local" else FedAvg.name
         if run.answers.queued(same):
-            run.same_answers(self.name, same, started, train={"steps": 0, "same_as": same}, **extra)
+            # the budget of the adapter it answers with (its steps and FedAvg's), not 0 (issue 31's budget column)
+            run.same_answers(self.name, same, started, train={**(run.answers.train_of(same) or {"steps": 0}),
+                                                                 "same_as": same}, **extra)
             return
         if same == FedAvgLocal.name:
             info = train_from_global(run, same, [1.0] * len(run.real_pairs), [], [])
