@@ -57,6 +57,7 @@ def test_tiny_random_preset_is_offline_and_labelled(tiny_base, tiny_cache):
 def _convert_in_child(cache: str, counter: str) -> str:
     """Child process: count real builds, then resolve the preset concurrently with a sibling."""
     from cdcda_fl.device import models as m
+    from cdcda_fl.device import presets
 
     preset = m.PRESETS["tiny-random"]
     build = preset.build
@@ -66,7 +67,7 @@ def _convert_in_child(cache: str, counter: str) -> str:
             f.write("build\n")
         build(out, cache_dir)
 
-    m.PRESETS["tiny-random"] = m.Preset(preset.name, preset.description, counting_build, False)
+    m.PRESETS["tiny-random"] = presets.Preset(preset.name, preset.description, counting_build, False)
     return m.resolve_model("tiny-random", Path(cache))
 
 

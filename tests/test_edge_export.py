@@ -92,7 +92,8 @@ def test_llama_qk_permutation_matches_the_bundled_smollm2_gguf() -> None:
 
     This is what makes B's permutation right: B @ A adds to the same rows as the base weight.
     """
-    from cdcda_fl.device.models import _smollm2_gguf, resolve_model
+    from cdcda_fl.device.models import resolve_model
+    from cdcda_fl.device.presets import _smollm2_gguf
 
     hf = load_file(str(Path(resolve_model("smollm2-135m")) / "model.safetensors"))
     tensors = {t.name: t for t in gguf.GGUFReader(_smollm2_gguf()).tensors}
@@ -175,7 +176,7 @@ def test_cli_selectors_find_the_run_adapter_and_errors_are_one_line(adapter_dir,
 
 
 def test_base_out_copies_the_bundled_smollm2_gguf(tmp_path) -> None:
-    from cdcda_fl.device.models import _smollm2_gguf
+    from cdcda_fl.device.presets import _smollm2_gguf
     from cdcda_fl.edge.export import base_folder, export_base
 
     out = export_base(base_folder({}, "smollm2-135m", tmp_path), tmp_path / "base.gguf")

@@ -60,7 +60,7 @@ def test_missing_llama_cpp_gives_one_actionable_error(monkeypatch, tmp_path: Pat
 @pytest.fixture(scope="module")
 def smollm2_base_gguf() -> Path:
     _llama_cpp()
-    from cdcda_fl.device.models import _smollm2_gguf
+    from cdcda_fl.device.presets import _smollm2_gguf
 
     return _smollm2_gguf()
 

@@ -275,7 +275,7 @@ def bundled_base_gguf(folder: Path) -> Path:
     Presets that came from a GGUF (SmolLM2, Gemma 3) have that very file as their llama.cpp
     base. Other bases need llama.cpp's converter; the error says how.
     """
-    from cdcda_fl.device.models import preset_gguf  # lazy: torch (edge/ loads none at import)
+    from cdcda_fl.device.presets import preset_gguf  # lazy: torch (edge/ loads none at import)
 
     path = preset_gguf(folder)
     if path is not None:
