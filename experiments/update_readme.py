@@ -39,6 +39,7 @@ SECTION_FILES: dict[str, str] = {
     "share-curve": "docs/results.md",
     "dp": "docs/results.md",
     "canaries": "docs/results.md",
+    "realtext-run": "docs/results.md",
 }
 #: The command that writes each section and its snapshot (named when a snapshot is missing).
 SECTION_COMMANDS: dict[str, str] = {
@@ -48,6 +49,8 @@ SECTION_COMMANDS: dict[str, str] = {
     "dp": "python experiments/update_readme.py --dp RUN_PRIVATE --dp RUN_SYNTHETIC (runs of "
           "experiments/configs/dp_quality.toml with dp.selection=private and =synthetic)",
     "canaries": "python experiments/update_readme.py --canaries runs/canary-lamp3",
+    "realtext-run": "python experiments/update_readme.py --realtext-run RUN (a `cdcda run` of "
+                    "experiments/configs/realtext.toml on the 16-author set, federated methods included)",
 }
 #: The perf_tables tables each file holds, in the order they appear there.
 PERF_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -199,7 +202,7 @@ def size_table(results: dict, sizes: dict[str, dict[str, int]]) -> list[str]:
                     diffs.append("–")
             lines.append(f"| {task.replace('_', '-')} | {size} | {len(users)} | " + " | ".join(means + diffs) + " |")
     lines += ["", "By profile size: mean per method [95 % interval over users] and CDCDA's paired difference "
-              "(positive = CDCDA better)."]
+              "(positive = CDCDA better).", ""]
     return lines
 
 
@@ -457,10 +460,6 @@ def _results_parts(args: argparse.Namespace) -> list[Part]:
         parts.append(part)
     if args.realtext is not None:
         parts.append(realtext_part(args.realtext))
-    if args.realtext_run is not None:
-        part = run_part(args.realtext_run, "Real writing", "cdcda run experiments/configs/realtext.toml")
-        part["profile_sizes"] = profile_sizes_of(args.realtext_run)
-        parts.append(part)
     if args.sweep is not None and (sweep := sweep_part(args.sweep)) is not None:
         parts.append(sweep)
     return parts
@@ -475,9 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results_run = args.demo is not None or args.quality is not None or args.realtext is not None
     if not (results_run or args.dp or args.sweep is not None or args.canaries is not None
-            or args.benchmarks is not None or args.share_curve):
-        parser.error("name at least one of --demo, --quality, --realtext, --dp, --sweep, --canaries, --benchmarks, "
-                     "--share-curve")
+            or args.benchmarks is not None or args.share_curve or args.realtext_run is not None):
+        parser.error("name at least one of --demo, --quality, --realtext, --realtext-run, --dp, --sweep, --canaries, "
+                     "--benchmarks, --share-curve")
     if args.sweep is not None and not results_run:
         # Only the plots: copy them over docs/images/sweep_*.png (docs/results.md links those files).
         sweep_part(args.sweep)
@@ -491,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.share_curve and not write_section("share-curve", [share_curve_part(c) for c in args.share_curve]):
         return 1
+    if args.realtext_run is not None:
+        part = run_part(args.realtext_run, "Real writing", "cdcda run experiments/configs/realtext.toml")
+        part["profile_sizes"] = profile_sizes_of(args.realtext_run)
+        if not write_section("realtext-run", [part]):
+            return 1
     if args.benchmarks is not None:
         if not update_perf_sections(args.benchmarks):
             return 1
