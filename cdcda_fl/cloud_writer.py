@@ -18,7 +18,7 @@ from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer
 from cdcda_fl.config import Scalar
 from cdcda_fl.privacy.consent import SharedRecords
 from cdcda_fl.progress import log
-from cdcda_fl.runs import data_dir_of, user_key
+from cdcda_fl.data.run_data import data_dir_of, user_key
 
 
 def cloud_accounting(records: list[dict[str, Any]], counts: Mapping[str, Any] | None,

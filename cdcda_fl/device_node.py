@@ -52,7 +52,7 @@ from cdcda_fl.privacy.record_ids import device_key
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
 from cdcda_fl.privacy.share_cap import cap_shared
 from cdcda_fl.privacy.shared_ledger import record_shared, shared_ids
-from cdcda_fl.runs import load_users, user_key, user_refs
+from cdcda_fl.data.run_data import load_users, user_key, user_refs
 
 
 @lru_cache(maxsize=8)

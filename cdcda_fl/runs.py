@@ -31,9 +31,10 @@ from typing import Any
 
 from cdcda_fl.atomic import UnsafePathError, append_text, refuse_symlinks, safe_filename
 from cdcda_fl.config import ConfigError, Scalar, config_mismatch
-from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
-from cdcda_fl.data.lamp import User, write_json_atomic
+from cdcda_fl.data.index import DataIssue
+from cdcda_fl.data.lamp import write_json_atomic
 from cdcda_fl.data.personas import write_personas
+from cdcda_fl.data.run_data import data_issues, user_key, user_refs
 from cdcda_fl.data.tasks import TASKS, parse_task_list
 from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME
 from cdcda_fl.privacy.policy_file import (
@@ -47,10 +48,6 @@ VERSIONED_PACKAGES = ("cdcda-fl", "torch", "transformers", "peft", "flwr", "ray"
                       "datasets", "bm25s", "rouge-score", "gguf")
 
 
-def user_key(task: str, user_id: str) -> str:
-    return f"{task}/{user_id}"
-
-
 _safe = safe_filename  # a user id as a file name (also the device's synthetic store: one rule)
 
 
@@ -62,11 +59,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def data_dir_of(cfg: Mapping[str, Scalar]) -> Path:
-    """The data directory a run reads: the configured one, else the personas inside the run dir."""
-    return Path(str(cfg["data-dir"])) if cfg["data-dir"] else Path(str(cfg["out-dir"])) / "data"
 
 
 def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
@@ -150,42 +142,6 @@ def write_simulated_consent(out: Path, cfg: Mapping[str, Scalar]) -> Path:
     """
     tables = simulated_policy_tables(cfg, owners_policy_file(cfg["data-dir"]))
     return write_device_policy(out / "devices" / DEVICE_POLICY_FILENAME, tables)
-
-
-def index_root(cfg: Mapping[str, Scalar]) -> Path:
-    """Where a run keeps its data indexes (``cdcda_fl.data.index``): built once, read by every node."""
-    return Path(str(cfg["out-dir"])) / "index"
-
-
-def task_indexes(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[TaskIndex]:
-    """One validated index per task of the run (raises LampDataError for a broken file)."""
-    return [task_index(data_dir_of(cfg), spec.name, str(cfg["split"]), root or index_root(cfg))
-            for spec in parse_task_list(str(cfg["tasks"]))]
-
-
-def user_refs(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[UserRef]:
-    """All valid users of the run, task-major, in a fixed order (the order nodes are assigned in).
-
-    Only the index is read, not the users' records: cheap in every Ray worker.
-    """
-    max_users = int(cfg["users"]) or None
-    return [ref for index in task_indexes(cfg, root) for ref in select_users(index.users, max_users)]
-
-
-def load_users(cfg: Mapping[str, Scalar], refs: Sequence[UserRef], root: Path | None = None) -> list[User]:
-    """The records of just these users, read by offset from the LaMP files (order kept)."""
-    by_task = {index.task: index for index in task_indexes(cfg, root)}
-    return [user for ref in refs for user in by_task[ref.task].load_users([ref])]
-
-
-def list_users(cfg: Mapping[str, Scalar]) -> list[User]:
-    """All users of the run with their records (see :func:`user_refs` for the order)."""
-    return load_users(cfg, user_refs(cfg))
-
-
-def data_issues(cfg: Mapping[str, Scalar]) -> list[DataIssue]:
-    """Every invalid record of the run's data and the user it makes the run skip."""
-    return [issue for index in task_indexes(cfg) for issue in index.issues]
 
 
 class RunDataError(ValueError):

@@ -26,7 +26,7 @@ from cdcda_fl.data.lamp import record_user_id
 from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.policy_file import device_policy_values, load_device_policy, write_device_policy
-from cdcda_fl.runs import list_users
+from cdcda_fl.data.run_data import list_users
 
 from .common import LabError
 

@@ -221,7 +221,7 @@ def test_cdcda_from_the_global_adapter_follows_cdcdas_decision(tmp_path: Path) -
     """cdcda+fedavg trains real + synthetic from the global adapter when CDCDA uses the cloud's
     records (rule none: always), and its paired difference against fedavg+local is reported."""
     from cdcda_fl import orchestrator
-    from cdcda_fl.runs import user_key
+    from cdcda_fl.data.run_data import user_key
     from strategies.cloud_augment import GridTransport
 
     class Writer:  # the cloud, stubbed: two labelled records per user

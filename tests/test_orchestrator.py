@@ -15,7 +15,8 @@ import pytest
 from cdcda_fl import orchestrator
 from cdcda_fl.config import resolve
 from cdcda_fl.orchestrator import PERSONALIZE, SHARE, Reply
-from cdcda_fl.runs import list_users, prepare_run_dir, user_key
+from cdcda_fl.data.run_data import list_users, user_key
+from cdcda_fl.runs import prepare_run_dir
 
 Node = Callable[[str, Mapping[str, Any]], "dict[str, Any] | Exception | None"]
 

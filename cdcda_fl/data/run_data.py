@@ -1,0 +1,61 @@
+"""Which users a run reads from its data dir, and how one user is named: shared by both sides.
+
+The server (orchestrator, run dir) and the device node (its hosted users) resolve the same users
+in the same fixed order from the same index; this lives in the data layer so the device side does
+not import the server's run-directory module to do it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cdcda_fl.config import Scalar
+from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
+from cdcda_fl.data.lamp import User
+from cdcda_fl.data.tasks import parse_task_list
+
+
+def user_key(task: str, user_id: str) -> str:
+    return f"{task}/{user_id}"
+
+
+def data_dir_of(cfg: Mapping[str, Scalar]) -> Path:
+    """The data directory a run reads: the configured one, else the personas inside the run dir."""
+    return Path(str(cfg["data-dir"])) if cfg["data-dir"] else Path(str(cfg["out-dir"])) / "data"
+
+
+def index_root(cfg: Mapping[str, Scalar]) -> Path:
+    """Where a run keeps its data indexes (``cdcda_fl.data.index``): built once, read by every node."""
+    return Path(str(cfg["out-dir"])) / "index"
+
+
+def task_indexes(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[TaskIndex]:
+    """One validated index per task of the run (raises LampDataError for a broken file)."""
+    return [task_index(data_dir_of(cfg), spec.name, str(cfg["split"]), root or index_root(cfg))
+            for spec in parse_task_list(str(cfg["tasks"]))]
+
+
+def user_refs(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[UserRef]:
+    """All valid users of the run, task-major, in a fixed order (the order nodes are assigned in).
+
+    Only the index is read, not the users' records: cheap in every Ray worker.
+    """
+    max_users = int(cfg["users"]) or None
+    return [ref for index in task_indexes(cfg, root) for ref in select_users(index.users, max_users)]
+
+
+def load_users(cfg: Mapping[str, Scalar], refs: Sequence[UserRef], root: Path | None = None) -> list[User]:
+    """The records of just these users, read by offset from the LaMP files (order kept)."""
+    by_task = {index.task: index for index in task_indexes(cfg, root)}
+    return [user for ref in refs for user in by_task[ref.task].load_users([ref])]
+
+
+def list_users(cfg: Mapping[str, Scalar]) -> list[User]:
+    """All users of the run with their records (see :func:`user_refs` for the order)."""
+    return load_users(cfg, user_refs(cfg))
+
+
+def data_issues(cfg: Mapping[str, Scalar]) -> list[DataIssue]:
+    """Every invalid record of the run's data and the user it makes the run skip."""
+    return [issue for index in task_indexes(cfg) for issue in index.issues]
