@@ -146,6 +146,16 @@ class ReceivedConfig(dict):
         return (ReceivedConfig, (self.kind, dict(self)))
 
 
+def carries(cfg: Mapping[str, Any], key: str) -> bool:
+    """Does this config hold ``key``: a plain run config, or a message kind that sends it.
+
+    For code that serves several message kinds and needs a key only some of them carry (asking
+    a :class:`ReceivedConfig` with ``in`` raises, on purpose)."""
+    if isinstance(cfg, ReceivedConfig):
+        return dict.__contains__(cfg, key)
+    return key in cfg
+
+
 def config_section(cfg: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The keys of ``cfg`` under ``prefix``; on a device, only a section its message carries."""
     if isinstance(cfg, ReceivedConfig):

@@ -113,3 +113,17 @@ def test_models_the_owner_listed_load(device, tmp_path: Path) -> None:
     (home / "models.txt").write_text(f"# my models\n{folder}\n")
     assert "error" not in _personalize(cfg, node, **{"device.model": folder})
     assert "error" not in _personalize(cfg, node)  # bundled presets are always allowed
+
+
+def test_a_fedavg_message_is_checked_against_the_device_model_only(tmp_path: Path) -> None:
+    """A FedAvg round's config carries no ``methods``; the owner's model check read it and failed
+    every round on real devices (issue 31, found with deploy/lab.sh)."""
+    from cdcda_fl.config import message_config, received_config
+    from cdcda_fl.device.model_policy import enforce_owner_models, requested_models
+
+    cfg = resolve({"tasks": "LaMP_5", "device.model": "tiny-random", "methods": "base,fedavg,cloud"})
+    fedavg_cfg = received_config("fedavg", message_config("fedavg", cfg))
+    assert requested_models(fedavg_cfg) == [("device.model", "tiny-random")]
+    enforce_owner_models({"data-dir": str(tmp_path)}, fedavg_cfg, tmp_path)  # a preset: allowed, no error
+    personalize_cfg = received_config("personalize", message_config("personalize", cfg))
+    assert ("cloud.model", str(cfg["cloud.model"])) in requested_models(personalize_cfg)

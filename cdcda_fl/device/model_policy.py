@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import csv_list, methods_of
+from cdcda_fl.config import carries, csv_list, methods_of
 from cdcda_fl.device.models import PRESETS
 
 NODE_CONFIG_KEY = "allowed-models"
@@ -53,9 +53,12 @@ def allowed_models(node_config: Mapping[str, Any], home: Path) -> frozenset[str]
 
 
 def requested_models(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(config key, model)`` for every model a personalize message makes the device load."""
+    """``(config key, model)`` for every model a message makes the device load.
+
+    A FedAvg round's message carries no ``methods`` (it trains the device model only); reading it
+    there failed every round on real devices (found with the lab, issue 31)."""
     wanted = [("device.model", str(cfg["device.model"]))]
-    if "cloud" in methods_of(cfg) and str(cfg["cloud.backend"]).strip().lower() == "hf":
+    if carries(cfg, "methods") and "cloud" in methods_of(cfg) and str(cfg["cloud.backend"]).strip().lower() == "hf":
         wanted.append(("cloud.model", str(cfg["cloud.model"])))
     return wanted
 
