@@ -76,7 +76,8 @@ _LOCATE_USERS = ("tasks", "users", "split", "data-dir", "data.strict", "out-dir"
 MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
     "share": (*_LOCATE_USERS, "consent."),
     # one FedAvg round on the device: its users' real records train the global adapter
-    "fedavg": (*_LOCATE_USERS, "device.", "train.", "fedavg.local-steps"),
+    # (consent.*: the server's ceiling on what a device shares, which `federated = "shared"` trains on)
+    "fedavg": (*_LOCATE_USERS, "consent.", "device.", "train.", "fedavg.local-steps"),
     "personalize": (*_LOCATE_USERS, "methods", "device.", "train.", "dp.", "rag.", "eval.", "mia.",
                     # the cloud upper bound answers on the device with the in-process (hf) cloud model
                     "cloud.backend", "cloud.model", "cloud.device", "cloud.prompt-style", "cloud.batch-size"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import cdcda_fl.device_node as device_node
-from cdcda_fl.config import resolve
+from cdcda_fl.config import message_config, received_config, resolve
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.device_node import SIMULATED, FederatedNotConsented, fedavg_round, federated_training_users, hosted_users
 from cdcda_fl.privacy.consent import ConsentError
@@ -18,10 +18,12 @@ from cdcda_fl.privacy.report import generic_error
 
 @pytest.fixture()
 def cfg(tmp_path: Path) -> dict:
+    """What a device receives with a FedAvg message (a ReceivedConfig: unsent keys raise, as on a node)."""
     data = tmp_path / "data"
     write_personas(data, users=1, tasks=["LaMP_5"], seed=3, splits=("dev",), queries_per_user=1)
-    return resolve({"tasks": "LaMP_5", "users": 1, "data-dir": str(data), "out-dir": str(tmp_path / "run"),
-                    "device.model": "tiny-random", "methods": "fedavg", "consent.share-fraction": 1.0})
+    run = resolve({"tasks": "LaMP_5", "users": 1, "data-dir": str(data), "out-dir": str(tmp_path / "run"),
+                   "device.model": "tiny-random", "methods": "fedavg", "consent.share-fraction": 1.0})
+    return received_config("fedavg", message_config("fedavg", run))
 
 
 @pytest.fixture()
