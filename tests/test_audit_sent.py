@@ -37,3 +37,20 @@ def test_sent_sums_records_bytes_and_results_per_user(tmp_path: Path, capsys) ->
     assert json.loads(capsys.readouterr().out)[0]["records"] == 1
     assert main(["audit", "sent", str(tmp_path / "nope")]) == 1
     assert "no audit log at" in capsys.readouterr().err
+
+
+def test_fedavg_updates_are_counted_in_what_a_device_sent(tmp_path: Path) -> None:
+    """The lab's summary left out FedAvg updates (30 kB each on tiny-random, 3.7 MB on SmolLM2):
+    every byte that left is in the log, and the owner's summary must show it (issue 31)."""
+    from cdcda_fl.privacy.sent import format_sent
+
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for rnd in (1, 2):
+        log.record_bytes("update", "*", "LaMP_2", n_bytes=1000 + rnd, sha256="0" * 64,
+                         fields=["arrays", "metrics.num-examples"], destination="server", request="fedavg",
+                         round=rnd, users=["alice"], n_arrays=16)
+    summary = summarize_sent(tmp_path)
+    assert summary["update_bytes"] == 2003 and len(summary["updates"]) == 2
+    text = format_sent(summary, "node0")
+    assert "2 FedAvg update(s) of 2003 bytes" in text.splitlines()[0]
+    assert "LaMP_2: 2 FedAvg update(s) (adapter arrays + record count), 2003 bytes, trained on alice" in text

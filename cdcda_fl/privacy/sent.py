@@ -32,15 +32,21 @@ def summarize_sent(path: str | os.PathLike[str], *, skip: int = 0) -> dict[str, 
     results = [{"user": ln["user"], "task": ln["task"], "report": ln.get("report", ""), "bytes": int(ln.get("bytes", 0))}
                for ln in lines if ln.get("kind") == "result"]
     replies = [ln for ln in lines if ln.get("kind") == "reply"]
+    # FedAvg updates (methods fedavg, fedavg+local, cdcda+fedavg): adapter arrays, one line per round
+    updates = [{"task": ln.get("task", ""), "round": ln.get("round"), "bytes": int(ln.get("bytes", 0)),
+                "users": list(ln.get("users") or [])} for ln in lines if ln.get("kind") == "update"]
     return {"log": str(log.resolve()), "lines": len(lines), "records": sum(s["records"] for s in shares),
             "share_bytes": sum(s["bytes"] for s in shares), "shares": shares, "results": results,
-            "replies": len(replies), "reply_bytes": sum(int(r.get("bytes", 0)) for r in replies)}
+            "replies": len(replies), "reply_bytes": sum(int(r.get("bytes", 0)) for r in replies),
+            "updates": updates, "update_bytes": sum(u["bytes"] for u in updates)}
 
 
 def format_sent(summary: dict[str, Any], name: str = "") -> str:
     """A few lines a person reads: per user/task how many records (of how many) and which result level."""
+    updates = summary.get("updates", [])
+    fedavg = f", {len(updates)} FedAvg update(s) of {summary.get('update_bytes', 0)} bytes" if updates else ""
     head = f"{name + ': ' if name else ''}shared {summary['records']} record(s), {summary['share_bytes']} bytes " \
-           f"({summary['replies']} replies, {summary['reply_bytes']} bytes in all)   [{summary['log']}]"
+           f"({summary['replies']} replies, {summary['reply_bytes']} bytes in all{fedavg})   [{summary['log']}]"
     out = [head]
     for s in summary["shares"]:
         of = f" of {s['of']}" if s["of"] is not None else ""
@@ -48,6 +54,13 @@ def format_sent(summary: dict[str, Any], name: str = "") -> str:
                    + (f", fields {','.join(s['fields'])}" if s["records"] else ""))
     for r in summary["results"]:
         out.append(f"  {r['task']}/{r['user']}: result ({r['report'] or 'error'}), {r['bytes']} bytes")
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for u in summary.get("updates", []):
+        by_task.setdefault(u["task"], []).append(u)
+    for task, ups in sorted(by_task.items()):
+        users = sorted({x for u in ups for x in u["users"]})
+        out.append(f"  {task}: {len(ups)} FedAvg update(s) (adapter arrays + record count), "
+                   f"{sum(u['bytes'] for u in ups)} bytes, trained on {', '.join(users) or 'no user'}")
     return "\n".join(out)
 
 
