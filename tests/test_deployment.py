@@ -144,3 +144,27 @@ def test_lab_deploy_of_the_tiny_config_shows_cdcda_using_shared_records(tmp_path
     cdcda = [r for r in results["table"] if r["method"] == "cdcda"]
     assert cdcda and all(r["n_users"] == 2 for r in cdcda)
     assert "synth/user n/r" in printed  # not "0.0": real devices do not report the count
+
+
+def test_fedavg_runs_on_real_devices_through_the_lab(tmp_path, capsys) -> None:
+    """FedAvg over a TLS SuperLink and two real SuperNodes (issue 31): every round failed on real
+    devices (the owner's model check and the consent ceiling read keys a FedAvg message did not
+    carry) while every simulated test passed. The rows come back and each device logged its updates."""
+    import json
+
+    from cdcda_fl.privacy.sent import summarize_sent
+    from deploy.lab import main
+
+    out = tmp_path / "run"
+    rc = main(["deploy", str(CONFIG), "--set", "users=2", "--set", "methods=base,fedavg,fedavg+local",
+               "--set", "fedavg.rounds=1", "--set", "fedavg.local-steps=1", "--set", f"out-dir={out}",
+               "--writer", "config", "--work", str(tmp_path / "lab")])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    results = json.loads((out / "results.json").read_text())
+    rows = {(r["task"], r["method"]) for r in results["table"]}
+    assert {("LaMP_2", "fedavg"), ("LaMP_2", "fedavg+local"), ("LaMP_5", "fedavg")} <= rows
+    for node in ("node0", "node1"):
+        sent = summarize_sent(tmp_path / "lab" / "devices" / node / "storage")
+        assert {u["task"] for u in sent["updates"]} == {"LaMP_2", "LaMP_5"} and sent["update_bytes"] > 0
+    assert "FedAvg update(s)" in printed
