@@ -34,7 +34,6 @@ from cdcda_fl.data.lamp import write_outputs, write_questions
 from cdcda_fl.data.oracle_items import disjoint_items, oracle_path, write_oracle_items
 from cdcda_fl.data.personas import (
     DEFAULT_PROFILE_SIZE,
-    DESCRIPTION_FRAMES,
     FRIENDS,
     ORACLE_ITEMS,
     PRODUCT_CATEGORIES,
@@ -44,15 +43,14 @@ from cdcda_fl.data.personas import (
     REVIEW_OPENERS,
     SENTIMENT,
     SENTIMENT_LEVEL_WEIGHTS,
-    TAG_CUES,
     TAG_POPULARITY,
     TWEET_ACTIVITIES,
-    WHO,
     Record,
     _Author,
     _dirichlet,
     _weighted,
     check_user_prefix,
+    draw_movie,
     draw_profile_size,
     sentence_case,
     title_case,
@@ -237,18 +235,7 @@ def movie_items(person: PersonTraits, r: random.Random) -> Iterator[Item]:
     favoured = interest_tags(person.interests)
     watched = {t: TAG_POPULARITY[t] * (3.0 if t in favoured else 1.0) for t in sorted(MOVIE_TAGS)}
     while True:
-        n_cued = 3 if r.random() < 0.4 else 2
-        cued: list[str] = []
-        while len(cued) < n_cued:
-            cued.append(_weighted(r, {t: w for t, w in watched.items() if t not in cued}))
-        tag = max(cued, key=lambda t: person.tag_rank[t]) if r.random() >= 0.12 else r.choice(cued)
-        cues = [r.choice(TAG_CUES[t]) for t in cued]
-        r.shuffle(cues)
-        who = r.choice(WHO)
-        text = r.choice(DESCRIPTION_FRAMES).format(who=who, Who=sentence_case(who), a=cues[0], A=sentence_case(cues[0]),
-                                                   b=cues[1], B=sentence_case(cues[1]))
-        if n_cued == 3:
-            text += f" {sentence_case(cues[2])}."
+        text, tag = draw_movie(r, watched, person.tag_rank)
         yield {"description": text, "tag": tag}, LAMP2_TEMPLATE.format(description=text), tag
 
 

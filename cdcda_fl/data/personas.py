@@ -166,6 +166,26 @@ DESCRIPTION_FRAMES: tuple[str, ...] = (
 )
 
 
+def draw_movie(r: random.Random, watched: Mapping[str, float], rank: Mapping[str, float]) -> tuple[str, str]:
+    """One LaMP-2 movie: 2-3 tags cued (drawn by ``watched`` weight), its description, and the tag
+    the user gives it (the cued tag ``rank`` puts highest; 12 % of the time another cued one).
+
+    Shared by the one-task and the multi-task personas, so both draw movies the same way."""
+    k = 3 if r.random() < 0.4 else 2
+    cued: list[str] = []
+    while len(cued) < k:
+        cued.append(_weighted(r, {t: w for t, w in watched.items() if t not in cued}))
+    tag = max(cued, key=lambda t: rank[t]) if r.random() >= 0.12 else r.choice(cued)
+    cues = [r.choice(TAG_CUES[t]) for t in cued]
+    r.shuffle(cues)
+    who = r.choice(WHO)
+    text = r.choice(DESCRIPTION_FRAMES).format(who=who, Who=sentence_case(who), a=cues[0], A=sentence_case(cues[0]),
+                                               b=cues[1], B=sentence_case(cues[1]))
+    if k == 3:
+        text += f" {sentence_case(cues[2])}."
+    return text, tag
+
+
 def _lamp2_user(r: random.Random, uid: str, n_profile: int, n_queries: int) -> UserData:
     """A user ranks tags (taste x popularity); a movie cues 2-3 tags and the user picks the one ranked highest.
 
@@ -176,21 +196,10 @@ def _lamp2_user(r: random.Random, uid: str, n_profile: int, n_queries: int) -> U
     taste = _dirichlet(r, [0.5] * len(tags))
     rank = {t: w * math.sqrt(TAG_POPULARITY[t]) for t, w in zip(tags, taste)}
 
+    watched = {t: TAG_POPULARITY[t] for t in tags}
+
     def movie() -> tuple[str, str]:
-        k = 3 if r.random() < 0.4 else 2
-        cued: list[str] = []
-        while len(cued) < k:
-            t = _weighted(r, {t: TAG_POPULARITY[t] for t in tags if t not in cued})
-            cued.append(t)
-        tag = max(cued, key=lambda t: rank[t]) if r.random() >= 0.12 else r.choice(cued)
-        cues = [r.choice(TAG_CUES[t]) for t in cued]
-        r.shuffle(cues)
-        who = r.choice(WHO)
-        text = r.choice(DESCRIPTION_FRAMES).format(who=who, Who=sentence_case(who), a=cues[0], A=sentence_case(cues[0]),
-                                                   b=cues[1], B=sentence_case(cues[1]))
-        if k == 3:
-            text += f" {sentence_case(cues[2])}."
-        return text, tag
+        return draw_movie(r, watched, rank)
 
     profile = [{"id": f"{uid}-p{i}", "description": d, "tag": t} for i, (d, t) in
                enumerate(movie() for _ in range(n_profile))]
