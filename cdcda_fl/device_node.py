@@ -46,7 +46,7 @@ from cdcda_fl.device.federated import local_round, store_global
 from cdcda_fl.device.model_policy import enforce_owner_models
 from cdcda_fl.device.personalize import personalize_users
 from cdcda_fl.privacy.audit_log import AuditLog, canonical_json
-from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, share_nothing
+from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, SharedRecords, share_nothing
 from cdcda_fl.privacy.policy_file import DevicePolicy, load_device_policy
 from cdcda_fl.privacy.record_ids import device_key
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
@@ -257,6 +257,15 @@ def _ceiling(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Conse
     return ConsentPolicy.ceiling_from_config(cfg) if is_real_device(node_config) else None
 
 
+def owners_share(user: User, own: DevicePolicy | None, ceiling: ConsentPolicy | None, id_key: bytes) -> SharedRecords:
+    """This user's records as they leave the device (owner's policy, none = nothing; the server's
+    ceiling; the cap): the share reply sends them, ``federated = "shared"`` trains on them."""
+    policy = own.policy_for(user.user_id) if own is not None else share_nothing()
+    if ceiling is not None:
+        policy = policy.stricter(ceiling)
+    return cap_shared(policy.apply(get_task(user.task), user.user_id, user.profile, id_key=id_key))
+
+
 def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Mapping[str, Any]) -> dict[str, Any]:
     """Each hosted user's records under the owner's policy, made stricter by the server's keys."""
     try:
@@ -274,10 +283,7 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
         if not request.get("share", True):
             continue
         try:
-            policy = own.policy_for(user.user_id) if own is not None else share_nothing()
-            if ceiling is not None:
-                policy = policy.stricter(ceiling)
-            shared = cap_shared(policy.apply(get_task(user.task), user.user_id, user.profile, id_key=id_key))
+            shared = owners_share(user, own, ceiling, id_key)
             audit.record(shared, destination="server", request="share", local=True)
             record_shared(home, user.task, user.user_id, shared.local_ids)  # what DP treats as seen
             shares.append(shared.to_dict())
@@ -390,11 +396,9 @@ def federated_training_users(users: list[User], own: DevicePolicy | None, node_c
                              cfg: Mapping[str, Scalar], home: Path) -> tuple[list[User], dict[str, str]]:
     """The users as a FedAvg update may see them, under each owner's ``federated`` key.
 
-    An update is computed from records and leaks what model updates leak, so the owner decides
-    (privacy/consent.py, FEDERATED_MODES): ``all`` trains on every real record, ``shared`` only on
-    the records the owner's policy (with the server's ceiling) lets leave, exactly as they would
-    leave (allowed fields, scrubbed), ``none`` leaves the user out. Silent owners: ``shared`` on a
-    real device, ``all`` in simulation. Returns the users to train on and each user's mode.
+    An update leaks what model updates leak, so the owner decides (consent.py, FEDERATED_MODES):
+    ``all`` = every real record, ``shared`` = :func:`owners_share`, ``none`` = left out; silent
+    owners: ``shared`` on a real device, ``all`` in simulation. Returns the users and their modes.
     """
     default = "shared" if is_real_device(node_config) else "all"
     ceiling = _ceiling(node_config, cfg)
@@ -407,11 +411,7 @@ def federated_training_users(users: list[User], own: DevicePolicy | None, node_c
         if mode == "all":
             kept.append(user)
         elif mode == "shared":
-            policy = own.policy_for(user.user_id) if own is not None else share_nothing()
-            if ceiling is not None:
-                policy = policy.stricter(ceiling)
-            records = list(cap_shared(policy.apply(get_task(user.task), user.user_id, user.profile,
-                                                   id_key=id_key)).records)
+            records = list(owners_share(user, own, ceiling, id_key).records)
             try:
                 usable = bool(records) and bool(get_task(user.task).profile_to_pairs(records))
             except (KeyError, TypeError, ValueError):  # the owner withholds a field training needs
