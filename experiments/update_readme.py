@@ -161,7 +161,6 @@ def profile_sizes_of(run: Path) -> dict[str, dict[str, int]]:
 
 
 SIZE_METHODS = ("base", "local", "fedavg+local", "cdcda")
-SIZE_BUCKETS = (("≤ 5", 0, 5), ("6–15", 6, 15), ("> 15", 16, 10**9))  # as experiments/share_curve.py
 
 
 def _size_groups(sizes: dict[str, int]) -> list[tuple[str, list[str]]]:
@@ -169,7 +168,8 @@ def _size_groups(sizes: dict[str, int]) -> list[tuple[str, list[str]]]:
     distinct = sorted(set(sizes.values()))
     if len(distinct) <= 6:
         return [(str(n), [u for u, m in sizes.items() if m == n]) for n in distinct]
-    return [(label, [u for u, m in sizes.items() if lo <= m <= hi]) for label, lo, hi in SIZE_BUCKETS]
+    buckets = _share_curve_module().BUCKETS  # one definition of the profile-size buckets (the share curve's)
+    return [(label, [u for u, m in sizes.items() if lo <= m <= hi]) for label, lo, hi in buckets]
 
 
 def size_table(results: dict, sizes: dict[str, dict[str, int]]) -> list[str]:

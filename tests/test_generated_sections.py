@@ -141,4 +141,4 @@ def test_a_run_part_with_profile_sizes_gets_the_size_breakdown() -> None:
     assert set(rows) == {"4", "32"}
     assert "-0.100 [-0.100, -0.100] | -0.200 [-0.200, -0.200] |" in rows["4"]
     many = {f"u{i}": i + 1 for i in range(20)}
-    assert [g for g, _ in update._size_groups(many)] == ["≤ 5", "6–15", "> 15"]
+    assert [g for g, _ in update._size_groups(many)] == ["≤5", "6–15", ">15"]
