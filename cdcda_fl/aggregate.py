@@ -175,8 +175,10 @@ def _summaries(spec: TaskSpec, tally: TaskTally, problems: list[dict[str, str]])
     return rows
 
 
-#: paired differences results.json reports per task (when both methods were scored)
-PAIRS = (("cdcda", "local"), ("cdcda", "fedavg+local"))
+#: paired differences results.json reports per task (when both methods were scored): CDCDA against
+#: what it extends, and the per-user vs federated comparisons of the family table (paper_table.py)
+PAIRS = (("cdcda", "local"), ("cdcda", "fedavg+local"), ("fedavg", "local"), ("fedavg+local", "local"),
+         ("cdcda+fedavg", "cdcda"))
 
 
 def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

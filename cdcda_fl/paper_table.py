@@ -129,7 +129,8 @@ def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     return lines
 
 
-# Which family wins where (issue 31): (label, method a, method b) -> a - b per user, paired.
+# Which family wins where (issue 31): (label, a, b); the paired a − b per user is computed with every
+# other comparison (aggregate.PAIRS -> results.json "intervals"), not here.
 FAMILY_PAIRS = (("FedAvg − local", "fedavg", "local"),
                 ("FedAvg + local − local", "fedavg+local", "local"),
                 ("CDCDA − FedAvg + local", "cdcda", "fedavg+local"),
@@ -139,41 +140,34 @@ FAMILY_PAIRS = (("FedAvg − local", "fedavg", "local"),
 def family_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """Per-user methods (local, CDCDA) against federated ones (FedAvg, FedAvg + local), paired per user.
 
-    Each cell is the mean per-user difference with its 95 % bootstrap interval and W/T/L (positive
-    = the first method is better; for MAE the sign is flipped), computed from the per-user metrics
-    in ``intervals`` -- so a reader sees which family wins where without typing a number.
-    Empty when the run has no federated method.
+    Each cell is results.json's comparison block for the pair: the mean per-user gain with its 95 %
+    bootstrap interval and W/T/L (positive = the first method is better; for MAE the sign is
+    flipped) -- so a reader sees which family wins where without typing a number. Empty when the
+    run has no federated method.
     """
-    from cdcda_fl.stats import TIE_TOLERANCE, format_interval, paired_diff_ci, win_tie_loss
-
     header = "| Task | Metric | " + " | ".join(label for label, _, _ in FAMILY_PAIRS) + " | Users |"
     lines: list[str] = []
     verdicts: list[str] = []
     for task in tasks:
         block = (results.get("intervals") or {}).get(task) or {}
-        per_user = block.get("per_user") or {}
-        if not any(m in per_user for _, m, _ in FAMILY_PAIRS[:2]):
+        if not any(f"{a}_vs_{b}" in block for _, a, b in FAMILY_PAIRS[:2]):
             continue
         lower = not block.get("higher_is_better", True)
-        cells, widest, significant_diffs = [], 0, []
+        cells, widest, significant = [], 0, []
         for label, a, b in FAMILY_PAIRS:
-            users = sorted(set(per_user.get(a, {})) & set(per_user.get(b, {})))
-            if len(users) < 2:
+            pair = block.get(f"{a}_vs_{b}")
+            if not pair or pair["n_users"] < 2:
                 cells.append("–")
                 continue
-            x = [per_user[a][u] for u in users]
-            y = [per_user[b][u] for u in users]
-            diff = paired_diff_ci(y, x) if lower else paired_diff_ci(x, y)
-            wtl = win_tie_loss(x, y, tie=TIE_TOLERANCE, lower_is_better=lower)
-            significant = diff.lo is not None and (diff.lo > 0 or diff.hi < 0)
-            text = format_interval(diff, signed=True)
-            cells.append(f"{'**' + text + '**' if significant else text} {wtl.wins}/{wtl.ties}/{wtl.losses}")
-            if significant:
-                significant_diffs.append((label, a, b, diff.mean, text))
-            widest = max(widest, len(users))
+            text = gain_text(pair)
+            ahead = pair["verdict"] != "not significant"
+            cells.append(f"{'**' + text + '**' if ahead else text} {wtl_text(pair)}")
+            if ahead:
+                significant.append((label, a, b, pair["gain"]["mean"], text))
+            widest = max(widest, int(pair["n_users"]))
         lines.append(f"| {task.replace('_', '-')} | {block.get('metric', '')} {'↓' if lower else '↑'} | "
                      + " | ".join(cells) + f" | {widest} |")
-        verdicts.append(family_verdict(task, significant_diffs))
+        verdicts.append(family_verdict(task, significant))
     if not lines:
         return []
     return ["", header, "|---|---|" + "---:|" * len(FAMILY_PAIRS) + "---:|", *lines, "",
@@ -182,22 +176,17 @@ def family_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
             *verdicts]
 
 
-FEDERATED_FAMILY = {"fedavg", "fedavg+local", "cdcda+fedavg"}
-
-
 def family_verdict(task: str, significant: list[tuple[str, str, str, float, str]]) -> str:
     """One sentence per task, from the differences whose interval excludes zero (none: a tie)."""
     name = task.replace("_", "-")
     if not significant:
         return f"- {name}: no family is ahead beyond noise (every interval above contains zero)."
+    federated = set(FEDERATED_METHODS)
     federated_ahead = [f"{label} {text}" for label, a, b, mean, text in significant
-                       if (a in FEDERATED_FAMILY) != (b in FEDERATED_FAMILY)
-                       and (mean > 0) == (a in FEDERATED_FAMILY)]
+                       if (a in federated) != (b in federated) and (mean > 0) == (a in federated)]
     per_user_ahead = [f"{label} {text}" for label, a, b, mean, text in significant
-                      if (a in FEDERATED_FAMILY) != (b in FEDERATED_FAMILY)
-                      and (mean > 0) != (a in FEDERATED_FAMILY)]
-    within = [f"{label} {text}" for label, a, b, mean, text in significant
-              if (a in FEDERATED_FAMILY) == (b in FEDERATED_FAMILY)]
+                      if (a in federated) != (b in federated) and (mean > 0) != (a in federated)]
+    within = [f"{label} {text}" for label, a, b, mean, text in significant if (a in federated) == (b in federated)]
     parts = []
     if federated_ahead:
         parts.append("the federated family is ahead (" + "; ".join(federated_ahead) + ")")

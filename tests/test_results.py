@@ -309,15 +309,21 @@ def test_synthetic_count_not_reported_is_not_shown_as_zero(tmp_path: Path) -> No
 
 
 def test_family_table_compares_per_user_and_federated_methods_paired() -> None:
-    """Issue 31: which family wins where, from the per-user metrics (no typed number)."""
+    """Issue 31: which family wins where, from the run's paired comparisons (no typed number)."""
+    from cdcda_fl.aggregate import PAIRS
     from cdcda_fl.paper_table import family_table
+    from cdcda_fl.stats import task_intervals
+
+    def intervals(per_user: dict) -> dict:  # as aggregate computes them: one query per user here
+        scored = {m: {u: (v, 1.0) for u, v in values.items()} for m, values in per_user.items()}
+        return task_intervals(scored, "rouge-1", lower_is_better=False, pairs=PAIRS)
 
     users = [f"u{i}" for i in range(6)]
     local = dict(zip(users, [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
     per_user = {"local": local, "cdcda": dict(local),
                 "fedavg": {u: v - 0.1 for u, v in local.items()},  # uniformly worse: significant
                 "fedavg+local": {u: v + (0.05 if i % 2 else -0.05) for i, (u, v) in enumerate(local.items())}}
-    results = {"intervals": {"LaMP_5": {"metric": "rouge-1", "higher_is_better": True, "per_user": per_user}}}
+    results = {"intervals": {"LaMP_5": intervals(per_user)}}
     lines = family_table(results, ["LaMP_5"])
     row = next(line for line in lines if line.startswith("| LaMP-5"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -326,4 +332,4 @@ def test_family_table_compares_per_user_and_federated_methods_paired() -> None:
     assert cells[5] == "–" and cells[6] == "6"  # no cdcda+fedavg in this run
     # the generated sentence: FedAvg alone is significantly worse than local-only here
     assert lines[-1] == "- LaMP-5: the per-user family is ahead (FedAvg − local -0.100 [-0.100, -0.100])."
-    assert family_table({"intervals": {"LaMP_5": {"per_user": {"local": local, "cdcda": local}}}}, ["LaMP_5"]) == []
+    assert family_table({"intervals": {"LaMP_5": intervals({"local": local, "cdcda": local})}}, ["LaMP_5"]) == []
