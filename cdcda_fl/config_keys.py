@@ -62,9 +62,10 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                          "the base model where personalization scores below it); holdout = a "
                                          "held-out third (needs train.synthetic-gate-min-held-out items); none = always"),
     "train.synthetic-gate-folds": (2, "crossfit check: folds over the user's real items (at most one per item)"),
-    "train.synthetic-gate-criterion": ("loss+metric", "holdout check: loss+metric = lower held-out loss AND a task "
-                                                      "metric no worse on the held-out items; loss+better-metric "
-                                                      "= AND a strictly better metric; loss = loss only"),
+    "train.synthetic-gate-criterion": ("loss+better-metric", "the check's rule: loss+better-metric = lower held-out "
+                                                             "loss AND a strictly better task metric on the held-out "
+                                                             "items (a tie falls back); loss+metric = AND a metric no "
+                                                             "worse; loss = loss only"),
     "train.synthetic-gate-fraction": (0.34, "share of the user's real items the holdout check holds out"),
     "train.synthetic-gate-margin": (0.0, "nats per output token synthetic data must gain on held-out items"),
     "train.synthetic-gate-min-real": (0, "users with fewer real items use the cloud's records unchecked (0: nobody)"),

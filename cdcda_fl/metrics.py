@@ -98,6 +98,26 @@ def score(task: str | TaskSpec, golds: Mapping[str, str], preds: Mapping[str, st
     return rouge_metrics(g, p)
 
 
+def per_example(task: str | TaskSpec, golds: Sequence[str], preds: Sequence[str]) -> list[float]:
+    """The task's primary metric of each example alone (exact label match, absolute rating error,
+    ROUGE-1 F); their mean is :func:`score`'s primary metric.
+
+    The device's check scores every item of every user three times over; :func:`score` computes
+    macro-F1 with scikit-learn, whose argument validation alone cost a third of a tiny user's
+    device time (benchmarks/scale.py profile, 2026-12-07) for a metric the check never reads.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if len(golds) != len(preds):
+        raise PredictionMismatchError(f"{len(golds)} gold(s) against {len(preds)} prediction(s)")
+    if spec.kind == "classification":
+        index = {label: i for i, label in enumerate(spec.labels or ())}
+        return [float(index.get(g.strip(), -1) == index.get(p.strip(), -2)) for g, p in zip(golds, preds)]
+    if spec.kind == "regression":
+        return [abs(_rating_or_far(p, float(g)) - float(g)) for g, p in zip(golds, preds)]
+    scorer = _scorer()
+    return [scorer.score(g, p)["rouge1"].fmeasure for g, p in zip(golds, preds)]
+
+
 def primary_metric(task: str | TaskSpec) -> str:
     """The metric a table leads with for the task (accuracy, MAE or ROUGE-1)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)

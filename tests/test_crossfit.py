@@ -135,3 +135,22 @@ def test_the_base_model_needs_three_items_of_evidence() -> None:
     s = _scores([2.0] * 4, [2.5] * 4, ["x", "y", "z", "q"], ["q"] * 4, ["q"] * 4)
     v = judge(s, margin=0.0, criterion="loss+metric", metric_of=_acc(golds), higher_is_better=True, per_item=per_item)
     assert v.answer_with == "base" and "3 more item(s)" in v.reason
+
+
+def test_a_lower_loss_with_tied_answers_falls_back_under_the_default_criterion() -> None:
+    """The LaMP-3 personas bug (2026-12-07): integer ratings whose mean error tied while the loss
+    fell passed the check for 6 of 12 users, and CDCDA lost 0.118 MAE [0.021, 0.229] to local-only.
+    The default now asks for strictly better answers; ``loss+metric`` keeps the old rule."""
+    golds = [3.0, 4.0, 2.0, 5.0]
+
+    def mae(answers):
+        return sum(abs(float(a) - g) for a, g in zip(answers, golds)) / len(golds)
+
+    tied = _scores([0.9] * 4, [0.8] * 4, ["1"] * 4, ["3", "4", "3", "4"], ["3", "3", "2", "4"])  # both 0.5
+    default = GateConfig.from_config(load_config(None, [])).criterion
+    assert default == "loss+better-metric"
+    v = judge(tied, margin=0.0, criterion=default, metric_of=mae, higher_is_better=False)
+    assert not v.used_synthetic and v.answer_with == "local" and "metric did not improve" in v.reason
+    assert judge(tied, margin=0.0, criterion="loss+metric", metric_of=mae, higher_is_better=False).used_synthetic
+    better = _scores([0.9] * 4, [0.8] * 4, ["1"] * 4, ["3", "4", "3", "4"], ["3", "4", "2", "4"])
+    assert judge(better, margin=0.0, criterion=default, metric_of=mae, higher_is_better=False).used_synthetic

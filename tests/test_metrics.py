@@ -59,3 +59,30 @@ def test_ids_must_match_exactly() -> None:
         score("LaMP_2", {"1": "comedy", "2": "action"}, {"1": "comedy", "9": "action"})
     with pytest.raises(PredictionMismatchError, match="no examples"):
         score("LaMP_2", {}, {})
+
+
+@pytest.mark.parametrize("task", ["LaMP_1", "LaMP_2", "LaMP_3", "LaMP_5", "LaMP_7"])
+def test_per_example_metrics_average_to_the_primary_metric(task: str) -> None:
+    """The device's check averages per_example; it must equal what the tables report (score)."""
+    import random
+
+    from cdcda_fl.data.tasks import get_task
+    from cdcda_fl.metrics import per_example, primary_metric
+
+    spec = get_task(task)
+    rng = random.Random(task)
+    if spec.kind == "classification":
+        pool = [*spec.labels, "not a label", " " + spec.labels[0] + " "]
+        golds = [rng.choice(spec.labels) for _ in range(40)]
+    elif spec.kind == "regression":
+        pool = ["1", "2", "3", "4", "5", "4.5", "five", "", "nan"]
+        golds = [rng.choice("12345") for _ in range(40)]
+    else:
+        words = "the user wrote a short title about models data and privacy".split()
+        pool = [" ".join(rng.sample(words, rng.randint(0, 6))) for _ in range(20)]
+        golds = [" ".join(rng.sample(words, rng.randint(1, 6))) for _ in range(40)]
+    preds = [rng.choice(pool) for _ in golds]
+    values = per_example(spec, golds, preds)
+    expected = score(spec, {str(i): g for i, g in enumerate(golds)}, {str(i): p for i, p in enumerate(preds)})
+    assert sum(values) / len(values) == pytest.approx(expected[primary_metric(spec)], abs=1e-12)
+    assert len(values) == len(golds)

@@ -49,7 +49,7 @@ def test_uses_synthetic_data_only_beyond_the_margin():
 def test_a_worse_held_out_metric_vetoes_a_better_loss():
     """Real writing showed lower held-out loss with worse ROUGE: loss+metric falls back then."""
     fn, _ = _losses(3.0, 2.5, metric_local=0.23, metric_cdcda=0.16)
-    d = decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn)
+    d = decide(GateConfig(rule="holdout", criterion="loss+metric"), ITEMS, 5, seed="s", held_out=fn)
     assert not d.used_synthetic and "metric got worse" in d.reason
     assert decide(GateConfig(rule="holdout", criterion="loss"), ITEMS, 5, seed="s", held_out=fn).used_synthetic
     fn, _ = _losses(3.0, 2.5, metric_local=1.0, metric_cdcda=0.5, higher_is_better=False)  # MAE went down
@@ -63,7 +63,9 @@ def test_better_metric_criterion_needs_a_strictly_better_held_out_metric():
     """loss+better-metric: a metric tie (0 = 0 on three held-out tags) falls back, a gain uses."""
     strict = GateConfig(rule="holdout", criterion="loss+better-metric")
     fn, _ = _losses(2.67, 1.98, metric_local=0.0, metric_cdcda=0.0)
-    assert decide(GateConfig(rule="holdout"), ITEMS, 5, seed="s", held_out=fn).used_synthetic  # the default lets a tie pass
+    tie_ok = GateConfig(rule="holdout", criterion="loss+metric")
+    assert decide(tie_ok, ITEMS, 5, seed="s", held_out=fn).used_synthetic  # loss+metric lets a tie pass
+    assert GateConfig().criterion == strict.criterion  # the default since 2026-12-07
     d = decide(strict, ITEMS, 5, seed="s", held_out=fn)
     assert not d.used_synthetic and "the held-out metric did not improve" in d.reason
     fn, _ = _losses(2.67, 1.98, metric_local=0.0, metric_cdcda=1 / 3)

@@ -11,7 +11,11 @@ sparse users the method is for. Cross-fitting removes that lock-out without trus
    an adapter trained on the cloud's records alone;
 3. every item is held out exactly once, so the decision rests on all ``n`` items: the cloud's
    records are used if the mean per-item loss falls by more than ``margin`` and the task metric of
-   the answers over all items is not worse (``criterion`` as for the holdout check);
+   the answers over all items is strictly better (``criterion = loss+better-metric``, the default
+   since 2026-12-07; ``loss+metric`` accepts a tie). A lower loss with the same answers is no
+   evidence that answers improve: on integer ratings (LaMP-3) and tags (LaMP-2) the mean metric
+   often ties, and accepting ties let records through that made CDCDA significantly worse than
+   local-only on the LaMP-3 personas (−0.118 MAE [−0.229, −0.021]; docs/augmentation.md);
 4. **do no harm down to the base model**: the base model's answers to the same items cost one
    generation pass. If the adapter the device would use (CDCDA's, or local-only's on a fallback)
    scores below the base model on the user's own items, and the base model answers at least

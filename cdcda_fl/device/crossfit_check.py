@@ -20,7 +20,7 @@ from cdcda_fl.device.crossfit import CrossfitScores, FoldScores, folds, judge, r
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, check_step_scale
 from cdcda_fl.device.train_key import adapter_key, base_identity, fingerprint
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
+from cdcda_fl.metrics import LOWER_IS_BETTER, per_example, primary_metric
 
 META = "crossfit.json"
 
@@ -112,14 +112,19 @@ class CrossfitCheck:
         if not self.items:
             return GateDecision(gate.rule, False, "no real items to check with", answer_with="local")
         s = self.scores()
-        golds = {str(i): out for i, (_inp, out) in enumerate(spec.profile_to_pairs(self.items))}
+        golds = [out for _inp, out in spec.profile_to_pairs(self.items)]
         metric = primary_metric(spec)
-
-        def metric_of(answers: Sequence[str]) -> float | None:
-            return score(spec, golds, {str(i): a for i, a in enumerate(answers)}).get(metric)
+        scored: dict[tuple[str, ...], list[float]] = {}  # each model's answers are scored once
 
         def per_item(answers: Sequence[str]) -> list[float]:
-            return [score(spec, {i: g}, {i: a})[metric] for (i, g), a in zip(golds.items(), answers)]
+            key = tuple(answers)
+            if key not in scored:
+                scored[key] = per_example(spec, golds, key)
+            return scored[key]
+
+        def metric_of(answers: Sequence[str]) -> float | None:
+            values = per_item(answers)
+            return sum(values) / len(values)
 
         v = judge(s, margin=gate.margin, criterion=gate.criterion, metric_of=metric_of,
                   higher_is_better=metric not in LOWER_IS_BETTER, per_item=per_item)

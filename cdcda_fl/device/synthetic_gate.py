@@ -12,8 +12,8 @@ records, privately:
 3. compare them on the held-out real items. CDCDA keeps the synthetic data only if, with it, the
    held-out outputs get a lower loss by ``margin`` (nats per output token) AND the task's own
    metric on the held-out items (accuracy, MAE, ROUGE-1 of the answers) is not worse
-   (criterion ``loss+metric``, the default; ``loss`` drops the second condition;
-   ``loss+better-metric`` asks for a strictly better metric, so a tie falls back). Otherwise the
+   (criterion ``loss+better-metric``, the default: a strictly better metric, so a tie falls back;
+   ``loss+metric`` accepts a tie; ``loss`` drops the second condition). Otherwise the
    device *falls back*: its CDCDA answer is its local-only answer.
 
 Why both: the loss is the signal that is about the user (not about the cloud's own records),
