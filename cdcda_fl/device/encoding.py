@@ -10,6 +10,7 @@ its own.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -66,18 +67,26 @@ def encode_pairs(tokenizer: Any, examples: Sequence[tuple[str, str]], max_length
     """
     out = []
     for user_text, output in examples:
-        prompt = format_prompt(tokenizer, user_text)
-        p = _encode_text(tokenizer, prompt)
-        c = tokenizer(_completion_text(tokenizer, user_text, output, prompt), add_special_tokens=False)[
-            "input_ids"
-        ]
-        if not c:
-            raise ValueError(f"empty output for input {user_text[:60]!r}")
-        if len(p) + len(c) > max_length:
-            c = c[: max(max_length - len(p), max_length // 2)]
-            p = p[len(p) - (max_length - len(c)) :]
-        out.append((p, c))
+        p, c = _encode_pair(tokenizer, user_text, output, max_length)
+        out.append((list(p), list(c)))
     return out
+
+
+@lru_cache(maxsize=4096)
+def _encode_pair(tokenizer: Any, user_text: str, output: str, max_length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One pair, cached per process: the device's check encodes each of a user's items for every
+    fold adapter's training and scoring and again for the final adapters (chat templating and
+    tokenizing were a tenth of a tiny user's device time, benchmarks/scale.py, 2026-12-07).
+    Keyed on the tokenizer object, whose chat template and vocabulary do not change after loading."""
+    prompt = format_prompt(tokenizer, user_text)
+    p = _encode_text(tokenizer, prompt)
+    c = tokenizer(_completion_text(tokenizer, user_text, output, prompt), add_special_tokens=False)["input_ids"]
+    if not c:
+        raise ValueError(f"empty output for input {user_text[:60]!r}")
+    if len(p) + len(c) > max_length:
+        c = c[: max(max_length - len(p), max_length // 2)]
+        p = p[len(p) - (max_length - len(c)) :]
+    return tuple(p), tuple(c)
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
