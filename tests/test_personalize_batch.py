@@ -157,3 +157,34 @@ def test_after_every_adapter_is_released_the_base_still_answers(tiny_model):
     assert tiny_model.generate(["hello there"], max_new_tokens=3, adapters=[None]) == before
     tiny_model.train([("a b c", "d"), ("e f", "g")], LoraTrainConfig(steps=1, batch_size=2))
     tiny_model.clear_adapter()
+
+
+def test_the_cloud_row_of_the_devices_own_model_is_answered_in_the_nodes_batch(tiny_model, tmp_path, monkeypatch):
+    """cloud.model = device.model: the upper bound's prompts join the node's mixed batch (no second
+    copy of the weights, issue 33); with rag.k = rag.cloud-k its prompts are rag's, so are its answers."""
+    from cdcda_fl.device.methods import cloud as cloud_method
+    from cdcda_fl.device.personalize import personalize_users
+
+    def no_second_copy(*_args, **_kwargs):
+        raise AssertionError("the cloud model was loaded beside the device's own copy")
+
+    monkeypatch.setattr(cloud_method, "cloud_backend", no_second_copy)
+    mixed_calls: list[int] = []
+    real_generate = tiny_model.generate
+
+    def spy(prompts, *args, **kwargs):
+        if kwargs.get("adapters") is not None:
+            mixed_calls.append(len(prompts))
+        return real_generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate", spy)
+    cfg = _cfg(methods="rag,cloud", **{"cloud.model": "tiny-random", "rag.k": 2, "rag.cloud-k": 2})
+    users = [_lamp2_user("a", 1), _lamp5_user("c")]
+    out = personalize_users([(u, []) for u in users], cfg, storage_dir=tmp_path, device_model=tiny_model)
+    assert mixed_calls == [2 * 3 + 2 * 2]
+    for r in out:
+        assert not isinstance(r, Exception), r
+        assert _predictions(r)["cloud"] == _predictions(r)["rag"]
+    assert cloud_method.CloudUpperBound.from_config(_cfg(**{"cloud.model": "smollm2-135m"})).on_device_base is False
+    quantized = _cfg(**{"cloud.model": "tiny-random", "device.quantization": "4bit"})
+    assert cloud_method.CloudUpperBound.from_config(quantized).on_device_base is False
