@@ -106,17 +106,22 @@ class HFBackend(_TextsFromDetails):
     def _generate_batch(
         self, prompts: Sequence[Prompt], texts: list[str], add_special: bool, max_new_tokens: int, temperature: float, seed: int
     ) -> list[Generation]:
-        import torch
+        import torch  # lazy: the HTTP backends and the server never need torch
+        from transformers import LogitsProcessorList  # lazy: as torch
+
+        from cdcda_fl.cloud.sampling import NucleusGumbel  # lazy: imports torch
 
         tok = self.tokenizer
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         do_sample = temperature > 0
         kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "do_sample": do_sample, "pad_token_id": tok.pad_token_id}
+        # Sampling is temperature + top-p 0.95, drawn by NucleusGumbel (cloud/sampling.py) under greedy
+        # decoding: transformers' top-p warper sorts the whole vocabulary at every step, which cost
+        # more than SmolLM2's forward pass.
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if do_sample:
-            kwargs.update(temperature=float(temperature), top_p=0.95, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = LogitsProcessorList([NucleusGumbel(float(temperature), top_p=0.95)])
         with self._lock, torch.inference_mode():
             torch.manual_seed(int(seed) % (2**63))
             try:
