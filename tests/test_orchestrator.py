@@ -351,3 +351,17 @@ def test_one_node_is_asked_once(tmp_path: Path) -> None:
     transport = MemoryTransport({1: _sharing_device(cfg, _keys(cfg))})
     orchestrator.run_cdcda(transport, cfg, writer_factory=_EmptyWriter)
     assert [p["share"] for _, kind, p in transport.sent if kind == SHARE] == [True]
+
+
+def test_chunks_carry_whole_nodes_in_an_order_that_ignores_node_ids() -> None:
+    """At 10 000 users a chunk of consecutive keys gave 1000 nodes one user each (issue 33)."""
+    from cdcda_fl.orchestrator import node_ordered
+
+    users = [f"LaMP_2/u{i:02d}" for i in range(12)]
+    by_node = {u: 100 + i % 4 for i, u in enumerate(users)}  # node p holds users p, p+4, p+8
+    ordered = node_ordered(list(reversed(users)), by_node)
+    assert ordered[:3] == ["LaMP_2/u00", "LaMP_2/u04", "LaMP_2/u08"]
+    assert [by_node[u] for u in ordered] == [100] * 3 + [101] * 3 + [102] * 3 + [103] * 3
+    relabelled = {u: 7 - (n - 100) for u, n in by_node.items()}  # other node ids, the same partition
+    assert node_ordered(users, relabelled) == ordered
+    assert sorted(ordered) == sorted(users)

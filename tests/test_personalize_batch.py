@@ -188,3 +188,19 @@ def test_the_cloud_row_of_the_devices_own_model_is_answered_in_the_nodes_batch(t
     assert cloud_method.CloudUpperBound.from_config(_cfg(**{"cloud.model": "smollm2-135m"})).on_device_base is False
     quantized = _cfg(**{"cloud.model": "tiny-random", "device.quantization": "4bit"})
     assert cloud_method.CloudUpperBound.from_config(quantized).on_device_base is False
+
+
+def test_a_user_run_is_what_the_parts_below_the_methods_are_typed_against(tiny_model, tmp_path):
+    """stored.py, cloud_records.py and holdout_check.py type against run_view's protocols, not
+    UserRun (which would close an import circle); UserRun and CloudRecords must still fit them."""
+    from cdcda_fl.device.methods.run_view import DeviceRun, RecordPool
+    from cdcda_fl.device.methods.user_run import UserRun
+    from cdcda_fl.edge.runtime import make_answerer
+
+    cfg = _cfg()
+    run = UserRun(_lamp2_user("a", 1), [], cfg, storage_dir=tmp_path, model=tiny_model,
+                  answerer=make_answerer(cfg, device_model=tiny_model, storage_dir=tmp_path))
+    for proto, obj in ((DeviceRun, run), (RecordPool, run.cloud)):
+        members = set(proto.__annotations__) | {n for n in vars(proto) if not n.startswith("_")}
+        missing = sorted(m for m in members if not hasattr(obj, m))
+        assert not missing, f"{type(obj).__name__} lacks {missing} of {proto.__name__}"

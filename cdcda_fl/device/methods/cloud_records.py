@@ -16,20 +16,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cdcda_fl.config import config_get
 from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.crossfit_check import CrossfitCheck
 from cdcda_fl.device.methods.holdout_check import HoldoutCheck
 from cdcda_fl.device.methods.mixture import mixture_weights
+from cdcda_fl.device.methods.run_view import DeviceRun
 from cdcda_fl.device.methods.stored import stored_meta, train_local, write_meta_only
 from cdcda_fl.device.select import SelectConfig, Selection, select_records
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, cap_record_weights, decide
 from cdcda_fl.device.train_key import gate_key
-
-if TYPE_CHECKING:
-    from cdcda_fl.device.methods.user_run import UserRun
 
 Record = dict[str, Any]
 
@@ -37,7 +35,7 @@ Record = dict[str, Any]
 class CloudRecords:
     """One user's synthetic records through validation, completion, selection, weights and the check."""
 
-    def __init__(self, run: UserRun, received: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, run: DeviceRun, received: Sequence[Mapping[str, Any]]) -> None:
         self.run = run
         self.received: list[Record] = [dict(r) for r in received]
         self.valid: list[Record] = []  # passed the task's validation as received
@@ -162,7 +160,7 @@ class CloudRecords:
         else:
             self._decision = decide(gate, run.user.profile, len(self.synth_pairs),
                                     seed=f"{run.cfg['seed']}:{run.user.user_id}",
-                                    held_out=HoldoutCheck(run, gate).scores)
+                                    held_out=HoldoutCheck(run, gate, self).scores)
         if self._decision.n_validation:  # only a decision that trained something is worth storing
             write_meta_only(run.store.path(run.user.user_id, key), json.dumps(self._decision.to_dict()))
         return self._decision

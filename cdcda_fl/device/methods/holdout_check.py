@@ -9,21 +9,19 @@ user's own model, exactly what the final CDCDA adapter would train: the same sch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cdcda_fl.device.methods.run_view import DeviceRun, RecordPool
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, HeldOutScores, check_step_scale, mean_loss
 from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
-
-if TYPE_CHECKING:
-    from cdcda_fl.device.methods.user_run import UserRun
 
 
 class HoldoutCheck:
     """One user's holdout experiment; :meth:`scores` is ``decide``'s ``held_out`` callback."""
 
-    def __init__(self, run: UserRun, gate: GateConfig) -> None:
-        self.run, self.gate = run, gate
+    def __init__(self, run: DeviceRun, gate: GateConfig, cloud: RecordPool) -> None:
+        self.run, self.gate, self.cloud = run, gate, cloud
 
     def scores(self, train_items: list[Mapping[str, Any]], held: list[Mapping[str, Any]]) -> HeldOutScores:
         """A real-only and a real + synthetic adapter trained on ``train_items``, scored on ``held``:
@@ -35,7 +33,7 @@ class HoldoutCheck:
         golds = {str(i): out for i, (_inp, out) in enumerate(held_pairs)}
         metric = primary_metric(spec)
         budget = check_step_scale(self.gate, len(train_items), len(run.user.profile))
-        cloud = run.cloud
+        cloud = self.cloud
 
         def train_and_score(real_w: list[float], synth: list[tuple[str, str]], syn_w: list[float]
                             ) -> tuple[int, float, float | None]:

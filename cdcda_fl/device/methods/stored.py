@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cdcda_fl.atomic import atomic_dir
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.train_key import adapter_key
-
-if TYPE_CHECKING:
-    from cdcda_fl.device.methods.user_run import UserRun
+from cdcda_fl.device.methods.run_view import DeviceRun
 
 TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
 
@@ -30,7 +28,7 @@ def write_meta_only(path: Path, text: str) -> None:
         (tmp / TRAIN_META).write_text(text, encoding="utf-8")
 
 
-def stored_meta(run: UserRun, key: str) -> dict[str, Any] | None:
+def stored_meta(run: DeviceRun, key: str) -> dict[str, Any] | None:
     """The metadata stored under ``key`` for this user (adapter or not), unless ``train.retrain``."""
     meta = run.store.path(run.user.user_id, key) / TRAIN_META
     if not meta.is_file() or run.cfg["train.retrain"]:
@@ -38,7 +36,7 @@ def stored_meta(run: UserRun, key: str) -> dict[str, Any] | None:
     return json.loads(meta.read_text())
 
 
-def load_stored(run: UserRun, key: str) -> dict[str, Any] | None:
+def load_stored(run: DeviceRun, key: str) -> dict[str, Any] | None:
     """The stored adapter ``key`` loaded into the model (its metadata, ``reused``), or None.
 
     An adapter folder without its metadata is from before metadata was written with it
@@ -52,14 +50,14 @@ def load_stored(run: UserRun, key: str) -> dict[str, Any] | None:
     return {**info, "reused": True}
 
 
-def save_adapter(run: UserRun, key: str, info: dict[str, Any]) -> None:
+def save_adapter(run: DeviceRun, key: str, info: dict[str, Any]) -> None:
     """Store the adapter the model holds under ``key`` with its metadata; answers come from there."""
     path = run.store.path(run.user.user_id, key)
     run.model.save_adapter(path, extra_files={TRAIN_META: json.dumps(info)})
     run.adapter_dir = path
 
 
-def train_or_reuse(run: UserRun, method: str, pairs: Sequence[tuple[str, str]], weights: Sequence[float]
+def train_or_reuse(run: DeviceRun, method: str, pairs: Sequence[tuple[str, str]], weights: Sequence[float]
                    ) -> dict[str, Any]:
     """Train (or reload from the device's store) a fresh adapter; on return the model holds it.
 
@@ -80,7 +78,7 @@ def train_or_reuse(run: UserRun, method: str, pairs: Sequence[tuple[str, str]], 
     return info
 
 
-def train_local(run: UserRun) -> dict[str, Any]:
+def train_local(run: DeviceRun) -> dict[str, Any]:
     """The local-only adapter (real records, weight 1): trained once per user, then reloaded from the store.
 
     Local-only's own answers, the completion of partial cloud records and the selection of the
