@@ -164,5 +164,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "sim.client-gpus": (0.0, "GPUs per simulated device"),
     "sim.ray-address": ("", "existing Ray cluster to join (e.g. 127.0.0.1:6379); empty = start a local one"),
     "sim.cpus": (0, "CPUs Ray may use on a local start (0 = all)"),
+    "sim.max-in-flight": (0, "messages the server keeps queued for simulated devices at once (0 = 4 per Ray "
+                             "actor): Flower's simulation scans every queued message for every node at each "
+                             "poll, so a long queue over 1000 nodes takes a core"),
     "debug.crash-users": ("", "fault drill: the device ClientApp raises for these user ids (tests failure handling)"),
 }

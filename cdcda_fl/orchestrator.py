@@ -122,11 +122,25 @@ def exchange(transport: Transport, requests: list[tuple[int, Mapping[str, Any]]]
     if STOP.is_set():
         raise RunInterrupted("stop requested")
     # only the keys a device reads for this kind leave the server (config.MESSAGE_KEYS)
+    sent_cfg = message_config(kind, cfg)
     extra = {"arrays": arrays} if arrays else {}  # the federated methods' global adapters, if any
-    pending = dict(zip(transport.send(kind, message_config(kind, cfg), requests, **extra), (node for node, _ in requests)))
+    unsent = list(requests)
+    # A transport may bound the messages queued at once (GridTransport in simulation: a few per
+    # Ray actor): more would only wait, and Flower's engine scans the whole queue for every node.
+    window = int(getattr(transport, "max_in_flight", 0) or 0) or len(unsent)
+    pending: dict[str, int] = {}
+
+    def send_more() -> None:
+        room = window - len(pending)
+        if room > 0 and unsent:
+            batch = unsent[:room]
+            del unsent[:room]
+            pending.update(zip(transport.send(kind, sent_cfg, batch, **extra), (node for node, _ in batch)))
+
+    send_more()
     deadline = None if not timeout else time.monotonic() + timeout
     delay = 0.05
-    with Progress(label, total=len(pending) if total is None else total, unit=unit) as bar:
+    with Progress(label, total=len(requests) if total is None else total, unit=unit) as bar:
         while pending and (deadline is None or time.monotonic() < deadline):
             if STOP.is_set():
                 raise RunInterrupted(f"stop requested during {label}")
@@ -135,10 +149,11 @@ def exchange(transport: Transport, requests: list[tuple[int, Mapping[str, Any]]]
                 if pending.pop(handle, None) is not None:
                     done = on_reply(reply)
                     bar.advance(1 if done is None else done)
+            send_more()
             delay = 0.05 if replies else min(delay * 1.5, 1.0)
             if pending:
                 time.sleep(delay)
-    return list(pending.values())
+    return [*pending.values(), *(node for node, _ in unsent)]
 
 
 class PhaseClock:

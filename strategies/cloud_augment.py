@@ -9,6 +9,7 @@ become ``query.share`` / ``train.personalize`` Messages carrying the run config 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,12 +32,17 @@ RunInterrupted = orchestrator.RunInterrupted
 class GridTransport:
     """Flower's Grid as the orchestrator's transport (push, then pull replies by message id)."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, cfg: Mapping[str, Scalar] | None = None) -> None:
         self.grid = grid
         self._sent: dict[str, int] = {}
         #: Flower's simulation engine drives an in-memory grid; a SuperLink deployment does not.
         #: Only then may the simulation-only reference writers (cloud.backend = oracle | noise) run.
         self.simulated = isinstance(grid, InMemoryGrid)
+        #: messages the orchestrator keeps queued at once (0 = all): in simulation a few per Ray
+        #: actor, since the engine's poll scans every queued message for each of its nodes
+        #: (flwr 1.x InMemoryLinkState.get_message_ins; 1000 nodes took a driver core at 10 000
+        #: users, docs/performance.md); real devices work in parallel, so they get all at once.
+        self.max_in_flight = simulation_window(cfg) if self.simulated and cfg is not None else 0
 
     def node_ids(self) -> list[int]:
         return list(self.grid.get_node_ids())
@@ -76,9 +82,28 @@ class GridTransport:
         return out
 
 
+def simulation_window(cfg: Mapping[str, Scalar]) -> int:
+    """``sim.max-in-flight``, or 4 messages per Ray actor (actors = CPUs / ``sim.client-cpus``)."""
+    explicit = int(cfg.get("sim.max-in-flight") or 0)
+    if explicit > 0:
+        return explicit
+    cpus = _ray_cpus() or int(cfg.get("sim.cpus") or 0) or (os.cpu_count() or 1)
+    actors = max(1, int(cpus // max(float(cfg.get("sim.client-cpus") or 1.0), 1e-9)))
+    return 4 * actors
+
+
+def _ray_cpus() -> int:
+    """The CPUs of the Ray cluster the simulation runs on (a cluster: all its nodes), 0 if unknown."""
+    try:
+        import ray  # lazy: only a simulation's driver has Ray running
+    except ImportError:
+        return 0
+    return int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0
+
+
 def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None = None) -> dict[str, Any]:
     """The whole CDCDA run on an existing Grid; returns the aggregated results."""
-    return orchestrator.run_cdcda(GridTransport(grid), cfg, expected_nodes=expected_nodes)
+    return orchestrator.run_cdcda(GridTransport(grid, cfg), cfg, expected_nodes=expected_nodes)
 
 
 def make_server_app(cfg: Mapping[str, Scalar] | None = None, *, expected_nodes: int | None = None) -> ServerApp:

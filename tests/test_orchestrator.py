@@ -365,3 +365,48 @@ def test_chunks_carry_whole_nodes_in_an_order_that_ignores_node_ids() -> None:
     relabelled = {u: 7 - (n - 100) for u, n in by_node.items()}  # other node ids, the same partition
     assert node_ordered(users, relabelled) == ordered
     assert sorted(ordered) == sorted(users)
+
+
+def test_a_bounded_transport_never_has_more_messages_queued_than_its_window() -> None:
+    """Flower's simulation scans every queued message for each node at every poll, so the server
+    keeps a few per Ray actor queued (GridTransport.max_in_flight), sending more as replies come."""
+    from cdcda_fl.config import resolve
+    from cdcda_fl.orchestrator import exchange
+
+    class Bounded(MemoryTransport):
+        max_in_flight = 3
+
+        def __init__(self, nodes: dict[int, Node]) -> None:
+            super().__init__(nodes)
+            self.queued: set[str] = set()
+            self.most = 0
+
+        def send(self, kind, cfg, requests):
+            handles = super().send(kind, cfg, requests)
+            self.queued |= set(handles)
+            self.most = max(self.most, len(self.queued))
+            return handles
+
+        def poll(self, handles):
+            out = super().poll(handles[:1])  # one reply per poll: the window has to slide
+            self.queued -= {h for h, _ in out}
+            return out
+
+    silent = 9  # never replies: it keeps a slot, and is reported lost at the timeout
+    nodes = {n: (lambda kind, payload: {"ok": True}) for n in range(10)}
+    nodes[silent] = lambda kind, payload: None
+    t = Bounded(nodes)
+    replied: list[int] = []
+    lost = exchange(t, [(n, {}) for n in range(10)], SHARE, resolve({}), 2.0,
+                    lambda r: replied.append(r.node), "test")
+    assert t.most == 3 and sorted(replied) == [n for n in range(10) if n != silent] and lost == [silent]
+    assert exchange(MemoryTransport(nodes), [(n, {}) for n in range(3)], SHARE, resolve({}), None,
+                    lambda r: None, "unbounded") == []
+
+
+def test_the_simulation_window_is_four_messages_per_ray_actor() -> None:
+    from strategies.cloud_augment import simulation_window
+
+    assert simulation_window({"sim.cpus": 2, "sim.client-cpus": 1.0}) == 8
+    assert simulation_window({"sim.cpus": 8, "sim.client-cpus": 2.0}) == 16
+    assert simulation_window({"sim.max-in-flight": 5, "sim.cpus": 2}) == 5
