@@ -18,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SCALE_FILES = ("scale_upn1.json", "scale_upn10.json", "scale_1000_upn10.json")
+SCALE_FILES = ("scale_upn1.json", "scale_upn10.json", "scale_1000_upn10.json", "scale_1000_upn10_20261207.json",
+               "scale_10000_upn10.json")
 DASH = "–"
 
 
@@ -120,15 +121,17 @@ def scale_table(results: Path) -> list[str]:
         names.append(name)
         datas.append(data)
         for r in data["rows"]:
-            rows[(r["users"], r.get("users_per_node", 1))] = r
+            # the day each row was measured: the per-user work changed between runs (the crossfit check)
+            rows[(r["users"], r.get("users_per_node", 1))] = {**r, "day": str(data.get("time", ""))[:10] or DASH}
     if not rows:
         raise MissingResults(", ".join(_show(results / n) for n in SCALE_FILES) + " not found")
 
     body = [[str(users), str(upn), str(r["nodes"]), f"{r['wall_s']:.1f}", f"{r['users_per_min']:.0f}",
-             f"{r['peak_mem_mib']:.0f}", f"{_pct(r['orchestration_pct'] / 100)} ({r['orchestration_s']:.0f} s)"]
+             f"{r['peak_mem_mib']:.0f}", f"{_pct(r['orchestration_pct'] / 100)} ({r['orchestration_s']:.0f} s)", r["day"]]
             for (users, upn), r in sorted(rows.items())]
-    header = ["users", "users per node", "Flower nodes", "wall s", "users/min", "peak memory MiB", "orchestration"]
-    return [*_table(header, "rrrrrrr", body), "", _source(results, names, datas), *notes]
+    header = ["users", "users per node", "Flower nodes", "wall s", "users/min", "peak memory MiB", "orchestration",
+              "measured"]
+    return [*_table(header, "rrrrrrrl", body), "", _source(results, names, datas), *notes]
 
 
 @_guarded("Communication", "python benchmarks/communication.py --run runs/demo", ["communication.json"])

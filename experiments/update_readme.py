@@ -54,6 +54,7 @@ SECTION_COMMANDS: dict[str, str] = {
 }
 #: The perf_tables tables each file holds, in the order they appear there.
 PERF_SECTIONS: dict[str, tuple[str, ...]] = {
+    "README.md": ("scale",),
     "docs/performance.md": ("scale", "communication", "device", "train-speed", "per-user", "augment"),
     "docs/device.md": ("device", "train-speed", "lora-layers", "per-user"),
 }
