@@ -65,7 +65,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "train.synthetic-gate-criterion": ("loss+better-metric", "the check's rule: loss+better-metric = lower held-out "
                                                              "loss AND a strictly better task metric on the held-out "
                                                              "items (a tie falls back); loss+metric = AND a metric no "
-                                                             "worse; loss = loss only"),
+                                                             "worse; loss = loss only; better-metric = a strictly "
+                                                             "better metric alone (the loss when there is none)"),
     "train.synthetic-gate-fraction": (0.34, "share of the user's real items the holdout check holds out"),
     "train.synthetic-gate-margin": (0.0, "nats per output token synthetic data must gain on held-out items"),
     "train.synthetic-gate-min-real": (0, "users with fewer real items use the cloud's records unchecked (0: nobody)"),

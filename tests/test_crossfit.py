@@ -154,3 +154,23 @@ def test_a_lower_loss_with_tied_answers_falls_back_under_the_default_criterion()
     assert judge(tied, margin=0.0, criterion="loss+metric", metric_of=mae, higher_is_better=False).used_synthetic
     better = _scores([0.9] * 4, [0.8] * 4, ["1"] * 4, ["3", "4", "3", "4"], ["3", "4", "2", "4"])
     assert judge(better, margin=0.0, criterion=default, metric_of=mae, higher_is_better=False).used_synthetic
+
+
+def test_better_metric_alone_ignores_a_rising_loss_but_needs_better_answers() -> None:
+    """The LaMP-3 oracle (2026-12-07): perfect records raised the rating tokens' loss while the
+    cross-fitted MAE fell (1.5 -> 0.58 on 12 items); ``better-metric`` lets the answers decide."""
+    golds = [3.0, 4.0, 2.0, 5.0]
+
+    def mae(answers):
+        return sum(abs(float(a) - g) for a, g in zip(answers, golds)) / len(golds)
+
+    higher_loss_better_answers = _scores([0.8] * 4, [1.7] * 4, ["1"] * 4, ["3", "4", "3", "4"], ["3", "4", "2", "4"])
+    assert not judge(higher_loss_better_answers, margin=0.0, criterion="loss+better-metric", metric_of=mae,
+                     higher_is_better=False).used_synthetic
+    assert judge(higher_loss_better_answers, margin=0.0, criterion="better-metric", metric_of=mae,
+                 higher_is_better=False).used_synthetic
+    tie = _scores([0.9] * 4, [0.1] * 4, ["1"] * 4, ["3", "4", "3", "4"], ["3", "3", "2", "4"])
+    assert not judge(tie, margin=0.0, criterion="better-metric", metric_of=mae, higher_is_better=False).used_synthetic
+    no_metric = _scores([0.9] * 4, [1.2] * 4, ["1"] * 4, ["x"] * 4, ["y"] * 4)
+    v = judge(no_metric, margin=0.0, criterion="better-metric", metric_of=lambda answers: None, higher_is_better=True)
+    assert not v.used_synthetic  # no metric: the loss decides, and it rose

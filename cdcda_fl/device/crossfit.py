@@ -147,11 +147,13 @@ def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callab
             return None
         return (a - b) if higher_is_better else (b - a)
 
-    loss_ok = s.tested_mix > 0 and loss_mix < loss_real - margin
     g = gain(m_mix, m_real)
+    strict = criterion in ("loss+better-metric", "better-metric")
+    # better-metric: the answers alone decide (the loss only when no metric can be computed)
+    loss_ok = s.tested_mix > 0 and ((criterion == "better-metric" and g is not None) or loss_mix < loss_real - margin)
     metric_ok = True
     if criterion != "loss" and g is not None:
-        metric_ok = g > TIE if criterion == "loss+better-metric" else g >= -TIE
+        metric_ok = g > TIE if strict else g >= -TIE
     used = loss_ok and metric_ok
     scores = (f"loss {loss_mix:.3f} vs {loss_real:.3f} real-only"
               + (f", metric {m_mix:.3f} vs {m_real:.3f}" if m_mix is not None and m_real is not None else "")
@@ -162,7 +164,7 @@ def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callab
         reason = "no synthetic record fits the user's items (labels)"
     else:
         why = ("the loss did not improve" if not loss_ok else "the metric did not improve"
-               if criterion == "loss+better-metric" else "the metric got worse")
+               if strict else "the metric got worse")
         reason = f"{why} ({scores}; margin {margin})"
     chosen, chosen_metric = ("cdcda", m_mix) if used else ("local", m_real)
     below_base = gain(m_base, chosen_metric)

@@ -52,7 +52,9 @@ from cdcda_fl.config import ConfigError, config_get, default_of
 
 RULES = ("crossfit", "holdout", "none")
 METRIC_TIE = 1e-9  # held-out metrics closer than this are equal (float noise of a mean)
-CRITERIA = ("loss+metric", "loss+better-metric", "loss")
+CRITERIA = ("loss+metric", "loss+better-metric", "loss", "better-metric")
+#: criteria under which a tie of the task metric falls back
+STRICT_METRIC = frozenset({"loss+better-metric", "better-metric"})
 BUDGETS = ("epochs", "steps")
 MIN_CHECK_TRAIN = 2  # real items the check's throw-away adapters train on, at the least
 
@@ -215,11 +217,13 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
                                               f"and train on {MIN_CHECK_TRAIN}")
     train, held = holdout_split(real_items, gate.fraction, seed, gate.min_held_out)
     s = held_out(train, held)
-    loss_ok = s.loss_cdcda < s.loss_local - gate.margin
+    has_metric = s.metric_local is not None and s.metric_cdcda is not None
+    # better-metric: the answers alone decide (the loss only when no metric can be computed)
+    loss_ok = (gate.criterion == "better-metric" and has_metric) or s.loss_cdcda < s.loss_local - gate.margin
     metric_ok = True
-    if gate.criterion != "loss" and s.metric_local is not None and s.metric_cdcda is not None:
+    if gate.criterion != "loss" and has_metric:
         gain = (s.metric_cdcda - s.metric_local) if s.higher_is_better else (s.metric_local - s.metric_cdcda)
-        metric_ok = gain > METRIC_TIE if gate.criterion == "loss+better-metric" else gain >= -METRIC_TIE
+        metric_ok = gain > METRIC_TIE if gate.criterion in STRICT_METRIC else gain >= -METRIC_TIE
     used = loss_ok and metric_ok and not s.same_data
     scores = f"loss {s.loss_cdcda:.3f} vs {s.loss_local:.3f} real-only" + (
         f", metric {s.metric_cdcda:.3f} vs {s.metric_local:.3f}" if s.metric_local is not None and
@@ -230,7 +234,7 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
         reason = "fell back to local-only: no synthetic record has a label of the check's training items"
     else:
         why = ("the held-out loss did not improve" if not loss_ok else "the held-out metric did not improve"
-               if gate.criterion == "loss+better-metric" else "the held-out metric got worse")
+               if gate.criterion in STRICT_METRIC else "the held-out metric got worse")
         reason = f"fell back to local-only: {why} ({scores}; margin {gate.margin})"
     r4 = (lambda v: None if v is None else round(float(v), 4))
     return GateDecision(gate.rule, used, reason, len(held), r4(s.loss_local), r4(s.loss_cdcda), gate.margin,
