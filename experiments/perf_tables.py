@@ -291,7 +291,7 @@ def _per_user_rows(before: dict, after: dict) -> list[tuple[str, float | None, f
 
     rows = [("local LoRA training, median per user (s)", method(before, "local", "train"),
              method(after, "local", "train"), ".1f"),
-            ("CDCDA incl. its holdout check's trainings, median per user (s)", method(before, "cdcda", "total"),
+            ("CDCDA incl. its check (crossfit: 4 fold adapters, 3 answer passes), median per user (s)", method(before, "cdcda", "total"),
              method(after, "cdcda", "total"), ".1f")]
     phases = list(dict.fromkeys([*before.get("timing", {}), *after.get("timing", {})]))
     rows += [(f"`{p}` phase per user (s)", per_user(before, p), per_user(after, p), ".2f") for p in phases]
@@ -306,10 +306,11 @@ def _per_user_rows(before: dict, after: dict) -> list[tuple[str, float | None, f
     return rows
 
 
-#: The same command on the same machine: the code the per-user issue was filed against (430e2e3,
-#: rerun in a worktree), and main. Figures from different machines are not comparable (this
-#: project's CPUs differ 2-3x in bf16 GEMM peak), so a before/after pair is always one machine's.
-PER_USER_FILES = ("per_user_filing_baseline.json", "per_user.json")
+#: The same command on the same machine, back to back: main when issue 33 was re-based (f5714a4,
+#: the crossfit check included, rerun in a worktree), and main. Figures from different machines are
+#: not comparable (this project's CPUs differ 2-3x in bf16 GEMM peak), so a pair is one machine's.
+#: (The filing's pair, per_user_filing_baseline.json, measured the code before the crossfit check.)
+PER_USER_FILES = ("per_user_before_20261207.json", "per_user.json")
 
 
 @_guarded("Per-user", "python benchmarks/per_user.py --config experiments/configs/demo.toml", PER_USER_FILES)

@@ -69,7 +69,7 @@ def test_tables_carry_the_json_values() -> None:
     ratio = four["peak_rss_inference_mb"] / fp32["peak_rss_inference_mb"]
     assert f"{four['peak_rss_inference_mb']:.0f} MB ({ratio:.2f}×)" in text
 
-    before = json.loads((RESULTS / "per_user_filing_baseline.json").read_text())
+    before = json.loads((RESULTS / "per_user_before_20261207.json").read_text())
     after = json.loads((RESULTS / "per_user.json").read_text())
     text = _text("per-user")
     wall = after["wall_seconds"] / before["wall_seconds"]
@@ -115,8 +115,8 @@ def test_missing_files_give_a_note_line_not_an_exception(tmp_path: Path) -> None
     (results / "scale_upn10.json").unlink()
     text = _text("scale", results)
     assert "scale_upn10.json not found" in text and "| 100 | 1 | 100 |" in text  # the other files' rows stay
-    (results / "per_user_filing_baseline.json").unlink()
-    assert "per_user_filing_baseline.json not found" in _text("per-user", results)
+    (results / "per_user_before_20261207.json").unlink()
+    assert "per_user_before_20261207.json not found" in _text("per-user", results)
 
 
 def test_a_missing_key_skips_only_that_table(tmp_path: Path) -> None:
