@@ -204,3 +204,14 @@ def test_a_user_run_is_what_the_parts_below_the_methods_are_typed_against(tiny_m
         members = set(proto.__annotations__) | {n for n in vars(proto) if not n.startswith("_")}
         missing = sorted(m for m in members if not hasattr(obj, m))
         assert not missing, f"{type(obj).__name__} lacks {missing} of {proto.__name__}"
+
+
+def test_a_user_without_cloud_records_is_told_so_not_that_labels_did_not_fit(tiny_model, tmp_path):
+    """A LaMP-5 user (no labels) whose cloud sent nothing read "no synthetic record fits the
+    user's items (labels)" in the tiny run's decision table (2026-12-07)."""
+    from cdcda_fl.device.personalize import personalize_user
+
+    cfg = _cfg(methods="local,cdcda", **{"train.synthetic-gate": "crossfit"})
+    result = personalize_user(_lamp5_user("c"), [], cfg, storage_dir=tmp_path, device_model=tiny_model)
+    reason = result["synthetic_decision"]["reason"]
+    assert "the cloud sent no usable record" in reason and "labels" not in reason

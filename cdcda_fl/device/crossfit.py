@@ -133,7 +133,8 @@ def item_wins(a: Sequence[float], b: Sequence[float], higher_is_better: bool) ->
 
 
 def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callable[[Sequence[str]], float | None],
-          higher_is_better: bool, per_item: Callable[[Sequence[str]], Sequence[float]] | None = None) -> CrossfitVerdict:
+          higher_is_better: bool, per_item: Callable[[Sequence[str]], Sequence[float]] | None = None,
+          untested: str = "no synthetic record fits the user's items (labels)") -> CrossfitVerdict:
     """The rule (module docstring, steps 3 and 4). ``metric_of(answers)`` scores answers to all items;
     ``per_item(answers)`` each item alone (the base model must win :data:`BASE_EVIDENCE` more items
     than it loses; without it the means decide)."""
@@ -161,7 +162,7 @@ def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callab
     if used:
         reason = f"synthetic data helped ({scores})"
     elif s.tested_mix == 0:
-        reason = "no synthetic record fits the user's items (labels)"
+        reason = untested  # why no fold had a cloud record to train on
     else:
         why = ("the loss did not improve" if not loss_ok else "the metric did not improve"
                if strict else "the metric got worse")

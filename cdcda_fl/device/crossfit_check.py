@@ -126,8 +126,10 @@ class CrossfitCheck:
             values = per_item(answers)
             return sum(values) / len(values)
 
+        untested = ("no synthetic record fits the user's items (labels)" if self.run.cloud.kept
+                    else "the cloud sent no usable record")
         v = judge(s, margin=gate.margin, criterion=gate.criterion, metric_of=metric_of,
-                  higher_is_better=metric not in LOWER_IS_BETTER, per_item=per_item)
+                  higher_is_better=metric not in LOWER_IS_BETTER, per_item=per_item, untested=untested)
         r4 = (lambda x: None if x is None else round(float(x), 4))
         return GateDecision(gate.rule, v.used_synthetic, v.reason, len(self.items), r4(v.loss_real), r4(v.loss_mix),
                             gate.margin, r4(v.metric_real), r4(v.metric_mix), list(s.steps) or None,
