@@ -67,13 +67,18 @@ def encode_pairs(tokenizer: Any, examples: Sequence[tuple[str, str]], max_length
     """
     out = []
     for user_text, output in examples:
-        p, c = _encode_pair(tokenizer, user_text, output, max_length)
+        # the template and special tokens are part of the key: a tokenizer changed in place after
+        # caching (a pad or eos token set, a template swapped) must not reuse stale encodings
+        state = (getattr(tokenizer, "chat_template", None), getattr(tokenizer, "eos_token", None),
+                 getattr(tokenizer, "bos_token", None))
+        p, c = _encode_pair(tokenizer, state, user_text, output, max_length)
         out.append((list(p), list(c)))
     return out
 
 
 @lru_cache(maxsize=4096)
-def _encode_pair(tokenizer: Any, user_text: str, output: str, max_length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _encode_pair(tokenizer: Any, _state: tuple[Any, ...], user_text: str, output: str,
+                 max_length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """One pair, cached per process: the device's check encodes each of a user's items for every
     fold adapter's training and scoring and again for the final adapters (chat templating and
     tokenizing were a tenth of a tiny user's device time, benchmarks/scale.py, 2026-12-07).
