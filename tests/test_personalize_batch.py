@@ -78,6 +78,20 @@ def test_kept_adapters_released_then_a_new_training_works(tiny_model):
     assert tiny_model.kept == ()
 
 
+def _count_mixed_calls(model, monkeypatch) -> list[int]:
+    """Spy on ``model.generate``: the returned list gets the row count of every mixed-adapter call."""
+    mixed_calls: list[int] = []
+    real_generate = model.generate
+
+    def spy(prompts, *args, **kwargs):
+        if kwargs.get("adapters") is not None:
+            mixed_calls.append(len(prompts))
+        return real_generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    return mixed_calls
+
+
 def test_node_answers_equal_user_by_user_answers_in_one_mixed_pass(tiny_model, tmp_path, monkeypatch):
     from cdcda_fl.device.personalize import personalize_user, personalize_users
 
@@ -85,15 +99,7 @@ def test_node_answers_equal_user_by_user_answers_in_one_mixed_pass(tiny_model, t
     alone = [personalize_user(u, _synthetic(u), _cfg(), storage_dir=tmp_path / "alone", device_model=tiny_model)
              for u in users]
 
-    mixed_calls: list[int] = []
-    real_generate = tiny_model.generate
-
-    def spy(prompts, *args, **kwargs):
-        if kwargs.get("adapters") is not None:
-            mixed_calls.append(len(prompts))
-        return real_generate(prompts, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_model, "generate", spy)
+    mixed_calls = _count_mixed_calls(tiny_model, monkeypatch)
     together = personalize_users([(u, _synthetic(u)) for u in users], _cfg(), storage_dir=tmp_path / "node",
                                  device_model=tiny_model)
 
@@ -169,15 +175,7 @@ def test_the_cloud_row_of_the_devices_own_model_is_answered_in_the_nodes_batch(t
         raise AssertionError("the cloud model was loaded beside the device's own copy")
 
     monkeypatch.setattr(cloud_method, "cloud_backend", no_second_copy)
-    mixed_calls: list[int] = []
-    real_generate = tiny_model.generate
-
-    def spy(prompts, *args, **kwargs):
-        if kwargs.get("adapters") is not None:
-            mixed_calls.append(len(prompts))
-        return real_generate(prompts, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_model, "generate", spy)
+    mixed_calls = _count_mixed_calls(tiny_model, monkeypatch)
     cfg = _cfg(methods="rag,cloud", **{"cloud.model": "tiny-random", "rag.k": 2, "rag.cloud-k": 2})
     users = [_lamp2_user("a", 1), _lamp5_user("c")]
     out = personalize_users([(u, []) for u in users], cfg, storage_dir=tmp_path, device_model=tiny_model)

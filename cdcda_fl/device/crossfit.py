@@ -35,8 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cdcda_fl.device.synthetic_gate import criterion_checks, criterion_failure
+
 #: metrics closer than this are a tie (float noise of a mean)
 TIE = 1e-9
+#: why a check with cloud records tested none (no fold had a record whose label the user uses)
+NO_FITTING_RECORD = "no synthetic record fits the user's items (labels)"
 #: part of a stored decision's key: a changed rule never reuses decisions made by the old one
 RULE_VERSION = 3
 #: how many more of the user's items the base model must answer better than the adapter (per-item
@@ -134,7 +138,7 @@ def item_wins(a: Sequence[float], b: Sequence[float], higher_is_better: bool) ->
 
 def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callable[[Sequence[str]], float | None],
           higher_is_better: bool, per_item: Callable[[Sequence[str]], Sequence[float]] | None = None,
-          untested: str = "no synthetic record fits the user's items (labels)") -> CrossfitVerdict:
+          untested: str = NO_FITTING_RECORD) -> CrossfitVerdict:
     """The rule (module docstring, steps 3 and 4). ``metric_of(answers)`` scores answers to all items;
     ``per_item(answers)`` each item alone (the base model must win :data:`BASE_EVIDENCE` more items
     than it loses; without it the means decide)."""
@@ -148,13 +152,8 @@ def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callab
             return None
         return (a - b) if higher_is_better else (b - a)
 
-    g = gain(m_mix, m_real)
-    strict = criterion in ("loss+better-metric", "better-metric")
-    # better-metric: the answers alone decide (the loss only when no metric can be computed)
-    loss_ok = s.tested_mix > 0 and ((criterion == "better-metric" and g is not None) or loss_mix < loss_real - margin)
-    metric_ok = True
-    if criterion != "loss" and g is not None:
-        metric_ok = g > TIE if strict else g >= -TIE
+    loss_ok, metric_ok = criterion_checks(criterion, loss_mix, loss_real, margin, gain(m_mix, m_real))
+    loss_ok = loss_ok and s.tested_mix > 0
     used = loss_ok and metric_ok
     scores = (f"loss {loss_mix:.3f} vs {loss_real:.3f} real-only"
               + (f", metric {m_mix:.3f} vs {m_real:.3f}" if m_mix is not None and m_real is not None else "")
@@ -164,9 +163,7 @@ def judge(s: CrossfitScores, *, margin: float, criterion: str, metric_of: Callab
     elif s.tested_mix == 0:
         reason = untested  # why no fold had a cloud record to train on
     else:
-        why = ("the loss did not improve" if not loss_ok else "the metric did not improve"
-               if strict else "the metric got worse")
-        reason = f"{why} ({scores}; margin {margin})"
+        reason = f"{criterion_failure(criterion, loss_ok)} ({scores}; margin {margin})"
     chosen, chosen_metric = ("cdcda", m_mix) if used else ("local", m_real)
     below_base = gain(m_base, chosen_metric)
     evidence = BASE_EVIDENCE if per_item is None else item_wins(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.device.crossfit import CrossfitScores, FoldScores, folds, judge, run_folds
+from cdcda_fl.device.crossfit import NO_FITTING_RECORD, CrossfitScores, FoldScores, folds, judge, run_folds
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, check_step_scale
 from cdcda_fl.device.train_key import adapter_key, base_identity, fingerprint
@@ -126,8 +126,7 @@ class CrossfitCheck:
             values = per_item(answers)
             return sum(values) / len(values)
 
-        untested = ("no synthetic record fits the user's items (labels)" if self.run.cloud.kept
-                    else "the cloud sent no usable record")
+        untested = NO_FITTING_RECORD if self.run.cloud.kept else "the cloud sent no usable record"
         v = judge(s, margin=gate.margin, criterion=gate.criterion, metric_of=metric_of,
                   higher_is_better=metric not in LOWER_IS_BETTER, per_item=per_item, untested=untested)
         r4 = (lambda x: None if x is None else round(float(x), 4))

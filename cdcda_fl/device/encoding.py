@@ -82,7 +82,8 @@ def _encode_pair(tokenizer: Any, _state: tuple[Any, ...], user_text: str, output
     """One pair, cached per process: the device's check encodes each of a user's items for every
     fold adapter's training and scoring and again for the final adapters (chat templating and
     tokenizing were a tenth of a tiny user's device time, benchmarks/scale.py, 2026-12-07).
-    Keyed on the tokenizer object, whose chat template and vocabulary do not change after loading."""
+    Keyed on the tokenizer object and ``_state`` (its chat template and special tokens, which
+    :func:`encode_pairs` passes so a tokenizer changed in place never reuses stale encodings)."""
     prompt = format_prompt(tokenizer, user_text)
     p = _encode_text(tokenizer, prompt)
     c = tokenizer(_completion_text(tokenizer, user_text, output, prompt), add_special_tokens=False)["input_ids"]

@@ -56,6 +56,26 @@ CRITERIA = ("loss+metric", "loss+better-metric", "loss", "better-metric")
 #: criteria under which a tie of the task metric falls back
 STRICT_METRIC = frozenset({"loss+better-metric", "better-metric"})
 BUDGETS = ("epochs", "steps")
+
+
+def criterion_checks(criterion: str, loss_new: float, loss_old: float, margin: float,
+                     metric_gain: float | None) -> tuple[bool, bool]:
+    """(loss condition met, metric condition met) of ``train.synthetic-gate-criterion`` for both
+    rules (holdout here, crossfit in crossfit.py). ``metric_gain``: how much better the metric is
+    with the cloud's records (None when no metric could be computed: the loss then decides)."""
+    # better-metric: the answers alone decide (the loss only when no metric can be computed)
+    loss_ok = (criterion == "better-metric" and metric_gain is not None) or loss_new < loss_old - margin
+    metric_ok = True
+    if criterion != "loss" and metric_gain is not None:
+        metric_ok = metric_gain > METRIC_TIE if criterion in STRICT_METRIC else metric_gain >= -METRIC_TIE
+    return loss_ok, metric_ok
+
+
+def criterion_failure(criterion: str, loss_ok: bool, where: str = "") -> str:
+    """Why a check whose records were testable fell back (``where``: "held-out " for holdout)."""
+    if not loss_ok:
+        return f"the {where}loss did not improve"
+    return f"the {where}metric did not improve" if criterion in STRICT_METRIC else f"the {where}metric got worse"
 MIN_CHECK_TRAIN = 2  # real items the check's throw-away adapters train on, at the least
 
 
@@ -217,13 +237,10 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
                                               f"and train on {MIN_CHECK_TRAIN}")
     train, held = holdout_split(real_items, gate.fraction, seed, gate.min_held_out)
     s = held_out(train, held)
-    has_metric = s.metric_local is not None and s.metric_cdcda is not None
-    # better-metric: the answers alone decide (the loss only when no metric can be computed)
-    loss_ok = (gate.criterion == "better-metric" and has_metric) or s.loss_cdcda < s.loss_local - gate.margin
-    metric_ok = True
-    if gate.criterion != "loss" and has_metric:
+    gain = None
+    if s.metric_local is not None and s.metric_cdcda is not None:
         gain = (s.metric_cdcda - s.metric_local) if s.higher_is_better else (s.metric_local - s.metric_cdcda)
-        metric_ok = gain > METRIC_TIE if gate.criterion in STRICT_METRIC else gain >= -METRIC_TIE
+    loss_ok, metric_ok = criterion_checks(gate.criterion, s.loss_cdcda, s.loss_local, gate.margin, gain)
     used = loss_ok and metric_ok and not s.same_data
     scores = f"loss {s.loss_cdcda:.3f} vs {s.loss_local:.3f} real-only" + (
         f", metric {s.metric_cdcda:.3f} vs {s.metric_local:.3f}" if s.metric_local is not None and
@@ -233,8 +250,7 @@ def decide(gate: GateConfig, real_items: Sequence[Mapping[str, Any]], n_syntheti
     elif s.same_data:
         reason = "fell back to local-only: no synthetic record has a label of the check's training items"
     else:
-        why = ("the held-out loss did not improve" if not loss_ok else "the held-out metric did not improve"
-               if gate.criterion in STRICT_METRIC else "the held-out metric got worse")
+        why = criterion_failure(gate.criterion, loss_ok, "held-out ")
         reason = f"fell back to local-only: {why} ({scores}; margin {gate.margin})"
     r4 = (lambda v: None if v is None else round(float(v), 4))
     return GateDecision(gate.rule, used, reason, len(held), r4(s.loss_local), r4(s.loss_cdcda), gate.margin,
