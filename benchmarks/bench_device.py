@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cdcda_fl.atomic import write_json_atomic  # noqa: E402
+from cdcda_fl.core.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "device.json"
 TOPICS = ["a crew wakes from cryosleep", "two strangers meet in Paris", "a haunted lighthouse",

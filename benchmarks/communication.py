@@ -7,7 +7,7 @@ measures the former from its audit log and per-user results, and computes the la
 on-device model with the run's LoRA settings (fp32 weights, one upload + one download). When the
 run also ran the federated baselines (methods fedavg, fedavg+local, cdcda+fedavg), FedAvg's bytes
 per user per round are also *measured*: up from the devices' audit logs, down from the server's
-rounds log (cdcda_fl/federated.py: measured_bytes).
+rounds log (cdcda_fl/server/federated.py: measured_bytes).
 
     python benchmarks/communication.py                 # a small run (real cloud model), then the table
     python benchmarks/communication.py --quick         # smoke size: tiny-random cloud (writes ~no records)
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from cdcda_fl.config import csv_list, load_config  # noqa: E402
+from cdcda_fl.core.config import csv_list, load_config  # noqa: E402
 
 
 def lora_and_full_params(model_name: str, rank: int, targets: list[str]) -> tuple[int, int]:
@@ -60,7 +60,7 @@ def measure(run_dir: Path) -> dict:
     users = sorted(set(up) | set(down))
     lora, full = lora_and_full_params(str(cfg["device.model"]), int(cfg["train.rank"]),
                                       csv_list(cfg["train.target-modules"]))
-    from cdcda_fl.federated import measured_bytes
+    from cdcda_fl.server.federated import measured_bytes
 
     fedavg = measured_bytes(run_dir)
     per_user_up = [up.get(u, 0) for u in users]

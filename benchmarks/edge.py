@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # No torch at module level: the spawned llama.cpp child imports this file and must stay torch-free.
-from cdcda_fl.atomic import write_json_atomic  # noqa: E402  (stdlib only)
+from cdcda_fl.core.atomic import write_json_atomic  # noqa: E402  (stdlib only)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge.json"
 TASK = "LaMP_2"

@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from cdcda_fl.atomic import write_json_atomic
-    from cdcda_fl.config import resolve
+    from cdcda_fl.core.atomic import write_json_atomic
+    from cdcda_fl.core.config import resolve
     from cdcda_fl.data.tasks import get_task
     from cdcda_fl.device.personalize import personalize_users
     from cdcda_fl.device.synthetic_store import load_synthetic_log
-    from cdcda_fl.device_node import SIMULATED, hosted_users, storage_dir
-    from cdcda_fl.metrics import primary_metric, score
+    from cdcda_fl.device.node import SIMULATED, hosted_users, storage_dir
+    from cdcda_fl.evaluation.metrics import primary_metric, score
 
     results = json.loads((args.run / "config.json").read_text())
     cfg = resolve({k: v for k, v in (results.get("config") or results).items() if k != "versions"})

@@ -39,7 +39,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.superlink.grid import InMemoryGrid
 
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.core.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_device import matmul_peak, pairs  # noqa: E402
 
-from cdcda_fl.atomic import write_json_atomic  # noqa: E402
+from cdcda_fl.core.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lora_layers.json"
 
@@ -54,7 +54,7 @@ def main() -> None:
     from cdcda_fl.device.lora import DeviceModel
     from cdcda_fl.device.training import LoraTrainConfig
     from cdcda_fl.device.models import load_base_model
-    from cdcda_fl.quiet import quiet_libraries
+    from cdcda_fl.core.quiet import quiet_libraries
 
     quiet_libraries()
     variants = [int(x) for x in args.layers.split(",")]

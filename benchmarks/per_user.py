@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.core.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_device import matmul_peak, pairs  # noqa: E402
 
-from cdcda_fl.atomic import write_json_atomic  # noqa: E402
+from cdcda_fl.core.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_compile.json"
 
@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import cdcda_fl.device.training as training
-    from cdcda_fl.quiet import quiet_libraries
+    from cdcda_fl.core.quiet import quiet_libraries
 
     quiet_libraries()
     from cdcda_fl.device.lora import DeviceModel

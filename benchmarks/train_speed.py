@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_device import matmul_peak, pairs  # noqa: E402
 
-from cdcda_fl.atomic import write_json_atomic  # noqa: E402
+from cdcda_fl.core.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 VARIANTS = (("sdpa", 0.05), ("sdpa", 0.0), ("eager", 0.05), ("eager", 0.0))

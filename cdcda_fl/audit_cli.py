@@ -1,6 +1,6 @@
 """`cdcda audit`: the empirical privacy audits of the private adapters, as commands.
 
-``cdcda audit canaries`` runs the canary exposure audit (cdcda_fl/canary_audit.py), ``cdcda audit
+``cdcda audit canaries`` runs the canary exposure audit (cdcda_fl/sweeps/canary_audit.py), ``cdcda audit
 sent`` reads what a device sent from its own audit log (privacy/sent.py). Every ``cdcda`` command
 builds this parser, so the audit's training code (torch) is imported only when it runs.
 """
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import ConfigError, add_config_arguments, load_config, path_overrides
+from cdcda_fl.core.config import ConfigError, add_config_arguments, load_config, path_overrides
 from cdcda_fl.privacy.canary import CanaryError
 from cdcda_fl.privacy.sent import cmd_sent
 
@@ -65,7 +65,7 @@ def _cmd_canaries(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from cdcda_fl.canary_audit import run_canary_audit  # lazy: trains adapters (torch); `cdcda --help` stays fast
+    from cdcda_fl.sweeps.canary_audit import run_canary_audit  # lazy: trains adapters (torch); `cdcda --help` stays fast
 
     try:
         report = run_canary_audit(cfg, settings, n_canaries=args.canaries, n_controls=args.controls,

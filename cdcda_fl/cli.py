@@ -17,7 +17,7 @@ from pathlib import Path
 from cdcda_fl import audit_cli, inspect_cli
 from cdcda_fl.cloud.backends import BackendError
 from cdcda_fl.cloud.serve import add_serve_subcommand
-from cdcda_fl.config import ConfigError
+from cdcda_fl.core.config import ConfigError
 from cdcda_fl.data.lamp import LampDataError, check_path, read_outputs
 from cdcda_fl.data.multitask_personas import MULTITASK_TASKS, write_multitask_personas
 from cdcda_fl.data.personas import write_personas
@@ -25,7 +25,7 @@ from cdcda_fl.data.tasks import TASK_NAMES, get_task, parse_task_list
 from cdcda_fl.device.gguf_parts import ModelIntegrityError
 from cdcda_fl.edge import cli as edge_cli
 from cdcda_fl.privacy.consent import ConsentError
-from cdcda_fl.runs import RunDataError
+from cdcda_fl.server.runs import RunDataError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -68,7 +68,7 @@ def _cmd_personas(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from cdcda_fl.metrics import PredictionMismatchError, score  # lazy: scikit-learn (2 s) for one command
+    from cdcda_fl.evaluation.metrics import PredictionMismatchError, score  # lazy: scikit-learn (2 s) for one command
 
     try:
         task = get_task(args.task)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import safe_filename
+from cdcda_fl.core.atomic import safe_filename
 from cdcda_fl.data.tasks import TASKS, get_task
 from cdcda_fl.device.synthetic_store import SyntheticStoreError, load_synthetic_log, synthetic_log_path
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from cdcda_fl.config import ReceivedConfig, Scalar, received_config
+from cdcda_fl.core.config import ReceivedConfig, Scalar, received_config
 
 CONFIG = "config"
 PAYLOAD = "payload"

@@ -1,4 +1,4 @@
-"""The device: a Flower ClientApp per node (thin; the work is in :mod:`cdcda_fl.device_node`).
+"""The device: a Flower ClientApp per node (thin; the work is in :mod:`cdcda_fl.device.node`).
 
 Handlers:
 - ``query.share``: reply with the records this node's users consented to share (scrubbed).
@@ -13,13 +13,13 @@ Handlers:
 Each handler decodes the message (only its kind's config keys: ``config.MESSAGE_KEYS``), calls
 the Flower-free device node, and encodes the payload. Anything that raises leaves as a generic
 code (:func:`_guarded`); consent, audit and which users a node serves are documented in
-:mod:`cdcda_fl.device_node`.
+:mod:`cdcda_fl.device.node`.
 
 Simulated or real is decided here, never by the server: ``simulation_app`` (what ``cdcda run``
 hands Flower's simulation engine) marks every node simulated; ``app`` (the pyproject component a
 SuperNode or ``flwr run .`` loads) marks a node simulated only while Flower's simulation engine
 itself is calling it (its Ray actor's ``run`` is on the call stack). A SuperNode's own node config
-cannot claim the mark; without ``data-dir`` it refuses to run (``device_node.NodeNotConfigured``).
+cannot claim the mark; without ``data-dir`` it refuses to run (``device.node.NodeNotConfigured``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cdcda_fl import device_node as node
-from cdcda_fl.quiet import quiet_libraries
-from cdcda_fl.config import received_config
+from cdcda_fl.device import node
+from cdcda_fl.core.quiet import quiet_libraries
+from cdcda_fl.core.config import received_config
 from clients.codec import array_record, config_of, global_arrays, pack, split_fedavg_config, unpack
 
 quiet_libraries()

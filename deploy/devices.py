@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.data.lamp import record_user_id
 from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.privacy.consent import ConsentError

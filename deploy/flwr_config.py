@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import DEFAULTS, _flatten
+from cdcda_fl.core.config import DEFAULTS, _flatten
 
 from .common import ROOT, LabError
 

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdcda_fl.config import ConfigError, config_get, load_config
+from cdcda_fl.core.config import ConfigError, config_get, load_config
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.sent import format_sent, summarize_sent
@@ -143,7 +143,7 @@ def _simulation(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     """Devices built, run deployed, then the table and what each device sent (its own audit log)."""
-    from cdcda_fl.results import print_table  # lazy: scikit-learn (2 s), only for the closing table
+    from cdcda_fl.reporting.results import print_table  # lazy: scikit-learn (2 s), only for the closing table
 
     work = outside_checkout(args.work, "--work")
     devices_root = outside_checkout(args.devices or work / "devices", "--devices")

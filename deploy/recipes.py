@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.data.run_data import list_users
-from cdcda_fl.runs import prepare_run_dir
+from cdcda_fl.server.runs import prepare_run_dir
 
 from .common import DEFAULT_WORK, ROOT, LabError
 from .flwr_config import flwr_run_config

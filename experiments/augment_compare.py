@@ -27,11 +27,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
-from cdcda_fl.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
+from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
 
 SETTINGS_HELP = "name:key=value;key=value,... (e.g. 'plain:,cap:train.synthetic-max-share=0.5')"
 
@@ -133,7 +133,7 @@ def summarize(rows: list[dict], markdown: bool = False) -> str:
 
 def write_summary(rows: list[dict], out: Path) -> Path:
     """``summary.md`` beside the rows file: the markdown table (experiments/update_readme.py --realtext)."""
-    from cdcda_fl.atomic import write_text_atomic
+    from cdcda_fl.core.atomic import write_text_atomic
 
     return write_text_atomic(out.parent / "summary.md", summarize(rows, markdown=True) + "\n")
 
@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--storage", type=Path, default=None, help="the devices' disk (default: beside --out)")
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
-    from cdcda_fl.quiet import quiet_libraries
+    from cdcda_fl.core.quiet import quiet_libraries
 
     quiet_libraries()  # the same known-noise filters as `cdcda run` (bitsandbytes' kernels notice, ...)
 

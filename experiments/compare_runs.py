@@ -5,7 +5,7 @@
 For each task both runs have, takes the method's primary metric per user (results.json
 ``per_user``), and prints each run's mean with its 95 % interval over users, the paired
 difference after − before (positive = after is better; for MAE, before − after) with its
-interval, and win/tie/loss over users (cdcda_fl/stats.py). Users present in only one run are
+interval, and win/tie/loss over users (cdcda_fl/evaluation/stats.py). Users present in only one run are
 left out and counted. This is how a speed change is checked for "the same metrics": run the
 same config twice, changing only the setting, and compare.
 """
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
-from cdcda_fl.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
+from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
 
 
 def per_user_metric(run: Path, method: str) -> dict[str, dict[str, float]]:

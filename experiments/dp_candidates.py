@@ -37,7 +37,7 @@ from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.lora import DeviceModel
 from cdcda_fl.device.training import LoraTrainConfig
 from cdcda_fl.device.models import get_base_model
-from cdcda_fl.metrics import score
+from cdcda_fl.evaluation.metrics import score
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
 
 README_DEFAULT = DPTrainPlan(rank=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -97,7 +97,7 @@ SETTINGS = {  # name -> run-config overrides
 
 def personalize_mode(args: argparse.Namespace) -> None:
     """base vs local vs cdcda, DP off and on, through the device's own personalize_user."""
-    from cdcda_fl.config import load_config
+    from cdcda_fl.core.config import load_config
     from cdcda_fl.device.personalize import personalize_user
 
     sets = [f"dp.epsilon={args.epsilon}", f"seed={args.seed}", f"device.model={args.model}"]

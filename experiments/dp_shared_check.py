@@ -27,8 +27,8 @@ from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.lora import DeviceModel
 from cdcda_fl.device.models import get_base_model
 from cdcda_fl.privacy.consent import share_records
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
-from cdcda_fl.stats import paired_diff_ci, win_tie_loss
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric, score
+from cdcda_fl.evaluation.stats import paired_diff_ci, win_tie_loss
 
 
 def _scores(dm: DeviceModel, spec, pairs: list[tuple[str, str]]) -> tuple[float, float]:

@@ -34,13 +34,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_json_atomic, write_text_atomic
-from cdcda_fl.config import ConfigError, load_config, read_toml
+from cdcda_fl.core.atomic import write_json_atomic, write_text_atomic
+from cdcda_fl.core.config import ConfigError, load_config, read_toml
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import parse_task_list
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
-from cdcda_fl.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
+from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
 
 REFERENCE = {"oracle", "noise"}
 BUCKETS = (("≤5", 0, 5), ("6–15", 6, 15), (">15", 16, 10**9))

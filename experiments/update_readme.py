@@ -8,7 +8,7 @@
 
 Each section lives between ``<!-- NAME:begin -->`` / ``<!-- NAME:end -->`` markers in the file
 ``SECTION_FILES`` (run results) or ``PERF_SECTIONS`` (benchmark tables) names. A run's table is
-rebuilt from its ``results.json`` by :func:`cdcda_fl.paper_table.paper_table`, so every value carries
+rebuilt from its ``results.json`` by :func:`cdcda_fl.reporting.paper_table.paper_table`, so every value carries
 its 95 % interval over users and CDCDA's paired gain over local-only with win/tie/loss.
 
 Run directories are not committed, so for every run-result section this script also writes
@@ -121,7 +121,7 @@ def run_part(run: Path, title: str, command: str) -> Part:
 
 def render_run(part: Part, target: str) -> list[str]:
     """A run's header (config and timing), its paper table with intervals, and what left the devices."""
-    from cdcda_fl.paper_table import paper_table
+    from cdcda_fl.reporting.paper_table import paper_table
 
     results, title, command = part["results"], part["title"], part["command"]
     cfg = results["config"]
@@ -179,7 +179,7 @@ def size_table(results: dict, sizes: dict[str, dict[str, int]]) -> list[str]:
     The do-no-harm check of issue 28 on real writing: no size bucket of the product default may be
     below the base model by more than noise.
     """
-    from cdcda_fl.stats import format_interval, mean_ci, paired_diff_ci
+    from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci
 
     lines = ["", "| Task | Profile items | Users | " + " | ".join(SIZE_METHODS) + " | CDCDA − base | CDCDA − local |",
              "|---|---:|---:|" + "---:|" * (len(SIZE_METHODS) + 2)]
@@ -273,7 +273,7 @@ def canary_part(run: Path) -> Part:
 
 def draw_canary_plot(report: dict, images: Path) -> None:
     """The sweep's exposure-vs-ε plot, drawn from the same summary as the table."""
-    from cdcda_fl.sweep_plots import _pyplot, plot_exposure_vs_epsilon
+    from cdcda_fl.reporting.sweep_plots import _pyplot, plot_exposure_vs_epsilon
 
     images.mkdir(parents=True, exist_ok=True)
     fig = plot_exposure_vs_epsilon({"canary_audit": report})

@@ -1,8 +1,8 @@
 """The cloud: a Flower ServerApp whose "aggregation" is data augmentation (and, for the federated
 baselines, Flower's own FedAvg: strategies/fedavg.py).
 
-All of the run's logic (rounds, resume, failures, reporting) is in :mod:`cdcda_fl.orchestrator`;
-this module only adapts Flower's Grid to its :class:`~cdcda_fl.orchestrator.Transport`: requests
+All of the run's logic (rounds, resume, failures, reporting) is in :mod:`cdcda_fl.server.orchestrator`;
+this module only adapts Flower's Grid to its :class:`~cdcda_fl.server.orchestrator.Transport`: requests
 become ``query.share`` / ``train.personalize`` Messages carrying the run config and a JSON payload
 (``clients/codec.py``), replies are decoded back.
 """
@@ -17,8 +17,8 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid import InMemoryGrid
 
-from cdcda_fl import orchestrator
-from cdcda_fl.config import Scalar, resolve
+from cdcda_fl.server import orchestrator
+from cdcda_fl.core.config import Scalar, resolve
 from clients.codec import GLOBAL_PREFIX, array_record, pack, unpack
 from strategies.fedavg import run_rounds
 

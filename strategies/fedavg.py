@@ -17,7 +17,7 @@ changes only what a CDCDA run needs around it:
 :func:`run_rounds` runs rounds ``first .. fedavg.rounds`` of one task through
 ``strategy.start(grid=..., initial_arrays=..., num_rounds=...)``; Flower's ``evaluate_fn`` hook,
 called after every round with the new global arrays, is where the server checkpoints them
-(``cdcda_fl/federated.py``), so a killed run resumes after its last finished round.
+(``cdcda_fl/server/federated.py``), so a killed run resumes after its last finished round.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from cdcda_fl.config import Scalar
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.device.federated import adapter_digest
-from cdcda_fl.federated import fedavg_message_config, round_facts
+from cdcda_fl.server.federated import fedavg_message_config, round_facts
 from clients.codec import array_record
 
 WEIGHT_KEY = "num-examples"

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import DEFAULTS, ConfigError, add_config_arguments, load_config, path_overrides
+from cdcda_fl.core.config import DEFAULTS, ConfigError, add_config_arguments, load_config, path_overrides
 from cdcda_fl.data.lamp import LampDataError
-from cdcda_fl.runs import RunDataError
+from cdcda_fl.server.runs import RunDataError
 from strategies.simulation import Interrupted, run_simulation
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "demo.toml"
@@ -25,8 +25,8 @@ def _print_config_help() -> None:
 
 
 def check_config(cfg: dict) -> None:
-    """Every check that can fail before anything starts (cdcda_fl/run_checks.py): before Ray starts."""
-    from cdcda_fl.run_checks import validate_run_config
+    """Every check that can fail before anything starts (cdcda_fl/server/run_checks.py): before Ray starts."""
+    from cdcda_fl.server.run_checks import validate_run_config
 
     validate_run_config(cfg)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cdcda_fl.config import Scalar
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.privacy.policy_file import owners_policy_file
-from cdcda_fl.progress import log
-from cdcda_fl.quiet import private_network_defaults, quiet_libraries
+from cdcda_fl.core.progress import log
+from cdcda_fl.core.quiet import private_network_defaults, quiet_libraries
 from cdcda_fl.data.run_data import user_refs
-from cdcda_fl.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users
+from cdcda_fl.server.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users
 
 # Seconds the run gets to wind down after a stop signal before its Ray processes are killed.
 STOP_GRACE_S = 5.0

@@ -1,4 +1,4 @@
-"""`cdcda sweep`: the privacy-versus-utility grid from a TOML file (the work is in cdcda_fl.sweep).
+"""`cdcda sweep`: the privacy-versus-utility grid from a TOML file (the work is in cdcda_fl.sweeps.sweep).
 
 A ``cdcda`` subcommand plugged in through the ``cdcda.commands`` entry point (pyproject.toml): the
 core library never imports the Flower layer; this module gives the sweep its runner, one Flower
@@ -11,14 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdcda_fl.config import ConfigError, add_config_arguments, path_overrides
+from cdcda_fl.core.config import ConfigError, add_config_arguments, path_overrides
 from strategies.simulation import run_simulation
 
 PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "privacy.toml"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from cdcda_fl.sweep import load_sweep, print_sweep, run_sweep  # lazy: scikit-learn; every `cdcda` loads this plugin
+    from cdcda_fl.sweeps.sweep import load_sweep, print_sweep, run_sweep  # lazy: scikit-learn; every `cdcda` loads this plugin
 
     try:
         spec = load_sweep(args.config, args.set, extra=path_overrides(args), grid=args.grid)

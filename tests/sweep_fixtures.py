@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cdcda_fl.sweep import load_sweep, run_sweep
+from cdcda_fl.sweeps.sweep import load_sweep, run_sweep
 
 PRIVACY_TINY = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "privacy_tiny.toml"
 _MEMO: dict[str, tuple[Path, dict[str, Any]]] = {}

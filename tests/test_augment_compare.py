@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from experiment_scripts import load_experiment
 
 

@@ -175,7 +175,7 @@ def test_openai_backend_defaults_are_the_config_defaults():
     import inspect
 
     from cdcda_fl.cloud.backends import OpenAIBackend
-    from cdcda_fl.config import DEFAULTS
+    from cdcda_fl.core.config import DEFAULTS
 
     params = inspect.signature(OpenAIBackend.__init__).parameters
     assert params["timeout"].default == DEFAULTS["cloud.timeout"][0] == 120.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import Query, User
 from cdcda_fl.privacy.consent import share_records
 from cdcda_fl.privacy.canary import (
@@ -130,7 +130,7 @@ def test_cli_audit_canaries_end_to_end(tiny_base, tiny_cache, tmp_path: Path, mo
     from cdcda_fl.cli import main
 
     monkeypatch.setenv("CDCDA_CACHE_DIR", str(tiny_cache))
-    import cdcda_fl.canary_audit as canary_audit
+    import cdcda_fl.sweeps.canary_audit as canary_audit
 
     real, asked = canary_audit.device_model_for, []
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
-from cdcda_fl.device_node import SIMULATED, hosted_users
+from cdcda_fl.device.node import SIMULATED, hosted_users
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.privacy.record_ids import device_key, own_ids
-from cdcda_fl.runs import write_simulated_consent
+from cdcda_fl.server.runs import write_simulated_consent
 from clients.codec import pack, unpack
 from clients.device import simulation_app as app
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import DEFAULTS, ConfigError, load_config, methods_of, resolve
+from cdcda_fl.core.config import DEFAULTS, ConfigError, load_config, methods_of, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_shipped_configs_load(name: str) -> None:
 
 
 def test_one_bool_parser_for_every_flag() -> None:
-    from cdcda_fl.config import ConfigError, parse_bool
+    from cdcda_fl.core.config import ConfigError, parse_bool
 
     for yes in (True, 1, "true", " YES ", "on", "1"):
         assert parse_bool(yes) is True

@@ -244,8 +244,8 @@ def test_redaction_terms_apply_even_without_scrubbing() -> None:
 
 
 def test_run_names_override_tables_for_users_it_does_not_hold(tmp_path) -> None:
-    from cdcda_fl.config import resolve
-    from cdcda_fl.runs import prepare_run_dir, unknown_consent_users
+    from cdcda_fl.core.config import resolve
+    from cdcda_fl.server.runs import prepare_run_dir, unknown_consent_users
 
     overrides = tmp_path / "overrides.toml"
     overrides.write_text('[dev-u0000]\nshare-fraction = 1.0\n\n[dev-u00O1]\nshare-fraction = 0\n')  # O for 0

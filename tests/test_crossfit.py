@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.device.crossfit import CrossfitScores, FoldScores, folds, judge, run_folds
 from cdcda_fl.device.synthetic_gate import GateConfig, GateError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cdcda_fl.cloud.reference_writers import make_reference_writer
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import get_task

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.data.index import iter_json_list, read_record, task_index
 from cdcda_fl.data.lamp import LampDataError, load_task_users, write_outputs, write_questions
 from cdcda_fl.data.personas import make_task_split, write_personas
@@ -107,7 +107,7 @@ def test_file_level_problem_refuses(tmp_path: Path) -> None:
 
 def test_node_reads_only_its_own_users(tmp_path: Path, monkeypatch) -> None:
     """hosted_users loads the records of the node's partition, never the others'."""
-    from cdcda_fl import device_node as device
+    from cdcda_fl.device import node as device
     from cdcda_fl.data import index as index_mod
 
     write_personas(tmp_path / "data", users=6, tasks=["LaMP_2"], seed=1, splits=("dev",))

@@ -440,6 +440,6 @@ def test_cpu_training_uses_eager_attention_and_restores_sdpa(tiny_base):
 
 
 def test_lora_dropout_defaults_to_zero_everywhere():
-    from cdcda_fl.config import DEFAULTS
+    from cdcda_fl.core.config import DEFAULTS
 
     assert LoraTrainConfig().dropout == 0.0 and DEFAULTS["train.dropout"][0] == 0.0

@@ -94,7 +94,7 @@ def test_get_base_model_caches_per_process(tiny_cache):
 
 def test_one_cache_holds_base_device_and_cloud_models():
     """The device model and the cloud upper bound reuse the cached base; one clear frees them all."""
-    from cdcda_fl.config import load_config
+    from cdcda_fl.core.config import load_config
     from cdcda_fl.device import personalize
     from cdcda_fl.device.lora import device_model_for
     from cdcda_fl.device.methods.cloud import cloud_backend as _cloud_backend

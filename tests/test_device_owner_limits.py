@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
 from cdcda_fl.privacy.audit_log import read_audit
 from clients.codec import pack, unpack
@@ -118,7 +118,7 @@ def test_models_the_owner_listed_load(device, tmp_path: Path) -> None:
 def test_a_fedavg_message_is_checked_against_the_device_model_only(tmp_path: Path) -> None:
     """A FedAvg round's config carries no ``methods``; the owner's model check read it and failed
     every round on real devices (issue 31, found with deploy/lab.sh)."""
-    from cdcda_fl.config import message_config, received_config
+    from cdcda_fl.core.config import message_config, received_config
     from cdcda_fl.device.model_policy import enforce_owner_models, requested_models
 
     cfg = resolve({"tasks": "LaMP_5", "device.model": "tiny-random", "methods": "base,fedavg,cloud"})

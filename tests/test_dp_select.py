@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import Query, User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.dp_select import (
@@ -314,7 +314,7 @@ def test_private_selection_keeps_a_public_adapter_that_fits_the_private_records(
 
 
 def test_personalize_with_private_selection_never_trains_on_private_records(tiny_base, tmp_path: Path, monkeypatch):
-    from cdcda_fl.config import ConfigError, check_dp_selection
+    from cdcda_fl.core.config import ConfigError, check_dp_selection
 
     seen: list[list] = []
     real_train = DeviceModel.train

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "tiny.toml"

@@ -192,7 +192,7 @@ def test_adapter_shifts_llamacpp_logits_as_it_shifts_pytorch_logits(word_adapter
 @pytest.mark.usefixtures("one_thread")
 def test_device_runtime_llamacpp_in_personalize_agrees_with_torch(smollm2_base_gguf: Path, tmp_path: Path) -> None:
     """`device.runtime=llamacpp` end to end on the device: the same stored adapter, answered by llama.cpp."""
-    from cdcda_fl.config import load_config
+    from cdcda_fl.core.config import load_config
     from cdcda_fl.data.lamp import Query, User
     from cdcda_fl.device.personalize import personalize_user
 

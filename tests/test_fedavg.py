@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from cdcda_fl.config import message_config, resolve
-from cdcda_fl.federated import Checkpoints, fingerprint
+from cdcda_fl.core.config import message_config, resolve
+from cdcda_fl.server.federated import Checkpoints, fingerprint
 from cdcda_fl.privacy.audit_log import canonical_json, read_audit
 from clients.codec import array_record
 from fedavg_fixtures import LoopbackGrid, client_node, simulated_nodes
@@ -138,7 +138,7 @@ def test_a_node_that_cannot_train_replies_a_generic_error_and_audits_it(tmp_path
     cfg = _cfg(tmp_path)
     config = ConfigRecord({**message_config("fedavg", cfg), "server-round": 1, "cdcda.task": "LaMP_5",
                            "cdcda.round-offset": 0})  # the node holds no LaMP_5 user
-    from cdcda_fl.runs import prepare_run_dir
+    from cdcda_fl.server.runs import prepare_run_dir
 
     prepare_run_dir(cfg)
     msg = Message(RecordDict({"arrays": ArrayRecord(), "config": config}), dst_node_id=1, message_type="train")
@@ -220,7 +220,7 @@ def test_users_per_node_above_one_train_together_and_are_answered_each(tmp_path:
 def test_cdcda_from_the_global_adapter_follows_cdcdas_decision(tmp_path: Path) -> None:
     """cdcda+fedavg trains real + synthetic from the global adapter when CDCDA uses the cloud's
     records (rule none: always), and its paired difference against fedavg+local is reported."""
-    from cdcda_fl import orchestrator
+    from cdcda_fl.server import orchestrator
     from cdcda_fl.data.run_data import user_key
     from strategies.cloud_augment import GridTransport
 
@@ -249,7 +249,7 @@ def test_cdcda_from_the_global_adapter_follows_cdcdas_decision(tmp_path: Path) -
 def test_cdcda_from_fedavg_that_falls_back_reports_the_budget_of_what_it_answers_with(tmp_path: Path) -> None:
     """Refused cloud records (the crossfit check on an empty cloud): cdcda+fedavg answers as
     fedavg+local and reports that adapter's steps (found at 0 steps on a real-writing run)."""
-    from cdcda_fl import orchestrator
+    from cdcda_fl.server import orchestrator
     from strategies.cloud_augment import GridTransport
 
     class NoRecords:  # the cloud, stubbed: nothing written for anybody

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import cdcda_fl.device_node as device_node
-from cdcda_fl.config import message_config, received_config, resolve
+import cdcda_fl.device.node as device_node
+from cdcda_fl.core.config import message_config, received_config, resolve
 from cdcda_fl.data.personas import write_personas
-from cdcda_fl.device_node import SIMULATED, FederatedNotConsented, fedavg_round, federated_training_users, hosted_users
+from cdcda_fl.device.node import SIMULATED, FederatedNotConsented, fedavg_round, federated_training_users, hosted_users
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.report import generic_error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdcda_fl.config import ConfigError, check_lora_layers, load_config
+from cdcda_fl.core.config import ConfigError, check_lora_layers, load_config
 from cdcda_fl.device import frozen_prefix
 from cdcda_fl.device.frozen_prefix import PrefixCache, frozen_prefix_for
 from cdcda_fl.device.encoding import collate, encode_pairs
@@ -92,7 +92,7 @@ def test_no_prefix_when_every_layer_trains_or_model_unsupported(tiny_base) -> No
 
 
 def test_lora_layers_config() -> None:
-    from cdcda_fl.config import DEFAULTS
+    from cdcda_fl.core.config import DEFAULTS
 
     assert DEFAULTS["train.lora-layers"][0] >= 0
     assert load_config(sets=["train.lora-layers=10"])["train.lora-layers"] == 10

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.cli import main
 from cdcda_fl.device.synthetic_store import save_synthetic_log
 from cdcda_fl.inspect_cli import InspectError, inspect_user
 from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import SharedRecords
-from cdcda_fl.aggregate import aggregate
-from cdcda_fl.runs import ResultStore
+from cdcda_fl.server.aggregate import aggregate
+from cdcda_fl.server.runs import ResultStore
 
 KEPT = {"id": "syn-alice-0", "description": "A heist crew KEPT-7e1 plans one last job.", "tag": "action",
         "synthetic": True}

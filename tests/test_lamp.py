@@ -141,7 +141,7 @@ def test_validate_path_reports_summary_and_errors(tmp_path: Path) -> None:
 
 def test_atomic_writes_leave_the_old_file_on_failure(tmp_path) -> None:
     """A writer that fails half-way leaves the previous file intact and no temp file behind."""
-    from cdcda_fl.atomic import atomic_path, write_text_atomic
+    from cdcda_fl.core.atomic import atomic_path, write_text_atomic
 
     target = tmp_path / "report.txt"
     write_text_atomic(target, "old")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.data.tasks import TASK_NAMES
-from cdcda_fl.paper_table import paper_table, write_paper_table
+from cdcda_fl.reporting.paper_table import paper_table, write_paper_table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdcda_fl.config import ConfigError, load_config, message_config, message_keys, received_config
+from cdcda_fl.core.config import ConfigError, load_config, message_config, message_keys, received_config
 from tests.test_personalize_batch import _lamp2_user, _lamp5_user, _synthetic
 
 
@@ -31,7 +31,7 @@ def test_received_config_fills_defaults_drops_other_kinds_keys_and_refuses_unsen
 
 
 @pytest.mark.parametrize("read", [lambda c: "dp.epsilon" in c, lambda c: c.get("dp.epsilon", 0.0), lambda c: c.items(),
-                                  lambda c: __import__("cdcda_fl.config").config.config_section(c, "dp.")])
+                                  lambda c: __import__("cdcda_fl.core.config").core.config.config_section(c, "dp.")])
 def test_received_config_guards_get_in_items_and_sections(read):
     """`in` answering False, `.get` its default or `.items()` an empty section is a silent default too."""
     with pytest.raises(ConfigError, match="not sent to devices with 'share' messages|read by key or by section"):

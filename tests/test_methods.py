@@ -1,15 +1,15 @@
-"""The method table (cdcda_fl/method_table.py) is the one list of methods: the config accepts
+"""The method table (cdcda_fl/core/method_table.py) is the one list of methods: the config accepts
 exactly its names, each builds the device class it names, and its traits drive the orchestrator."""
 
 from __future__ import annotations
 
 import pytest
 
-from cdcda_fl.config import ConfigError, federated_methods, load_config, methods_of, uses_cloud_data
+from cdcda_fl.core.config import ConfigError, federated_methods, load_config, methods_of, uses_cloud_data
 from cdcda_fl.device.methods.method import Method, Refused
 from cdcda_fl.device.methods.private import Private
 from cdcda_fl.device.methods.registry import build_methods, method_class
-from cdcda_fl.method_table import CLOUD_DATA_METHODS, FEDERATED_METHODS, METHOD_TABLE, METHODS
+from cdcda_fl.core.method_table import CLOUD_DATA_METHODS, FEDERATED_METHODS, METHOD_TABLE, METHODS
 
 
 def _cfg(methods, **over):

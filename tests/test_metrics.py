@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cdcda_fl.metrics import PredictionMismatchError, score
+from cdcda_fl.evaluation.metrics import PredictionMismatchError, score
 
 
 def test_classification_outside_label_list_is_wrong() -> None:
@@ -67,7 +67,7 @@ def test_per_example_metrics_average_to_the_primary_metric(task: str) -> None:
     import random
 
     from cdcda_fl.data.tasks import get_task
-    from cdcda_fl.metrics import per_example, primary_metric
+    from cdcda_fl.evaluation.metrics import per_example, primary_metric
 
     spec = get_task(task)
     rng = random.Random(task)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdcda_fl.cli import main
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import User, load_task_users, validate_path
 from cdcda_fl.data.multitask_personas import (
     INTERESTS,
@@ -31,7 +31,7 @@ from cdcda_fl.data.oracle_items import read_oracle_items
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.lora import DeviceModel, LoraTrainConfig
 from cdcda_fl.device.models import load_base_model
-from cdcda_fl.runs import check_run_data
+from cdcda_fl.server.runs import check_run_data
 from device_fixtures import one_thread  # noqa: F401
 
 N_PEOPLE = 30

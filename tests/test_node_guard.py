@@ -17,8 +17,8 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from cdcda_fl.config import resolve
-from cdcda_fl.node_guard import NodeGuard, Refused, check_user_key
+from cdcda_fl.core.config import resolve
+from cdcda_fl.server.node_guard import NodeGuard, Refused, check_user_key
 from clients.codec import pack, unpack
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.privacy.audit_log import read_audit
-from cdcda_fl.runs import write_simulated_consent
+from cdcda_fl.server.runs import write_simulated_consent
 from clients.codec import pack, unpack
 
 PARTITION = {"partition-id": 0, "num-partitions": 1}

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from cdcda_fl import orchestrator
-from cdcda_fl.config import resolve
-from cdcda_fl.orchestrator import PERSONALIZE, SHARE, Reply
+from cdcda_fl.server import orchestrator
+from cdcda_fl.core.config import resolve
+from cdcda_fl.server.orchestrator import PERSONALIZE, SHARE, Reply
 from cdcda_fl.data.run_data import list_users, user_key
-from cdcda_fl.runs import prepare_run_dir
+from cdcda_fl.server.runs import prepare_run_dir
 
 Node = Callable[[str, Mapping[str, Any]], "dict[str, Any] | Exception | None"]
 
@@ -279,7 +279,7 @@ def test_cloud_writer_keeps_the_augmenters_counts_and_errors_per_user() -> None:
 
 def test_messages_carry_only_the_keys_their_device_side_reads(tmp_path: Path) -> None:
     """The cloud's endpoint, the name of its key variable and the server's own paths never reach a device."""
-    from cdcda_fl.config import message_keys
+    from cdcda_fl.core.config import message_keys
 
     overrides = tmp_path / "server-secret" / "overrides.toml"
     overrides.parent.mkdir()
@@ -355,7 +355,7 @@ def test_one_node_is_asked_once(tmp_path: Path) -> None:
 
 def test_chunks_carry_whole_nodes_in_an_order_that_ignores_node_ids() -> None:
     """At 10 000 users a chunk of consecutive keys gave 1000 nodes one user each (issue 33)."""
-    from cdcda_fl.orchestrator import node_ordered
+    from cdcda_fl.server.orchestrator import node_ordered
 
     users = [f"LaMP_2/u{i:02d}" for i in range(12)]
     by_node = {u: 100 + i % 4 for i, u in enumerate(users)}  # node p holds users p, p+4, p+8
@@ -370,8 +370,8 @@ def test_chunks_carry_whole_nodes_in_an_order_that_ignores_node_ids() -> None:
 def test_a_bounded_transport_never_has_more_messages_queued_than_its_window() -> None:
     """Flower's simulation scans every queued message for each node at every poll, so the server
     keeps a few per Ray actor queued (GridTransport.max_in_flight), sending more as replies come."""
-    from cdcda_fl.config import resolve
-    from cdcda_fl.orchestrator import exchange
+    from cdcda_fl.core.config import resolve
+    from cdcda_fl.server.orchestrator import exchange
 
     class Bounded(MemoryTransport):
         max_in_flight = 3

@@ -50,9 +50,9 @@ def test_no_synthetic_or_zero_alpha() -> None:
 def test_every_configurable_method_has_an_implementation():
     """config.METHODS (what `methods=` accepts) is the method table's list, and every name in it
     builds the device class the table names (tests/test_methods.py checks the table itself)."""
-    from cdcda_fl.config import METHODS as CONFIGURABLE
+    from cdcda_fl.core.config import METHODS as CONFIGURABLE
     from cdcda_fl.device.methods.registry import method_class
-    from cdcda_fl.method_table import METHODS as TABLE
+    from cdcda_fl.core.method_table import METHODS as TABLE
 
     assert CONFIGURABLE is TABLE
     assert [method_class(m).name for m in CONFIGURABLE] == list(CONFIGURABLE)

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from cdcda_fl.data.personas import (
     write_personas,
 )
 from cdcda_fl.data.tasks import TASK_NAMES, get_task
-from cdcda_fl.metrics import score
+from cdcda_fl.evaluation.metrics import score
 
 N_USERS = 40
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.policy_file import load_device_policy, most_restrictive, simulated_policy_tables
 

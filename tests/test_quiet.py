@@ -1,10 +1,10 @@
-"""quiet_libraries silences known noise only (cdcda_fl/quiet.py)."""
+"""quiet_libraries silences known noise only (cdcda_fl/core/quiet.py)."""
 
 from __future__ import annotations
 
 import logging
 
-from cdcda_fl.quiet import quiet_libraries
+from cdcda_fl.core.quiet import quiet_libraries
 
 
 def test_flower_actor_shutdown_notice_is_dropped_but_other_flower_warnings_stay(caplog):
@@ -33,7 +33,7 @@ def test_kernels_offline_trust_check_notice_is_silenced():
     """Seen in the 2026-12-04 quality run: one "Skipping publisher trust check ... offline mode" per actor."""
     import logging
 
-    from cdcda_fl.quiet import quiet_libraries
+    from cdcda_fl.core.quiet import quiet_libraries
 
     quiet_libraries()
     hub = logging.getLogger("kernels._internals.hf_hub")

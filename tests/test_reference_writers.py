@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cdcda_fl.cloud.reference_writers import LABELS, NotSimulated, make_reference_writer
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.oracle_items import item_texts, oracle_path, read_oracle_items
 from cdcda_fl.data.personas import write_personas
@@ -95,7 +95,7 @@ def test_reference_writers_are_refused_outside_a_simulation(data: Path) -> None:
 
 def test_the_orchestrator_refuses_an_oracle_run_over_real_devices(tmp_path: Path) -> None:
     """A transport that does not say it is simulated (a SuperLink deployment) gets no oracle."""
-    from cdcda_fl import orchestrator
+    from cdcda_fl.server import orchestrator
 
     class RealDevices:  # a Grid adapter without ``simulated``: nothing is sent before the refusal
         def node_ids(self):

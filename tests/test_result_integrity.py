@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cdcda_fl.aggregate import aggregate
-from cdcda_fl.atomic import UnsafePathError, append_text
-from cdcda_fl.metrics import score
-from cdcda_fl.node_guard import NodeGuard, Refused, node_text
-from cdcda_fl.paper_table import paper_table
-from cdcda_fl.results import print_table
-from cdcda_fl.runs import ResultStore
+from cdcda_fl.server.aggregate import aggregate
+from cdcda_fl.core.atomic import UnsafePathError, append_text
+from cdcda_fl.evaluation.metrics import score
+from cdcda_fl.server.node_guard import NodeGuard, Refused, node_text
+from cdcda_fl.reporting.paper_table import paper_table
+from cdcda_fl.reporting.results import print_table
+from cdcda_fl.server.runs import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 HIJACK = "HIJACKED"
@@ -173,7 +173,7 @@ def _malicious_client_app():
 @pytest.mark.timeout(600)
 def test_flower_simulation_with_one_malicious_node(tmp_path: Path, monkeypatch) -> None:
     import clients.device
-    from cdcda_fl.config import load_config
+    from cdcda_fl.core.config import load_config
     from strategies.simulation import run_simulation
 
     monkeypatch.setattr(clients.device, "simulation_app", _malicious_client_app())

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cdcda_fl.metrics import score
-from cdcda_fl.paper_table import paper_table
-from cdcda_fl.results import print_table, write_plots
-from cdcda_fl.aggregate import aggregate
-from cdcda_fl.runs import ResultStore
+from cdcda_fl.evaluation.metrics import score
+from cdcda_fl.reporting.paper_table import paper_table
+from cdcda_fl.reporting.results import print_table, write_plots
+from cdcda_fl.server.aggregate import aggregate
+from cdcda_fl.server.runs import ResultStore
 
 # Per user: gold ratings and the predictions of local-only and CDCDA (LaMP-3, MAE: lower is better).
 USERS = {
@@ -208,7 +208,7 @@ def _cloud_results(device: str, cloud: str, **extra) -> dict:
     ("smollm2-135m", "some/unsized-model", "unknown"),
 ])
 def test_cloud_row_is_an_upper_bound_only_when_the_cloud_model_is_larger(device: str, cloud: str, relation: str) -> None:
-    from cdcda_fl.results import cloud_method_label, cloud_vs_device
+    from cdcda_fl.reporting.results import cloud_method_label, cloud_vs_device
 
     results = _cloud_results(device, cloud)
     assert cloud_vs_device(results) == relation
@@ -229,7 +229,7 @@ def test_cloud_row_is_an_upper_bound_only_when_the_cloud_model_is_larger(device:
 
 
 def test_recorded_parameter_counts_beat_the_names() -> None:
-    from cdcda_fl.results import cloud_vs_device
+    from cdcda_fl.reporting.results import cloud_vs_device
 
     results = _cloud_results("smollm2-135m", "gemma3-270m",
                              models={"device": {"params": 270_000_000}, "cloud": {"params": 268_000_000}})
@@ -238,7 +238,7 @@ def test_recorded_parameter_counts_beat_the_names() -> None:
 
 
 def test_rate_and_eta_text() -> None:
-    from cdcda_fl.progress import rate_eta
+    from cdcda_fl.core.progress import rate_eta
 
     assert rate_eta(0, 10, 5.0, "users") == "0/10 users"
     assert rate_eta(2, 10, 60.0, "users") == "2/10 users, 2.0 users/min, ETA 4m00s"
@@ -247,7 +247,7 @@ def test_rate_and_eta_text() -> None:
 
 
 def test_dp_fall_backs_to_the_base_are_counted_per_task() -> None:
-    from cdcda_fl.aggregate import cloud_summary, user_entry
+    from cdcda_fl.server.aggregate import cloud_summary, user_entry
 
     def result(fell_back: bool) -> dict:
         return {"user_id": "u", "task": "LaMP_2", "cloud": {"n_records": 2, "counts": {"generated": 3, "accepted": 2}},
@@ -256,7 +256,7 @@ def test_dp_fall_backs_to_the_base_are_counted_per_task() -> None:
 
     block = cloud_summary([user_entry(result(True)), user_entry(result(False)), user_entry(result(True))])
     assert (block["dp_decisions"], block["dp_fell_back"]) == (3, 2)
-    from cdcda_fl.results import cloud_summary_text
+    from cdcda_fl.reporting.results import cloud_summary_text
 
     assert "CDCDA+DP answered with the base model: 2 of 3" in cloud_summary_text("LaMP_2", block)
 
@@ -310,9 +310,9 @@ def test_synthetic_count_not_reported_is_not_shown_as_zero(tmp_path: Path) -> No
 
 def test_family_table_compares_per_user_and_federated_methods_paired() -> None:
     """Issue 31: which family wins where, from the run's paired comparisons (no typed number)."""
-    from cdcda_fl.aggregate import PAIRS
-    from cdcda_fl.paper_table import family_table
-    from cdcda_fl.stats import task_intervals
+    from cdcda_fl.server.aggregate import PAIRS
+    from cdcda_fl.reporting.paper_table import family_table
+    from cdcda_fl.evaluation.stats import task_intervals
 
     def intervals(per_user: dict) -> dict:  # as aggregate computes them: one query per user here
         scored = {m: {u: (v, 1.0) for u, v in values.items()} for m, values in per_user.items()}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import ConfigError, load_config
-from cdcda_fl.run_checks import validate_run_config
+from cdcda_fl.core.config import ConfigError, load_config
+from cdcda_fl.server.run_checks import validate_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "configs" / "tiny.toml"

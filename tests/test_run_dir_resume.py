@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import ConfigError, load_config
-from cdcda_fl.runs import OtherRunInDir, prepare_run_dir
+from cdcda_fl.core.config import ConfigError, load_config
+from cdcda_fl.server.runs import OtherRunInDir, prepare_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "configs" / "tiny.toml"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import ConfigError, load_config
+from cdcda_fl.core.config import ConfigError, load_config
 from cdcda_fl.edge import runtime
 
 
@@ -24,7 +24,7 @@ def test_unknown_runtime_is_a_config_error_that_lists_the_choices():
 
 
 def test_a_run_with_an_unknown_runtime_is_refused_before_anything_runs(tmp_path):
-    from cdcda_fl.orchestrator import run_cdcda
+    from cdcda_fl.server.orchestrator import run_cdcda
 
     cfg = load_config(None, ["device.runtime=onnx", f"out-dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="device.runtime"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdcda_fl.config import ConfigError, load_config
+from cdcda_fl.core.config import ConfigError, load_config
 from cdcda_fl.device.schedule import SCHEDULES, schedule_name, train_cdcda
 
 REAL = [(f"Which tag? description: a film about cats {i}", "comedy") for i in range(4)]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cdcda_fl.config import ConfigError, load_config
+from cdcda_fl.core.config import ConfigError, load_config
 from cdcda_fl.device.select import SelectConfig, select_records
 
 RECORDS = [{"id": f"s{i}"} for i in range(5)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cdcda_fl.config import resolve
+from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import write_outputs, write_questions
 from clients.codec import pack, unpack
 from tests.test_client_privacy import _call, _task_identity  # noqa: F401 - autouse fixture

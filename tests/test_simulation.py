@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcda_fl.config import load_config
-from cdcda_fl.runs import ResultStore
+from cdcda_fl.core.config import load_config
+from cdcda_fl.server.runs import ResultStore
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "tiny.toml"

@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cdcda_fl.stats import (
+from cdcda_fl.evaluation.stats import (
     DEFAULT_RESAMPLES,
     TIE_TOLERANCE,
     bootstrap_means,
@@ -135,7 +135,7 @@ def test_format_interval() -> None:
 
 
 def test_task_intervals_block_for_results_json() -> None:
-    from cdcda_fl.stats import task_intervals
+    from cdcda_fl.evaluation.stats import task_intervals
 
     # MAE (lower is better): CDCDA lowers every user's error by 0.5 -> gain +0.5, 3 wins.
     per_user = {"local": {"u1": (1.5, 4), "u2": (1.0, 4), "u3": (2.0, 4)},

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cdcda_fl.config import Scalar
-from cdcda_fl.sweep import (SweepError, SweepPoint, config_mismatch, load_sweep, point_config, print_sweep,
+from cdcda_fl.core.config import Scalar
+from cdcda_fl.sweeps.sweep import (SweepError, SweepPoint, config_mismatch, load_sweep, point_config, print_sweep,
                             run_sweep)
 from sweep_fixtures import PRIVACY_TINY, tiny_sweep  # noqa: F401
 
@@ -74,7 +74,7 @@ def fake_runner(calls: list[str], fail: str = ""):
                   "n_queries": 2, "epsilon": eps if m != "base" else None,
                   "mia_auc": None if m == "base" else 0.9 - penalty, "n_synthetic": 0.0}
                  for m, acc in (("base", 0.1), ("local", 0.5 - penalty), ("cdcda", 0.5 + 0.3 * share - penalty))]
-        from cdcda_fl.aggregate import audit_totals
+        from cdcda_fl.server.aggregate import audit_totals
 
         results = {"config": dict(cfg), "table": table, "users": {"LaMP_2": 1}, "failures": [],
                    "shared": audit_totals(out)}
@@ -162,7 +162,7 @@ def test_tiny_sweep_rerun_runs_nothing(tiny_sweep) -> None:  # noqa: F811
 
 
 def test_epsilon_axis_is_log_with_off_a_decade_right() -> None:
-    from cdcda_fl.sweep_plots import epsilon_positions
+    from cdcda_fl.reporting.sweep_plots import epsilon_positions
 
     pos = epsilon_positions([1.0, 4.0, 8.0, "off"])
     assert pos[1.0] == 1.0 and pos[8.0] == 8.0 and pos["off"] == 80.0
@@ -170,7 +170,7 @@ def test_epsilon_axis_is_log_with_off_a_decade_right() -> None:
 
 
 def test_epsilon_plot_draws_intervals_and_the_base_floor() -> None:
-    from cdcda_fl.sweep_plots import plot_utility_vs_epsilon
+    from cdcda_fl.reporting.sweep_plots import plot_utility_vs_epsilon
 
     def row(method: str, eps, u: float, ci=None) -> dict:
         return {"share_fraction": 0.5, "dp_epsilon": eps, "task": "LaMP_2", "method": method, "utility": u,
@@ -204,7 +204,7 @@ def test_canary_plan_parsing_and_errors() -> None:
 
 
 def test_exposure_is_attached_to_local_rows_only() -> None:
-    from cdcda_fl.sweep_canaries import attach_exposure, audit_settings
+    from cdcda_fl.sweeps.sweep_canaries import attach_exposure, audit_settings
 
     assert audit_settings([4.0, None, 8.0]) == [None, 8.0, 4.0] and audit_settings([1.0]) == [None, 1.0]
     report = {"summary": [{"task": "LaMP_2", "dp_epsilon": "8.0", "exposure_planted": {"mean": 2.5, "lo": 2.0,

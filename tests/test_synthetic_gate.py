@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cdcda_fl.config import load_config
+from cdcda_fl.core.config import load_config
 from cdcda_fl.device.synthetic_gate import (
     GateConfig,
     GateError,

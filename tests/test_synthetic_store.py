@@ -120,10 +120,10 @@ def test_no_device_reply_carries_the_synthetic_log(tmp_path: Path, monkeypatch, 
     from flwr.app import Context, Message, RecordDict
 
     import clients.device as device
-    from cdcda_fl import device_node
-    from cdcda_fl.config import resolve
+    from cdcda_fl.device import node as device_node
+    from cdcda_fl.core.config import resolve
     from cdcda_fl.data.lamp import write_outputs, write_questions
-    from cdcda_fl.runs import write_simulated_consent
+    from cdcda_fl.server.runs import write_simulated_consent
     from clients.codec import pack, unpack
 
     data = tmp_path / "data"

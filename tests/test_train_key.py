@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from cdcda_fl.config import load_config, message_config, received_config
+from cdcda_fl.core.config import load_config, message_config, received_config
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
 from cdcda_fl.device.train_key import DPRule, adapter_key, base_identity, dp_key, gate_key, stages_key

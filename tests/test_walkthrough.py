@@ -80,7 +80,7 @@ def _table_cells(printed: str) -> dict[tuple[str, str], list[str]]:
 @pytest.mark.timeout(600)
 def test_walkthrough_end_to_end(tmp_path: Path) -> None:
     from cdcda_fl.privacy.sent import summarize_sent
-    from cdcda_fl.results import METHOD_LABELS
+    from cdcda_fl.reporting.results import METHOD_LABELS
     from deploy.supervisor import free_port, port_open
 
     lab, out = tmp_path / "lab", tmp_path / "run"

@@ -32,10 +32,10 @@ from typing import Any
 
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
 from cdcda_fl.cloud.filters import CrossUserIndex, FilterSettings, RecordFilter, parse_records
-from cdcda_fl.config import config_get, default_of, parse_bool
+from cdcda_fl.core.config import config_get, default_of, parse_bool
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import SharedRecords
-from cdcda_fl.progress import Progress
+from cdcda_fl.core.progress import Progress
 
 PROMPT_STYLES = ("auto", "continuation", "chat")
 
@@ -88,7 +88,7 @@ class AugmentConfig:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AugmentConfig:
         """The ``synthetic.*`` and ``cloud.*`` keys this step reads; defaults and meanings are in
-        :data:`cdcda_fl.config.DEFAULTS` (``cdcda run --help-config``). ``seed`` seeds sampling."""
+        :data:`cdcda_fl.core.config.DEFAULTS` (``cdcda run --help-config``). ``seed`` seeds sampling."""
         def g(key: str) -> Any:
             return config_get(cfg, key)
 

@@ -29,7 +29,7 @@ from typing import Any
 from cdcda_fl.cloud.llm_types import (BackendError, Generation, LLMBackend, Prompt, UsageStats,  # noqa: F401
                                       _TextsFromDetails, apply_stop)
 from cdcda_fl.cloud.openai_backend import LOCAL_BASE_URL, OpenAIBackend
-from cdcda_fl.config import config_get, parse_bool
+from cdcda_fl.core.config import config_get, parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ BACKENDS: dict[str, Callable[[Mapping[str, Any], Any], LLMBackend]] = {
 def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
     """Build the backend that ``cloud.backend`` names (``hf`` by default) from flat run config
     (the keys each reads: :data:`BACKENDS`' builders). Defaults and meanings:
-    :data:`cdcda_fl.config.DEFAULTS` (the only place they are set)."""
+    :data:`cdcda_fl.core.config.DEFAULTS` (the only place they are set)."""
     kind = str(config_get(cfg, "cloud.backend")).strip().lower()
     if kind not in BACKENDS:
         raise BackendError(f"cloud.backend must be one of {', '.join(BACKENDS)}, got {kind!r}")

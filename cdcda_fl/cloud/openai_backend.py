@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from cdcda_fl.cloud.llm_types import (RETRY_STATUSES, BackendError, Generation, Prompt, UsageStats,
                                       _TextsFromDetails, apply_stop)
-from cdcda_fl.config import DEFAULTS
+from cdcda_fl.core.config import DEFAULTS
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from cdcda_fl.cloud.augment import AugmentConfig, AugmentResult
 from cdcda_fl.cloud.filters import FilterSettings, RecordFilter
-from cdcda_fl.config import ConfigError
+from cdcda_fl.core.config import ConfigError
 from cdcda_fl.data.oracle_items import read_oracle_items
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import SharedRecords

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
+from cdcda_fl.core.atomic import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
 from cdcda_fl.data.tasks import TASKS, TaskSpec, get_task
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.data.lamp import LampDataError, _load_json
 from cdcda_fl.data.tasks import get_task
 

@@ -603,7 +603,7 @@ def make_task_split(task: str, split: str, users: int, seed: int, *,
     (:func:`draw_profile_size`). Every user has exactly ``queries_per_user`` held-out queries.
     ``user_prefix`` goes in front of every user, record and query id (the texts do not change): two
     devices that each write their own personas need distinct ids, or the server gives a user
-    claimed by both to neither (cdcda_fl/node_guard.py).
+    claimed by both to neither (cdcda_fl/server/node_guard.py).
     """
     check_user_prefix(user_prefix)
     spec = get_task(task)

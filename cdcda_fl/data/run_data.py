@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cdcda_fl.config import Scalar
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import parse_task_list

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdcda_fl.atomic import atomic_dir
+from cdcda_fl.core.atomic import atomic_dir
 from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from cdcda_fl.device.models import LoadedModel
 

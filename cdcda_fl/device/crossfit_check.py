@@ -15,12 +15,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
+from cdcda_fl.core.atomic import write_text_atomic
 from cdcda_fl.device.crossfit import NO_FITTING_RECORD, CrossfitScores, FoldScores, folds, judge, run_folds
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, check_step_scale
 from cdcda_fl.device.train_key import adapter_key, base_identity, fingerprint
-from cdcda_fl.metrics import LOWER_IS_BETTER, per_example, primary_metric
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, per_example, primary_metric
 
 META = "crossfit.json"
 

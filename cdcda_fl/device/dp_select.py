@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import config_get, parse_bool
+from cdcda_fl.core.config import config_get, parse_bool
 from cdcda_fl.device.lora import DeviceModel
 from cdcda_fl.device.training import LoraTrainConfig, TrainResult
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans

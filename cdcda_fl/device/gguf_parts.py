@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdcda_fl.atomic import atomic_path
+from cdcda_fl.core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import carries, csv_list, methods_of
+from cdcda_fl.core.config import carries, csv_list, methods_of
 from cdcda_fl.device.models import PRESETS
 
 NODE_CONFIG_KEY = "allowed-models"

@@ -6,7 +6,7 @@ the ONLY function whose output is meant to leave the device besides the result o
 profile records.
 
 ``personalize_user`` runs the methods a report compares, on the device. Each is a small class in
-``device/methods/`` named by the one method table (``cdcda_fl/method_table.py``):
+``device/methods/`` named by the one method table (``cdcda_fl/core/method_table.py``):
 
 - ``base``, ``rag``: the on-device model zero-shot, and with the top-k BM25 profile items (prompted.py);
 - ``local``: a private LoRA adapter trained on the user's real records only (OPPU-style, local.py);
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.data.lamp import User
 from cdcda_fl.device.lora import device_model_for
 from cdcda_fl.device.methods.answers import answer_together

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cdcda_fl.atomic import atomic_path
+from cdcda_fl.core.atomic import atomic_path
 from cdcda_fl.device import gguf_parts  # the module: its pins are read when a preset is built (tests swap them)
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.config import ConfigError, config_get
+from cdcda_fl.core.config import ConfigError, config_get
 
 Pairs = Sequence[tuple[str, str]]
 

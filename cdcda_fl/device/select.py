@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdcda_fl.config import ConfigError, config_get
+from cdcda_fl.core.config import ConfigError, config_get
 
 Record = Mapping[str, Any]
 

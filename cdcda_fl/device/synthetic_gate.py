@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.config import ConfigError, config_get, default_of
+from cdcda_fl.core.config import ConfigError, config_get, default_of
 
 RULES = ("crossfit", "holdout", "none")
 METRIC_TIE = 1e-9  # held-out metrics closer than this are equal (float noise of a mean)

@@ -15,7 +15,7 @@ reply (tests/test_synthetic_store.py checks the device's replies). In simulation
 is the run's ``devices/`` folder (or ``device.storage-dir``); on a real device its own
 ``storage-dir`` (default ``<data-dir>/.cdcda``).
 
-Writes are atomic (temp file + rename, :mod:`cdcda_fl.atomic`): a reader never sees half a file.
+Writes are atomic (temp file + rename, :mod:`cdcda_fl.core.atomic`): a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import safe_filename, write_json_atomic
+from cdcda_fl.core.atomic import safe_filename, write_json_atomic
 
 STORE_DIRNAME = "synthetic"
 FORMAT_VERSION = 1

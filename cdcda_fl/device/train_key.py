@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.config import check_dp_selection, config_get, parse_bool
+from cdcda_fl.core.config import check_dp_selection, config_get, parse_bool
 from cdcda_fl.device.schedule import plan_cdcda
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
@@ -97,7 +97,7 @@ def dp_key(cfg: Mapping[str, Any], rule: DPRule, method: str, candidates: Sequen
     """A DP method's stored adapter or fall-back: its candidates (each one's LoRA, DPConfig and
     plan), the public stage, the rule, and (private selection) which records count as private,
     i.e. the device's shared set."""
-    from cdcda_fl.method_table import method_entry
+    from cdcda_fl.core.method_table import method_entry
 
     settings = asdict(rule)
     if not method_entry(method).uses_cloud_data:  # local-only never trains on the cloud's records: these do not apply

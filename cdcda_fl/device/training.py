@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cdcda_fl.config import check_lora_layers, config_get, csv_list, default_of
+from cdcda_fl.core.config import check_lora_layers, config_get, csv_list, default_of
 from cdcda_fl.device.adapters import _target_names
 from cdcda_fl.device.encoding import (
     IGNORE,
@@ -41,7 +41,7 @@ _EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "share
 @dataclass
 class LoraTrainConfig:
     """LoRA hyper-parameters and the training budget for one user's adapter: the ``train.*``
-    section of the run config, typed (defaults from :data:`cdcda_fl.config.DEFAULTS`).
+    section of the run config, typed (defaults from :data:`cdcda_fl.core.config.DEFAULTS`).
 
     ``epochs``, when set, overrides ``steps`` (steps = ceil(epochs * n / batch_size)).
     """

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from cdcda_fl.atomic import atomic_path
+from cdcda_fl.core.atomic import atomic_path
 from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterStore
 
 #: GGUF tensors (per block) that llama.cpp's graph applies a LoRA pair to.

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import ConfigError
+from cdcda_fl.core.config import ConfigError
 from cdcda_fl.device.answering import Answerer, AnswerRequest, TorchAnswerer
 from cdcda_fl.edge import llamacpp
 from cdcda_fl.edge.export import base_folder, bundled_base_gguf, export_adapter

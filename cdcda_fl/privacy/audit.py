@@ -1,7 +1,7 @@
 """Empirical privacy: a loss-threshold membership-inference attack on a user's adapter.
 
 The device reports it per method (``mia.enabled``); the canary exposure audit reports it per DP
-setting (cdcda_fl/canary_audit.py, built on :mod:`cdcda_fl.privacy.canary`).
+setting (cdcda_fl/sweeps/canary_audit.py, built on :mod:`cdcda_fl.privacy.canary`).
 
 The attacker sees the adapter's loss on candidate records and guesses "member" when the loss is
 low (Yeom et al., 2018). The AUC over all thresholds is reported: 0.5 means the adapter does not

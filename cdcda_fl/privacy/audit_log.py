@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import append_text
+from cdcda_fl.core.atomic import append_text
 from cdcda_fl.privacy.consent import SharedRecords
 
 AUDIT_FILENAME = "audit.jsonl"

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cdcda_fl.config import config_get
+from cdcda_fl.core.config import config_get
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import share_records

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import config_get, config_section, parse_bool
+from cdcda_fl.core.config import config_get, config_section, parse_bool
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task, known_fields_and_labels
 from cdcda_fl.privacy.record_ids import fresh_key, opaque_id
@@ -410,7 +410,7 @@ def share_records(user: User, cfg: Mapping[str, Any], *, id_key: bytes | None = 
     """The records (scrubbed, allowed fields only) this user's consent policy lets leave the device.
 
     ``cfg`` is the policy here (library use: experiments, audits); a device node applies its
-    owner's file and the server's ceiling instead (``device_node.share``). It lives here, not in
+    owner's file and the server's ceiling instead (``device.node.share``). It lives here, not in
     the device layer, because the canary audit (privacy/canary.py) must know what a user shares."""
     return ConsentPolicy.from_config(cfg, user.user_id).apply(get_task(user.task), user.user_id, user.profile,
                                                               id_key=id_key)

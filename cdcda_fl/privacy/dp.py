@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdcda_fl.config import config_get, default_of
+from cdcda_fl.core.config import config_get, default_of
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")

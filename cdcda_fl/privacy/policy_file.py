@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import Scalar, config_get, config_section
+from cdcda_fl.core.atomic import write_text_atomic
+from cdcda_fl.core.config import Scalar, config_get, config_section
 from cdcda_fl.privacy.consent import (
     DEVICE_ONLY_KEYS,
     FEDERATED_MODES,

@@ -1,7 +1,7 @@
 """What a device sent, from its own audit log (``<storage-dir>/audit.jsonl``): the owner's view.
 
 A device owner should not have to trust the server's report to know what left the device: every
-reply is appended to the device's log before it is sent (cdcda_fl/device_node.py). This module
+reply is appended to the device's log before it is sent (cdcda_fl/device/node.py). This module
 sums that log up per user and task -- records and bytes shared with the cloud, result replies
 and their report level -- for ``cdcda audit sent`` and the lab's end-of-run report.
 """

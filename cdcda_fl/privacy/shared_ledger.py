@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from cdcda_fl.atomic import safe_filename, write_json_atomic
+from cdcda_fl.core.atomic import safe_filename, write_json_atomic
 
 LEDGER_DIR = "shared"
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
-from cdcda_fl.config import config_get
+from cdcda_fl.core.config import config_get
 from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.crossfit_check import CrossfitCheck
 from cdcda_fl.device.methods.holdout_check import HoldoutCheck

@@ -14,7 +14,7 @@ from typing import Any
 from cdcda_fl.device.methods.run_view import DeviceRun, RecordPool
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, HeldOutScores, check_step_scale, mean_loss
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric, score
 
 
 class HoldoutCheck:

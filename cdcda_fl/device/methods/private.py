@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, config_get
+from cdcda_fl.core.config import Scalar, config_get
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import TaskSpec
 from cdcda_fl.device.methods.method import Method
@@ -27,8 +27,8 @@ from cdcda_fl.device.methods.stored import TRAIN_META, stored_meta, write_meta_o
 from cdcda_fl.device.methods.user_run import UserRun
 from cdcda_fl.device.schedule import exposure_scale
 from cdcda_fl.device.train_key import DPRule, dp_key
-from cdcda_fl.method_table import method_entry
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric, score
+from cdcda_fl.core.method_table import method_entry
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric, score
 
 Pairs = list[tuple[str, str]]
 

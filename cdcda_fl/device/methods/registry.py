@@ -1,4 +1,4 @@
-"""The device's methods, built from the one method table (``cdcda_fl/method_table.py``).
+"""The device's methods, built from the one method table (``cdcda_fl/core/method_table.py``).
 
 Each class is imported only when a run names its method (the table holds ``module:Class``), so
 the config layer can list and check methods without importing device code, and a device never
@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from cdcda_fl.config import methods_of
+from cdcda_fl.core.config import methods_of
 from cdcda_fl.device.methods.method import Method
-from cdcda_fl.method_table import method_entry
+from cdcda_fl.core.method_table import method_entry
 
 
 def method_class(name: str) -> type[Method]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import atomic_dir
+from cdcda_fl.core.atomic import atomic_dir
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.train_key import adapter_key
 from cdcda_fl.device.methods.run_view import DeviceRun

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, methods_of
+from cdcda_fl.core.config import Scalar, methods_of
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.adapter_store import AdapterStore
 from cdcda_fl.device.methods.answers import AnswerQueue
 from cdcda_fl.device.methods.cloud_records import CloudRecords
 from cdcda_fl.edge.runtime import Answerer
-from cdcda_fl.metrics import score
+from cdcda_fl.evaluation.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
 
 

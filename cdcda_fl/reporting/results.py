@@ -10,10 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cdcda_fl.atomic import atomic_path
-from cdcda_fl.config import CLOUD_DATA_METHODS, METHODS, config_get
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
-from cdcda_fl.stats import format_interval
+from cdcda_fl.core.atomic import atomic_path
+from cdcda_fl.core.config import CLOUD_DATA_METHODS, METHODS, config_get
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
+from cdcda_fl.evaluation.stats import format_interval
 
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
                  "cdcda": "CDCDA", "cloud": "cloud (not private)", "fedavg": "FedAvg LoRA",

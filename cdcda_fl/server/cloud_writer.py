@@ -15,9 +15,9 @@ from typing import Any
 from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
 from cdcda_fl.cloud.backends import make_backend
 from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer
-from cdcda_fl.config import Scalar
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.privacy.consent import SharedRecords
-from cdcda_fl.progress import log
+from cdcda_fl.core.progress import log
 from cdcda_fl.data.run_data import data_dir_of, user_key
 
 

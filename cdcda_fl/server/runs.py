@@ -11,7 +11,7 @@ Layout of ``out-dir``::
     devices/synthetic/<task>/<user>.json   what a simulated device received, kept and dropped of the
                            cloud's records, and its decision (device/synthetic_store.py; never uploaded)
     predictions/<task>/<method>_outputs.json   LaMP-format predictions
-    results.json, summary.csv, plots/*.png       the report (cdcda_fl/aggregate.py; ``per_user``: each user's
+    results.json, summary.csv, plots/*.png       the report (cdcda_fl/server/aggregate.py; ``per_user``: each user's
                            cloud accounting, device decision and metrics; ``cloud``: their sums per task)
 
 Results are written per user as they arrive, so the server holds no per-user state beyond what
@@ -29,8 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import UnsafePathError, append_text, refuse_symlinks, safe_filename
-from cdcda_fl.config import ConfigError, Scalar, config_mismatch
+from cdcda_fl.core.atomic import UnsafePathError, append_text, refuse_symlinks, safe_filename
+from cdcda_fl.core.config import ConfigError, Scalar, config_mismatch
 from cdcda_fl.data.index import DataIssue
 from cdcda_fl.data.lamp import write_json_atomic
 from cdcda_fl.data.personas import write_personas

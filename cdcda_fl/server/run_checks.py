@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from cdcda_fl.cloud.backends import BACKENDS
 from cdcda_fl.cloud.reference_writers import REFERENCE_POOLS
-from cdcda_fl.config import (ConfigError, Scalar, check_dp_selection, check_lora_layers, federated_methods,
+from cdcda_fl.core.config import (ConfigError, Scalar, check_dp_selection, check_lora_layers, federated_methods,
                              methods_of)
 from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.device.schedule import schedule_name

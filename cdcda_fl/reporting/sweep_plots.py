@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import atomic_path
-from cdcda_fl.config import METHODS
+from cdcda_fl.core.atomic import atomic_path
+from cdcda_fl.core.config import METHODS
 
 OFF = "off"
 # Sizes and z-order differ on purpose: methods that score the same stay visible on top of each

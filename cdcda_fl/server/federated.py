@@ -23,11 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cdcda_fl.atomic import atomic_dir, write_json_atomic
-from cdcda_fl.config import Scalar, federated_methods, message_config
+from cdcda_fl.core.atomic import atomic_dir, write_json_atomic
+from cdcda_fl.core.config import Scalar, federated_methods, message_config
 from cdcda_fl.device.federated import adapter_digest
 from cdcda_fl.privacy.audit_log import read_audit
-from cdcda_fl.progress import log
+from cdcda_fl.core.progress import log
 
 Arrays = dict[str, np.ndarray]
 ARRAYS_FILE = "adapter.npz"

@@ -3,7 +3,7 @@ what it shares under its owner's consent, and what it reports after personalizin
 
 ``clients/device.py`` is the Flower ClientApp that adapts messages to these functions; here
 they take the node's ``node_config``, the run config the message carried (a
-:class:`~cdcda_fl.config.ReceivedConfig`) and the decoded request, and return the reply's
+:class:`~cdcda_fl.core.config.ReceivedConfig`) and the decoded request, and return the reply's
 payload, so the whole device side is testable without a federation.
 
 Consent belongs to the device owner: the policy comes from the device's own disk
@@ -37,8 +37,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import append_text, private_dir
-from cdcda_fl.config import Scalar, csv_list
+from cdcda_fl.core.atomic import append_text, private_dir
+from cdcda_fl.core.config import Scalar, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task

@@ -1,7 +1,7 @@
 """The sweep's canary exposure audit: Secret Sharer exposure next to utility, MIA AUC and ε.
 
 With ``[sweep] canaries = N`` (N > 0) a sweep runs, after its grid points, one
-:func:`cdcda_fl.canary_audit.run_canary_audit` over the same users: N random canaries are
+:func:`cdcda_fl.sweeps.canary_audit.run_canary_audit` over the same users: N random canaries are
 planted in every user's private, non-shared profile, the adapter is trained once without DP and
 once per ε of the grid, and each canary's exposure is measured (``OUT/canaries/canaries.json``).
 "Off" is always audited, even in a grid without it, because the question the audit answers is
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import Scalar, config_mismatch
-from cdcda_fl.progress import log
+from cdcda_fl.core.config import Scalar, config_mismatch
+from cdcda_fl.core.progress import log
 
 AUDITED_METHOD = "local"
 Auditor = Callable[..., dict[str, Any]]
@@ -85,7 +85,7 @@ def run_sweep_canaries(config: Mapping[str, Scalar], dp_epsilons: Sequence[float
     utility results stand on their own.
     """
     if auditor is None:
-        from cdcda_fl.canary_audit import run_canary_audit as auditor  # lazy: trains adapters (torch)
+        from cdcda_fl.sweeps.canary_audit import run_canary_audit as auditor  # lazy: trains adapters (torch)
     cfg = audit_config(config, out)
     settings = audit_settings(dp_epsilons)
     path = Path(str(cfg["out-dir"])) / "canaries.json"

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.config import config_get
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.core.config import config_get
+from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.tasks import get_task, parse_task_list
@@ -34,8 +34,8 @@ from cdcda_fl.privacy.canary import (
     summarize,
 )
 from cdcda_fl.privacy.consent import share_records
-from cdcda_fl.progress import Progress
-from cdcda_fl.stats import mean_ci
+from cdcda_fl.core.progress import Progress
+from cdcda_fl.evaluation.stats import mean_ci
 
 
 def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_controls: int = 2,

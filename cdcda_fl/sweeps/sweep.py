@@ -24,7 +24,7 @@ Sweep file (TOML)::
     canary-candidates = 128          # optional: candidates each canary is ranked among
 
 With ``canaries`` > 0 the sweep ends with a canary exposure audit over the same users
-(:mod:`cdcda_fl.sweep_canaries`): exposure joins MIA AUC and ε in sweep.json and the plots.
+(:mod:`cdcda_fl.sweeps.sweep_canaries`): exposure joins MIA AUC and ε in sweep.json and the plots.
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cdcda_fl.aggregate import audit_totals
-from cdcda_fl.atomic import write_json_atomic, write_text_atomic
-from cdcda_fl.config import METHODS, ConfigError, Scalar, config_mismatch, load_config, read_toml
-from cdcda_fl.metrics import LOWER_IS_BETTER, primary_metric
-from cdcda_fl.progress import Progress, log
-from cdcda_fl.paper_table import write_paper_table
-from cdcda_fl.results import METHOD_LABELS, method_interval
-from cdcda_fl.runs import package_versions
-from cdcda_fl.sweep_canaries import Auditor, CanaryPlan, attach_exposure, audit_summary, run_sweep_canaries
-from cdcda_fl.sweep_plots import write_sweep_plots
+from cdcda_fl.server.aggregate import audit_totals
+from cdcda_fl.core.atomic import write_json_atomic, write_text_atomic
+from cdcda_fl.core.config import METHODS, ConfigError, Scalar, config_mismatch, load_config, read_toml
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
+from cdcda_fl.core.progress import Progress, log
+from cdcda_fl.reporting.paper_table import write_paper_table
+from cdcda_fl.reporting.results import METHOD_LABELS, method_interval
+from cdcda_fl.server.runs import package_versions
+from cdcda_fl.sweeps.sweep_canaries import Auditor, CanaryPlan, attach_exposure, audit_summary, run_sweep_canaries
+from cdcda_fl.reporting.sweep_plots import write_sweep_plots
 
 SWEEP_KEYS = ("share-fraction", "dp-epsilon", "reference-share-fraction", "canaries", "canary-candidates")
 DEFAULT_SHARE = (0.0, 0.25, 0.5, 1.0)
@@ -301,7 +301,7 @@ def run_sweep(spec: SweepSpec, out_dir: Path | str, runner: Runner, auditor: Aud
 
     ``runner`` runs one point's config and returns its results (the app layer passes
     ``strategies.simulation.run_simulation``; tests pass fakes): the library starts no engine itself.
-    ``auditor`` replaces :func:`cdcda_fl.canary_audit.run_canary_audit` (tests only).
+    ``auditor`` replaces :func:`cdcda_fl.sweeps.canary_audit.run_canary_audit` (tests only).
     """
     out = Path(out_dir).expanduser().resolve()
     (out / "points").mkdir(parents=True, exist_ok=True)

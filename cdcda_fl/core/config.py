@@ -16,8 +16,8 @@ from typing import Any
 
 # The method list lives in one table (method_table.py); config checks `methods` against it and
 # re-exports its lists, so results and sweeps keep importing them from here.
-from cdcda_fl.config_keys import DEFAULTS, Scalar  # the table of every key: its one default and help
-from cdcda_fl.method_table import CLOUD_DATA_METHODS, FEDERATED_METHODS, METHODS
+from cdcda_fl.core.config_keys import DEFAULTS, Scalar  # the table of every key: its one default and help
+from cdcda_fl.core.method_table import CLOUD_DATA_METHODS, FEDERATED_METHODS, METHODS
 
 
 class ConfigError(ValueError):
@@ -119,7 +119,7 @@ class ReceivedConfig(dict):
 
     def _refuse(self, key: Any) -> ConfigError:
         return ConfigError(f"config key {key!r} is not sent to devices with {self.kind!r} messages "
-                           "(cdcda_fl.config.MESSAGE_KEYS)")
+                           "(cdcda_fl.core.config.MESSAGE_KEYS)")
 
     def __missing__(self, key: str) -> Scalar:
         raise self._refuse(key)
@@ -134,13 +134,13 @@ class ReceivedConfig(dict):
 
     def items(self) -> Any:
         raise ConfigError(f"a {self.kind!r} message's config is read by key or by section "
-                          "(cdcda_fl.config.config_section), not by items()")
+                          "(cdcda_fl.core.config.config_section), not by items()")
 
     def section(self, prefix: str) -> dict[str, Scalar]:
         """Every key under ``prefix`` (e.g. ``"consent."``); the kind must carry that section."""
         if prefix not in MESSAGE_KEYS[self.kind]:
             raise ConfigError(f"config section {prefix!r} is not sent to devices with {self.kind!r} messages "
-                              "(cdcda_fl.config.MESSAGE_KEYS)")
+                              "(cdcda_fl.core.config.MESSAGE_KEYS)")
         return {k: v for k, v in dict.items(self) if k.startswith(prefix)}
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickling (Ray) must not go through items()

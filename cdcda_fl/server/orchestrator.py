@@ -3,7 +3,7 @@
 Flow:
 1. wait for the device nodes (their number settles: see :func:`wait_for_nodes`);
 2. ``share`` to every node: each returns its users and the records they consented to share;
-   the server's :class:`~cdcda_fl.node_guard.NodeGuard` decides which node may speak for which
+   the server's :class:`~cdcda_fl.server.node_guard.NodeGuard` decides which node may speak for which
    user, and every accepted share is appended to the server's audit log;
 3. per round, for a ``fraction`` of the unfinished users, in chunks of ``chunk-users``: the cloud
    LLM writes synthetic records per user (batched across users, one user per prompt), then
@@ -29,22 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.aggregate import aggregate
-from cdcda_fl.atomic import write_json_atomic
+from cdcda_fl.server.aggregate import aggregate
+from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.cloud.reference_writers import refuse_outside_simulation
-from cdcda_fl.cloud_writer import CloudWriter, cloud_accounting  # noqa: F401  (cloud_accounting: tests, fakes)
-from cdcda_fl.config import Scalar, federated_methods, message_config, uses_cloud_data
-from cdcda_fl.decision_table import print_decisions
-from cdcda_fl.federated import measured_bytes as fedavg_report
-from cdcda_fl.federated import personalize_requests, run_federated_phase
-from cdcda_fl.node_guard import NodeGuard, Refused, node_text
+from cdcda_fl.server.cloud_writer import CloudWriter, cloud_accounting  # noqa: F401  (cloud_accounting: tests, fakes)
+from cdcda_fl.core.config import Scalar, federated_methods, message_config, uses_cloud_data
+from cdcda_fl.reporting.decision_table import print_decisions
+from cdcda_fl.server.federated import measured_bytes as fedavg_report
+from cdcda_fl.server.federated import personalize_requests, run_federated_phase
+from cdcda_fl.server.node_guard import NodeGuard, Refused, node_text
 from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import SharedRecords, payload_bytes
-from cdcda_fl.progress import Progress, log
-from cdcda_fl.paper_table import write_paper_table
-from cdcda_fl.results import print_table, write_plots
-from cdcda_fl.run_checks import validate_run_config
-from cdcda_fl.runs import ResultStore, check_run_data, prepare_run_dir
+from cdcda_fl.core.progress import Progress, log
+from cdcda_fl.reporting.paper_table import write_paper_table
+from cdcda_fl.reporting.results import print_table, write_plots
+from cdcda_fl.server.run_checks import validate_run_config
+from cdcda_fl.server.runs import ResultStore, check_run_data, prepare_run_dir
 
 SHARE = "share"
 PERSONALIZE = "personalize"
@@ -74,7 +74,7 @@ class Transport(Protocol):
 
     def send(self, kind: str, cfg: Mapping[str, Scalar], requests: list[tuple[int, Mapping[str, Any]]]) -> list[str]:
         """Queue ``(node, payload)`` requests of one ``kind`` (SHARE | PERSONALIZE); one handle each.
-        (Federated baselines: also ``arrays=`` and a ``federated_rounds`` method, cdcda_fl/federated.py.)"""
+        (Federated baselines: also ``arrays=`` and a ``federated_rounds`` method, cdcda_fl/server/federated.py.)"""
 
     def poll(self, handles: list[str]) -> list[tuple[str, Reply]]:
         """The replies that have arrived for these handles (each at most once)."""
@@ -289,7 +289,7 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
     also claims, so no record of a contested user ever leaves a device, and a run whose every user is
     contested stops (:class:`UsersRefused`) before anything is shared.
     """
-    guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/node_guard.py)
+    guard = NodeGuard()  # nodes are untrusted: who may speak for which user (cdcda_fl/server/node_guard.py)
     claims: dict[int, list[Any]] = {}
     raw_shares: list[tuple[int, Any]] = []
     raw_errors: list[tuple[int, Any]] = []

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import CLOUD_DATA_METHODS, Scalar, config_get, csv_list
+from cdcda_fl.core.atomic import write_text_atomic
+from cdcda_fl.core.config import CLOUD_DATA_METHODS, Scalar, config_get, csv_list
 from cdcda_fl.data.lamp import write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import TaskSpec, parse_task_list
-from cdcda_fl.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.privacy.report import pool_user_metrics
-from cdcda_fl.runs import ResultStore, package_versions
-from cdcda_fl.stats import task_intervals
+from cdcda_fl.server.runs import ResultStore, package_versions
+from cdcda_fl.evaluation.stats import task_intervals
 
 QueryKey = tuple[str, str]  # (user id, query id)
 
@@ -192,7 +192,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
     summaries: list[MethodSummary] = []
     skipped: dict[str, str] = {}
     users_per_task: dict[str, int] = {}
-    intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.stats.task_intervals)
+    intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.evaluation.stats.task_intervals)
     problems: list[dict[str, str]] = []  # method rows that could not be scored, and why
     per_user_entries: dict[str, dict[str, dict[str, Any]]] = {}  # task -> user -> cloud, decision, metrics
     for spec in parse_task_list(str(cfg["tasks"])):

@@ -1,13 +1,13 @@
 """Every run-config key of cdcda-fl with its one default and its help text (a data table).
 
-``cdcda_fl.config`` reads, coerces and validates keys against this table; `cdcda run
+``cdcda_fl.core.config`` reads, coerces and validates keys against this table; `cdcda run
 --help-config` prints it in this order. A default lives here and nowhere else
 (tests/test_design.py greps for a second literal).
 """
 
 from __future__ import annotations
 
-from cdcda_fl.method_table import METHODS
+from cdcda_fl.core.method_table import METHODS
 
 Scalar = str | int | float | bool
 

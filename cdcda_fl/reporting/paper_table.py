@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.atomic import write_text_atomic
-from cdcda_fl.config import FEDERATED_METHODS
-from cdcda_fl.metrics import LOWER_IS_BETTER
-from cdcda_fl.results import (LOWER_NOTE, cloud_block, cloud_note, cloud_outage, cloud_vs_device, comparisons,
+from cdcda_fl.core.atomic import write_text_atomic
+from cdcda_fl.core.config import FEDERATED_METHODS
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER
+from cdcda_fl.reporting.results import (LOWER_NOTE, cloud_block, cloud_note, cloud_outage, cloud_vs_device, comparisons,
                               gain_text, interval_note, method_interval, steps_text, table_rows, users_cell,
                               value_with_interval, wtl_text)
 
@@ -31,7 +31,7 @@ def paper_table(results: Mapping[str, Any]) -> str:
     so it cannot hide whether CDCDA beats the methods it actually competes with.
     """
     from cdcda_fl.data.tasks import TASK_NAMES, get_task
-    from cdcda_fl.metrics import primary_metric
+    from cdcda_fl.evaluation.metrics import primary_metric
 
     rows = table_rows(results)
     by_key = {(r["task"], r["method"]): r for r in rows}
@@ -104,7 +104,7 @@ def cloud_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
 
 def gain_table(results: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """CDCDA against local-only, paired over the same users: one Markdown row per task (empty without data)."""
-    from cdcda_fl.metrics import primary_metric
+    from cdcda_fl.evaluation.metrics import primary_metric
 
     rows = [(task, label, block) for task in tasks for label, block in comparisons(results, task)]
     if not rows:
