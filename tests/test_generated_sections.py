@@ -142,3 +142,12 @@ def test_a_run_part_with_profile_sizes_gets_the_size_breakdown() -> None:
     assert "-0.100 [-0.100, -0.100] | -0.200 [-0.200, -0.200] |" in rows["4"]
     many = {f"u{i}": i + 1 for i in range(20)}
     assert [g for g, _ in update._size_groups(many)] == ["≤5", "6–15", ">15"]
+
+
+def test_the_readme_fits_on_a_few_screens_and_opens_with_the_two_commands() -> None:
+    """Issue 30: the README is the front door (≤ 200 lines, the two commands first); the diary lives
+    in docs/. A generated section that grows past the budget fails here, not in a review."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail to docs/"
+    head = "\n".join(lines[:6])
+    assert "./run demo" in head and "./run test" in head, head
