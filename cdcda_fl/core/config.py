@@ -72,7 +72,8 @@ def config_get(cfg: Mapping[str, Any], key: str) -> Scalar:
 # endpoint, the name of its key variable, generation, orchestration and simulation settings stay
 # on the server. An entry ending in "." names every key of that section.
 _LOCATE_USERS = ("tasks", "users", "split", "data-dir", "data.strict", "out-dir", "seed", "personas.",
-                 "debug.crash-users")
+                 "debug.crash-users",
+                 "train.adapter-scope")  # under scope user, a simulated node holds whole people
 MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
     "share": (*_LOCATE_USERS, "consent."),
     # one FedAvg round on the device: its users' real records train the global adapter
@@ -343,6 +344,17 @@ def check_lora_layers(cfg: Mapping[str, Scalar]) -> int:
     if value < 0:
         raise ConfigError(f"train.lora-layers must be >= 0 (0 = every layer, N = the top N), got {value}")
     return value
+
+
+ADAPTER_SCOPES = ("task", "user")
+
+
+def adapter_scope(cfg: Mapping[str, Scalar]) -> str:
+    """``train.adapter-scope``: one adapter per (user, task), or one per person over their tasks."""
+    scope = str(cfg["train.adapter-scope"]).strip().lower()
+    if scope not in ADAPTER_SCOPES:
+        raise ConfigError(f"train.adapter-scope must be one of {', '.join(ADAPTER_SCOPES)}, got {cfg['train.adapter-scope']!r}")
+    return scope
 
 
 def check_dp_selection(cfg: Mapping[str, Scalar]) -> str:

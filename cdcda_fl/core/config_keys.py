@@ -76,6 +76,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                               "training item as often as the final ones (steps scaled by the "
                                               "share of items they train on); steps = the final adapters' steps"),
     "train.retrain": (False, "retrain adapters even if a finished one is stored"),
+    "train.adapter-scope": ("task", "task = one adapter per user and task; user = one adapter per person over "
+                                    "every task the device holds for them (tasks weighted n^0.5, steps x tasks; "
+                                    "docs/multitask.md)"),
     "dp.enabled": (False, "DP-SGD (Opacus) on the LoRA parameters"),
     "dp.epsilon": (0.0, "target epsilon (0 = use dp.noise-multiplier)"),
     "dp.noise-multiplier": (1.0, "noise multiplier when dp.epsilon is 0"),

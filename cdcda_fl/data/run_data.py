@@ -45,6 +45,25 @@ def user_refs(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[UserR
     return [ref for index in task_indexes(cfg, root) for ref in select_users(index.users, max_users)]
 
 
+def node_share(refs: Sequence[UserRef], p: int, n: int, scope: str = "task") -> list[UserRef]:
+    """The users simulated node ``p`` of ``n`` holds.
+
+    ``scope = task``: every n-th user of the task-major list (a person's tasks may sit on different
+    nodes). ``scope = user`` (``train.adapter-scope``): every n-th *person* of the sorted distinct
+    user ids, with all of their tasks, because one adapter per person needs every task of that
+    person on one device -- as on a real phone.
+    """
+    if scope != "user":
+        return list(refs[p::n])
+    mine = set(sorted({r.user_id for r in refs})[p::n])
+    return [r for r in refs if r.user_id in mine]
+
+
+def people_count(refs: Sequence[UserRef]) -> int:
+    """Distinct people (user ids) among ``refs``: the devices a ``scope = user`` simulation needs."""
+    return len({r.user_id for r in refs})
+
+
 def load_users(cfg: Mapping[str, Scalar], refs: Sequence[UserRef], root: Path | None = None) -> list[User]:
     """The records of just these users, read by offset from the LaMP files (order kept)."""
     by_task = {index.task: index for index in task_indexes(cfg, root)}

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.atomic import append_text, private_dir
-from cdcda_fl.core.config import Scalar, csv_list
+from cdcda_fl.core.config import Scalar, adapter_scope, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
@@ -52,7 +52,7 @@ from cdcda_fl.privacy.record_ids import device_key
 from cdcda_fl.privacy.report import effective_level, filter_result, generic_error
 from cdcda_fl.privacy.share_cap import cap_shared
 from cdcda_fl.privacy.shared_ledger import record_shared, shared_ids
-from cdcda_fl.data.run_data import load_users, user_key, user_refs
+from cdcda_fl.data.run_data import load_users, node_share, user_key, user_refs
 
 
 @lru_cache(maxsize=8)
@@ -89,7 +89,7 @@ def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> l
         refs = tuple(r for r in refs if r.user_id == str(node_config["user-id"]))
     elif "partition-id" in node_config:
         p, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        refs = refs[p::n]
+        refs = tuple(node_share(refs, p, n, adapter_scope(cfg)))
     return load_users(located, list(refs), Path(root) if root else None)
 
 
@@ -314,6 +314,15 @@ def _global_adapters(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], 
             for task, info in meta.items()}
 
 
+def _people(hosted: list[User]) -> dict[str, list[User]]:
+    """user id -> every task-user of that person this device holds, in the device's order: what one
+    adapter per person (``train.adapter-scope = user``) trains on, whichever tasks a message names."""
+    people: dict[str, list[User]] = {}
+    for user in hosted:
+        people.setdefault(user.user_id, []).append(user)
+    return people
+
+
 def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
                 request: Mapping[str, Any], arrays: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Train and answer per user; reply with what the report level allows (see cdcda_fl.privacy.report).
@@ -327,7 +336,9 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
         home = private_dir(device_home(node_config, cfg))
         if real:  # before anything reads a server-named model path (docs: device/model_policy.py)
             enforce_owner_models(node_config, cfg, home)
-        users = [u for u in hosted_users(node_config, cfg) if user_key(u.task, u.user_id) in targets]
+        hosted = hosted_users(node_config, cfg)
+        users = [u for u in hosted if user_key(u.task, u.user_id) in targets]
+        people = _people(hosted) if adapter_scope(cfg) == "user" else None
         own = _own_policy(node_config, cfg)
         global_adapters = _global_adapters(node_config, cfg, request.get("global") or {}, arrays or {})
     except Exception as exc:
@@ -340,7 +351,7 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
     jobs = [(u, targets[user_key(u.task, u.user_id)]) for u in ready]
     try:  # all hosted users together: their answers share mixed-adapter batches
         outcomes = personalize_users(jobs, cfg, storage_dir=storage_dir(node_config, cfg), shared=seen,
-                                     global_adapters=global_adapters)
+                                     global_adapters=global_adapters, people=people)
     except Exception as exc:  # the node cannot personalize at all (e.g. its model does not load)
         outcomes = [exc] * len(ready)
     outcome_of.update({(u.task, u.user_id): o for u, o in zip(ready, outcomes)})

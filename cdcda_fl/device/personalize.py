@@ -64,7 +64,8 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
                       storage_dir: Path, device_model: Any | None = None,
                       on_step: Callable[[str], None] | None = None,
                       shared: Mapping[tuple[str, str], frozenset[str]] | None = None,
-                      global_adapters: Mapping[str, Any] | None = None) -> list[dict[str, Any] | Exception]:
+                      global_adapters: Mapping[str, Any] | None = None,
+                      people: Mapping[str, Sequence[User]] | None = None) -> list[dict[str, Any] | Exception]:
     """:func:`personalize_user` for every (user, synthetic records) a node hosts, answering them together.
 
     Each user's methods train (or reuse) their adapters in turn; the answers of every method of
@@ -80,6 +81,9 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
     it, the records ``cfg``'s own consent keys select (library use; a device's personalize
     message carries no consent keys, and reading them there is an error).
     ``global_adapters``: task -> the FedAvg global adapter (device/federated.py) for the federated methods.
+    ``people``: user id -> every task-user of that person the device holds, for
+    ``train.adapter-scope = user`` (one adapter per person, methods/person.py); the runs of one
+    person's tasks in this call are built first and see each other (``UserRun.siblings``).
     """
     try:
         methods = build_methods(cfg)  # once per call: each reads its settings from cfg once
@@ -90,20 +94,25 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
                              n_threads=_threads() if str(cfg["device.runtime"]) != "torch" else None)
     outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
     runs: list[tuple[int, UserRun]] = []
+    built: list[tuple[int, UserRun]] = []
     try:
         for i, (user, synthetic) in enumerate(jobs):
-            run = None
             try:
-                run = UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model, answerer=answerer,
-                              on_step=on_step,
-                              shared_ids=None if shared is None else shared[(user.task, user.user_id)],
-                              global_adapter=(global_adapters or {}).get(user.task))
+                built.append((i, UserRun(user, synthetic, cfg, storage_dir=storage_dir, model=model,
+                                         answerer=answerer, on_step=on_step,
+                                         shared_ids=None if shared is None else shared[(user.task, user.user_id)],
+                                         global_adapter=(global_adapters or {}).get(user.task),
+                                         person=(people or {}).get(user.user_id, ()))))
+            except Exception as exc:  # this user only
+                outcomes[i] = exc
+        _link_siblings([run for _i, run in built])
+        for i, run in built:
+            try:
                 _run_methods(run, methods)
                 runs.append((i, run))
             except Exception as exc:  # this user only; its kept adapters go
                 outcomes[i] = exc
-                if run is not None:
-                    run.answers.release()
+                run.answers.release()
                 model.clear_adapter()
         for _i, run in runs:
             run.step("answer")
@@ -118,9 +127,20 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
             except Exception as exc:
                 outcomes[i] = exc
     finally:
-        for _i, run in runs:
+        for _i, run in built:
             run.answers.release()
     return outcomes  # type: ignore[return-value]
+
+
+def _link_siblings(runs: Sequence[UserRun]) -> None:
+    """Runs of one person (same user id, several tasks) see each other: one adapter per person
+    trains on the records every task of theirs received in this call (methods/person.py)."""
+    by_person: dict[str, list[UserRun]] = {}
+    for run in runs:
+        by_person.setdefault(run.user.user_id, []).append(run)
+    for group in by_person.values():
+        for run in group:
+            run.siblings = tuple(group)
 
 
 def _run_methods(run: UserRun, methods: Sequence[Method]) -> None:

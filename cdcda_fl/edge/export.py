@@ -302,7 +302,8 @@ def find_adapter(run: Path, user: str, task: str, method: str = "cdcda") -> Path
     """The adapter a run trained for ``user`` on ``task`` with ``method`` (newest if several configs).
 
     Layout (cdcda_fl/device/methods/stored.py + AdapterStore): ``<storage>/adapters/<task>-<method>-
-    <fingerprint>/<user>/`` where storage is the run's ``device.storage-dir`` or ``RUN/devices``.
+    <fingerprint>/<user>/`` where storage is the run's ``device.storage-dir`` or ``RUN/devices``;
+    under ``train.adapter-scope = user`` the folder is ``person-<method>-<fingerprint>`` for every task.
     """
     run = Path(run)
     cfg_file = run / "config.json"
@@ -313,7 +314,9 @@ def find_adapter(run: Path, user: str, task: str, method: str = "cdcda") -> Path
     store = AdapterStore(storage / "adapters")
     if not store.root.is_dir():
         raise ExportError(f"no adapters under {store.root} (is {run} a run directory?)")
-    keys = [d.name for d in store.root.glob(f"{task}-{method}-*") if d.is_dir()]
+    # ``person-<method>-*``: one adapter per person answers every task (train.adapter-scope = user)
+    keys = [d.name for pattern in (f"{task}-{method}-*", f"person-{method}-*")
+            for d in store.root.glob(pattern) if d.is_dir()]
     found = [store.path(user, k) for k in keys if store.exists(user, k)]
     if not found:
         users = sorted({p.name for k in keys for p in (store.root / k).iterdir()}) if keys else []

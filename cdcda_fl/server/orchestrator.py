@@ -33,7 +33,7 @@ from cdcda_fl.server.aggregate import aggregate
 from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.cloud.reference_writers import refuse_outside_simulation
 from cdcda_fl.server.cloud_writer import CloudWriter, cloud_accounting  # noqa: F401  (cloud_accounting: tests, fakes)
-from cdcda_fl.core.config import Scalar, federated_methods, message_config, uses_cloud_data
+from cdcda_fl.core.config import Scalar, adapter_scope, federated_methods, message_config, uses_cloud_data
 from cdcda_fl.reporting.decision_table import print_decisions
 from cdcda_fl.server.federated import measured_bytes as fedavg_report
 from cdcda_fl.server.federated import personalize_requests, run_federated_phase
@@ -215,18 +215,21 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     with clock("cloud_load"):
         writer = writer_factory(cfg) if wants_cloud_data else None
     chunk_size = max(1, int(cfg["chunk-users"]))
+    scope = adapter_scope(cfg)
     for rnd in range(1, int(cfg["rounds"]) + 1):
         if not remaining:
             break
-        take = max(1, round(float(cfg["fraction"]) * len(remaining)))
-        selected = sorted(rng.sample(remaining, take)) if take < len(remaining) else list(remaining)
-        selected = node_ordered(selected, user_node)  # a chunk carries whole nodes, not one user of each
+        units = personalize_units(remaining, scope)  # a person's tasks travel together under scope user
+        take = max(1, round(float(cfg["fraction"]) * len(units)))
+        picked = sorted(rng.sample(units, take)) if take < len(units) else units
+        selected = node_ordered([u for unit in picked for u in unit], user_node, scope)
         # Chunks bound what the server holds at once (synthetic sets, messages in flight), so its
         # memory does not grow with the number of users; results stream to disk as they arrive.
-        for start in range(0, len(selected), chunk_size):
-            chunk = selected[start:start + chunk_size]
+        done_so_far = 0
+        for chunk in chunked(selected, chunk_size, scope):
+            done_so_far += len(chunk)
             label = f"round {rnd}: personalize on devices" + (
-                f" ({start + len(chunk)}/{len(selected)})" if len(selected) > chunk_size else "")
+                f" ({done_so_far}/{len(selected)})" if len(selected) > chunk_size else "")
             with clock("augment"):
                 synthetic = writer.run([shares[u] for u in chunk if u in shares]) if writer else {}
             # The cloud's counts and errors per user (writers without ``accounting``, e.g. test stubs,
@@ -256,7 +259,7 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     return results
 
 
-def node_ordered(users: Sequence[str], user_node: Mapping[str, int]) -> list[str]:
+def node_ordered(users: Sequence[str], user_node: Mapping[str, int], scope: str = "task") -> list[str]:
     """``users`` grouped by the node that holds them, groups in the order of their first user key.
 
     Why: simulated nodes hold users ``p, p+N, …`` of the sorted list, so a chunk of consecutive
@@ -264,12 +267,47 @@ def node_ordered(users: Sequence[str], user_node: Mapping[str, int]) -> list[str
     the devices answered 2.1 users/s instead of 3.5 (benchmarks/scale.py, 2026-12-07), every
     message and every node's batched answering carrying one user. A chunk now carries whole nodes.
     The order depends on which users share a node and on their keys, never on node ids or reply
-    order, so the chunks of a rerun are the same.
+    order, so the chunks of a rerun are the same. Under ``scope = user`` a node's users are ordered
+    by person, so a person's tasks sit side by side (:func:`chunked` keeps them in one message).
     """
     groups: dict[int, list[str]] = {}
-    for u in sorted(users):
+    for u in sorted(users, key=_person_order if scope == "user" else None):
         groups.setdefault(user_node[u], []).append(u)
     return [u for group in sorted(groups.values(), key=lambda g: g[0]) for u in group]
+
+
+def _person_of(key: str) -> str:
+    return key.split("/", 1)[1]
+
+
+def _person_order(key: str) -> tuple[str, str]:
+    task, person = key.split("/", 1)
+    return person, task
+
+
+def personalize_units(keys: Sequence[str], scope: str) -> list[tuple[str, ...]]:
+    """What a round samples: each ``task/user`` key alone, or (scope user) all keys of one person."""
+    if scope != "user":
+        return [(k,) for k in keys]
+    people: dict[str, list[str]] = {}
+    for k in sorted(keys, key=_person_order):
+        people.setdefault(_person_of(k), []).append(k)
+    return [tuple(v) for _p, v in sorted(people.items())]
+
+
+def chunked(keys: Sequence[str], size: int, scope: str) -> Iterator[list[str]]:
+    """Consecutive chunks of about ``size`` keys; under ``scope = user`` a chunk ends only where a
+    person ends, because a person's CDCDA adapter trains on the records of every task of theirs
+    that the device received together."""
+    chunk: list[str] = []
+    for i, key in enumerate(keys):
+        chunk.append(key)
+        nxt = keys[i + 1] if i + 1 < len(keys) else None
+        if len(chunk) >= size and (scope != "user" or nxt is None or _person_of(nxt) != _person_of(key)):
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class UsersRefused(RuntimeError):

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 
 from cdcda_fl.device.methods.method import Method
 from cdcda_fl.device.methods.private import Private
-from cdcda_fl.device.methods.stored import train_local, train_or_reuse
+from cdcda_fl.device.methods.person import is_person_scope
+from cdcda_fl.device.methods.stored import train_local, train_or_reuse, train_person
 from cdcda_fl.device.methods.user_run import UserRun
 
 
@@ -34,7 +35,14 @@ class Cdcda(Method):
         check_seconds = round(time.perf_counter() - started, 3)  # completion + the check's trainings
         run.result["synthetic_decision"] = decision.to_dict()
         answer_with = decision.answers_with
-        if answer_with == "cdcda":
+        if is_person_scope(run) and answer_with != "base":
+            # one adapter per person: every task's real items + the records of the tasks whose
+            # check passed (methods/person.py); this task's own decision still sets its count
+            if answer_with != "cdcda":
+                run.result["n_synthetic_used"] = 0
+            info = train_person(run, self.name, with_records=True)
+            answer_with = "cdcda" if info.get("n_synthetic") else "local"
+        elif answer_with == "cdcda":
             info = train_or_reuse(run, self.name, [*run.real_pairs, *cloud.synth_pairs],
                                   [*cloud.real_weights, *cloud.synth_weights])
         else:

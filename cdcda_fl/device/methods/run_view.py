@@ -33,6 +33,8 @@ class DeviceRun(Protocol):
     batch: int
     result: dict[str, Any]
     step: Callable[[str], None]
+    person: tuple[User, ...]  # every task-user of this person on the device (adapter-scope user)
+    siblings: tuple[Any, ...]  # this person's runs in the same personalize call
 
     def hold(self, adapter_dir: Path) -> None: ...
 

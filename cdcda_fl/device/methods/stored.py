@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.atomic import atomic_dir
-from cdcda_fl.device.schedule import train_cdcda
-from cdcda_fl.device.train_key import adapter_key
+from cdcda_fl.device.methods.person import is_person_scope, person_mixture
+from cdcda_fl.device.schedule import plan_cdcda, train_cdcda
+from cdcda_fl.device.train_key import adapter_key, base_identity, stages_key
 from cdcda_fl.device.methods.run_view import DeviceRun
 
 TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
@@ -82,5 +83,28 @@ def train_local(run: DeviceRun) -> dict[str, Any]:
     """The local-only adapter (real records, weight 1): trained once per user, then reloaded from the store.
 
     Local-only's own answers, the completion of partial cloud records and the selection of the
-    cloud's records all use this one adapter."""
+    cloud's records all use this one adapter. Under ``train.adapter-scope = user`` it is the
+    person's adapter over every task the device holds (methods/person.py)."""
+    if is_person_scope(run):
+        return train_person(run, "local")
     return train_or_reuse(run, "local", run.real_pairs, [1.0] * len(run.real_pairs))
+
+
+def train_person(run: DeviceRun, method: str, *, with_records: bool = False) -> dict[str, Any]:
+    """Train (or reload) the person's adapter for ``method`` (local | cdcda); on return the model holds it."""
+    real, real_w, synth, synth_w, tasks = person_mixture(run, with_records)
+    if not synth:  # no task's records passed its check: CDCDA's adapter is the person's local one
+        method = "local"
+    pairs, weights = [*real, *synth], [*real_w, *synth_w]
+    stages = plan_cdcda(run.cfg, real, real_w, synth, synth_w, step_scale=tasks)
+    key = f"person-{method}-{stages_key(base_identity(run.cfg), stages, pairs, weights)}"
+    stored = load_stored(run, key)
+    if stored is not None:
+        return stored
+    res = train_cdcda(run.model, run.cfg, real, real_w, synth, synth_w, step_scale=tasks)
+    info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
+            "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
+            "n_real": len(real), "n_synthetic": len(synth), "scope": "user", "tasks": tasks}
+    save_adapter(run, key, info)
+    return info
+

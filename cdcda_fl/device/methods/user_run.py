@@ -32,8 +32,13 @@ class UserRun:
     def __init__(self, user: User, synthetic: Sequence[Mapping[str, Any]], cfg: Mapping[str, Scalar], *,
                  storage_dir: Path, model: Any, answerer: Answerer,
                  on_step: Callable[[str], None] | None = None, shared_ids: frozenset[str] | None = None,
-                 global_adapter: Any = None) -> None:
+                 global_adapter: Any = None, person: Sequence[User] = ()) -> None:
         self.user, self.cfg, self.model = user, cfg, model
+        #: every task-user of this person the device holds, in the device's order (this one
+        #: included): what a ``train.adapter-scope = user`` adapter trains on (methods/person.py)
+        self.person: tuple[User, ...] = tuple(person) or (user,)
+        #: the runs of this person's tasks in the same personalize call (set by personalize_users)
+        self.siblings: tuple[UserRun, ...] = (self,)
         self.spec = spec = get_task(user.task)
         #: the owner's ids of the records the device shared (None: derive them from ``cfg``'s policy)
         self.shared_ids = shared_ids
