@@ -188,3 +188,22 @@ def test_cdcda_trains_one_adapter_per_person_on_every_tasks_passed_records(tiny_
         assert entry["train"]["n_synthetic"] == 5 and entry["train"]["n_real"] == 10
         assert entry["decision"]["answer_with"] == "cdcda"
     assert [o["n_synthetic_used"] for o in outcomes] == [3, 2]
+
+
+def test_a_run_can_write_multitask_personas_itself(tmp_path: Path) -> None:
+    """``personas.multitask = true``: the run's own personas are one person per id across tasks
+    (the multitask experiment needs no separate data step)."""
+    from cdcda_fl.data.lamp import load_task_users
+    from cdcda_fl.data.multitask_personas import write_multitask_personas
+    from cdcda_fl.core.config import resolve
+    from cdcda_fl.server.runs import prepare_run_dir
+
+    cfg = prepare_run_dir(resolve({"tasks": "LaMP_2,LaMP_5", "users": 2, "out-dir": str(tmp_path / "run"),
+                                   "personas.queries": 2, "personas.multitask": True}))
+    write_multitask_personas(tmp_path / "direct", users=2, tasks=("LaMP_2", "LaMP_5"), seed=0, splits=("dev",),
+                             queries_per_user=2)
+    for task in ("LaMP_2", "LaMP_5"):
+        name = f"{task}/dev_questions.json"
+        assert (Path(cfg["out-dir"]) / "data" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
+    ids = [{u.user_id for u in load_task_users(Path(cfg["out-dir"]) / "data", t, "dev")} for t in ("LaMP_2", "LaMP_5")]
+    assert ids[0] == ids[1] and len(ids[0]) == 2

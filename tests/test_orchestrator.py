@@ -410,3 +410,25 @@ def test_the_simulation_window_is_four_messages_per_ray_actor() -> None:
     assert simulation_window({"sim.cpus": 2, "sim.client-cpus": 1.0}) == 8
     assert simulation_window({"sim.cpus": 8, "sim.client-cpus": 2.0}) == 16
     assert simulation_window({"sim.max-in-flight": 5, "sim.cpus": 2}) == 5
+
+
+def test_under_user_scope_rounds_take_whole_people_and_a_rerun_redoes_an_unfinished_person(tmp_path: Path) -> None:
+    """``train.adapter-scope = user`` (issue 32): a round samples people, not (task, user) pairs, and
+    a person with one task finished and one not is asked again for both: their one adapter trains
+    on the records of every task the device receives together."""
+    cfg = _cfg(tmp_path, tasks="LaMP_2,LaMP_5", rounds=1, fraction=0.5, **{"train.adapter-scope": "user"})
+    keys = _keys(cfg)
+    transport = MemoryTransport({1: fake_device(cfg, keys)})
+    orchestrator.run_cdcda(transport, cfg)
+    asked = [k for _, kind, p in transport.sent if kind == PERSONALIZE for k in p["synthetic"]]
+    people = {k.split("/")[1] for k in asked}
+    assert len(people) == 2 and sorted(asked) == sorted(k for k in keys if k.split("/")[1] in people)
+    # one task of a person finished, the other not (e.g. its result was lost): a rerun asks both
+    cfg = _cfg(tmp_path / "b", tasks="LaMP_2,LaMP_5", **{"train.adapter-scope": "user"})
+    keys = _keys(cfg)
+    person = keys[0].split("/")[1]
+    orchestrator.run_cdcda(MemoryTransport({1: fake_device(cfg, keys, drop={f"LaMP_5/{person}"})}), cfg)
+    rerun = MemoryTransport({1: fake_device(cfg, keys)})
+    orchestrator.run_cdcda(rerun, cfg)
+    asked_again = sorted(k for _, kind, p in rerun.sent if kind == PERSONALIZE for k in p["synthetic"])
+    assert asked_again == [f"LaMP_2/{person}", f"LaMP_5/{person}"]

@@ -23,6 +23,8 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "seed": (0, "seed for personas, consent sampling, training and generation"),
     "methods": ("base,rag,local,cdcda,cloud", f"subset of {','.join(METHODS)}"),
     "personas.queries": (8, "held-out queries per synthetic user"),
+    "personas.multitask": (False, "when the run writes its own personas: one person per user id across every "
+                                  "task (cdcda data personas --multitask; tasks LaMP_2, LaMP_3, LaMP_5, LaMP_7)"),
     # ------------------------------------------------------------------ device model and training
     "device.model": ("smollm2-135m", "on-device model: preset (smollm2-135m, gemma3-270m, tiny-random), HF id or path"),
     "device.quantization": ("", "'' (full precision), '8bit' or '4bit' (bitsandbytes)"),

@@ -208,6 +208,10 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
 
     # Sorted: which users share a round or chunk must not depend on the order replies arrived in.
     remaining = sorted(u for u in user_node if not store.done(*u.split("/", 1)))
+    scope = adapter_scope(cfg)
+    if scope == "user":  # a person resumes whole: their adapter trains on every task's records
+        unfinished = {_person_of(u) for u in remaining}
+        remaining = sorted(u for u in user_node if _person_of(u) in unfinished)
     skipped = len(user_node) - len(remaining)
     if skipped:
         log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
@@ -215,7 +219,6 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     with clock("cloud_load"):
         writer = writer_factory(cfg) if wants_cloud_data else None
     chunk_size = max(1, int(cfg["chunk-users"]))
-    scope = adapter_scope(cfg)
     for rnd in range(1, int(cfg["rounds"]) + 1):
         if not remaining:
             break

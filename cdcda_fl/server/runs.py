@@ -33,6 +33,7 @@ from cdcda_fl.core.atomic import UnsafePathError, append_text, refuse_symlinks, 
 from cdcda_fl.core.config import ConfigError, Scalar, config_mismatch
 from cdcda_fl.data.index import DataIssue
 from cdcda_fl.data.lamp import write_json_atomic
+from cdcda_fl.data.multitask_personas import write_multitask_personas
 from cdcda_fl.data.personas import write_personas
 from cdcda_fl.data.run_data import data_issues, user_key, user_refs
 from cdcda_fl.data.tasks import TASKS, parse_task_list
@@ -76,7 +77,10 @@ def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     else:
         tasks = [t.name for t in parse_task_list(str(cfg["tasks"]))]
         missing = [t for t in tasks if not (out / "data" / t / f"{cfg['split']}_questions.json").exists()]
-        if missing:
+        if missing and cfg["personas.multitask"]:  # one person across tasks: written together
+            write_multitask_personas(out / "data", users=int(cfg["users"]), tasks=tasks, seed=int(cfg["seed"]),
+                                     splits=(str(cfg["split"]),), queries_per_user=int(cfg["personas.queries"]))
+        elif missing:
             write_personas(out / "data", users=int(cfg["users"]), tasks=missing, seed=int(cfg["seed"]),
                            splits=(str(cfg["split"]),), queries_per_user=int(cfg["personas.queries"]))
     write_simulated_consent(out, cfg)

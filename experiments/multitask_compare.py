@@ -1,0 +1,181 @@
+"""One adapter per person or one per task? Two finished runs of the same people, paired per user.
+
+    .venv/bin/python experiments/multitask_compare.py runs/multitask-task runs/multitask-user [--json OUT]
+
+The first run trained with ``train.adapter-scope = task`` (one adapter per user and task), the
+second with ``user`` (one adapter per person over all their tasks); see
+experiments/configs/multitask.toml. For each task and trained method (local, cdcda) it prints
+both runs' means with 95 % intervals over users, the paired difference user − task (positive =
+one adapter is better; for MAE, task − user) with its interval and W/T/L, the same split by the
+task's profile size (≤ 5, 6–15, > 15 items), and per person: the bytes of the adapters CDCDA
+answers with (what the phone keeps), the training seconds of local + CDCDA (the check's
+included) and the seconds per answered query. Numbers come from the runs' per-user result files
+(``users/<task>/<user>.json``) and the device store on disk; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cdcda_fl.core.atomic import write_json_atomic
+from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
+from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
+
+METHODS = ("local", "cdcda")
+BUCKETS = (("≤5", 0, 5), ("6–15", 6, 15), (">15", 16, 10 ** 9))
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def user_results(run: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {user: the device's result file}} of a finished run."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted((run / "users").glob("*/*.json")):
+        entry = json.loads(path.read_text())
+        if "methods" in entry:
+            out.setdefault(entry["task"], {})[entry["user_id"]] = entry
+    return out
+
+
+def storage_of(run: Path) -> Path:
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    return Path(str(cfg.get("device.storage-dir") or run / "devices")) / "adapters"
+
+
+def _metric(entry: Mapping[str, Any], method: str, metric: str) -> float | None:
+    value = ((entry["methods"].get(method) or {}).get("metrics") or {}).get(metric)
+    return None if value is None else float(value)
+
+
+def _compare(xa: list[float], xb: list[float], lower_better: bool) -> dict[str, Any]:
+    sign = -1.0 if lower_better else 1.0
+    wins_user, ties, wins_task = win_tie_loss([sign * v for v in xb], [sign * v for v in xa])
+    return {"users": len(xa), "task_scope": mean_ci(xa)._asdict(), "user_scope": mean_ci(xb)._asdict(),
+            "user_minus_task": paired_diff_ci([sign * v for v in xb], [sign * v for v in xa])._asdict(),
+            "wins_user": wins_user, "ties": ties, "wins_task": wins_task}
+
+
+def quality(task_run: Path, user_run: Path) -> list[dict[str, Any]]:
+    """Per task, method and profile-size bucket (and all users): both scopes and the paired difference."""
+    a, b = user_results(task_run), user_results(user_run)
+    rows = []
+    for task in sorted(set(a) & set(b)):
+        metric = primary_metric(task)
+        users = sorted(set(a[task]) & set(b[task]))
+        for method in METHODS:
+            pairs = [(u, _metric(a[task][u], method, metric), _metric(b[task][u], method, metric)) for u in users]
+            pairs = [(u, x, y) for u, x, y in pairs if x is not None and y is not None]
+            for name, lo, hi in (("all", 0, 10 ** 9), *BUCKETS):
+                inside = [(x, y) for u, x, y in pairs if lo <= int(a[task][u]["n_profile"]) <= hi]
+                if not inside:
+                    continue
+                rows.append({"task": task, "metric": metric, "method": method, "profile": name,
+                             **_compare([x for x, _ in inside], [y for _, y in inside], metric in LOWER_IS_BETTER)})
+    return rows
+
+
+def _answer_folder(store: Path, person: str, prefixes: list[str]) -> Path | None:
+    """The first stored adapter of ``person`` whose folder starts with one of ``prefixes``."""
+    for prefix in prefixes:
+        found = sorted(p for p in store.glob(f"{prefix}-*/{person}") if (p / ADAPTER_FILE).is_file())
+        if found:
+            return found[-1]
+    return None
+
+
+def answer_folders(results: Mapping[str, Any], store: Path, person: str, scope: str) -> set[Path]:
+    """The stored adapters ``person``'s CDCDA answers come from (its local one on a fall-back; none
+    for a task answered by the base model): what the phone keeps to answer every task."""
+    out = set()
+    for task, users in results.items():
+        entry = users.get(person)
+        if entry is None or ((entry["methods"].get("cdcda") or {}).get("decision") or {}).get("answer_with") == "base":
+            continue
+        prefixes = ["person-cdcda", "person-local"] if scope == "user" else [f"{task}-cdcda", f"{task}-local"]
+        for prefix in prefixes:
+            found = sorted(f for f in store.glob(f"{prefix}-*/{person}") if (f / ADAPTER_FILE).is_file())
+            if found:
+                out.add(found[-1])
+                break
+    return out
+
+
+def cost(run: Path, scope: str) -> dict[str, Any]:
+    """Per person (medians): adapters and their bytes, training seconds (local + CDCDA, the check
+    included, a reloaded adapter counted once), answering seconds (each method's rest)."""
+    results, store = user_results(run), storage_of(run)
+    people = sorted({u for users in results.values() for u in users})
+    n_adapters, bytes_per, train_s, answer_s = [], [], [], []
+    for person in people:
+        folders = answer_folders(results, store, person, scope)
+        n_adapters.append(len(folders))
+        bytes_per.append(sum((f / ADAPTER_FILE).stat().st_size for f in folders))
+        trained = answered = 0.0
+        for users in results.values():
+            entry = users.get(person)
+            if entry is None:
+                continue
+            for name, m in entry["methods"].items():
+                train = m.get("train") or {}
+                own = 0.0 if train.get("reused") else float(train.get("seconds") or 0.0)
+                check = float(m.get("check_seconds") or 0.0)
+                trained += own + check
+                answered += max(0.0, float(m.get("seconds") or 0.0) - own - check)
+        train_s.append(trained)
+        answer_s.append(answered)
+    if not people:
+        return {"people": 0, "adapters_per_person": 0.0, "adapter_bytes_per_person": 0,
+                "train_seconds_per_person": 0.0, "answer_seconds_per_person": 0.0}
+    return {"people": len(people), "adapters_per_person": statistics.mean(n_adapters),
+            "adapter_bytes_per_person": int(statistics.median(bytes_per)),
+            "train_seconds_per_person": statistics.median(train_s),
+            "answer_seconds_per_person": statistics.median(answer_s)}
+
+
+def render(rows: list[dict[str, Any]], costs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: the quality table (intervals, W/T/L) and the cost table."""
+    lines = ["| Task | Method | Profile items | Users | task scope | user scope | user − task (paired) | W/T/L |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        arrow = "↓" if r["metric"] in LOWER_IS_BETTER else "↑"
+        lines.append(f"| {r['task']} ({r['metric']} {arrow}) | {r['method']} | {r['profile']} | {r['users']} | "
+                     f"{format_interval(tuple(r['task_scope'].values()))} | "
+                     f"{format_interval(tuple(r['user_scope'].values()))} | "
+                     f"{format_interval(tuple(r['user_minus_task'].values()), signed=True)} | "
+                     f"{r['wins_user']}/{r['ties']}/{r['wins_task']} |")
+    lines += ["", "| Scope | People | Adapters per person | Adapter bytes per person (median) | "
+              "Training s per person (median, local + CDCDA incl. check) | Answering s per person (median) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for scope, c in costs.items():
+        lines.append(f"| {scope} | {c['people']} | {c['adapters_per_person']:.2f} | {c['adapter_bytes_per_person']:,} | "
+                     f"{c['train_seconds_per_person']:.1f} | {c['answer_seconds_per_person']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("task_run", type=Path, help="run directory with train.adapter-scope = task")
+    ap.add_argument("user_run", type=Path, help="the same people with train.adapter-scope = user")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = ap.parse_args(argv)
+    for run in (args.task_run, args.user_run):
+        if not (run / "users").is_dir() or not (run / "config.json").is_file():
+            print(f"multitask_compare: {run} is not a finished run directory (no users/ or config.json)",
+                  file=sys.stderr)
+            return 2
+    rows = quality(args.task_run, args.user_run)
+    costs = {"task": cost(args.task_run, "task"), "user": cost(args.user_run, "user")}
+    print(render(rows, costs))
+    if args.json:
+        write_json_atomic(args.json, {"task_run": str(args.task_run), "user_run": str(args.user_run),
+                                      "quality": rows, "cost": costs})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
