@@ -207,3 +207,19 @@ def test_a_run_can_write_multitask_personas_itself(tmp_path: Path) -> None:
         assert (Path(cfg["out-dir"]) / "data" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
     ids = [{u.user_id for u in load_task_users(Path(cfg["out-dir"]) / "data", t, "dev")} for t in ("LaMP_2", "LaMP_5")]
     assert ids[0] == ids[1] and len(ids[0]) == 2
+
+
+def test_export_finds_the_persons_adapter_for_every_task(tmp_path: Path) -> None:
+    """`cdcda export RUN --user U --task T` under scope user: the one person folder, whatever T."""
+    import json as _json
+
+    from cdcda_fl.device.adapter_store import ADAPTER_WEIGHTS
+    from cdcda_fl.edge.export import find_adapter
+
+    run = tmp_path / "run"
+    folder = run / "devices" / "adapters" / "person-local-abc123" / "dev-u0000"
+    folder.mkdir(parents=True)
+    (folder / ADAPTER_WEIGHTS).write_bytes(b"x")
+    (run / "config.json").write_text(_json.dumps({"config": {"train.adapter-scope": "user"}}))
+    for task in ("LaMP_2", "LaMP_5", "LaMP_7"):
+        assert find_adapter(run, "dev-u0000", task, method="local") == folder
