@@ -40,6 +40,8 @@ SECTION_FILES: dict[str, str] = {
     "dp": "docs/results.md",
     "canaries": "docs/results.md",
     "realtext-run": "docs/results.md",
+    "multitask": "docs/multitask.md",
+    "multitask-brief": "README.md",
 }
 #: The command that writes each section and its snapshot (named when a snapshot is missing).
 SECTION_COMMANDS: dict[str, str] = {
@@ -51,6 +53,10 @@ SECTION_COMMANDS: dict[str, str] = {
     "canaries": "python experiments/update_readme.py --canaries runs/canary-lamp3",
     "realtext-run": "python experiments/update_readme.py --realtext-run RUN (a `cdcda run` of "
                     "experiments/configs/realtext.toml on the 16-author set, federated methods included)",
+    "multitask": "python experiments/update_readme.py --multitask COMPARE.json (written by "
+                 "experiments/multitask_compare.py --json)",
+    "multitask-brief": "python experiments/update_readme.py --multitask COMPARE.json (written by "
+                       "experiments/multitask_compare.py --json)",
 }
 #: The perf_tables tables each file holds, in the order they appear there.
 PERF_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -317,13 +323,8 @@ def canary_section(run: Path, images: Path | None = None, target: str = SECTION_
 
 
 def _share_curve_module() -> Any:
-    """experiments/share_curve.py (a script, not a package): its markdown() renders the tables."""
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import share_curve
-    finally:
-        sys.path.pop(0)
-    return share_curve
+    """experiments/share_curve.py: its markdown() renders the tables."""
+    return _script("share_curve")
 
 
 def share_curve_part(curve: Path) -> Part:
@@ -348,9 +349,33 @@ def render_share_curve(part: Part, target: str) -> list[str]:
     return lines
 
 
+def _script(name: str) -> Any:
+    """A script of experiments/ (not a package), imported by name."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def multitask_part(compare: Path) -> Part:
+    """experiments/multitask_compare.py's JSON: both scopes' quality rows and costs per person."""
+    return {"kind": "multitask", "compare": json.loads(compare.read_text())}
+
+
+def render_multitask(part: Part, target: str) -> list[str]:
+    """The scope comparison's tables (every profile-size row, or only "all" when ``brief``)."""
+    data = part["compare"]
+    rows = [r for r in data["quality"] if not part.get("brief") or r["profile"] == "all"]
+    command = (f"python experiments/multitask_compare.py {data['task_run']} {data['user_run']} "
+               "(experiments/configs/multitask.toml run with each scope)")
+    return [f"From `{command}`; positive = one adapter per person is better:", "",
+            *_script("multitask_compare").render(rows, data["cost"]).splitlines(), ""]
+
+
 RENDERERS: dict[str, Callable[[Part, str], list[str]]] = {
     "run": render_run, "realtext": render_realtext, "sweep": render_sweep,
-    "canaries": render_canaries, "share-curve": render_share_curve,
+    "canaries": render_canaries, "share-curve": render_share_curve, "multitask": render_multitask,
 }
 
 
@@ -418,6 +443,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--share-curve", type=Path, action="append", default=[],
                         help="a finished experiments/share_curve.py directory (repeatable: personas, real "
                              "writing); fills the share-curve section of docs/results.md and copies its plot")
+    parser.add_argument("--multitask", type=Path, default=None,
+                        help="experiments/multitask_compare.py's --json output: fills the scope comparison in "
+                             "docs/multitask.md (every profile size) and the README (all users)")
     parser.add_argument("--benchmarks", type=Path, default=None,
                         help="regenerate the tables of docs/performance.md and docs/device.md from a benchmark "
                              "results directory, e.g. benchmarks/results")
@@ -433,6 +461,8 @@ def _missing_input(args: argparse.Namespace) -> str | None:
     for run in (args.demo, args.quality, args.realtext_run, *args.dp):
         if run is not None and not (run / "results.json").is_file():
             return f"{run}/results.json not found: run it first"
+    if args.multitask is not None and not args.multitask.is_file():
+        return f"{args.multitask} not found: run experiments/multitask_compare.py --json first"
     for curve in args.share_curve:
         if not (curve / "share_curve.json").is_file():
             return f"{curve}/share_curve.json not found: run experiments/share_curve.py first"
@@ -475,9 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results_run = args.demo is not None or args.quality is not None or args.realtext is not None
     if not (results_run or args.dp or args.sweep is not None or args.canaries is not None
-            or args.benchmarks is not None or args.share_curve or args.realtext_run is not None):
+            or args.benchmarks is not None or args.share_curve or args.realtext_run is not None
+            or args.multitask is not None):
         parser.error("name at least one of --demo, --quality, --realtext, --realtext-run, --dp, --sweep, --canaries, "
-                     "--benchmarks, --share-curve")
+                     "--benchmarks, --share-curve, --multitask")
     if args.sweep is not None and not results_run:
         # Only the plots: copy them over docs/images/sweep_*.png (docs/results.md links those files).
         sweep_part(args.sweep)
@@ -495,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
         part = run_part(args.realtext_run, "Real writing", "cdcda run experiments/configs/realtext.toml")
         part["profile_sizes"] = profile_sizes_of(args.realtext_run)
         if not write_section("realtext-run", [part]):
+            return 1
+    if args.multitask is not None:
+        part = multitask_part(args.multitask)
+        if not (write_section("multitask", [part]) and write_section("multitask-brief", [{**part, "brief": True}])):
             return 1
     if args.benchmarks is not None:
         if not update_perf_sections(args.benchmarks):
