@@ -56,7 +56,7 @@ def test_task_masses_follow_n_to_the_half() -> None:
 
 def test_the_person_mixture_gives_each_task_its_share_and_keeps_local_steps_per_task() -> None:
     sparse, rich = _lamp2("p1", 4, 0), _lamp5("p1", 40)
-    run = SimpleNamespace(user=sparse, person=(sparse, rich), siblings=())
+    run = SimpleNamespace(user=sparse, person=(sparse, rich), siblings=(), cfg={})
     real, real_w, synth, synth_w, tasks = person_mixture(run, with_records=False)  # type: ignore[arg-type]
     assert tasks == 2 and not synth and not synth_w and len(real) == 44
     lamp2_share = sum(real_w[:4]) / sum(real_w)
@@ -75,7 +75,7 @@ def test_a_persons_adapter_reads_only_that_persons_records() -> None:
     _link_siblings(runs)  # type: ignore[arg-type]
     assert [r.user for r in runs[0].siblings] == [a2, a5]
     assert [r.user for r in runs[1].siblings] == [b2]
-    run = SimpleNamespace(user=a2, person=(a2, a5), siblings=())
+    run = SimpleNamespace(user=a2, person=(a2, a5), siblings=(), cfg={})
     real, *_ = person_mixture(run, with_records=False)  # type: ignore[arg-type]
     outputs = {o for _p, o in real}
     assert outputs == {i["tag"] for i in a2.profile} | {i["title"] for i in a5.profile}

@@ -79,8 +79,11 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
                                               "share of items they train on); steps = the final adapters' steps"),
     "train.retrain": (False, "retrain adapters even if a finished one is stored"),
     "train.adapter-scope": ("task", "task = one adapter per user and task; user = one adapter per person over "
-                                    "every task the device holds for them (tasks weighted n^0.5, steps x tasks; "
+                                    "every task the device holds for them (tasks weighted by train.task-mix-alpha, steps x tasks; "
                                     "docs/multitask.md)"),
+    "train.task-mix-alpha": (0.5, "adapter-scope user: task t weighs n_t^alpha / sum n^alpha of the person's "
+                                  "loss (0 = every task equal: each task's items get as many updates as under "
+                                  "scope task; 1 = proportional to items)"),
     "dp.enabled": (False, "DP-SGD (Opacus) on the LoRA parameters"),
     "dp.epsilon": (0.0, "target epsilon (0 = use dp.noise-multiplier)"),
     "dp.noise-multiplier": (1.0, "noise multiplier when dp.epsilon is 0"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cdcda_fl.core.config import adapter_scope
+from cdcda_fl.core.config import adapter_scope, config_get
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.methods.run_view import DeviceRun
 
@@ -63,7 +63,7 @@ def person_mixture(run: DeviceRun, with_records: bool
     records of every task in this message whose check chose to use them (CDCDA)."""
     people = list(run.person)
     siblings = {s.user.task: s for s in run.siblings} if with_records else {}
-    masses = task_masses([len(u.profile) for u in people])
+    masses = task_masses([len(u.profile) for u in people], float(config_get(run.cfg, "train.task-mix-alpha")))
     n_total = sum(len(u.profile) for u in people)
     real: Pairs = []
     real_w: list[float] = []
