@@ -370,7 +370,7 @@ def render_multitask(part: Part, target: str) -> list[str]:
     command = (f"python experiments/multitask_compare.py {data['task_run']} {data['user_run']} "
                "(experiments/configs/multitask.toml run with each scope)")
     return [f"From `{command}`; positive = one adapter per person is better:", "",
-            *_script("multitask_compare").render(rows, data["cost"]).splitlines(), ""]
+            *_script("multitask_compare").render(rows, data["cost"], brief=bool(part.get("brief"))).splitlines(), ""]
 
 
 RENDERERS: dict[str, Callable[[Part, str], list[str]]] = {
