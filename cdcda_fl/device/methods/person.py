@@ -6,11 +6,11 @@ one adapter on the union of the person's tasks; every pair already carries its t
 instruction, so one adapter can answer each task in its own format.
 
 The mixing rule (:func:`task_masses`): task ``t`` with ``n_t`` real items gets the share
-``n_t^α / Σ_s n_s^α`` of the total loss weight, ``α = 0.5`` (:data:`MIX_ALPHA`, temperature
-sampling as in multilingual training): a 4-item task is not drowned by a 40-item one (α = 1 would
-give it 9 %; α = 0.5 gives it 24 %), yet a richer task still weighs more (α = 0 would make every
-task equal). The step budget is ``train.steps × tasks``: each task's items see about as many
-updates as under ``task`` scope.
+``n_t^α / Σ_s n_s^α`` of the total loss weight (``train.task-mix-alpha``, default 0.5,
+temperature sampling): a 4-item task beside a 40-item one gets 24 % (α = 1: 9 %, α = 0: 50 %).
+The weights average 1 and the step budget is ``train.steps × tasks``, so a task's items get
+``tasks × share`` times their task-scope updates: exactly as many only at α = 0. Measured on 24
+multi-task personas (docs/multitask.md): at α = 0.5 sparse tasks lost quality, rich tasks gained.
 
 CDCDA: each task's own check (crossfit or holdout, task-scope fold adapters, the task's metric)
 decides about that task's cloud records; the person's CDCDA adapter trains on the real items of
@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cdcda_fl.core.config import adapter_scope, config_get
+from cdcda_fl.core.config import adapter_scope, config_get, default_of
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.methods.run_view import DeviceRun
 
-#: exponent of the per-task weight ``n_t^α``: 0 = every task equal, 1 = proportional to its items
-MIX_ALPHA = 0.5
+#: the default exponent of the per-task weight ``n_t^α`` (``train.task-mix-alpha``)
+MIX_ALPHA = float(default_of("train.task-mix-alpha"))
 
 Pairs = list[tuple[str, str]]
 
