@@ -172,7 +172,8 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     if unknown:
         log(f"[yellow]warning:[/yellow] consent overrides name user(s) no task of this run holds: "
             f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''} (misspelled? they get the [default] policy)")
-    n_users = len(user_refs(cfg))
+    refs = user_refs(cfg)
+    n_users = len(refs)
     if not n_users:
         raise RuntimeError("no valid users to run (see the data errors above)")
     # Flower and Ray read the environment when imported, so only after private_network_defaults:
@@ -184,7 +185,7 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     quiet_libraries()
     per_node = max(1, int(cfg["sim.users-per-node"]))
     # one adapter per person: a node holds whole people, so count people, not (task, user) pairs
-    n_hosted = people_count(user_refs(cfg)) if adapter_scope(cfg) == "user" else n_users
+    n_hosted = people_count(refs) if adapter_scope(cfg) == "user" else n_users
     num_nodes = int(cfg["sim.num-supernodes"]) or -(-n_hosted // per_node)
     cfg["sim.num-supernodes"] = num_nodes
     log(f"simulating {num_nodes} device(s) for {n_users} user(s); run dir {cfg['out-dir']}")

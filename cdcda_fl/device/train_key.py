@@ -44,9 +44,11 @@ def base_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "dtype": base_dtype(cfg)}
 
 
-def adapter_key(cfg: Mapping[str, Any], pairs: Pairs, weights: Sequence[float], n_real: int) -> str:
+def adapter_key(cfg: Mapping[str, Any], pairs: Pairs, weights: Sequence[float], n_real: int,
+                step_scale: float = 1.0) -> str:
     """A non-DP adapter trained by ``train_cdcda`` on ``pairs`` (the first ``n_real`` real)."""
-    stages = plan_cdcda(cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
+    stages = plan_cdcda(cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:],
+                        step_scale=step_scale)
     return stages_key(base_identity(cfg), stages, pairs, weights)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from cdcda_fl.core.atomic import atomic_dir
 from cdcda_fl.device.methods.person import is_person_scope, person_mixture
-from cdcda_fl.device.schedule import plan_cdcda, train_cdcda
-from cdcda_fl.device.train_key import adapter_key, base_identity, stages_key
+from cdcda_fl.device.schedule import train_cdcda
+from cdcda_fl.device.train_key import adapter_key
 from cdcda_fl.device.methods.run_view import DeviceRun
 
 TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
@@ -58,23 +58,27 @@ def save_adapter(run: DeviceRun, key: str, info: dict[str, Any]) -> None:
     run.adapter_dir = path
 
 
-def train_or_reuse(run: DeviceRun, method: str, pairs: Sequence[tuple[str, str]], weights: Sequence[float]
-                   ) -> dict[str, Any]:
+def train_or_reuse(run: DeviceRun, method: str, pairs: Sequence[tuple[str, str]], weights: Sequence[float],
+                   *, n_real: int | None = None, prefix: str | None = None, step_scale: float = 1.0,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or reload from the device's store) a fresh adapter; on return the model holds it.
 
-    ``pairs`` start with the user's real pairs; the rest (CDCDA) are the cloud's, trained under
-    ``train.synthetic-schedule`` (device/schedule.py). Never under DP: the DP form of a trained
-    method is ``methods/private.py``."""
+    ``pairs`` start with the ``n_real`` real pairs (default: the user's own); the rest (CDCDA) are
+    the cloud's, trained under ``train.synthetic-schedule`` (device/schedule.py). The folder is
+    ``<prefix>-<method>-<key>`` (prefix: the task; ``person`` for one adapter per person), the
+    step budget scaled by ``step_scale``; ``extra`` joins the stored metadata. Never under DP:
+    the DP form of a trained method is ``methods/private.py``."""
     pairs, weights = list(pairs), list(weights)
-    n_real = len(run.real_pairs)
-    key = f"{run.spec.name}-{method}-{adapter_key(run.cfg, pairs, weights, n_real)}"
+    n_real = len(run.real_pairs) if n_real is None else n_real
+    key = f"{prefix or run.spec.name}-{method}-{adapter_key(run.cfg, pairs, weights, n_real, step_scale)}"
     stored = load_stored(run, key)
     if stored is not None:
         return stored
-    res = train_cdcda(run.model, run.cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:])
+    res = train_cdcda(run.model, run.cfg, pairs[:n_real], weights[:n_real], pairs[n_real:], weights[n_real:],
+                      step_scale=step_scale)
     info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
             "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
-            "n_real": n_real, "n_synthetic": len(pairs) - n_real}
+            "n_real": n_real, "n_synthetic": len(pairs) - n_real, **(extra or {})}
     save_adapter(run, key, info)
     return info
 
@@ -95,16 +99,5 @@ def train_person(run: DeviceRun, method: str, *, with_records: bool = False) -> 
     real, real_w, synth, synth_w, tasks = person_mixture(run, with_records)
     if not synth:  # no task's records passed its check: CDCDA's adapter is the person's local one
         method = "local"
-    pairs, weights = [*real, *synth], [*real_w, *synth_w]
-    stages = plan_cdcda(run.cfg, real, real_w, synth, synth_w, step_scale=tasks)
-    key = f"person-{method}-{stages_key(base_identity(run.cfg), stages, pairs, weights)}"
-    stored = load_stored(run, key)
-    if stored is not None:
-        return stored
-    res = train_cdcda(run.model, run.cfg, real, real_w, synth, synth_w, step_scale=tasks)
-    info = {"steps": res.steps, "tokens": res.trained_tokens, "seconds": round(res.seconds, 3),
-            "final_loss": res.final_loss, "epsilon": res.epsilon, "delta": res.delta,
-            "n_real": len(real), "n_synthetic": len(synth), "scope": "user", "tasks": tasks}
-    save_adapter(run, key, info)
-    return info
-
+    return train_or_reuse(run, method, [*real, *synth], [*real_w, *synth_w], n_real=len(real), prefix="person",
+                          step_scale=tasks, extra={"scope": "user", "tasks": tasks})
