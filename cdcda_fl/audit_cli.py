@@ -14,6 +14,7 @@ from pathlib import Path
 from cdcda_fl.core.config import ConfigError, add_config_arguments, load_config, path_overrides
 from cdcda_fl.privacy.canary import CanaryError
 from cdcda_fl.privacy.sent import cmd_sent
+from cdcda_fl.core.run_config import run_config
 
 
 def canary_settings(values: str) -> list[float | None]:
@@ -75,7 +76,7 @@ def _cmd_canaries(args: argparse.Namespace) -> int:
         print(f"canary audit error: {exc}", file=sys.stderr)
         return 2
     print_canary_summary(report)
-    print(f"report: {Path(str(cfg['out-dir'])) / 'canaries.json'}")
+    print(f"report: {Path(run_config(cfg).out_dir) / 'canaries.json'}")
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from cdcda_fl.core.atomic import safe_filename
 from cdcda_fl.data.tasks import TASKS, get_task
 from cdcda_fl.device.synthetic_store import SyntheticStoreError, load_synthetic_log, synthetic_log_path
+from cdcda_fl.core.run_config import run_config
 
 MAX_FIELD_CHARS = 160
 KNOWN_USERS_SHOWN = 8
@@ -118,7 +119,7 @@ class RunDir:
     def store_dirs(self) -> list[Path]:
         """Where simulated (or lab) devices of this run keep their disk, in the order searched."""
         dirs = []
-        configured = str(self.config.get("device.storage-dir") or "")
+        configured = run_config(self.config).device.storage_dir
         if configured:
             dirs.append(Path(configured).expanduser())
         dirs.append(self.path / "devices")

@@ -27,6 +27,7 @@ from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.policy_file import device_policy_values, load_device_policy, write_device_policy
 from cdcda_fl.data.run_data import list_users
+from cdcda_fl.core.run_config import run_config
 
 from .common import LabError
 
@@ -78,6 +79,7 @@ def parse_consent(values: Sequence[str]) -> dict[str, Path]:
 
 def build_devices(cfg: Mapping[str, Any], root: Path, consent: Mapping[str, Path] | None = None) -> list[Device]:
     """One device per user id of the run (data split from the run's data set), each with its consent file."""
+    rc = run_config(cfg)
     consent = dict(consent or {})
     ids = sorted({u.user_id for u in list_users(dict(cfg))})
     if not ids:
@@ -86,10 +88,10 @@ def build_devices(cfg: Mapping[str, Any], root: Path, consent: Mapping[str, Path
     unknown = sorted(set(consent) - {d.name for d in devices} - {EVERY_DEVICE})
     if unknown:
         raise LabError(f"--consent names {unknown}, but the devices are node0..node{len(devices) - 1}")
-    source = Path(str(cfg["data-dir"])) if cfg["data-dir"] else Path(str(cfg["out-dir"])) / "data"
-    tasks = [t.name for t in parse_task_list(str(cfg["tasks"]))]
+    source = Path(rc.data_dir) if rc.data_dir else Path(rc.out_dir) / "data"
+    tasks = [t.name for t in parse_task_list(rc.tasks)]
     for device in devices:
-        write_user_files(source, device.data_dir, tasks, str(cfg["split"]), set(device.users))
+        write_user_files(source, device.data_dir, tasks, rc.split, set(device.users))
         write_consent(device, cfg, consent.get(device.name) or consent.get(EVERY_DEVICE))
         device.storage_dir.mkdir(parents=True, exist_ok=True)
     return devices

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdcda_fl.core.config import ConfigError, config_get, load_config
+from cdcda_fl.core.config import ConfigError, load_config
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.sent import format_sent, summarize_sent
@@ -46,6 +46,7 @@ from .pki import (NodeKeys, TlsFiles, generate_signing_key, generate_supernode_k
 from .recipes import deployment, device_nodes, local_simulation, prepare_cfg, read_results
 from .session import Lab, SuperLink, run_succeeded
 from .supervisor import LOOPBACK_ENV, OFFLINE_ENV, Proc, free_port, lab_env, port_open, tail
+from cdcda_fl.core.run_config import run_config
 
 __all__ = [
     "DEFAULT_WORK", "Device", "HOST", "LOOPBACK_ENV", "OFFLINE_ENV", "ROOT", "Lab", "LabError", "NodeKeys", "Proc",
@@ -70,9 +71,9 @@ def with_writer(cfg: dict, writer: str) -> dict:
     """
     if writer == "config":
         return cfg
-    if not str(cfg.get("out-dir", "")).endswith("-lab"):  # its own run dir: never resume another writer's run
-        cfg = {**cfg, "out-dir": f"{cfg['out-dir']}-lab"}
-    tokens = max(int(config_get(cfg, "synthetic.max-new-tokens")), LAB_WRITER_MIN_NEW_TOKENS)
+    if not run_config(cfg).out_dir.endswith("-lab"):  # its own run dir: never resume another writer's run
+        cfg = {**cfg, "out-dir": f"{run_config(cfg).out_dir}-lab"}
+    tokens = max(run_config(cfg).synthetic.max_new_tokens, LAB_WRITER_MIN_NEW_TOKENS)
     return {**cfg, "cloud.model": writer, "synthetic.max-new-tokens": tokens}
 
 
@@ -151,7 +152,7 @@ def _deploy(args: argparse.Namespace) -> int:
     cfg = prepare_cfg(with_writer(load_config(args.config or ROOT / "pyproject.toml", args.set), args.writer))
     devices = build_devices(cfg, devices_root, consent)
     print(f"lab: {work} (certificates certs/, SuperNode keys keys/, logs logs/)")
-    print(f"cloud writer: {cfg.get('cloud.model')} (--writer MODEL or --writer config to change it)")
+    print(f"cloud writer: {run_config(cfg).cloud.model} (--writer MODEL or --writer config to change it)")
     for d in devices:
         print(f"device {d.name}: users {', '.join(d.users)}; data {d.data_dir}; consent {d.consent_file}; "
               f"storage {d.storage_dir}")
@@ -167,7 +168,7 @@ def _deploy(args: argparse.Namespace) -> int:
     print("what each device sent (from its own audit log):")
     for d in devices:
         print(format_sent(summarize_sent(d.storage_dir, skip=before[d.name]), d.name))
-    print(f"results: {Path(str(cfg['out-dir'])) / 'results.json'}")
+    print(f"results: {Path(run_config(cfg).out_dir) / 'results.json'}")
     return _check_results(results)
 
 

@@ -23,6 +23,7 @@ from .flwr_config import flwr_run_config
 from .pki import generate_supernode_keys, generate_tls
 from .session import Lab, run_succeeded
 from .supervisor import tail
+from cdcda_fl.core.run_config import run_config
 
 
 def prepare_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def prepare_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_results(cfg: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
     """The run's results.json, only if the run completed (a stale or partial report must not pass)."""
-    path = Path(str(cfg["out-dir"])) / "results.json"
+    path = Path(run_config(cfg).out_dir) / "results.json"
     if not run_succeeded(row) or not path.exists():
         log = Path(row["log"])
         reason = server_error(log)
@@ -59,16 +60,17 @@ def local_simulation(cfg: Mapping[str, Any], *, work: Path | str = DEFAULT_WORK,
                      timeout: float = 1800.0) -> dict[str, Any]:
     """`flwr run APP local-simulation` on a local simulation SuperLink; the same run as ``cdcda run`` for ``cfg``."""
     cfg = prepare_cfg(cfg)
-    results_path = Path(str(cfg["out-dir"])) / "results.json"
+    rc = run_config(cfg)
+    results_path = Path(rc.out_dir) / "results.json"
     if results_path.exists():
         results_path.unlink()  # a stale report must not pass for this run's
-    nodes = int(cfg["sim.num-supernodes"]) or len(list_users(cfg))
+    nodes = rc.sim.num_supernodes or len(list_users(cfg))
     cfg["min-nodes"] = nodes  # the ServerApp waits for this many nodes (sim.num-supernodes is not a run-config key)
-    federation = {"num-supernodes": nodes, "client-resources-num-cpus": max(1, round(float(cfg["sim.client-cpus"])))}
-    if float(cfg["sim.client-gpus"]):
-        federation["client-resources-num-gpus"] = float(cfg["sim.client-gpus"])
-    if int(cfg["sim.cpus"]) > 0:
-        federation["init-args-num-cpus"] = int(cfg["sim.cpus"])
+    federation = {"num-supernodes": nodes, "client-resources-num-cpus": max(1, round(rc.sim.client_cpus))}
+    if rc.sim.client_gpus:
+        federation["client-resources-num-gpus"] = rc.sim.client_gpus
+    if rc.sim.cpus > 0:
+        federation["init-args-num-cpus"] = rc.sim.cpus
     overrides = flwr_run_config(cfg, app_dir)
     with Lab(Path(work)) as lab:
         lab.start_superlink(simulation=True)
@@ -81,7 +83,7 @@ def deployment(cfg: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]], *, wo
                lab: Lab | None = None) -> dict[str, Any]:
     """SuperLink + one SuperNode per entry of ``nodes`` (each a node config), then `flwr run`."""
     cfg = prepare_cfg(cfg)
-    results_path = Path(str(cfg["out-dir"])) / "results.json"
+    results_path = Path(run_config(cfg).out_dir) / "results.json"
     if results_path.exists():
         results_path.unlink()
     cfg["min-nodes"] = len(nodes)
@@ -111,10 +113,11 @@ def device_nodes(cfg: Mapping[str, Any], data_dir: Path | None = None) -> list[d
     (the run's personas by default) and ``user-id`` selects the device's user in every task.
     """
     cfg = dict(cfg)
+    rc = run_config(cfg)
     if data_dir is not None:
         cfg["data-dir"] = str(Path(data_dir).resolve())
-    data = str(cfg["data-dir"]) if cfg["data-dir"] else str(Path(str(cfg["out-dir"])) / "data")
+    data = rc.data_dir if rc.data_dir else str(Path(rc.out_dir) / "data")
     ids = sorted({u.user_id for u in list_users(cfg)})
-    out = Path(str(cfg["out-dir"]))
+    out = Path(rc.out_dir)
     return [{"data-dir": data, "user-id": uid, "storage-dir": str(out / "devices" / f"node{i}")}
             for i, uid in enumerate(ids)]

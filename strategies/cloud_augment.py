@@ -21,6 +21,7 @@ from cdcda_fl.server import orchestrator
 from cdcda_fl.core.config import Scalar, resolve
 from clients.codec import GLOBAL_PREFIX, array_record, pack, unpack
 from strategies.fedavg import run_rounds
+from cdcda_fl.core.run_config import run_config
 
 MESSAGE_TYPES = {orchestrator.SHARE: "query.share", orchestrator.PERSONALIZE: "train.personalize"}
 
@@ -84,11 +85,11 @@ class GridTransport:
 
 def simulation_window(cfg: Mapping[str, Scalar]) -> int:
     """``sim.max-in-flight``, or 4 messages per Ray actor (actors = CPUs / ``sim.client-cpus``)."""
-    explicit = int(cfg.get("sim.max-in-flight") or 0)
-    if explicit > 0:
-        return explicit
-    cpus = _ray_cpus() or int(cfg.get("sim.cpus") or 0) or (os.cpu_count() or 1)
-    actors = max(1, int(cpus // max(float(cfg.get("sim.client-cpus") or 1.0), 1e-9)))
+    sim = run_config(cfg).sim
+    if sim.max_in_flight > 0:
+        return sim.max_in_flight
+    cpus = _ray_cpus() or sim.cpus or (os.cpu_count() or 1)
+    actors = max(1, int(cpus // max(sim.client_cpus, 1e-9)))
     return 4 * actors
 
 

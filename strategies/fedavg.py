@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from cdcda_fl.core.config import Scalar
 from cdcda_fl.device.federated import adapter_digest
 from cdcda_fl.server.federated import fedavg_message_config, round_facts
+from cdcda_fl.core.run_config import run_config
 from clients.codec import array_record
 
 WEIGHT_KEY = "num-examples"
@@ -129,12 +130,13 @@ def run_rounds(grid: Grid, cfg: Mapping[str, Scalar], task: str, nodes: list[int
                initial: Mapping[str, np.ndarray], on_round: Callable[[int, dict[str, np.ndarray], dict[str, Any]], None],
                on_failure: Callable[[int, str, int], None]) -> None:
     """Rounds ``first_round`` .. ``fedavg.rounds`` of ``task``'s global adapter with Flower's FedAvg."""
-    total = int(cfg["fedavg.rounds"])
+    rc = run_config(cfg)
+    total = rc.fedavg.rounds
     if first_round > total:
         return
-    min_nodes = max(1, int(cfg["fedavg.min-nodes"]))
-    strategy = TaskFedAvg(task=task, nodes=nodes, seed=cfg["seed"], wait_s=float(cfg["node-wait"]),
-                          on_failure=on_failure, fraction_train=float(cfg["fedavg.fraction"]), fraction_evaluate=0.0,
+    min_nodes = max(1, rc.fedavg.min_nodes)
+    strategy = TaskFedAvg(task=task, nodes=nodes, seed=rc.seed, wait_s=rc.node_wait,
+                          on_failure=on_failure, fraction_train=rc.fedavg.fraction, fraction_evaluate=0.0,
                           min_train_nodes=min_nodes, min_available_nodes=min_nodes, weighted_by_key=WEIGHT_KEY)
     strategy.layout = {k: tuple(np.shape(v)) for k, v in initial.items()}
     offset = first_round - 1
@@ -149,6 +151,6 @@ def run_rounds(grid: Grid, cfg: Mapping[str, Scalar], task: str, nodes: list[int
         on_round(offset + server_round, {k: a.numpy() for k, a in arrays.items()}, facts)
         return None
 
-    timeout = float(cfg["fedavg.timeout"]) or 3600.0
+    timeout = rc.fedavg.timeout or 3600.0
     strategy.start(grid=grid, initial_arrays=array_record(initial), num_rounds=total - offset, timeout=timeout,
                    train_config=ConfigRecord(fedavg_message_config(cfg, task, first_round)), evaluate_fn=checkpoint)

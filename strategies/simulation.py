@@ -27,6 +27,7 @@ from cdcda_fl.core.progress import log
 from cdcda_fl.core.quiet import private_network_defaults, quiet_libraries
 from cdcda_fl.data.run_data import people_count, user_refs
 from cdcda_fl.server.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users
+from cdcda_fl.core.run_config import run_config
 
 # Seconds the run gets to wind down after a stop signal before its Ray processes are killed.
 STOP_GRACE_S = 5.0
@@ -38,15 +39,16 @@ class Interrupted(Exception):
 
 def backend_config(cfg: dict[str, Scalar]) -> dict[str, Any]:
     """Flower's Ray backend settings from the run config (client resources, cluster address)."""
+    rc = run_config(cfg)
     init_args: dict[str, Any] = {"log_to_driver": True}
-    if cfg["sim.ray-address"]:
-        init_args["address"] = str(cfg["sim.ray-address"])
+    if rc.sim.ray_address:
+        init_args["address"] = rc.sim.ray_address
     else:
         init_args["_node_ip_address"] = "127.0.0.1"
-        if int(cfg["sim.cpus"]) > 0:
-            init_args["num_cpus"] = int(cfg["sim.cpus"])
+        if rc.sim.cpus > 0:
+            init_args["num_cpus"] = rc.sim.cpus
     return {
-        "client_resources": {"num_cpus": float(cfg["sim.client-cpus"]), "num_gpus": float(cfg["sim.client-gpus"])},
+        "client_resources": {"num_cpus": rc.sim.client_cpus, "num_gpus": rc.sim.client_gpus},
         "init_args": init_args,
     }
 
@@ -158,13 +160,14 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     Raises LampDataError/RunDataError for bad data (before anything starts) and Interrupted on
     SIGINT/SIGTERM.
     """
-    private_network_defaults(join_cluster=bool(cfg["sim.ray-address"]))
+    private_network_defaults(join_cluster=bool(run_config(cfg).sim.ray_address))
     cfg = prepare_run_dir(cfg)
+    rc = run_config(cfg)
     issues = check_run_data(cfg)
     if issues:
         log(f"skipping the users of {len(issues)} invalid record(s) (reported in failures.jsonl):\n"
             f"{describe_issues(issues)}")
-    owners = owners_policy_file(cfg["data-dir"])
+    owners = owners_policy_file(rc.data_dir)
     if owners is not None:
         log(f"simulating the owners' consent: {owners}, combined with the run's consent.* keys (the stricter per "
             "key), is each simulated device's policy (devices/consent.toml)")
@@ -183,16 +186,16 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     from strategies.cloud_augment import RunInterrupted, make_server_app  # lazy: flwr, after the defaults above
 
     quiet_libraries()
-    per_node = max(1, int(cfg["sim.users-per-node"]))
+    per_node = max(1, rc.sim.users_per_node)
     # one adapter per person: a node holds whole people, so count people, not (task, user) pairs
     n_hosted = people_count(refs) if adapter_scope(cfg) == "user" else n_users
-    num_nodes = int(cfg["sim.num-supernodes"]) or -(-n_hosted // per_node)
+    num_nodes = rc.sim.num_supernodes or -(-n_hosted // per_node)
     cfg["sim.num-supernodes"] = num_nodes
-    log(f"simulating {num_nodes} device(s) for {n_users} user(s); run dir {cfg['out-dir']}")
+    log(f"simulating {num_nodes} device(s) for {n_users} user(s); run dir {rc.out_dir}")
     # The actors must find this checkout's packages (clients/, strategies/) when run from elsewhere.
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    out = Path(str(cfg["out-dir"]))
+    out = Path(rc.out_dir)
     results_path = out / "results.json"
     if results_path.exists():
         results_path.unlink()  # a stale report must not pass for this run's

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cdcda_fl.core.config import ConfigError, add_config_arguments, path_overrides
 from strategies.simulation import run_simulation
+from cdcda_fl.core.run_config import run_config
 
 PRIVACY_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "privacy.toml"
 
@@ -29,7 +30,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for point in spec.points():
             print(point.name)
         return 0
-    sweep = run_sweep(spec, str(spec.config["out-dir"]), runner=run_simulation)
+    sweep = run_sweep(spec, run_config(spec.config).out_dir, runner=run_simulation)
     print_sweep(sweep)
     return 0 if sweep["complete"] else 1
 

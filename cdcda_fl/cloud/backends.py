@@ -29,7 +29,8 @@ from typing import Any
 from cdcda_fl.cloud.llm_types import (BackendError, Generation, LLMBackend, Prompt, UsageStats,  # noqa: F401
                                       _TextsFromDetails, apply_stop)
 from cdcda_fl.cloud.openai_backend import LOCAL_BASE_URL, OpenAIBackend
-from cdcda_fl.core.config import config_get, parse_bool
+from cdcda_fl.core.config import carries, parse_bool
+from cdcda_fl.core.run_config import run_config
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,9 @@ def _as_bool(value: Any) -> bool:
 # ====================================================================== factory
 def _hf_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
     """``hf``: ``cloud.model``, ``cloud.batch-size``, ``cloud.device``."""
-    return HFBackend(str(config_get(cfg, "cloud.model")), batch_size=int(config_get(cfg, "cloud.batch-size")),
-                     device=(str(cfg["cloud.device"]) if cfg.get("cloud.device") else None), loaded=loaded)
+    rc = run_config(cfg)
+    return HFBackend(rc.cloud.model, batch_size=rc.cloud.batch_size,
+                     device=(rc.cloud.device or None), loaded=loaded)
 
 
 def _openai_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
@@ -172,15 +174,17 @@ def _openai_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
     ``cloud.api-key-env``, ``cloud.timeout``, ``cloud.max-retries``, ``cloud.concurrency``,
     ``cloud.allow-insecure-http``; a ``cloud.prompt-style`` of ``continuation`` says the served
     model is a base model."""
+    rc = run_config(cfg)
     return OpenAIBackend(
-        str(cfg.get("cloud.model") or ""),  # a served model has no preset default: name it
-        base_url=str(cfg.get("cloud.base-url") or LOCAL_BASE_URL),
-        api_key_env=str(config_get(cfg, "cloud.api-key-env")),
-        timeout=float(config_get(cfg, "cloud.timeout")),
-        max_retries=int(config_get(cfg, "cloud.max-retries")),
-        concurrency=int(config_get(cfg, "cloud.concurrency")),
-        prefers_chat=str(config_get(cfg, "cloud.prompt-style")).lower() != "continuation",
-        allow_insecure_http=_as_bool(config_get(cfg, "cloud.allow-insecure-http")),
+        # a served model has no preset default: only a cloud.model the run set names it
+        str(cfg["cloud.model"]) if carries(cfg, "cloud.model") else "",
+        base_url=rc.cloud.base_url or LOCAL_BASE_URL,
+        api_key_env=rc.cloud.api_key_env,
+        timeout=rc.cloud.timeout,
+        max_retries=rc.cloud.max_retries,
+        concurrency=rc.cloud.concurrency,
+        prefers_chat=rc.cloud.prompt_style.lower() != "continuation",
+        allow_insecure_http=_as_bool(rc.cloud.allow_insecure_http),
     )
 
 
@@ -195,7 +199,7 @@ def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
     """Build the backend that ``cloud.backend`` names (``hf`` by default) from flat run config
     (the keys each reads: :data:`BACKENDS`' builders). Defaults and meanings:
     :data:`cdcda_fl.core.config.DEFAULTS` (the only place they are set)."""
-    kind = str(config_get(cfg, "cloud.backend")).strip().lower()
+    kind = run_config(cfg).cloud.backend.strip().lower()
     if kind not in BACKENDS:
         raise BackendError(f"cloud.backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     try:

@@ -33,6 +33,7 @@ from cdcda_fl.core.config import ConfigError
 from cdcda_fl.data.oracle_items import read_oracle_items
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import SharedRecords
+from cdcda_fl.core.run_config import run_config
 
 #: how every report names each reference writer (results.json "cloud.writer", tables, inspect)
 LABELS = {"oracle": "oracle (not private: ceiling)", "noise": "noise (simulation: floor)"}
@@ -140,7 +141,7 @@ def is_reference(backend: str) -> bool:
 def refuse_outside_simulation(cfg: Mapping[str, Any], simulated: bool) -> None:
     """:class:`NotSimulated` (one line, no traceback) when ``cloud.backend`` names a reference
     writer and the devices are not simulated; nothing otherwise."""
-    kind = str(cfg["cloud.backend"]).strip().lower()
+    kind = run_config(cfg).cloud.backend.strip().lower()
     if is_reference(kind) and not simulated:
         raise NotSimulated(f"cloud.backend={kind} ({LABELS[kind]}) reads the simulated users' own further "
                            "items, which a real cloud never has: it runs only in Flower's simulation "
@@ -149,6 +150,7 @@ def refuse_outside_simulation(cfg: Mapping[str, Any], simulated: bool) -> None:
 
 def make_reference_writer(cfg: Mapping[str, Any], *, simulated: bool, data_dir: str) -> ReferenceWriter:
     """The writer ``cloud.backend`` names; refused (one line, no traceback) outside a simulation."""
+    rc = run_config(cfg)
     refuse_outside_simulation(cfg, simulated)
-    kind = str(cfg["cloud.backend"]).strip().lower()
-    return ReferenceWriter(kind, AugmentConfig.from_config(cfg), REFERENCE_POOLS[kind](_Items(data_dir, str(cfg["split"]))))
+    kind = rc.cloud.backend.strip().lower()
+    return ReferenceWriter(kind, AugmentConfig.from_config(cfg), REFERENCE_POOLS[kind](_Items(data_dir, rc.split)))

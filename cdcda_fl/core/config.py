@@ -62,9 +62,18 @@ def config_get(cfg: Mapping[str, Any], key: str) -> Scalar:
     A device's :class:`ReceivedConfig` has no fall-back: a key its message kind does not carry
     is an error there, not a silent default.
     """
+    cfg = flat_of(cfg)
     if isinstance(cfg, ReceivedConfig):
         return cfg[key]
     return cfg[key] if key in cfg else DEFAULTS[key][0]
+
+
+def flat_of(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The flat mapping under a typed :class:`~cdcda_fl.core.run_config.RunConfig` (``cfg`` itself
+    otherwise), so the helpers here tell a device's ReceivedConfig apart however it is wrapped.
+    Duck-typed on ``flat`` because run_config imports this module, not the other way round."""
+    inner = getattr(cfg, "flat", None)
+    return inner if isinstance(inner, Mapping) else cfg
 
 
 # ------------------------------------------------------------------ what each message carries
@@ -153,6 +162,7 @@ def carries(cfg: Mapping[str, Any], key: str) -> bool:
 
     For code that serves several message kinds and needs a key only some of them carry (asking
     a :class:`ReceivedConfig` with ``in`` raises, on purpose)."""
+    cfg = flat_of(cfg)
     if isinstance(cfg, ReceivedConfig):
         return dict.__contains__(cfg, key)
     return key in cfg
@@ -160,6 +170,7 @@ def carries(cfg: Mapping[str, Any], key: str) -> bool:
 
 def config_section(cfg: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The keys of ``cfg`` under ``prefix``; on a device, only a section its message carries."""
+    cfg = flat_of(cfg)
     if isinstance(cfg, ReceivedConfig):
         return cfg.section(prefix)
     return {k: v for k, v in cfg.items() if k.startswith(prefix)}
@@ -175,7 +186,7 @@ def received_config(kind: str, shipped: Mapping[str, Any]) -> ReceivedConfig:
     for key, value in shipped.items():
         check_key(key)
         if key in values:
-            values[key] = _coerce(key, value)
+            values[key] = coerce_value(key, value)
     return ReceivedConfig(kind, values)
 
 
@@ -223,7 +234,9 @@ def parse_scalar(text: str, like: Scalar | None = None) -> Scalar:
     return text
 
 
-def _coerce(key: str, value: Any) -> Scalar:
+def coerce_value(key: str, value: Any) -> Scalar:
+    """``value`` as the type of ``key``'s default ("12" -> 12 for an int key); a value that is not
+    one is a ConfigError naming the key."""
     default = DEFAULTS[key][0]
     if isinstance(value, str) and not isinstance(default, str):
         try:
@@ -231,7 +244,7 @@ def _coerce(key: str, value: Any) -> Scalar:
         except ConfigError as exc:
             raise ConfigError(f"{key}: {exc}") from None
     if isinstance(default, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return parse_bool(value, what=key)  # 0 / 1 too; anything else names the key
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
@@ -266,7 +279,7 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Scalar]:
     cfg = defaults()
     for key, value in (overrides or {}).items():
         check_key(key)
-        cfg[key] = _coerce(key, value)
+        cfg[key] = coerce_value(key, value)
     return cfg
 
 

@@ -14,6 +14,7 @@ from cdcda_fl.core.config import Scalar
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import parse_task_list
+from cdcda_fl.core.run_config import run_config
 
 
 def user_key(task: str, user_id: str) -> str:
@@ -22,18 +23,20 @@ def user_key(task: str, user_id: str) -> str:
 
 def data_dir_of(cfg: Mapping[str, Scalar]) -> Path:
     """The data directory a run reads: the configured one, else the personas inside the run dir."""
-    return Path(str(cfg["data-dir"])) if cfg["data-dir"] else Path(str(cfg["out-dir"])) / "data"
+    rc = run_config(cfg)
+    return Path(rc.data_dir) if rc.data_dir else Path(rc.out_dir) / "data"
 
 
 def index_root(cfg: Mapping[str, Scalar]) -> Path:
     """Where a run keeps its data indexes (``cdcda_fl.data.index``): built once, read by every node."""
-    return Path(str(cfg["out-dir"])) / "index"
+    return Path(run_config(cfg).out_dir) / "index"
 
 
 def task_indexes(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[TaskIndex]:
     """One validated index per task of the run (raises LampDataError for a broken file)."""
-    return [task_index(data_dir_of(cfg), spec.name, str(cfg["split"]), root or index_root(cfg))
-            for spec in parse_task_list(str(cfg["tasks"]))]
+    rc = run_config(cfg)
+    return [task_index(data_dir_of(cfg), spec.name, rc.split, root or index_root(cfg))
+            for spec in parse_task_list(rc.tasks)]
 
 
 def user_refs(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[UserRef]:
@@ -41,7 +44,7 @@ def user_refs(cfg: Mapping[str, Scalar], root: Path | None = None) -> list[UserR
 
     Only the index is read, not the users' records: cheap in every Ray worker.
     """
-    max_users = int(cfg["users"]) or None
+    max_users = run_config(cfg).users or None
     return [ref for index in task_indexes(cfg, root) for ref in select_users(index.users, max_users)]
 
 

@@ -21,6 +21,7 @@ from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, check_step_scale
 from cdcda_fl.device.train_key import adapter_key, base_identity, fingerprint
 from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, per_example, primary_metric
+from cdcda_fl.core.run_config import run_config
 
 META = "crossfit.json"
 
@@ -91,9 +92,9 @@ class CrossfitCheck:
                  else base_identity(run.cfg))
         key = f"{self.spec.name}-xfit-{kind}-" + fingerprint(
             model, kind, check_step_scale(self.gate, len(train), len(self.items)),
-            self.spec.profile_to_pairs(list(held)), str(run.cfg["eval.batch-size"]))
+            self.spec.profile_to_pairs(list(held)), str(run_config(run.cfg).eval.batch_size))
         path = run.store.path(run.user.user_id, key)
-        if (path / META).is_file() and not run.cfg["train.retrain"]:
+        if (path / META).is_file() and not run_config(run.cfg).train.retrain:
             d = json.loads((path / META).read_text())
             return FoldScores(tuple(d["losses"]), tuple(d["answers"]), int(d["steps"]))
         scores = fresh()
@@ -104,7 +105,7 @@ class CrossfitCheck:
 
     # ------------------------------------------------------------------ the decision
     def scores(self) -> CrossfitScores:
-        fold_ids = folds(len(self.items), self.gate.folds, f"{self.run.cfg['seed']}:{self.run.user.user_id}")
+        fold_ids = folds(len(self.items), self.gate.folds, f"{run_config(self.run.cfg).seed}:{self.run.user.user_id}")
         return run_folds(self.items, fold_ids, base=self.base, real=self.real, mix=self.mix)
 
     def decide(self) -> GateDecision:

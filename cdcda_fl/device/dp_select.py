@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import config_get, parse_bool
+from cdcda_fl.core.config import parse_bool
 from cdcda_fl.device.lora import DeviceModel
 from cdcda_fl.device.training import LoraTrainConfig, TrainResult
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
+from cdcda_fl.core.run_config import run_config
 
 _SIGMA_TOL = 1e-3
 Pair = tuple[str, str]  # (input, output)
@@ -98,11 +99,12 @@ def candidates_for(cfg: Mapping[str, Any], n_examples: int, step_scale: float = 
     ``step_scale`` only applies to the ``dp.auto = false`` candidate (the run's ``train.*``
     settings); the automatic plans have their own fixed step budget.
     """
+    rc = run_config(cfg)
     base_lora, base_dp = LoraTrainConfig.from_run_config(cfg, step_scale), DPConfig.from_run_config(cfg)
-    k = int(config_get(cfg, "dp.candidates"))
+    k = rc.dp.candidates
     if k < 1:
         raise DPSelectError(f"dp.candidates must be >= 1, got {k}")
-    if not _flag(config_get(cfg, "dp.auto")):
+    if not _flag(rc.dp.auto):
         if k > 1:
             raise DPSelectError("dp.candidates > 1 needs dp.auto = true (the candidates are the automatic plans)")
         return [Candidate("config", base_lora, base_dp, {"name": "config"})]
@@ -182,9 +184,10 @@ def _mean(xs: Sequence[float]) -> float:
 # ---------------------------------------------------------------------- public warm start
 def public_lora(lora: LoraTrainConfig, cfg: Mapping[str, Any], n_public: int) -> LoraTrainConfig:
     """The noise-free stage's settings: the candidate's LoRA layout, ``dp.public-steps`` at ``dp.public-lr``."""
-    return LoraTrainConfig(**{**lora.__dict__, "steps": max(1, int(config_get(cfg, "dp.public-steps"))),
-                              "epochs": None, "learning_rate": float(config_get(cfg, "dp.public-lr")),
-                              "batch_size": max(1, min(int(config_get(cfg, "train.batch-size")), n_public))})
+    rc = run_config(cfg)
+    return LoraTrainConfig(**{**lora.__dict__, "steps": max(1, rc.dp.public_steps),
+                              "epochs": None, "learning_rate": rc.dp.public_lr,
+                              "batch_size": max(1, min(rc.train.batch_size, n_public))})
 
 
 def _train_public(model: DeviceModel, public: Sequence[tuple[str, str]], lora: LoraTrainConfig,
@@ -250,7 +253,7 @@ def select_public_privately(model: DeviceModel, public_pairs: Sequence[tuple[str
     passes the task metric of the greedy answer; the default is the loss-based
     :func:`record_utilities`).
     """
-    eps = float(config_get(cfg, "dp.epsilon") or 0.0)
+    eps = float(run_config(cfg).dp.epsilon or 0.0)
     if eps <= 0:
         raise DPSelectError("dp.selection = private needs dp.epsilon > 0 (the selection's budget)")
     if not public_pairs:
@@ -312,6 +315,7 @@ def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], syn
     no budget of the non-shared records. This is public pre-training before private
     fine-tuning: the cloud's data pays for the noise instead of sharing the noise's budget.
     """
+    rc = run_config(cfg)
     train_pairs = [*real_pairs, *synth_pairs]
     if not train_pairs:
         raise DPSelectError("train_private: no training pairs")
@@ -328,10 +332,10 @@ def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], syn
     cands = list(candidates) if candidates is not None else candidates_for(cfg, len(train_pairs))
     if not cands:
         raise DPSelectError("train_private: no candidates")
-    margin = float(config_get(cfg, "dp.fallback-margin") or 0.0)
+    margin = float(rc.dp.fallback_margin or 0.0)
     if not 0.0 <= margin < 1.0:
         raise DPSelectError(f"dp.fallback-margin must be in [0, 1), got {margin}")
-    fallback = _flag(config_get(cfg, "dp.fallback"))
+    fallback = _flag(rc.dp.fallback)
     criterion = (f"mean loss on {len(validation)} consented/synthetic validation pair(s) not trained on; "
                  f"an adapter must beat the base by {margin:.1%}")
 

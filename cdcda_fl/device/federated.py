@@ -36,6 +36,7 @@ from cdcda_fl.core.config import Scalar
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from cdcda_fl.core.run_config import run_config
 
 if TYPE_CHECKING:
     from cdcda_fl.device.lora import DeviceModel
@@ -75,10 +76,11 @@ class GlobalAdapter:
 
 def _model(cfg: Mapping[str, Scalar]) -> DeviceModel:
     """The node's cached DeviceModel (FedAvg rounds never run DP-SGD: the dp keys are not sent)."""
+    rc = run_config(cfg)
     from cdcda_fl.device.lora import device_model_for  # lazy: torch; the server imports this module
 
-    return device_model_for({"device.model": cfg["device.model"], "device.quantization": cfg["device.quantization"],
-                             "device.dtype": cfg["device.dtype"], "dp.enabled": False})
+    return device_model_for({"device.model": rc.device.model, "device.quantization": rc.device.quantization,
+                             "device.dtype": rc.device.dtype, "dp.enabled": False})
 
 
 def write_global(model: DeviceModel, cfg: Mapping[str, Scalar], arrays: Mapping[str, np.ndarray], path: Path) -> None:
@@ -117,14 +119,15 @@ def local_round(users: Sequence[User], cfg: Mapping[str, Scalar], arrays: Mappin
     ``arrays`` empty = round 1: a fresh adapter seeded by the run seed (identical on every node).
     The batch order is seeded by the round, so a resumed round trains exactly as the lost one did.
     """
+    rc = run_config(cfg)
     from cdcda_fl.device.training import LoraTrainConfig  # lazy: torch; the server imports this module
 
     pairs = [p for u in users for p in get_task(u.task).profile_to_pairs(u.profile)]
     if not pairs:
         raise ValueError("no real records to train the global adapter on")
     model = _model(cfg)
-    init = replace(LoraTrainConfig.from_run_config(cfg), steps=int(cfg["fedavg.local-steps"]), epochs=None)
-    step_cfg = replace(init, seed=int(cfg["seed"]) * 1000 + int(server_round))
+    init = replace(LoraTrainConfig.from_run_config(cfg), steps=rc.fedavg.local_steps, epochs=None)
+    step_cfg = replace(init, seed=rc.seed * 1000 + int(server_round))
     try:
         if arrays:
             # A folder of this call's own: simulated nodes share one storage dir and run rounds at

@@ -54,6 +54,7 @@ from cdcda_fl.device.training import (
     lora_config,
     training_attention,
 )
+from cdcda_fl.core.run_config import run_config
 
 if TYPE_CHECKING:
     from cdcda_fl.privacy.dp import DPConfig
@@ -370,7 +371,8 @@ def device_model_for(cfg: Mapping[str, Any]) -> DeviceModel:
 
     Keyed by the base as the device loads it (``device.model``, ``device.quantization`` and the
     dtype :func:`~cdcda_fl.device.train_key.base_dtype` resolves, fp32 under DP when ``auto``)."""
+    rc = run_config(cfg)
     dtype = base_dtype(cfg)
-    model, quantization = str(cfg["device.model"]), str(cfg["device.quantization"]) or None
+    model, quantization = rc.device.model, rc.device.quantization or None
     return cached(("device", model, quantization, dtype),
                   lambda: DeviceModel(get_base_model(model, quantization=quantization, dtype=dtype)))

@@ -22,6 +22,7 @@ from typing import Any
 
 from cdcda_fl.core.config import carries, csv_list, methods_of
 from cdcda_fl.device.models import PRESETS
+from cdcda_fl.core.run_config import run_config
 
 NODE_CONFIG_KEY = "allowed-models"
 ALLOW_FILE = "models.txt"
@@ -57,9 +58,10 @@ def requested_models(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     A FedAvg round's message carries no ``methods`` (it trains the device model only); reading it
     there failed every round on real devices (found with the lab, issue 31)."""
-    wanted = [("device.model", str(cfg["device.model"]))]
-    if carries(cfg, "methods") and "cloud" in methods_of(cfg) and str(cfg["cloud.backend"]).strip().lower() == "hf":
-        wanted.append(("cloud.model", str(cfg["cloud.model"])))
+    rc = run_config(cfg)
+    wanted = [("device.model", rc.device.model)]
+    if carries(cfg, "methods") and "cloud" in methods_of(cfg) and rc.cloud.backend.strip().lower() == "hf":
+        wanted.append(("cloud.model", rc.cloud.model))
     return wanted
 
 

@@ -53,6 +53,7 @@ from cdcda_fl.privacy.report import effective_level, filter_result, generic_erro
 from cdcda_fl.privacy.share_cap import cap_shared
 from cdcda_fl.privacy.shared_ledger import record_shared, shared_ids
 from cdcda_fl.data.run_data import load_users, node_share, user_key, user_refs
+from cdcda_fl.core.run_config import run_config
 
 
 @lru_cache(maxsize=8)
@@ -95,11 +96,12 @@ def hosted_users(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> l
 
 def storage_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
     """Where the private adapters live: the device's own choice on a real device."""
+    rc = run_config(cfg)
     if "storage-dir" in node_config or is_real_device(node_config):
         return device_home(node_config, cfg)
-    if cfg["device.storage-dir"]:
-        return Path(str(cfg["device.storage-dir"]))
-    return Path(str(cfg["out-dir"])) / "devices"
+    if rc.device.storage_dir:
+        return Path(rc.device.storage_dir)
+    return Path(rc.out_dir) / "devices"
 
 
 SIMULATED = "cdcda-simulated"  # node-config key set only by clients/device.py, for simulation-engine nodes
@@ -135,7 +137,7 @@ def device_home(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Pa
         return Path(str(node_config["storage-dir"]))
     if real:
         return Path(str(node_config["data-dir"])) / ".cdcda"
-    return Path(str(cfg["out-dir"])) / "devices"
+    return Path(run_config(cfg).out_dir) / "devices"
 
 
 def policy_path(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Path:
@@ -145,7 +147,7 @@ def policy_path(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Pa
         return Path(str(node_config["consent-file"])).expanduser()
     if is_real_device(node_config):
         return Path(str(node_config["data-dir"])) / DEVICE_POLICY_FILENAME
-    return Path(str(cfg["out-dir"])) / "devices" / DEVICE_POLICY_FILENAME
+    return Path(run_config(cfg).out_dir) / "devices" / DEVICE_POLICY_FILENAME
 
 
 def _own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> DevicePolicy | None:
@@ -175,7 +177,7 @@ def _crash_check(users: list[User], cfg: Mapping[str, Scalar], node_config: Mapp
     own error log (a server must not be able to crash its owners' devices). A simulated crash is
     audited before it is raised, since Flower's error reply carries its text to the server.
     """
-    crash = set(csv_list(cfg["debug.crash-users"]))
+    crash = set(csv_list(run_config(cfg).debug.crash_users))
     hit = [u.user_id for u in users if u.user_id in crash]
     if not hit:
         return
@@ -361,7 +363,7 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
         try:
             if isinstance(outcome, Exception):
                 raise outcome
-            level = effective_level(cfg["eval.report"], own.report_for(user.user_id) if own else None, real_device=real)
+            level = effective_level(run_config(cfg).eval.report, own.report_for(user.user_id) if own else None, real_device=real)
             result = filter_result(outcome, level)
         except Exception as exc:  # reported per user; the node goes on with its other users
             _log_error(home, f"personalize {key}", exc)

@@ -36,6 +36,7 @@ from cdcda_fl.device.methods.registry import build_methods
 from cdcda_fl.device.methods.user_run import UserRun
 from cdcda_fl.privacy.consent import share_records
 from cdcda_fl.edge.runtime import make_answerer
+from cdcda_fl.core.run_config import run_config
 
 # share_records and device_model_for are the device's entry points beside personalize_user(s)
 # (experiments, audits and tests import them from here); they live in modules of their own so
@@ -91,7 +92,7 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
         return [exc for _ in jobs]
     model = device_model or device_model_for(cfg)
     answerer = make_answerer(cfg, device_model=model, storage_dir=Path(storage_dir),
-                             n_threads=_threads() if str(cfg["device.runtime"]) != "torch" else None)
+                             n_threads=_threads() if run_config(cfg).device.runtime != "torch" else None)
     outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
     runs: list[tuple[int, UserRun]] = []
     built: list[tuple[int, UserRun]] = []

@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.core.config import ConfigError, config_get
+from cdcda_fl.core.config import ConfigError
+from cdcda_fl.core.run_config import run_config
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -37,7 +38,7 @@ def exposure_scale(cfg: Mapping[str, Any], weights: Sequence[float], real_pairs:
     """Equal real-data exposure: with synthetic data adding mass alpha per unit of real data, a fixed
     step budget would give the real records 1/(1+alpha) of the updates they get in local training,
     and CDCDA would lose the user's exact patterns; so CDCDA's budget is stretched by the mass."""
-    return sum(weights) / len(real_pairs) if cfg["train.equal-real-exposure"] and real_pairs else 1.0
+    return sum(weights) / len(real_pairs) if run_config(cfg).train.equal_real_exposure and real_pairs else 1.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ SCHEDULES: dict[str, Callable[..., list[Stage]]] = {"mix": _mix, "synthetic-firs
 
 def schedule_name(cfg: Mapping[str, Any]) -> str:
     """The configured schedule, checked (a clear error names the key and the choices)."""
-    name = str(config_get(cfg, "train.synthetic-schedule")).strip().lower()
+    name = run_config(cfg).train.synthetic_schedule.strip().lower()
     if name not in SCHEDULES:
         raise ScheduleError(f"train.synthetic-schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
     return name

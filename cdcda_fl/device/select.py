@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdcda_fl.core.config import ConfigError, config_get
+from cdcda_fl.core.run_config import run_config
 
 Record = Mapping[str, Any]
 
@@ -58,11 +59,12 @@ class SelectConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SelectConfig:
-        name = str(config_get(cfg, "train.synthetic-select")).strip().lower()
+        rc = run_config(cfg)
+        name = rc.train.synthetic_select.strip().lower()
         if name not in SELECTORS:
             raise SelectError(f"train.synthetic-select must be one of {', '.join(SELECTORS)}, got {name!r}")
         try:
-            keep = float(config_get(cfg, "train.synthetic-select-keep"))
+            keep = rc.train.synthetic_select_keep
         except (TypeError, ValueError):
             keep = math.nan
         if not 0.0 < keep <= 1.0:

@@ -48,7 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.core.config import ConfigError, config_get, default_of
+from cdcda_fl.core.config import ConfigError, default_of
+from cdcda_fl.core.run_config import run_config
 
 RULES = ("crossfit", "holdout", "none")
 METRIC_TIE = 1e-9  # held-out metrics closer than this are equal (float noise of a mean)
@@ -98,14 +99,15 @@ class GateConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GateConfig:
-        rule = str(config_get(cfg, "train.synthetic-gate")).strip().lower()
-        gate = cls(rule=rule, fraction=float(config_get(cfg, "train.synthetic-gate-fraction")),
-                   margin=float(config_get(cfg, "train.synthetic-gate-margin")),
-                   min_real=int(config_get(cfg, "train.synthetic-gate-min-real")),
-                   criterion=str(config_get(cfg, "train.synthetic-gate-criterion")).strip().lower(),
-                   budget=str(config_get(cfg, "train.synthetic-gate-budget")).strip().lower(),
-                   min_held_out=int(config_get(cfg, "train.synthetic-gate-min-held-out")),
-                   folds=int(config_get(cfg, "train.synthetic-gate-folds")))
+        rc = run_config(cfg)
+        rule = rc.train.synthetic_gate.strip().lower()
+        gate = cls(rule=rule, fraction=rc.train.synthetic_gate_fraction,
+                   margin=rc.train.synthetic_gate_margin,
+                   min_real=rc.train.synthetic_gate_min_real,
+                   criterion=rc.train.synthetic_gate_criterion.strip().lower(),
+                   budget=rc.train.synthetic_gate_budget.strip().lower(),
+                   min_held_out=rc.train.synthetic_gate_min_held_out,
+                   folds=rc.train.synthetic_gate_folds)
         if gate.rule not in RULES:
             raise GateError(f"train.synthetic-gate must be one of {', '.join(RULES)}, got {rule!r}")
         if not 0.0 < gate.fraction < 1.0:

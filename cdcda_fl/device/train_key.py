@@ -17,10 +17,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.core.config import check_dp_selection, config_get, parse_bool
+from cdcda_fl.core.config import check_dp_selection, parse_bool
 from cdcda_fl.device.schedule import plan_cdcda
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
+from cdcda_fl.core.run_config import run_config
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -32,15 +33,17 @@ def fingerprint(*parts: Any) -> str:
 
 def base_dtype(cfg: Mapping[str, Any]) -> str:
     """The dtype the device loads its base model in (``device.dtype``, fp32 under DP when ``auto``)."""
-    dtype = str(cfg["device.dtype"])
-    if cfg["dp.enabled"] and dtype in ("", "auto"):
+    rc = run_config(cfg)
+    dtype = rc.device.dtype
+    if rc.dp.enabled and dtype in ("", "auto"):
         dtype = "fp32"  # Opacus's per-sample gradients are checked in fp32 only (tests/test_dp.py)
     return dtype
 
 
 def base_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The base model as the device loads it (device_model_for)."""
-    return {"model": str(cfg["device.model"]), "quantization": str(cfg["device.quantization"]) or None,
+    rc = run_config(cfg)
+    return {"model": rc.device.model, "quantization": rc.device.quantization or None,
             "dtype": base_dtype(cfg)}
 
 
@@ -67,7 +70,7 @@ def gate_key(cfg: Mapping[str, Any], gate: GateConfig, select: SelectConfig, rea
 
     stages = plan_cdcda(cfg, real, real_w, synth, synth_w)
     settings = {"base": base_identity(cfg), "stages": [s.to_dict() for s in stages],
-                "gate": asdict(gate), "select": asdict(select), "seed": config_get(cfg, "seed")}
+                "gate": asdict(gate), "select": asdict(select), "seed": run_config(cfg).seed}
     key = fingerprint(settings, list(real), list(synth), list(synth_w))
     # a changed crossfit rule never reuses the old rule's decisions (a suffix, so that the stored
     # decisions of the other rules keep their keys)
@@ -87,11 +90,12 @@ class DPRule:
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> DPRule:
+        rc = run_config(cfg)
         return cls(selection=check_dp_selection(cfg),
-                   fallback=parse_bool(config_get(cfg, "dp.fallback"), what="dp.fallback"),
-                   fallback_margin=float(config_get(cfg, "dp.fallback-margin") or 0.0),
-                   public_warmstart=parse_bool(config_get(cfg, "dp.public-warmstart"), what="dp.public-warmstart"),
-                   validation_fraction=float(config_get(cfg, "dp.validation-fraction")))
+                   fallback=parse_bool(rc.dp.fallback, what="dp.fallback"),
+                   fallback_margin=float(rc.dp.fallback_margin or 0.0),
+                   public_warmstart=parse_bool(rc.dp.public_warmstart, what="dp.public-warmstart"),
+                   validation_fraction=rc.dp.validation_fraction)
 
 
 def dp_key(cfg: Mapping[str, Any], rule: DPRule, method: str, candidates: Sequence[Any], public_lora: Any | None,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cdcda_fl.core.config import check_lora_layers, config_get, csv_list, default_of
+from cdcda_fl.core.config import check_lora_layers, csv_list, default_of
 from cdcda_fl.device.adapters import _target_names
 from cdcda_fl.device.encoding import (
     IGNORE,
@@ -31,6 +31,7 @@ from cdcda_fl.device.encoding import (
     to_device,
 )
 from cdcda_fl.privacy.dp import DPConfig, make_private, mark_empty_batch
+from cdcda_fl.core.run_config import run_config
 
 if TYPE_CHECKING:
     from cdcda_fl.device.frozen_prefix import FrozenPrefix
@@ -68,16 +69,17 @@ class LoraTrainConfig:
     def from_run_config(cls, cfg: Mapping[str, Any], step_scale: float = 1.0) -> LoraTrainConfig:
         """The run's ``train.*`` keys (and ``seed``); ``step_scale`` stretches a step budget (not
         epochs), as personalize's equal-real-exposure does."""
-        epochs = float(config_get(cfg, "train.epochs") or 0.0)
+        rc = run_config(cfg)
+        epochs = float(rc.train.epochs or 0.0)
         return cls(
-            rank=int(config_get(cfg, "train.rank")), alpha=int(config_get(cfg, "train.alpha")),
-            dropout=float(config_get(cfg, "train.dropout")),
-            target_modules=tuple(csv_list(config_get(cfg, "train.target-modules"))),
+            rank=rc.train.rank, alpha=rc.train.alpha,
+            dropout=rc.train.dropout,
+            target_modules=tuple(csv_list(rc.train.target_modules)),
             lora_layers=check_lora_layers(cfg),
-            steps=None if epochs > 0 else max(1, round(int(config_get(cfg, "train.steps")) * step_scale)),
+            steps=None if epochs > 0 else max(1, round(rc.train.steps * step_scale)),
             epochs=epochs if epochs > 0 else None,
-            learning_rate=float(config_get(cfg, "train.lr")), batch_size=int(config_get(cfg, "train.batch-size")),
-            max_length=int(config_get(cfg, "train.max-length")), seed=int(config_get(cfg, "seed")))
+            learning_rate=rc.train.lr, batch_size=rc.train.batch_size,
+            max_length=rc.train.max_length, seed=rc.seed)
 
     def total_steps(self, n_examples: int) -> int:
         if self.epochs is not None:

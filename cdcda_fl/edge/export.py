@@ -35,6 +35,7 @@ import numpy as np
 
 from cdcda_fl.core.atomic import atomic_path
 from cdcda_fl.device.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterStore
+from cdcda_fl.core.run_config import run_config
 
 #: GGUF tensors (per block) that llama.cpp's graph applies a LoRA pair to.
 SUPPORTED_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -310,7 +311,7 @@ def find_adapter(run: Path, user: str, task: str, method: str = "cdcda") -> Path
     cfg: dict[str, Any] = {}
     if cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text()).get("config", {})
-    storage = Path(str(cfg.get("device.storage-dir") or run / "devices"))
+    storage = Path(run_config(cfg).device.storage_dir or run / "devices")
     store = AdapterStore(storage / "adapters")
     if not store.root.is_dir():
         raise ExportError(f"no adapters under {store.root} (is {run} a run directory?)")

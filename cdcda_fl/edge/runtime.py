@@ -24,6 +24,7 @@ from cdcda_fl.core.config import ConfigError
 from cdcda_fl.device.answering import Answerer, AnswerRequest, TorchAnswerer
 from cdcda_fl.edge import llamacpp
 from cdcda_fl.edge.export import base_folder, bundled_base_gguf, export_adapter
+from cdcda_fl.core.run_config import run_config
 
 # Answerer, AnswerRequest and TorchAnswerer are the device layer's (device/answering.py); this
 # module adds the engine that needs the edge (llama.cpp) and the registry ``device.runtime`` picks from.
@@ -75,11 +76,11 @@ class LlamaCppAnswerer:
 
 
 def _torch(cfg: Mapping[str, Any], *, device_model: Any, storage_dir: Path, n_threads: int | None) -> Answerer:
-    return TorchAnswerer(device_model, batch_size=int(cfg["eval.batch-size"]))
+    return TorchAnswerer(device_model, batch_size=run_config(cfg).eval.batch_size)
 
 
 def _llamacpp(cfg: Mapping[str, Any], *, device_model: Any, storage_dir: Path, n_threads: int | None) -> Answerer:
-    return LlamaCppAnswerer(str(cfg["device.model"]), storage_dir=storage_dir, n_threads=n_threads)
+    return LlamaCppAnswerer(run_config(cfg).device.model, storage_dir=storage_dir, n_threads=n_threads)
 
 
 #: ``device.runtime`` -> factory of the answerer. A new runtime is one class and one entry here.
@@ -96,6 +97,6 @@ def check_runtime(name: str) -> str:
 def make_answerer(cfg: Mapping[str, Any], *, device_model: Any, storage_dir: Path,
                   n_threads: int | None = None) -> Answerer:
     """The answerer ``device.runtime`` names, for one user's run on this device."""
-    return RUNTIMES[check_runtime(str(cfg["device.runtime"]))](
+    return RUNTIMES[check_runtime(run_config(cfg).device.runtime)](
         cfg, device_model=device_model, storage_dir=storage_dir, n_threads=n_threads)
 

@@ -43,10 +43,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cdcda_fl.core.config import config_get
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import share_records
+from cdcda_fl.core.run_config import run_config
 
 SUPPORTED_TASKS = ("LaMP_2", "LaMP_3", "LaMP_4", "LaMP_5")
 CANARY_ID_PREFIX = "canary-"
@@ -191,7 +191,7 @@ def canary_consent(cfg: Mapping[str, Any], user: User, canaries: Sequence[Canary
     """
     unplanted = share_records(user, cfg)
     out = dict(cfg)
-    terms = [t for t in str(config_get(cfg, "consent.deny-terms") or "").split(",") if t.strip()]
+    terms = [t for t in str(run_config(cfg).consent.deny_terms or "").split(",") if t.strip()]
     out["consent.deny-terms"] = ",".join([*terms, *(c.secret for c in canaries)])
     if unplanted.local_ids:
         out["consent.record-ids"] = ",".join(unplanted.local_ids)

@@ -54,12 +54,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import config_get, config_section, parse_bool
+from cdcda_fl.core.config import config_section, parse_bool
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task, known_fields_and_labels
 from cdcda_fl.privacy.record_ids import fresh_key, opaque_id
 from cdcda_fl.privacy.redact import Redactor, fold
 from cdcda_fl.privacy.shared_records import SharedRecords, payload_bytes  # built here; callers import both from here too
+from cdcda_fl.core.run_config import run_config
 
 Scalar = str | int | float | bool
 
@@ -221,7 +222,7 @@ class ConsentPolicy:
         overrides_path = values.pop("overrides", "")
         if overrides_path:
             values = merge_entry(values, load_overrides(str(overrides_path)).get(str(user_id), {}))
-        return cls.from_values(values, seed_default=config_get(cfg, "seed"))
+        return cls.from_values(values, seed_default=run_config(cfg).seed)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], *, seed_default: Any = 0) -> ConsentPolicy:

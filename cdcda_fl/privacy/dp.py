@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdcda_fl.core.config import config_get, default_of
+from cdcda_fl.core.config import default_of
+from cdcda_fl.core.run_config import run_config
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
@@ -70,12 +71,13 @@ class DPConfig:
     def from_run_config(cls, cfg: Mapping[str, Any]) -> DPConfig:
         """The run's ``dp.*`` keys as an enabled, validated DPConfig: a ``dp.epsilon`` target, else
         ``dp.noise-multiplier``; ``dp.delta`` 0 means 1/n^1.1 for n training examples."""
-        eps = float(config_get(cfg, "dp.epsilon") or 0.0)
-        delta = float(config_get(cfg, "dp.delta") or 0.0)
+        rc = run_config(cfg)
+        eps = float(rc.dp.epsilon or 0.0)
+        delta = float(rc.dp.delta or 0.0)
         dp = cls(enabled=True, target_epsilon=eps if eps > 0 else None,
-                 noise_multiplier=None if eps > 0 else float(config_get(cfg, "dp.noise-multiplier")),
-                 max_grad_norm=float(config_get(cfg, "dp.max-grad-norm")), delta=delta if delta > 0 else None,
-                 accountant=str(config_get(cfg, "dp.accountant")))
+                 noise_multiplier=None if eps > 0 else rc.dp.noise_multiplier,
+                 max_grad_norm=rc.dp.max_grad_norm, delta=delta if delta > 0 else None,
+                 accountant=rc.dp.accountant)
         dp.validate()
         return dp
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.atomic import write_text_atomic
-from cdcda_fl.core.config import Scalar, config_get, config_section
+from cdcda_fl.core.config import Scalar, config_section
 from cdcda_fl.privacy.consent import (
     DEVICE_ONLY_KEYS,
     FEDERATED_MODES,
@@ -28,6 +28,7 @@ from cdcda_fl.privacy.consent import (
     load_overrides,
     merge_entry,
 )
+from cdcda_fl.core.run_config import run_config
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def device_policy_values(cfg: Mapping[str, Scalar]) -> dict[str, dict[str, Any]]
     values: dict[str, Any] = {k[len(PREFIX):]: v for k, v in config_section(cfg, PREFIX).items()}
     overrides_path = values.pop("overrides", "")
     if "seed" not in values or values["seed"] in ("", None):
-        values["seed"] = config_get(cfg, "seed")
+        values["seed"] = run_config(cfg).seed
     ConsentPolicy.from_values(values)  # fail early, naming the key
     tables: dict[str, dict[str, Any]] = {"default": values}
     if overrides_path:

@@ -14,6 +14,7 @@ from cdcda_fl.core.atomic import atomic_path
 from cdcda_fl.core.config import CLOUD_DATA_METHODS, METHODS, config_get
 from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.evaluation.stats import format_interval
+from cdcda_fl.core.run_config import run_config
 
 METHOD_LABELS = {"base": "base zero-shot", "rag": "RAG (BM25)", "local": "local LoRA",
                  "cdcda": "CDCDA", "cloud": "cloud (not private)", "fedavg": "FedAvg LoRA",
@@ -131,10 +132,10 @@ def steps_text(results: Mapping[str, Any], task: str) -> str:
                "(docs/dp.md)")
     else:
         how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
-               "(train.equal-real-exposure)" if config_get(cfg, "train.equal-real-exposure") else "equal step budgets")
+               "(train.equal-real-exposure)" if run_config(cfg).train.equal_real_exposure else "equal step budgets")
     parts = ", ".join(f"{METHOD_LABELS.get(m, m)} {v:.1f}" for m, v in steps.items())
     if any(m.startswith("fedavg") or m.endswith("fedavg") for m in steps):
-        how += (f"; FedAvg rows: {cfg.get('fedavg.rounds')} rounds × {cfg.get('fedavg.local-steps')} local steps "
+        how += (f"; FedAvg rows: {run_config(cfg).fedavg.rounds} rounds × {run_config(cfg).fedavg.local_steps} local steps "
                 "on the shared adapter, plus the user's own steps for +local / CDCDA")
     return f"{task} training steps per user: {parts}; {how}."
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.atomic import write_text_atomic
-from cdcda_fl.core.config import CLOUD_DATA_METHODS, Scalar, config_get, csv_list
+from cdcda_fl.core.config import CLOUD_DATA_METHODS, Scalar, csv_list
 from cdcda_fl.data.lamp import write_json_atomic, write_outputs
 from cdcda_fl.data.tasks import TaskSpec, parse_task_list
 from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, PredictionMismatchError, primary_metric, score
@@ -30,6 +30,7 @@ from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.privacy.report import pool_user_metrics
 from cdcda_fl.server.runs import ResultStore, package_versions
 from cdcda_fl.evaluation.stats import task_intervals
+from cdcda_fl.core.run_config import run_config
 
 QueryKey = tuple[str, str]  # (user id, query id)
 
@@ -186,16 +187,17 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
 
     ``extra`` (e.g. the run's phase timings) is stored in results.json as given.
     """
-    out = Path(str(cfg["out-dir"]))
+    rc = run_config(cfg)
+    out = Path(rc.out_dir)
     store = ResultStore(out)
-    methods = csv_list(cfg["methods"])
+    methods = csv_list(rc.methods)
     summaries: list[MethodSummary] = []
     skipped: dict[str, str] = {}
     users_per_task: dict[str, int] = {}
     intervals: dict[str, Any] = {}  # per task: 95 % intervals over users (cdcda_fl.evaluation.stats.task_intervals)
     problems: list[dict[str, str]] = []  # method rows that could not be scored, and why
     per_user_entries: dict[str, dict[str, dict[str, Any]]] = {}  # task -> user -> cloud, decision, metrics
-    for spec in parse_task_list(str(cfg["tasks"])):
+    for spec in parse_task_list(rc.tasks):
         primary = primary_metric(spec)
         tally = TaskTally(methods, primary)
         task_users = per_user_entries.setdefault(spec.name, {})
@@ -205,7 +207,7 @@ def aggregate(cfg: Mapping[str, Scalar], extra: Mapping[str, Any] | None = None)
         skipped.update(tally.skipped)
         users_per_task[spec.name] = tally.n_users
         intervals[spec.name] = task_intervals(tally.per_user, primary, lower_is_better=primary in LOWER_IS_BETTER,
-                                              seed=int(config_get(cfg, "seed")), pairs=PAIRS)
+                                              seed=rc.seed, pairs=PAIRS)
         _write_lamp_outputs(out, spec.name, tally, problems)
         summaries += _summaries(spec, tally, problems)
     results = {

@@ -19,6 +19,7 @@ from cdcda_fl.core.config import Scalar
 from cdcda_fl.privacy.consent import SharedRecords
 from cdcda_fl.core.progress import log
 from cdcda_fl.data.run_data import data_dir_of, user_key
+from cdcda_fl.core.run_config import run_config
 
 
 def cloud_accounting(records: list[dict[str, Any]], counts: Mapping[str, Any] | None,
@@ -38,13 +39,14 @@ class CloudWriter:
 
     def __init__(self, cfg: Mapping[str, Scalar], *, simulated: bool = False):
         #: how reports name the writer ("oracle (not private: ceiling)" for the reference writers)
-        self.label = f"{cfg['cloud.backend']}:{cfg['cloud.model']}"
-        if is_reference(str(cfg["cloud.backend"])):
+        cloud = run_config(cfg).cloud
+        self.label = f"{cloud.backend}:{cloud.model}"
+        if is_reference(cloud.backend):
             self.augmenter = make_reference_writer(cfg, simulated=simulated, data_dir=str(data_dir_of(cfg)))
             self.label = self.augmenter.name
             log(f"cloud: {self.label} writer (simulation only; no language model)")
         else:
-            log(f"cloud: loading {cfg['cloud.backend']} backend ({cfg['cloud.model']})")
+            log(f"cloud: loading {cloud.backend} backend ({cloud.model})")
             self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
         self.accounting: dict[str, dict[str, Any]] = {}
 

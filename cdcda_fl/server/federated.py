@@ -28,6 +28,7 @@ from cdcda_fl.core.config import Scalar, federated_methods, message_config
 from cdcda_fl.device.federated import adapter_digest
 from cdcda_fl.privacy.audit_log import read_audit
 from cdcda_fl.core.progress import log
+from cdcda_fl.core.run_config import run_config
 
 Arrays = dict[str, np.ndarray]
 ARRAYS_FILE = "adapter.npz"
@@ -128,18 +129,19 @@ def run_federated_phase(transport: Any, cfg: Mapping[str, Scalar], user_node: Ma
     A task whose rounds produced no adapter (every node failed) is reported and left out: its
     federated methods then fail per user with a clear reason, and the other methods still run.
     """
+    rc = run_config(cfg)
     if not federated_methods(cfg):
         return {}
     rounds_runner: FederatedRounds | None = getattr(transport, "federated_rounds", None)
     if rounds_runner is None:
         raise RuntimeError("this transport cannot run FedAvg rounds (methods fedavg, fedavg+local, cdcda+fedavg "
                            "need Flower's Grid: `cdcda run`, `flwr run .` or a SuperLink deployment)")
-    total = int(cfg["fedavg.rounds"])
+    total = rc.fedavg.rounds
     if total < 1:
         raise ValueError(f"fedavg.rounds must be >= 1, got {total}")
     out: dict[str, GlobalModel] = {}
     for task, nodes in task_nodes(user_node).items():
-        ckpt = Checkpoints(cfg["out-dir"], task, fingerprint(cfg, task))
+        ckpt = Checkpoints(rc.out_dir, task, fingerprint(cfg, task))
         done, arrays = ckpt.latest() or (0, {})
         if done:
             log(f"fedavg {task}: resuming after round {done} (checkpoint {ckpt.root})")
@@ -160,7 +162,7 @@ def run_federated_phase(transport: Any, cfg: Mapping[str, Scalar], user_node: Ma
         if not latest["arrays"]:
             record_failure(f"fedavg {task}", "no round produced a global adapter (every node failed)", phase="fedavg")
             continue
-        out[task] = GlobalModel(task, latest["arrays"], int(latest["round"]), int(cfg["fedavg.local-steps"]))
+        out[task] = GlobalModel(task, latest["arrays"], int(latest["round"]), rc.fedavg.local_steps)
     return out
 
 

@@ -45,6 +45,7 @@ from cdcda_fl.reporting.paper_table import write_paper_table
 from cdcda_fl.reporting.results import print_table, write_plots
 from cdcda_fl.server.run_checks import validate_run_config
 from cdcda_fl.server.runs import ResultStore, check_run_data, prepare_run_dir
+from cdcda_fl.core.run_config import run_config
 
 SHARE = "share"
 PERSONALIZE = "personalize"
@@ -172,7 +173,7 @@ class PhaseClock:
 
 
 def _audit_log(cfg: Mapping[str, Scalar]) -> AuditLog:
-    return AuditLog(Path(str(cfg["out-dir"])) / "audit.jsonl")
+    return AuditLog(Path(run_config(cfg).out_dir) / "audit.jsonl")
 
 
 def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: int | None = None,
@@ -190,12 +191,13 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     validate_run_config(cfg)  # before the run dir or any node: a bad setting is one line
     clock = PhaseClock()
     cfg = prepare_run_dir(cfg)
+    rc = run_config(cfg)  # the typed view; prepare_run_dir made its paths absolute
     check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict
-    store = ResultStore(cfg["out-dir"])
-    timeout = float(cfg["timeout"]) or None
-    expected = expected_nodes or int(cfg["sim.num-supernodes"]) or int(cfg["min-nodes"])
+    store = ResultStore(rc.out_dir)
+    timeout = rc.timeout or None
+    expected = expected_nodes or rc.sim.num_supernodes or rc.min_nodes
     with clock("wait_nodes"):
-        nodes = wait_for_nodes(transport, expected, float(cfg["node-wait"]))
+        nodes = wait_for_nodes(transport, expected, rc.node_wait)
     log(f"{len(nodes)} device node(s) connected")
     if not nodes:
         raise RuntimeError("no device nodes connected")
@@ -215,15 +217,15 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     skipped = len(user_node) - len(remaining)
     if skipped:
         log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
-    rng = random.Random(int(cfg["seed"]))
+    rng = random.Random(rc.seed)
     with clock("cloud_load"):
         writer = writer_factory(cfg) if wants_cloud_data else None
-    chunk_size = max(1, int(cfg["chunk-users"]))
-    for rnd in range(1, int(cfg["rounds"]) + 1):
+    chunk_size = max(1, rc.chunk_users)
+    for rnd in range(1, rc.rounds + 1):
         if not remaining:
             break
         units = personalize_units(remaining, scope)  # a person's tasks travel together under scope user
-        take = max(1, round(float(cfg["fraction"]) * len(units)))
+        take = max(1, round(rc.fraction * len(units)))
         picked = sorted(rng.sample(units, take)) if take < len(units) else units
         selected = node_ordered([u for unit in picked for u in unit], user_node, scope)
         # Chunks bound what the server holds at once (synthetic sets, messages in flight), so its
@@ -253,10 +255,10 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
 
     with clock("report"):
         results = aggregate(cfg, {"timing": clock.seconds, "nodes": len(nodes),
-                                  **({"fedavg": fedavg_report(cfg["out-dir"])} if global_adapters else {})})
-        results["plots"] = write_plots(cfg["out-dir"], results)
-        results["table_md"] = str(write_paper_table(cfg["out-dir"], results))
-        write_json_atomic(Path(str(cfg["out-dir"])) / "results.json", results)
+                                  **({"fedavg": fedavg_report(rc.out_dir)} if global_adapters else {})})
+        results["plots"] = write_plots(rc.out_dir, results)
+        results["table_md"] = str(write_paper_table(rc.out_dir, results))
+        write_json_atomic(Path(rc.out_dir) / "results.json", results)
     print_table(results)
     print_decisions(results)
     return results
@@ -386,7 +388,7 @@ def _share_phase(transport: Transport, cfg: Mapping[str, Scalar], nodes: list[in
             store.record_failure(f"node {node}", str(exc), phase="share", node=node)
             continue
         shares[key] = shared
-        audit.record(shared, destination=f"cloud:{cfg['cloud.backend']}:{cfg['cloud.model']}", request="augment")
+        audit.record(shared, destination=f"cloud:{run_config(cfg).cloud.backend}:{run_config(cfg).cloud.model}", request="augment")
     return guard.owner_map(), shares
 
 

@@ -22,11 +22,12 @@ from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
 from cdcda_fl.edge.runtime import check_runtime
 from cdcda_fl.privacy.report import check_level
+from cdcda_fl.core.run_config import run_config
 
 
 def check_tasks(cfg: Mapping[str, Scalar]) -> None:
     try:
-        if not parse_task_list(str(cfg["tasks"])):
+        if not parse_task_list(run_config(cfg).tasks):
             raise ConfigError("tasks: no task given")
     except KeyError as exc:
         raise ConfigError(f"tasks: {exc.args[0]}") from None
@@ -34,10 +35,10 @@ def check_tasks(cfg: Mapping[str, Scalar]) -> None:
 
 def check_cloud_backend(cfg: Mapping[str, Scalar]) -> str:
     """``cloud.backend``: an LLM backend or a simulation-only reference writer (oracle, noise)."""
-    kind = str(cfg["cloud.backend"]).strip().lower()
+    kind = run_config(cfg).cloud.backend.strip().lower()
     known = [*BACKENDS, *REFERENCE_POOLS]
     if kind not in known:
-        raise ConfigError(f"cloud.backend must be one of {', '.join(known)}, got {cfg['cloud.backend']!r}")
+        raise ConfigError(f"cloud.backend must be one of {', '.join(known)}, got {run_config(cfg).cloud.backend!r}")
     return kind
 
 
@@ -45,18 +46,20 @@ def check_federated(cfg: Mapping[str, Scalar]) -> None:
     """The FedAvg keys, when a federated method runs (a round count of 0 would train nothing)."""
     if not federated_methods(cfg):
         return
-    for key in ("fedavg.rounds", "fedavg.local-steps", "fedavg.min-nodes"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key} must be >= 1 with methods {cfg['methods']}, got {cfg[key]}")
-    if not 0.0 < float(cfg["fedavg.fraction"]) <= 1.0:
-        raise ConfigError(f"fedavg.fraction must be in (0, 1], got {cfg['fedavg.fraction']}")
+    rc = run_config(cfg)
+    for key, value in (("fedavg.rounds", rc.fedavg.rounds), ("fedavg.local-steps", rc.fedavg.local_steps),
+                       ("fedavg.min-nodes", rc.fedavg.min_nodes)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1 with methods {rc.methods}, got {value}")
+    if not 0.0 < rc.fedavg.fraction <= 1.0:
+        raise ConfigError(f"fedavg.fraction must be in (0, 1], got {rc.fedavg.fraction}")
 
 
 def check_adapter_scope(cfg: Mapping[str, Scalar]) -> None:
     """``train.adapter-scope``: a known scope, and ``user`` only where it is built (issue 32)."""
     if adapter_scope(cfg) != "user":
         return
-    if bool(cfg["dp.enabled"]):
+    if run_config(cfg).dp.enabled:
         raise ConfigError("train.adapter-scope=user does not support dp.enabled yet (one epsilon per person over "
                           "all of their tasks' records is not accounted); use train.adapter-scope=task with DP")
     federated = federated_methods(cfg)
@@ -67,17 +70,19 @@ def check_adapter_scope(cfg: Mapping[str, Scalar]) -> None:
 
 def validate_run_config(cfg: Mapping[str, Scalar]) -> None:
     """Raise ConfigError (one line: key, value, what is allowed) for the first bad setting."""
+    rc = run_config(cfg)
     try:
+        rc.checked()  # every key read once through the typed config (a value of the wrong type fails here)
         check_tasks(cfg)
         methods_of(cfg)
-        check_runtime(str(cfg["device.runtime"]))
+        check_runtime(rc.device.runtime)
         check_dp_selection(cfg)
         GateConfig.from_config(cfg)  # the device check and the CDCDA schedule: else every user would fail
         schedule_name(cfg)
         SelectConfig.from_config(cfg)
         check_lora_layers(cfg)
         check_cloud_backend(cfg)
-        check_level(cfg["eval.report"], "eval.report")
+        check_level(rc.eval.report, "eval.report")
         check_federated(cfg)
         check_adapter_scope(cfg)
     except ConfigError:

@@ -44,6 +44,7 @@ from cdcda_fl.privacy.policy_file import (
     simulated_policy_tables,
     write_device_policy,
 )
+from cdcda_fl.core.run_config import run_config
 
 VERSIONED_PACKAGES = ("cdcda-fl", "torch", "transformers", "peft", "flwr", "ray", "opacus", "bitsandbytes",
                       "datasets", "bm25s", "rouge-score", "gguf")
@@ -65,24 +66,25 @@ def package_versions() -> dict[str, str]:
 def prepare_run_dir(cfg: dict[str, Scalar]) -> dict[str, Scalar]:
     """Make paths absolute, write personas if needed and ``config.json``; return the config to ship."""
     cfg = dict(cfg)
-    out = Path(str(cfg["out-dir"])).expanduser().resolve()
+    rc = run_config(cfg)
+    out = Path(rc.out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     check_run_dir(out)
     cfg["out-dir"] = str(out)
     check_resumable(out, cfg)
-    if cfg["data-dir"]:
-        cfg["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
-        if not Path(str(cfg["data-dir"])).is_dir():
-            raise FileNotFoundError(f"data-dir {cfg['data-dir']} does not exist")
+    if rc.data_dir:
+        cfg["data-dir"] = str(Path(rc.data_dir).expanduser().resolve())
+        if not Path(rc.data_dir).is_dir():
+            raise FileNotFoundError(f"data-dir {rc.data_dir} does not exist")
     else:
-        tasks = [t.name for t in parse_task_list(str(cfg["tasks"]))]
-        missing = [t for t in tasks if not (out / "data" / t / f"{cfg['split']}_questions.json").exists()]
-        if missing and cfg["personas.multitask"]:  # one person across tasks: written together
-            write_multitask_personas(out / "data", users=int(cfg["users"]), tasks=tasks, seed=int(cfg["seed"]),
-                                     splits=(str(cfg["split"]),), queries_per_user=int(cfg["personas.queries"]))
+        tasks = [t.name for t in parse_task_list(rc.tasks)]
+        missing = [t for t in tasks if not (out / "data" / t / f"{rc.split}_questions.json").exists()]
+        if missing and rc.personas.multitask:  # one person across tasks: written together
+            write_multitask_personas(out / "data", users=rc.users, tasks=tasks, seed=rc.seed,
+                                     splits=(rc.split,), queries_per_user=rc.personas.queries)
         elif missing:
-            write_personas(out / "data", users=int(cfg["users"]), tasks=missing, seed=int(cfg["seed"]),
-                           splits=(str(cfg["split"]),), queries_per_user=int(cfg["personas.queries"]))
+            write_personas(out / "data", users=rc.users, tasks=missing, seed=rc.seed,
+                           splits=(rc.split,), queries_per_user=rc.personas.queries)
     write_simulated_consent(out, cfg)
     write_json_atomic(out / "config.json", {"config": cfg, "versions": package_versions(),
                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -144,7 +146,7 @@ def write_simulated_consent(out: Path, cfg: Mapping[str, Scalar]) -> Path:
     (privacy/policy_file.py): simulating real owners never shares what they did not consent to.
     Real devices never read it.
     """
-    tables = simulated_policy_tables(cfg, owners_policy_file(cfg["data-dir"]))
+    tables = simulated_policy_tables(cfg, owners_policy_file(run_config(cfg).data_dir))
     return write_device_policy(out / "devices" / DEVICE_POLICY_FILENAME, tables)
 
 
@@ -164,7 +166,7 @@ def unknown_consent_users(cfg: Mapping[str, Scalar]) -> list[str]:
 
     Such a table would silently fall back to ``[default]``; the run names them instead.
     """
-    path = Path(str(cfg["out-dir"])) / "devices" / "consent.toml"
+    path = Path(run_config(cfg).out_dir) / "devices" / "consent.toml"
     if not path.is_file():
         return []
     return load_device_policy(path).unknown_users(ref.user_id for ref in user_refs(cfg))
@@ -177,11 +179,12 @@ def check_run_data(cfg: Mapping[str, Scalar]) -> list[DataIssue]:
     (phase ``data``, the file, and a message naming record and field); with ``data.strict`` the
     run is refused instead (RunDataError). A broken file as a whole raises LampDataError.
     """
+    rc = run_config(cfg)
     issues = data_issues(cfg)
-    if issues and cfg["data.strict"]:
+    if issues and rc.data.strict:
         raise RunDataError(f"{len(issues)} invalid record(s) and data.strict=true, so the run is refused "
                            f"(drop data.strict to skip these users):\n{describe_issues(issues)}")
-    store = ResultStore(cfg["out-dir"])
+    store = ResultStore(rc.out_dir)
     known = {(f.get("who"), f.get("reason")) for f in store.failures() if f.get("phase") == "data"}
     for issue in issues:
         who = user_key(issue.task, issue.user) if issue.user else f"{issue.task} (record of no known user)"

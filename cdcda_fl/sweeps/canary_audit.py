@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import config_get
 from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.personas import write_personas
@@ -36,6 +35,7 @@ from cdcda_fl.privacy.canary import (
 from cdcda_fl.privacy.consent import share_records
 from cdcda_fl.core.progress import Progress
 from cdcda_fl.evaluation.stats import mean_ci
+from cdcda_fl.core.run_config import run_config
 
 
 def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_controls: int = 2,
@@ -51,8 +51,9 @@ def audit_user_canaries(model, user, cfg, settings, *, n_canaries: int = 2, n_co
     releases. ``n_controls`` canaries of the same format are never planted: their exposure is
     the "nothing leaked" reference (≈ log2 e, not 0, for a rank estimate).
     """
+    rc = run_config(cfg)
     spec = get_task(user.task)
-    seed = f"{config_get(cfg, 'seed')}:{user.user_id}"
+    seed = f"{rc.seed}:{user.user_id}"
     canaries = make_canaries(spec.name, n_canaries, seed)
     controls = make_canaries(spec.name, n_controls, seed, prefix="control-")
     planted = plant(user, canaries, repeats)
@@ -112,18 +113,19 @@ def run_canary_audit(cfg: dict, settings, *, n_canaries: int = 2, n_controls: in
                      repeats: int = 1, model: Any = None,
                      log: Callable[[str], None] = print) -> dict:
     """The `cdcda audit canaries` work: every user of the run config, every DP setting; writes canaries.json."""
-    out = Path(str(cfg["out-dir"])).expanduser()
+    rc = run_config(cfg)
+    out = Path(rc.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [t.name for t in parse_task_list(str(cfg["tasks"]))]
-    data = Path(str(cfg["data-dir"])).expanduser() if cfg.get("data-dir") else out / "data"
-    if not cfg.get("data-dir"):
-        missing = [t for t in tasks if not (data / t / f"{cfg['split']}_questions.json").exists()]
+    tasks = [t.name for t in parse_task_list(rc.tasks)]
+    data = Path(rc.data_dir).expanduser() if rc.data_dir else out / "data"
+    if not rc.data_dir:
+        missing = [t for t in tasks if not (data / t / f"{rc.split}_questions.json").exists()]
         if missing:
-            write_personas(data, users=int(cfg["users"]), tasks=missing, seed=int(cfg["seed"]),
-                           splits=(str(cfg["split"]),), queries_per_user=int(config_get(cfg, "personas.queries")))
+            write_personas(data, users=rc.users, tasks=missing, seed=rc.seed,
+                           splits=(rc.split,), queries_per_user=rc.personas.queries)
     users_out = []
     todo = [(task, user) for task in tasks
-            for user in load_task_users(data, task, str(cfg["split"]), max_users=int(cfg["users"]) or None)]
+            for user in load_task_users(data, task, rc.split, max_users=rc.users or None)]
     with Progress("canary audit", total=len(todo), unit="users") as bar:  # rate and ETA: a user trains per setting
         for task, user in todo:
             log(f"canary audit: {task} user {user.user_id} ({len(user.profile)} records)")

@@ -53,6 +53,7 @@ from cdcda_fl.reporting.results import METHOD_LABELS, method_interval
 from cdcda_fl.server.runs import package_versions
 from cdcda_fl.sweeps.sweep_canaries import Auditor, CanaryPlan, attach_exposure, audit_summary, run_sweep_canaries
 from cdcda_fl.reporting.sweep_plots import write_sweep_plots
+from cdcda_fl.core.run_config import run_config
 
 SWEEP_KEYS = ("share-fraction", "dp-epsilon", "reference-share-fraction", "canaries", "canary-candidates")
 DEFAULT_SHARE = (0.0, 0.25, 0.5, 1.0)
@@ -103,7 +104,7 @@ class SweepSpec:
         """The share fraction the utility-vs-ε plot is drawn at."""
         if self.reference_share is not None:
             return self.reference_share
-        base = float(self.config["consent.share-fraction"])
+        base = float(run_config(self.config).consent.share_fraction)
         return base if base in self.share_fractions else max(self.share_fractions)
 
 
@@ -215,7 +216,7 @@ def point_config(spec: SweepSpec, point: SweepPoint, out_dir: Path) -> dict[str,
         "out-dir": str(out_dir / "points" / point.name),
         # One device disk for the whole sweep: adapters are keyed by config and data, so e.g. the
         # local-only adapter (which no share fraction changes) is trained once per DP setting.
-        "device.storage-dir": str(spec.config.get("device.storage-dir") or (out_dir / "devices")),
+        "device.storage-dir": run_config(spec.config).device.storage_dir or str(out_dir / "devices"),
     })
     return cfg
 
@@ -240,7 +241,7 @@ class PointOutcome:
 def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, runner: Runner) -> PointOutcome:
     """Run (or reuse) one point; never raises for a failing run, so the sweep goes on."""
     cfg = point_config(spec, point, out_dir)
-    results_path = Path(str(cfg["out-dir"])) / "results.json"
+    results_path = Path(run_config(cfg).out_dir) / "results.json"
     if results_path.exists():
         stored = json.loads(results_path.read_text(encoding="utf-8"))
         diff = config_mismatch(stored.get("config", {}), cfg)
@@ -260,9 +261,9 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, runner: Runner)
         log(f"[red]{point.name} failed:[/red] {type(exc).__name__}: {exc}")
         return PointOutcome(point, "failed", time.perf_counter() - started,
                             error=f"{type(exc).__name__}: {exc}\n{tb}")
-    write_paper_table(cfg["out-dir"], results)
+    write_paper_table(run_config(cfg).out_dir, results)
     seconds = time.perf_counter() - started
-    return PointOutcome(point, "ran", seconds, results=_with_shared(results, Path(str(cfg["out-dir"]))))
+    return PointOutcome(point, "ran", seconds, results=_with_shared(results, Path(run_config(cfg).out_dir)))
 
 
 def _with_shared(results: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from cdcda_fl.core.config import Scalar, config_mismatch
 from cdcda_fl.core.progress import log
+from cdcda_fl.core.run_config import run_config
 
 AUDITED_METHOD = "local"
 Auditor = Callable[..., dict[str, Any]]
@@ -88,7 +89,7 @@ def run_sweep_canaries(config: Mapping[str, Scalar], dp_epsilons: Sequence[float
         from cdcda_fl.sweeps.canary_audit import run_canary_audit as auditor  # lazy: trains adapters (torch)
     cfg = audit_config(config, out)
     settings = audit_settings(dp_epsilons)
-    path = Path(str(cfg["out-dir"])) / "canaries.json"
+    path = Path(run_config(cfg).out_dir) / "canaries.json"
     stored = _reusable(path, cfg, settings, plan)
     if stored is not None:
         log(f"[green]canary audit[/green]: finished earlier, reusing {path}")

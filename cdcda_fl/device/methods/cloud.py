@@ -22,6 +22,7 @@ from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.data.tasks import TaskSpec
 from cdcda_fl.device.methods.method import Method
 from cdcda_fl.device.methods.user_run import UserRun
+from cdcda_fl.core.run_config import run_config
 
 SKIPPED = ("the cloud upper bound runs only with an in-process (hf) cloud model: a remote one would need "
            "the user's queries")
@@ -29,10 +30,11 @@ SKIPPED = ("the cloud upper bound runs only with an in-process (hf) cloud model:
 
 def cloud_backend(cfg: Mapping[str, Any]) -> Any:
     """The cloud model for the upper-bound baseline, loaded once per process like the base model."""
+    rc = run_config(cfg)
     from cdcda_fl.cloud.backends import make_backend
     from cdcda_fl.device.models import cached
 
-    return cached(("cloud", str(cfg["cloud.backend"]), str(cfg["cloud.model"])), lambda: make_backend(cfg))
+    return cached(("cloud", rc.cloud.backend, rc.cloud.model), lambda: make_backend(cfg))
 
 
 def answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Any]) -> list[str]:
@@ -40,14 +42,15 @@ def answer_with_cloud(spec: TaskSpec, prompts: list[str], cfg: Mapping[str, Any]
     from cdcda_fl.cloud.backends import Prompt
 
     return cloud_backend(cfg).generate([Prompt.chat(p) for p in prompts], max_new_tokens=spec.max_new_tokens,
-                                       temperature=0.0, seed=int(cfg["seed"]))
+                                       temperature=0.0, seed=run_config(cfg).seed)
 
 
 def is_device_base(cfg: Mapping[str, Any]) -> bool:
     """The cloud model is the device's own base as the node answers with it (same name, full
     precision, the torch runtime): its answers can come from the node's batched base model."""
-    return (str(cfg["cloud.model"]).strip() == str(cfg["device.model"]).strip()
-            and not str(cfg["device.quantization"]).strip() and str(cfg["device.runtime"]) == "torch")
+    rc = run_config(cfg)
+    return (rc.cloud.model.strip() == rc.device.model.strip()
+            and not rc.device.quantization.strip() and rc.device.runtime == "torch")
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,9 @@ class CloudUpperBound(Method):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> CloudUpperBound:
-        in_process = str(cfg["cloud.backend"]) == "hf"
-        return cls(k=int(cfg["rag.cloud-k"]), in_process=in_process,
+        rc = run_config(cfg)
+        in_process = rc.cloud.backend == "hf"
+        return cls(k=rc.rag.cloud_k, in_process=in_process,
                    on_device_base=in_process and is_device_base(cfg))
 
     def run(self, run: UserRun) -> None:

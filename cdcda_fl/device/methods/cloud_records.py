@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
-from cdcda_fl.core.config import config_get
 from cdcda_fl.device.complete import complete_records, is_partial
 from cdcda_fl.device.crossfit_check import CrossfitCheck
 from cdcda_fl.device.methods.holdout_check import HoldoutCheck
@@ -28,6 +27,7 @@ from cdcda_fl.device.methods.stored import stored_meta, train_local, write_meta_
 from cdcda_fl.device.select import SelectConfig, Selection, select_records
 from cdcda_fl.device.synthetic_gate import GateConfig, GateDecision, cap_record_weights, decide
 from cdcda_fl.device.train_key import gate_key
+from cdcda_fl.core.run_config import run_config
 
 Record = dict[str, Any]
 
@@ -74,8 +74,8 @@ class CloudRecords:
         ``synthetic``: the records to weigh (default: every usable one)."""
         cfg = self.run.cfg
         pool = self.usable if synthetic is None else synthetic
-        kept, real_w, syn_w = mixture_weights(self.run.spec, real_items, pool, float(cfg["train.synthetic-weight"]))
-        return kept, real_w, cap_record_weights(syn_w, float(config_get(cfg, "train.synthetic-record-cap")))
+        kept, real_w, syn_w = mixture_weights(self.run.spec, real_items, pool, run_config(cfg).train.synthetic_weight)
+        return kept, real_w, cap_record_weights(syn_w, run_config(cfg).train.synthetic_record_cap)
 
     def select(self) -> Selection:
         """``train.synthetic-select`` on every usable record, scored with the adapter the model
@@ -159,7 +159,7 @@ class CloudRecords:
             self._decision = CrossfitCheck(run, gate).decide()
         else:
             self._decision = decide(gate, run.user.profile, len(self.synth_pairs),
-                                    seed=f"{run.cfg['seed']}:{run.user.user_id}",
+                                    seed=f"{run_config(run.cfg).seed}:{run.user.user_id}",
                                     held_out=HoldoutCheck(run, gate, self).scores)
         if self._decision.n_validation:  # only a decision that trained something is worth storing
             write_meta_only(run.store.path(run.user.user_id, key), json.dumps(self._decision.to_dict()))

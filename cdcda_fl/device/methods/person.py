@@ -30,9 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cdcda_fl.core.config import adapter_scope, config_get, default_of
+from cdcda_fl.core.config import adapter_scope, default_of
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.methods.run_view import DeviceRun
+from cdcda_fl.core.run_config import run_config
 
 #: the default exponent of the per-task weight ``n_t^α`` (``train.task-mix-alpha``)
 MIX_ALPHA = float(default_of("train.task-mix-alpha"))
@@ -63,7 +64,7 @@ def person_mixture(run: DeviceRun, with_records: bool
     records of every task in this message whose check chose to use them (CDCDA)."""
     people = list(run.person)
     siblings = {s.user.task: s for s in run.siblings} if with_records else {}
-    masses = task_masses([len(u.profile) for u in people], float(config_get(run.cfg, "train.task-mix-alpha")))
+    masses = task_masses([len(u.profile) for u in people], run_config(run.cfg).train.task_mix_alpha)
     n_total = sum(len(u.profile) for u in people)
     real: Pairs = []
     real_w: list[float] = []

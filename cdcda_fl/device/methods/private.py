@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import Scalar, config_get
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import TaskSpec
 from cdcda_fl.device.methods.method import Method
@@ -29,6 +29,7 @@ from cdcda_fl.device.schedule import exposure_scale
 from cdcda_fl.device.train_key import DPRule, dp_key
 from cdcda_fl.core.method_table import method_entry
 from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric, score
+from cdcda_fl.core.run_config import run_config
 
 Pairs = list[tuple[str, str]]
 
@@ -49,19 +50,20 @@ def dp_training_data(spec: TaskSpec, user: User, synthetic: Sequence[Mapping[str
       dropped by the user's private label set: a weight or a record chosen from non-shared
       records would change with one of them, which the DP-SGD sensitivity bound does not allow.
     """
+    rc = run_config(cfg)
     from cdcda_fl.device.dp_select import holdout_split
 
     real_pairs = spec.profile_to_pairs(user.profile)
     records = [dict(r) for r in synthetic]
     trains_on_cloud = method_entry(method).uses_cloud_data
     if trains_on_cloud and records:
-        fraction = float(config_get(cfg, "dp.validation-fraction"))
-        train_recs, _, val_recs = holdout_split(records, None, fraction, seed=f"{cfg['seed']}:{user.user_id}")
+        fraction = rc.dp.validation_fraction
+        train_recs, _, val_recs = holdout_split(records, None, fraction, seed=f"{run_config(cfg).seed}:{user.user_id}")
     elif trains_on_cloud:
         train_recs, val_recs = [], []
     else:
         train_recs, val_recs = [], records
-    alpha = float(cfg["train.synthetic-weight"])
+    alpha = rc.train.synthetic_weight
     synth_pairs = spec.profile_to_pairs(train_recs) if alpha > 0 else []
     synth_weights = [alpha * len(real_pairs) / len(synth_pairs)] * len(synth_pairs) if synth_pairs else []
     return real_pairs, synth_pairs, synth_weights, spec.profile_to_pairs(val_recs)
@@ -103,8 +105,9 @@ class Private(Method):
     @classmethod
     def around(cls, method: str, cfg: Mapping[str, Any]) -> Private:
         """The DP form of ``method`` (a trained method's :meth:`Method.private`), its ``dp.*`` rule read once."""
+        rc = run_config(cfg)
         return cls(method, method_entry(method).uses_cloud_data, DPRule.from_run_config(cfg),
-                   float(config_get(cfg, "dp.epsilon") or 0.0))
+                   float(rc.dp.epsilon or 0.0))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -162,7 +165,7 @@ class Private(Method):
         started = time.perf_counter()
         if private_select:
             decision, res = select_public_privately(
-                model, public, private_pairs, cfg, candidates[0].lora, seed=f"{cfg['seed']}:{user.user_id}",
+                model, public, private_pairs, cfg, candidates[0].lora, seed=f"{run_config(cfg).seed}:{user.user_id}",
                 utilities=lambda m, pairs: metric_utilities(m, spec, pairs),
                 utility_name=f"the greedy answer's {primary_metric(spec)} in [0, 1]")
             return _store_entry(run, path, decision, res, started, real_pairs, public)

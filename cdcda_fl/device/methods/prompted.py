@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from cdcda_fl.data.retrieval import retrieve
 from cdcda_fl.device.methods.method import Method
 from cdcda_fl.device.methods.user_run import UserRun
+from cdcda_fl.core.run_config import run_config
 
 
 class Base(Method):
@@ -30,7 +31,7 @@ class Rag(Method):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Rag:
-        return cls(k=int(cfg["rag.k"]))
+        return cls(k=run_config(cfg).rag.k)
 
     def run(self, run: UserRun) -> None:
         started = time.perf_counter()

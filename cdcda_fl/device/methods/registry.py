@@ -14,6 +14,7 @@ from typing import Any
 from cdcda_fl.core.config import methods_of
 from cdcda_fl.device.methods.method import Method
 from cdcda_fl.core.method_table import method_entry
+from cdcda_fl.core.run_config import run_config
 
 
 def method_class(name: str) -> type[Method]:
@@ -28,7 +29,7 @@ def method_class(name: str) -> type[Method]:
 def build_method(name: str, cfg: Mapping[str, Any]) -> Method:
     """Method ``name`` with its settings read from ``cfg``; its private form under ``dp.enabled``."""
     cls = method_class(name)
-    return cls.private(cfg) if cfg["dp.enabled"] else cls.from_config(cfg)
+    return cls.private(cfg) if run_config(cfg).dp.enabled else cls.from_config(cfg)
 
 
 def build_methods(cfg: Mapping[str, Any]) -> list[Method]:

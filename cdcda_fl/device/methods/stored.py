@@ -19,6 +19,7 @@ from cdcda_fl.device.methods.person import is_person_scope, person_mixture
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.train_key import adapter_key
 from cdcda_fl.device.methods.run_view import DeviceRun
+from cdcda_fl.core.run_config import run_config
 
 TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
 
@@ -32,7 +33,7 @@ def write_meta_only(path: Path, text: str) -> None:
 def stored_meta(run: DeviceRun, key: str) -> dict[str, Any] | None:
     """The metadata stored under ``key`` for this user (adapter or not), unless ``train.retrain``."""
     meta = run.store.path(run.user.user_id, key) / TRAIN_META
-    if not meta.is_file() or run.cfg["train.retrain"]:
+    if not meta.is_file() or run_config(run.cfg).train.retrain:
         return None
     return json.loads(meta.read_text())
 

@@ -24,6 +24,7 @@ from cdcda_fl.device.methods.cloud_records import CloudRecords
 from cdcda_fl.edge.runtime import Answerer
 from cdcda_fl.evaluation.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
+from cdcda_fl.core.run_config import run_config
 
 
 class UserRun:
@@ -33,6 +34,7 @@ class UserRun:
                  storage_dir: Path, model: Any, answerer: Answerer,
                  on_step: Callable[[str], None] | None = None, shared_ids: frozenset[str] | None = None,
                  global_adapter: Any = None, person: Sequence[User] = ()) -> None:
+        rc = run_config(cfg)
         self.user, self.cfg, self.model = user, cfg, model
         #: every task-user of this person the device holds, in the device's order (this one
         #: included): what a ``train.adapter-scope = user`` adapter trains on (methods/person.py)
@@ -49,12 +51,12 @@ class UserRun:
         #: other than PyTorch answers with (cdcda_fl/edge/runtime.py)
         self.adapter_dir: Path | None = None
         self.step = on_step or (lambda _name: None)
-        max_q = int(cfg["eval.max-queries"])
+        max_q = rc.eval.max_queries
         self.queries = user.queries[:max_q] if max_q > 0 else list(user.queries)
         self.golds = {q.id: q.gold for q in self.queries if q.gold is not None}
         self.inputs = [q.input for q in self.queries]
         self.retrieval_queries = [spec.query_text_of_input(i) for i in self.inputs]  # RAG and cloud share them
-        self.batch = int(cfg["eval.batch-size"])
+        self.batch = rc.eval.batch_size
         self.real_pairs = spec.profile_to_pairs(user.profile)
         self.answers = AnswerQueue(model, answerer, max_new_tokens=spec.max_new_tokens,
                                    handle_prefix=f"{spec.name}/{user.user_id}")
@@ -115,7 +117,7 @@ class UserRun:
 
     def mia(self) -> dict[str, Any]:
         """The membership-inference AUC of the adapter held now (``mia.enabled``): a trained method's report field."""
-        if not self.cfg["mia.enabled"]:
+        if not run_config(self.cfg).mia.enabled:
             return {}
         held_out = [(q.input, q.gold) for q in self.queries if q.gold is not None]
         return {"mia_auc": membership_auc(self.model.example_losses(self.real_pairs),
