@@ -31,7 +31,7 @@ from typing import Any
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cdcda_fl.device import node
+from cdcda_fl.device import node, node_fedavg
 from cdcda_fl.core.quiet import quiet_libraries
 from cdcda_fl.core.config import received_config
 from clients.codec import array_record, config_of, global_arrays, pack, split_fedavg_config, unpack
@@ -112,7 +112,7 @@ def _fedavg_train(simulation: bool | None):
             cfg = received_config("fedavg", raw)
             task, server_round = str(meta["cdcda.task"]), int(meta["server-round"]) + int(meta["cdcda.round-offset"])
             arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()} if "arrays" in msg.content else {}
-            updated, counts, users = node.fedavg_round(node_config, cfg, task, server_round, arrays)
+            updated, counts, users = node_fedavg.fedavg_round(node_config, cfg, task, server_round, arrays)
         except node.InjectedCrash:
             raise
         except Exception as exc:  # noqa: BLE001 - the reply must be generic whatever went wrong
@@ -120,7 +120,7 @@ def _fedavg_train(simulation: bool | None):
             node.audit_reply("fedavg", node_config, cfg, payload)
             return Message(Error(FEDAVG_ERROR, str(payload["error"])), reply_to=msg)
         record = array_record(updated)
-        node.audit_update(node_config, cfg, task, users, [(k, bytes(a.data)) for k, a in record.items()],
+        node_fedavg.audit_update(node_config, cfg, task, users, [(k, bytes(a.data)) for k, a in record.items()],
                           counts, server_round)
         return Message(RecordDict({"arrays": record, "metrics": MetricRecord(dict(counts))}), reply_to=msg)
 

@@ -20,7 +20,7 @@ from cdcda_fl.data.lamp import Query, User
 from cdcda_fl.data.run_data import node_share, people_count
 from cdcda_fl.device.methods.person import MIX_ALPHA, person_mixture, task_masses
 from cdcda_fl.device.schedule import exposure_scale
-from cdcda_fl.server.orchestrator import chunked, node_ordered, personalize_units
+from cdcda_fl.server.unit_order import chunked, node_ordered, personalize_units
 from cdcda_fl.server.run_checks import validate_run_config
 
 

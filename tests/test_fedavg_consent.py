@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import cdcda_fl.device.node as device_node
+import cdcda_fl.device.node_fedavg as node_fedavg
 from cdcda_fl.core.config import message_config, received_config, resolve
 from cdcda_fl.data.personas import write_personas
-from cdcda_fl.device.node import SIMULATED, FederatedNotConsented, fedavg_round, federated_training_users, hosted_users
+from cdcda_fl.device.node import SIMULATED, hosted_users
+from cdcda_fl.device.node_fedavg import FederatedNotConsented, fedavg_round, federated_training_users
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.report import generic_error
 
@@ -35,7 +36,7 @@ def trained(monkeypatch) -> list:
         seen.extend(users)
         return {}, sum(len(u.profile) for u in users), 0.0
 
-    monkeypatch.setattr(device_node, "local_round", fake_round)  # the name device_node calls
+    monkeypatch.setattr(node_fedavg, "local_round", fake_round)  # the name node_fedavg calls
     return seen
 
 

@@ -355,7 +355,7 @@ def test_one_node_is_asked_once(tmp_path: Path) -> None:
 
 def test_chunks_carry_whole_nodes_in_an_order_that_ignores_node_ids() -> None:
     """At 10 000 users a chunk of consecutive keys gave 1000 nodes one user each (issue 33)."""
-    from cdcda_fl.server.orchestrator import node_ordered
+    from cdcda_fl.server.unit_order import node_ordered
 
     users = [f"LaMP_2/u{i:02d}" for i in range(12)]
     by_node = {u: 100 + i % 4 for i, u in enumerate(users)}  # node p holds users p, p+4, p+8

@@ -7,7 +7,7 @@ without Flower:
 - :func:`local_round`: one node's part of a round: the global adapter (or, in round 1, the
   seeded fresh init every node builds identically, so the server never needs the model) trained
   ``fedavg.local-steps`` steps on the real records of the node's users of that task. Only the
-  adapter's arrays and the number of records leave (``device.node.fedavg_round``).
+  adapter's arrays and the number of records leave (``device.node_fedavg.fedavg_round``).
 - :func:`store_global`: the final global adapter a personalize message carried, kept on the
   device for the three methods answered per user at personalize time (``fedavg``,
   ``fedavg+local``, ``cdcda+fedavg``: device/methods/fedavg.py).

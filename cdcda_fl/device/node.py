@@ -32,7 +32,6 @@ import json
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,10 @@ from cdcda_fl.core.config import Scalar, adapter_scope, csv_list
 from cdcda_fl.data.index import UserRef
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import get_task
-from cdcda_fl.device.federated import local_round, store_global
+from cdcda_fl.device.federated import store_global
 from cdcda_fl.device.model_policy import enforce_owner_models
 from cdcda_fl.device.personalize import personalize_users
-from cdcda_fl.privacy.audit_log import AuditLog, canonical_json
+from cdcda_fl.privacy.audit_log import AuditLog
 from cdcda_fl.privacy.consent import DEVICE_POLICY_FILENAME, ConsentPolicy, SharedRecords, share_nothing
 from cdcda_fl.privacy.policy_file import DevicePolicy, load_device_policy
 from cdcda_fl.privacy.record_ids import device_key
@@ -150,7 +149,7 @@ def policy_path(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> Pa
     return Path(run_config(cfg).out_dir) / "devices" / DEVICE_POLICY_FILENAME
 
 
-def _own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> DevicePolicy | None:
+def own_policy(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> DevicePolicy | None:
     path = policy_path(node_config, cfg)
     return load_device_policy(path) if path.is_file() else None
 
@@ -169,7 +168,7 @@ class InjectedCrash(RuntimeError):
     """``debug.crash-users``: the ClientApp fails as a crashing device would (Flower reports it)."""
 
 
-def _crash_check(users: list[User], cfg: Mapping[str, Scalar], node_config: Mapping[str, Any],
+def crash_check(users: list[User], cfg: Mapping[str, Scalar], node_config: Mapping[str, Any],
                  home: Path) -> None:
     """Fault injection for tests and drills: the whole ClientApp fails for these users.
 
@@ -191,7 +190,7 @@ def _crash_check(users: list[User], cfg: Mapping[str, Scalar], node_config: Mapp
     raise InjectedCrash(message)
 
 
-def _home_or_default(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None) -> Path:
+def home_or_default(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None) -> Path:
     """The device's home, else (unconfigured node, no run config) its own ``storage-dir`` or
     ``./.cdcda-device``: never a folder the server named."""
     try:
@@ -203,7 +202,7 @@ def _home_or_default(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] |
 def error_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None,
                 exc: BaseException) -> dict[str, Any]:
     """The payload of a node that failed as a whole: the full error on the device, a code in the reply."""
-    _log_error(_home_or_default(node_config, cfg), kind, exc)
+    _log_error(home_or_default(node_config, cfg), kind, exc)
     if isinstance(exc, NodeNotConfigured):  # its operator must see why on the node's console
         print(f"cdcda device: {exc}", file=sys.stderr)
     if kind == "share":
@@ -225,7 +224,7 @@ def audit_reply(kind: str, node_config: Mapping[str, Any], cfg: Mapping[str, Sca
     logged on the device and does not stop the reply (which then is only codes and already-audited
     parts).
     """
-    home = _home_or_default(node_config, cfg)
+    home = home_or_default(node_config, cfg)
     try:
         AuditLog(private_dir(home) / "audit.jsonl").record_payload("reply", "*", "*", payload, destination="server",
                                                       request=kind)
@@ -248,7 +247,7 @@ def _warn_unknown_users(own: DevicePolicy | None, node_config: Mapping[str, Any]
         _log_error(home, "consent", UserWarning(warning))
 
 
-def _ceiling(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> ConsentPolicy | None:
+def consent_ceiling(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar]) -> ConsentPolicy | None:
     """The server's ``consent.*`` keys as a ceiling on a real device's own policy.
 
     A simulated device has none: its policy file was written by the run from these very keys
@@ -273,8 +272,8 @@ def share(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], request: Ma
     try:
         home = private_dir(device_home(node_config, cfg))
         users = hosted_users(node_config, cfg)
-        own = _own_policy(node_config, cfg)
-        ceiling = _ceiling(node_config, cfg)
+        own = own_policy(node_config, cfg)
+        ceiling = consent_ceiling(node_config, cfg)
         id_key = device_key(home)  # records leave under opaque ids only this device can map back
     except Exception as exc:  # the whole node cannot share: say so without the private details
         return error_reply("share", node_config, cfg, exc)
@@ -341,11 +340,11 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
         hosted = hosted_users(node_config, cfg)
         users = [u for u in hosted if user_key(u.task, u.user_id) in targets]
         people = _people(hosted) if adapter_scope(cfg) == "user" else None
-        own = _own_policy(node_config, cfg)
+        own = own_policy(node_config, cfg)
         global_adapters = _global_adapters(node_config, cfg, request.get("global") or {}, arrays or {})
     except Exception as exc:
         return error_reply("personalize", node_config, cfg, exc)
-    _crash_check(users, cfg, node_config, home)
+    crash_check(users, cfg, node_config, home)
     audit = AuditLog(home / "audit.jsonl")
     results = []
     seen, outcome_of = _shared_sets(home, users)
@@ -372,92 +371,3 @@ def personalize(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar],
                              report=result.get("report", "error"))
         results.append(result)
     return {"results": results}
-
-
-# ---------------------------------------------------------------------- FedAvg rounds (issue 31)
-def fedavg_round(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar], task: str, server_round: int,
-                 arrays: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
-    """One FedAvg round on this node: (updated adapter arrays, counts, the users who trained).
-
-    The node's users of ``task`` train the global adapter on their real records
-    (device/federated.py). What leaves is the arrays and the record count FedAvg weighs them by,
-    nothing else: the training loss stays in the device's error-free log below.
-    """
-    home = private_dir(device_home(node_config, cfg))
-    if is_real_device(node_config):  # before anything reads a server-named model path
-        enforce_owner_models(node_config, cfg, home)
-    users = [u for u in hosted_users(node_config, cfg) if u.task == task]
-    _crash_check(users, cfg, node_config, home)
-    if not users:
-        raise ValueError(f"this node holds no user of {task}")
-    users, modes = federated_training_users(users, _own_policy(node_config, cfg), node_config, cfg, home)
-    if not users:
-        raise FederatedNotConsented(f"no user of {task} on this node lets FedAvg train on its records ({modes})")
-    updated, n, loss = local_round(users, cfg, arrays, server_round, storage_dir(node_config, cfg))
-    _log_fedavg(home, {"task": task, "round": server_round, "users": len(users), "num-examples": n, "loss": loss,
-                       "federated": modes})
-    return updated, {"num-examples": n}, [u.user_id for u in users]
-
-
-class FederatedNotConsented(RuntimeError):
-    """No user of the task on this node lets a FedAvg update be computed from its records."""
-
-    error_code = "federated_not_consented"  # what the server sees (privacy/report.py: generic_error)
-
-
-def federated_training_users(users: list[User], own: DevicePolicy | None, node_config: Mapping[str, Any],
-                             cfg: Mapping[str, Scalar], home: Path) -> tuple[list[User], dict[str, str]]:
-    """The users as a FedAvg update may see them, under each owner's ``federated`` key.
-
-    An update leaks what model updates leak, so the owner decides (consent.py, FEDERATED_MODES):
-    ``all`` = every real record, ``shared`` = :func:`owners_share`, ``none`` = left out; silent
-    owners: ``shared`` on a real device, ``all`` in simulation. Returns the users and their modes.
-    """
-    default = "shared" if is_real_device(node_config) else "all"
-    ceiling = _ceiling(node_config, cfg)
-    id_key = device_key(home)
-    kept: list[User] = []
-    modes: dict[str, str] = {}
-    for user in users:
-        mode = (own.federated_for(user.user_id) if own is not None else None) or default
-        modes[user.user_id] = mode
-        if mode == "all":
-            kept.append(user)
-        elif mode == "shared":
-            records = list(owners_share(user, own, ceiling, id_key).records)
-            try:
-                usable = bool(records) and bool(get_task(user.task).profile_to_pairs(records))
-            except (KeyError, TypeError, ValueError):  # the owner withholds a field training needs
-                usable, modes[user.user_id] = False, "shared (no trainable record)"
-            if usable:
-                kept.append(replace(user, profile=records))
-    return kept, modes
-
-
-def _log_fedavg(home: Path, line: Mapping[str, Any]) -> None:
-    """The round's local facts (loss included) stay on the device, for its owner."""
-    append_text(private_dir(home) / "fedavg.jsonl", json.dumps({"time": time.time(), **line}) + "\n", private=True)
-
-
-def audit_update(node_config: Mapping[str, Any], cfg: Mapping[str, Scalar] | None, task: str, users: list[str],
-                 parts: list[tuple[str, bytes]], counts: Mapping[str, int], server_round: int) -> dict[str, Any]:
-    """Append a FedAvg reply to the device's audit log: bytes and SHA-256 of exactly what is sent.
-
-    ``parts`` are the serialized arrays as they travel (name, bytes) and ``counts`` the metric
-    record; the hash covers names, bytes and the counts' canonical JSON, in name order.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    total = 0
-    for name, blob in sorted(parts):
-        digest.update(name.encode())
-        digest.update(blob)
-        total += len(blob)
-    metrics = canonical_json(dict(counts))
-    digest.update(metrics)
-    home = _home_or_default(node_config, cfg)
-    return AuditLog(home / "audit.jsonl").record_bytes(
-        "update", "*", task, n_bytes=total + len(metrics), sha256=digest.hexdigest(),
-        fields=["arrays", *(f"metrics.{k}" for k in counts)], destination="server", request="fedavg",
-        round=int(server_round), users=list(users), n_arrays=len(parts))

@@ -24,7 +24,7 @@ import functools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ from cdcda_fl.core.progress import Progress, log
 from cdcda_fl.reporting.paper_table import write_paper_table
 from cdcda_fl.reporting.results import print_table, write_plots
 from cdcda_fl.server.run_checks import validate_run_config
+from cdcda_fl.server.unit_order import chunked, node_ordered, person_of, personalize_units
 from cdcda_fl.server.runs import ResultStore, check_run_data, prepare_run_dir
 from cdcda_fl.core.run_config import run_config
 
@@ -212,8 +213,8 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     remaining = sorted(u for u in user_node if not store.done(*u.split("/", 1)))
     scope = adapter_scope(cfg)
     if scope == "user":  # a person resumes whole: their adapter trains on every task's records
-        unfinished = {_person_of(u) for u in remaining}
-        remaining = sorted(u for u in user_node if _person_of(u) in unfinished)
+        unfinished = {person_of(u) for u in remaining}
+        remaining = sorted(u for u in user_node if person_of(u) in unfinished)
     skipped = len(user_node) - len(remaining)
     if skipped:
         log(f"resuming: {skipped} user(s) already finished, {len(remaining)} to go")
@@ -262,57 +263,6 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
     print_table(results)
     print_decisions(results)
     return results
-
-
-def node_ordered(users: Sequence[str], user_node: Mapping[str, int], scope: str = "task") -> list[str]:
-    """``users`` grouped by the node that holds them, groups in the order of their first user key.
-
-    Why: simulated nodes hold users ``p, p+N, …`` of the sorted list, so a chunk of consecutive
-    keys gave each of 1000 nodes one user and one message: at 10 000 users with 10 users per node
-    the devices answered 2.1 users/s instead of 3.5 (benchmarks/scale.py, 2026-12-07), every
-    message and every node's batched answering carrying one user. A chunk now carries whole nodes.
-    The order depends on which users share a node and on their keys, never on node ids or reply
-    order, so the chunks of a rerun are the same. Under ``scope = user`` a node's users are ordered
-    by person, so a person's tasks sit side by side (:func:`chunked` keeps them in one message).
-    """
-    groups: dict[int, list[str]] = {}
-    for u in sorted(users, key=_person_order if scope == "user" else None):
-        groups.setdefault(user_node[u], []).append(u)
-    return [u for group in sorted(groups.values(), key=lambda g: g[0]) for u in group]
-
-
-def _person_of(key: str) -> str:
-    return key.split("/", 1)[1]
-
-
-def _person_order(key: str) -> tuple[str, str]:
-    task, person = key.split("/", 1)
-    return person, task
-
-
-def personalize_units(keys: Sequence[str], scope: str) -> list[tuple[str, ...]]:
-    """What a round samples: each ``task/user`` key alone, or (scope user) all keys of one person."""
-    if scope != "user":
-        return [(k,) for k in keys]
-    people: dict[str, list[str]] = {}
-    for k in sorted(keys, key=_person_order):
-        people.setdefault(_person_of(k), []).append(k)
-    return [tuple(v) for _p, v in sorted(people.items())]
-
-
-def chunked(keys: Sequence[str], size: int, scope: str) -> Iterator[list[str]]:
-    """Consecutive chunks of about ``size`` keys; under ``scope = user`` a chunk ends only where a
-    person ends, because a person's CDCDA adapter trains on the records of every task of theirs
-    that the device received together."""
-    chunk: list[str] = []
-    for i, key in enumerate(keys):
-        chunk.append(key)
-        nxt = keys[i + 1] if i + 1 < len(keys) else None
-        if len(chunk) >= size and (scope != "user" or nxt is None or _person_of(nxt) != _person_of(key)):
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class UsersRefused(RuntimeError):

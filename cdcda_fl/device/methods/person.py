@@ -19,7 +19,7 @@ its own real/synthetic weights (methods/mixture.py) scaled to the task's share. 
 check chose the base model answers with the base model; every other task answers with the
 person's CDCDA adapter (the local one when no task used records). Records of the tasks the
 device received in the same personalize message count; the orchestrator keeps a person's tasks
-in one message (server/orchestrator.py: chunked).
+in one message (server/unit_order.py: chunked).
 
 The adapter (trained by methods/stored.py: train_person) is stored once per person (``person-<method>-<key>`` under the user id; the key
 covers every pair and weight), so the first task trains it and the others reload it.
