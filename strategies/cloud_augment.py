@@ -107,14 +107,18 @@ def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None 
     return orchestrator.run_cdcda(GridTransport(grid, cfg), cfg, expected_nodes=expected_nodes)
 
 
-def make_server_app(cfg: Mapping[str, Scalar] | None = None, *, expected_nodes: int | None = None) -> ServerApp:
-    """A ServerApp bound to ``cfg`` (for `cdcda run`), else reading Flower's run config (`flwr run`)."""
+def make_server_app(cfg: Mapping[str, Scalar] | None = None, *, expected_nodes: int | None = None,
+                    prepared: bool = False) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (for `cdcda run`), else reading Flower's run config (`flwr run`).
+
+    ``prepared``: ``cfg`` comes from :func:`prepare_run_dir` + :func:`check_run_data` already
+    (`cdcda run` needs both before Ray starts), so the run does not read and check the data twice."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = dict(cfg) if cfg is not None else resolve(dict(context.run_config))
-        run_cdcda(grid, run_cfg, expected_nodes=expected_nodes)
+        run_cdcda(grid, run_cfg, expected_nodes=expected_nodes, prepared=prepared and cfg is not None)
 
     return server
 

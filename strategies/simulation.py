@@ -203,7 +203,7 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
     with StopOnSignal(out) as stopper:
         logging.getLogger("flwr").setLevel(logging.ERROR)  # its run_simulation deprecation notice is noise here
         try:
-            flwr_run_simulation(server_app=make_server_app(cfg, expected_nodes=num_nodes), client_app=client_app,
+            flwr_run_simulation(server_app=make_server_app(cfg, expected_nodes=num_nodes, prepared=True), client_app=client_app,
                                 num_supernodes=num_nodes, backend_config=backend_config(cfg))
         except (RunInterrupted, RuntimeError):
             if stopper.signum is None:

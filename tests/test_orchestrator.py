@@ -97,6 +97,21 @@ def test_rounds_and_fraction_cover_every_user_once(tmp_path: Path) -> None:
     assert results["table"][0]["metrics"]["accuracy"] == 1.0
 
 
+def test_a_prepared_run_does_not_prepare_or_check_its_data_again(tmp_path: Path, monkeypatch) -> None:
+    """`cdcda run` prepares the run dir and checks the data before Ray starts; the ServerApp it
+    starts must not read and check every record a second time (issue 30.4)."""
+    cfg = orchestrator.prepare_run_dir(_cfg(tmp_path))
+    orchestrator.check_run_data(cfg)
+    keys = _keys(cfg)
+    calls: list[str] = []
+    monkeypatch.setattr(orchestrator, "prepare_run_dir", lambda c: calls.append("prepare") or c)
+    monkeypatch.setattr(orchestrator, "check_run_data", lambda c: calls.append("check") or [])
+    results = orchestrator.run_cdcda(MemoryTransport({1: fake_device(cfg, keys)}), cfg, prepared=True)
+    assert calls == [] and results["users"] == {"LaMP_2": len(keys)}
+    orchestrator.run_cdcda(MemoryTransport({1: fake_device(cfg, keys)}), cfg)  # flwr run: prepares itself
+    assert calls == ["prepare", "check"]
+
+
 def test_fraction_below_one_with_one_round_leaves_the_rest_for_a_rerun(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, rounds=1, fraction=0.5)
     keys = _keys(cfg)

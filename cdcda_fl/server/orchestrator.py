@@ -178,11 +178,14 @@ def _audit_log(cfg: Mapping[str, Scalar]) -> AuditLog:
 
 
 def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: int | None = None,
-              writer_factory: Callable[[Mapping[str, Scalar]], Any] = CloudWriter) -> dict[str, Any]:
+              writer_factory: Callable[[Mapping[str, Scalar]], Any] = CloudWriter,
+              prepared: bool = False) -> dict[str, Any]:
     """The whole CDCDA run over ``transport``; returns the aggregated results.
 
     ``writer_factory`` builds the cloud writer (anything with ``run(shares) -> {user key: records}``);
-    tests pass a stub, the product the real :class:`CloudWriter`.
+    tests pass a stub, the product the real :class:`CloudWriter`. ``prepared``: the caller already
+    ran :func:`prepare_run_dir` and :func:`check_run_data` on ``cfg`` (`cdcda run` does, to size the
+    simulation), so they are not run a second time; `flwr run` and deployments leave it False.
     """
     simulated = is_simulated(transport)
     if uses_cloud_data(cfg):  # before any node is contacted: a real deployment gets no oracle
@@ -191,9 +194,10 @@ def run_cdcda(transport: Transport, cfg: dict[str, Scalar], *, expected_nodes: i
         writer_factory = functools.partial(CloudWriter, simulated=simulated)
     validate_run_config(cfg)  # before the run dir or any node: a bad setting is one line
     clock = PhaseClock()
-    cfg = prepare_run_dir(cfg)
+    if not prepared:
+        cfg = prepare_run_dir(cfg)
+        check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict
     rc = run_config(cfg)  # the typed view; prepare_run_dir made its paths absolute
-    check_run_data(cfg)  # invalid records: skip (and report) their users, or refuse with data.strict
     store = ResultStore(rc.out_dir)
     timeout = rc.timeout or None
     expected = expected_nodes or rc.sim.num_supernodes or rc.min_nodes
