@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.atomic import write_json_atomic
+from cdcda_fl.device.adapter_store import ADAPTER_WEIGHTS as ADAPTER_FILE, TRAIN_META
 from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
 
 METHODS = ("local", "cdcda")
 BUCKETS = (("≤5", 0, 5), ("6–15", 6, 15), (">15", 16, 10 ** 9))
-ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def user_results(run: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -79,30 +79,38 @@ def quality(task_run: Path, user_run: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _answer_folder(store: Path, person: str, prefixes: list[str]) -> Path | None:
-    """The first stored adapter of ``person`` whose folder starts with one of ``prefixes``."""
-    for prefix in prefixes:
-        found = sorted(p for p in store.glob(f"{prefix}-*/{person}") if (p / ADAPTER_FILE).is_file())
-        if found:
-            return found[-1]
-    return None
-
-
 def answer_folders(results: Mapping[str, Any], store: Path, person: str, scope: str) -> set[Path]:
     """The stored adapters ``person``'s CDCDA answers come from (its local one on a fall-back; none
-    for a task answered by the base model): what the phone keeps to answer every task."""
+    for a task answered by the base model): what the phone keeps to answer every task.
+
+    Several configurations may share one device store (the alpha = 0.5 and alpha = 0 runs do), so
+    a person can have several ``person-local-<key>`` folders: the one this run answered with is the
+    folder whose training record (TRAIN_META) is the one the run's result reports."""
     out = set()
     for task, users in results.items():
         entry = users.get(person)
-        if entry is None or ((entry["methods"].get("cdcda") or {}).get("decision") or {}).get("answer_with") == "base":
+        answer_with = (((entry or {}).get("methods", {}).get("cdcda") or {}).get("decision") or {}).get("answer_with")
+        if entry is None or answer_with == "base":
             continue
-        prefixes = ["person-cdcda", "person-local"] if scope == "user" else [f"{task}-cdcda", f"{task}-local"]
+        kinds = ["local"] if answer_with == "local" else ["cdcda", "local"]
+        prefixes = [f"person-{k}" if scope == "user" else f"{task}-{k}" for k in kinds]
         for prefix in prefixes:
             found = sorted(f for f in store.glob(f"{prefix}-*/{person}") if (f / ADAPTER_FILE).is_file())
-            if found:
-                out.add(found[-1])
+            reported = (entry["methods"].get(prefix.rsplit("-", 1)[1]) or {}).get("train") or {}
+            own = [f for f in found if _trained_as(f, reported)]
+            if own or found:
+                out.add((own or found)[-1])  # no match: a result from before training records were kept
                 break
     return out
+
+
+def _trained_as(folder: Path, reported: Mapping[str, Any]) -> bool:
+    """Was the adapter in ``folder`` the one a result's ``train`` entry reports (steps, loss, seconds)?"""
+    try:
+        meta = json.loads((folder / TRAIN_META).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(meta.get(k) == reported.get(k) for k in ("steps", "final_loss", "seconds")) and "steps" in reported
 
 
 def cost(run: Path, scope: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import Scalar
+from cdcda_fl.core.config import Scalar, adapter_scope
 from cdcda_fl.data.lamp import User
 from cdcda_fl.device.lora import device_model_for
 from cdcda_fl.device.methods.answers import answer_together
@@ -106,7 +106,8 @@ def personalize_users(jobs: Sequence[tuple[User, Sequence[Mapping[str, Any]]]], 
                                          person=(people or {}).get(user.user_id, ()))))
             except Exception as exc:  # this user only
                 outcomes[i] = exc
-        _link_siblings([run for _i, run in built])
+        if adapter_scope(cfg) == "user":  # under scope task each run trains its own adapter
+            _link_siblings([run for _i, run in built])
         for i, run in built:
             try:
                 _run_methods(run, methods)
