@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cdcda_fl.core.config import adapter_scope
 from cdcda_fl.data.run_data import list_users
 from cdcda_fl.server.runs import prepare_run_dir
 
@@ -64,7 +65,10 @@ def local_simulation(cfg: Mapping[str, Any], *, work: Path | str = DEFAULT_WORK,
     results_path = Path(rc.out_dir) / "results.json"
     if results_path.exists():
         results_path.unlink()  # a stale report must not pass for this run's
-    nodes = rc.sim.num_supernodes or len(list_users(cfg))
+    users = list_users(cfg)
+    # one adapter per person: a simulated node holds whole people (data/run_data.node_share)
+    hosted = len({u.user_id for u in users}) if adapter_scope(cfg) == "user" else len(users)
+    nodes = rc.sim.num_supernodes or hosted
     cfg["min-nodes"] = nodes  # the ServerApp waits for this many nodes (sim.num-supernodes is not a run-config key)
     federation = {"num-supernodes": nodes, "client-resources-num-cpus": max(1, round(rc.sim.client_cpus))}
     if rc.sim.client_gpus:

@@ -102,9 +102,10 @@ def _ray_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else 0
 
 
-def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None = None) -> dict[str, Any]:
+def run_cdcda(grid: Grid, cfg: dict[str, Scalar], *, expected_nodes: int | None = None,
+              prepared: bool = False) -> dict[str, Any]:
     """The whole CDCDA run on an existing Grid; returns the aggregated results."""
-    return orchestrator.run_cdcda(GridTransport(grid, cfg), cfg, expected_nodes=expected_nodes)
+    return orchestrator.run_cdcda(GridTransport(grid, cfg), cfg, expected_nodes=expected_nodes, prepared=prepared)
 
 
 def make_server_app(cfg: Mapping[str, Scalar] | None = None, *, expected_nodes: int | None = None,

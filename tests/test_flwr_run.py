@@ -152,3 +152,22 @@ def test_flwr_run_dot_gives_the_same_fedavg_adapter_and_predictions_as_cdcda_run
         name = Path("predictions") / "LaMP_2" / f"{method}_outputs.json"
         assert json.loads((tmp_path / "flwr" / name).read_text()) == \
             json.loads((tmp_path / "cdcda" / name).read_text()), name
+
+
+def test_one_adapter_per_person_through_flwr_run(tmp_path) -> None:
+    """Issue 32: ``train.adapter-scope = user`` through `flwr run` on a local simulation SuperLink:
+    the ServerApp writes multi-task personas, every node holds whole people, and each person has
+    one local-only adapter that answers every task of theirs."""
+    from deploy.lab import local_simulation
+
+    cfg = load_config(CONFIG, [f"out-dir={tmp_path / 'flwr'}", "users=2", "methods=base,local",
+                               "personas.multitask=true", "train.adapter-scope=user"])
+    results = local_simulation(cfg, work=tmp_path / "lab", timeout=600)
+    assert results["users"] == {"LaMP_2": 2, "LaMP_5": 2} and not results["failures"]
+    adapters = tmp_path / "flwr" / "devices" / "adapters"
+    people = sorted(p.name for p in adapters.glob("person-local-*/*"))
+    assert len(people) == 2 and len(set(people)) == 2, people  # one adapter per person, not per task
+    assert not list(adapters.glob("LaMP_*-local-*")), "no per-task adapter under scope user"
+    for task in ("LaMP_2", "LaMP_5"):
+        answers = json.loads((tmp_path / "flwr" / "predictions" / task / "local_outputs.json").read_text())
+        assert answers["golds"], task
