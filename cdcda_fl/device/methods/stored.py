@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.atomic import atomic_dir
+from cdcda_fl.device.adapter_store import TRAIN_META  # training metadata, saved inside the adapter folder (atomically with it)
 from cdcda_fl.device.methods.person import is_person_scope, person_mixture
 from cdcda_fl.device.schedule import train_cdcda
 from cdcda_fl.device.train_key import adapter_key
 from cdcda_fl.device.methods.run_view import DeviceRun
 from cdcda_fl.core.run_config import run_config
 
-TRAIN_META = "cdcda_train.json"  # training metadata, saved inside the adapter folder (atomically with it)
 
 
 def write_meta_only(path: Path, text: str) -> None:
