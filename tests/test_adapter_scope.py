@@ -3,7 +3,8 @@
 What must hold: one adapter folder per person, from which every task's answers come; a task's
 share of the training weight follows the documented n^0.5 rule; one person's records never train
 another person's adapter; simulated nodes hold whole people and the orchestrator never splits a
-person across messages; the scope is refused where it is not built (DP, FedAvg).
+person across messages; under DP one ε covers a person's adapter; the scope is refused where it
+is not built (FedAvg).
 """
 
 from __future__ import annotations
@@ -118,8 +119,7 @@ def test_the_scope_is_checked_before_anything_starts() -> None:
     assert adapter_scope(load_config(None, [])) == "task"
     with pytest.raises(ConfigError, match="train.adapter-scope must be one of task, user"):
         validate_run_config(load_config(None, ["train.adapter-scope=person"]))
-    with pytest.raises(ConfigError, match="does not support dp.enabled"):
-        validate_run_config(load_config(None, ["train.adapter-scope=user", "dp.enabled=true"]))
+    validate_run_config(load_config(None, ["train.adapter-scope=user", "dp.enabled=true", "dp.epsilon=8"]))
     with pytest.raises(ConfigError, match="federated methods"):
         validate_run_config(load_config(None, ["train.adapter-scope=user", "methods=local,fedavg"]))
     validate_run_config(load_config(None, ["train.adapter-scope=user"]))
@@ -223,3 +223,33 @@ def test_export_finds_the_persons_adapter_for_every_task(tmp_path: Path) -> None
     (run / "config.json").write_text(_json.dumps({"config": {"train.adapter-scope": "user"}}))
     for task in ("LaMP_2", "LaMP_5", "LaMP_7"):
         assert find_adapter(run, "dev-u0000", task, method="local") == folder
+
+
+def test_under_dp_a_person_has_one_private_adapter_and_one_epsilon_for_every_task(tiny_model, tmp_path: Path) -> None:
+    """DP-SGD on the union of the person's tasks: one stored decision per person and method (the
+    first task trains, the second reloads it), every task reports the same ε, and the real pairs
+    of both tasks are in it. Private selection (the default) chooses on both tasks' unshared records."""
+    from cdcda_fl.device.personalize import personalize_users
+
+    def records(user: User) -> list[dict]:
+        if user.task == "LaMP_2":
+            return [{"id": f"s{i}", "description": f"a synthetic film {i}", "tag": user.profile[0]["tag"]}
+                    for i in range(4)]
+        return [{"id": f"s{i}", "abstract": f"We study synthetic graph {i}.", "title": f"Synthetic {i}"}
+                for i in range(4)]
+
+    people = {"a": [_lamp2("a", 4, 0), _lamp5("a", 6)]}
+    jobs = [(u, records(u)) for u in people["a"]]
+    cfg = load_config(None, ["methods=base,local,cdcda", "device.model=tiny-random", "train.steps=2",
+                             "train.batch-size=2", "eval.batch-size=4", "train.adapter-scope=user",
+                             "dp.enabled=true", "dp.epsilon=8", "dp.public-steps=2"])
+    outcomes = personalize_users(jobs, cfg, storage_dir=tmp_path, device_model=tiny_model, people=people)
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    stored = sorted(p.parent.name.split("-dp-")[0] for p in (tmp_path / "adapters").glob("*/a"))
+    assert stored == ["person-cdcda", "person-local"], stored  # no per-task DP adapter
+    for method in ("local", "cdcda"):
+        first, second = (o["methods"][method] for o in outcomes)
+        assert first["epsilon"] == second["epsilon"] and 0 < first["epsilon"] <= 8.0 + 1e-6
+        assert first["dp"] == second["dp"]  # one decision for the person
+        assert not first["train"].get("reused") and second["train"]["reused"]
+    assert outcomes[0]["methods"]["local"]["train"]["n_real"] == 10  # both tasks' real items

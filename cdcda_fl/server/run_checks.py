@@ -59,9 +59,6 @@ def check_adapter_scope(cfg: Mapping[str, Scalar]) -> None:
     """``train.adapter-scope``: a known scope, and ``user`` only where it is built (issue 32)."""
     if adapter_scope(cfg) != "user":
         return
-    if run_config(cfg).dp.enabled:
-        raise ConfigError("train.adapter-scope=user does not support dp.enabled yet (one epsilon per person over "
-                          "all of their tasks' records is not accounted); use train.adapter-scope=task with DP")
     federated = federated_methods(cfg)
     if federated:
         raise ConfigError(f"train.adapter-scope=user does not support the federated methods yet ({', '.join(federated)}): "

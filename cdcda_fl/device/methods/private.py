@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdcda_fl.core.config import Scalar
 from cdcda_fl.data.lamp import User
-from cdcda_fl.data.tasks import TaskSpec
+from cdcda_fl.data.tasks import TaskSpec, get_task
 from cdcda_fl.device.methods.method import Method
+from cdcda_fl.device.methods.person import is_person_scope
 from cdcda_fl.device.methods.stored import TRAIN_META, stored_meta, write_meta_only
 from cdcda_fl.device.methods.user_run import UserRun
 from cdcda_fl.device.schedule import exposure_scale
@@ -129,9 +130,9 @@ class Private(Method):
         or none when the decision fell back to the base. Returns the method's report entry."""
         from cdcda_fl.device.dp_select import candidates_for, public_lora, select_public_privately, train_private
 
-        cfg, spec, user, model = run.cfg, run.spec, run.user, run.model
-        real_pairs, synth_pairs, synth_weights, validation = dp_training_data(spec, user, run.cloud.valid,
-                                                                              self.method, cfg)
+        cfg, model = run.cfg, run.model
+        data = person_dp_data(run, self.method) if is_person_scope(run) else task_dp_data(run, self.method)
+        real_pairs, synth_pairs, synth_weights, validation = data.real, data.synth, data.synth_weights, data.validation
         weights = [1.0] * len(real_pairs) + synth_weights
         trains_on_cloud = self.trains_on_cloud_records
         # Private selection needs cloud records to train on and a target ε to spend (with only
@@ -144,8 +145,8 @@ class Private(Method):
         if private_select:
             # Every cloud record trains the public adapter (no synthetic hold-out is needed: the choice is
             # made on the non-shared real records, with the exponential mechanism).
-            shared_ids = set(run.shared_ids if run.shared_ids is not None else _library_shared_ids(user, cfg))
-            private_pairs = spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared_ids])
+            shared, private_pairs = data.private_records()
+            shared_ids = set(shared)
             public = [*synth_pairs, *validation]
             candidates = candidates_for(cfg, len(real_pairs))[:1]
         else:
@@ -155,19 +156,19 @@ class Private(Method):
             scale = exposure_scale(cfg, weights, real_pairs)
             candidates = candidates_for(cfg, len(real_pairs) + len(synth_pairs), step_scale=scale)
         stage = public_lora(candidates[0].lora, cfg, len(public)) if public else None
-        key = f"{spec.name}-{self.method}-dp-" + dp_key(cfg, self.rule, self.method, candidates, stage,
-                                                        (real_pairs, synth_pairs, synth_weights, validation, public),
-                                                        shared_ids)
-        path = run.store.path(user.user_id, key)
+        key = f"{data.prefix}-{self.method}-dp-" + dp_key(cfg, self.rule, self.method, candidates, stage,
+                                                          (real_pairs, synth_pairs, synth_weights, validation, public),
+                                                          shared_ids)
+        path = run.store.path(run.user.user_id, key)
         reused = self._reuse(run, key, path)
         if reused is not None:
             return reused
         started = time.perf_counter()
         if private_select:
             decision, res = select_public_privately(
-                model, public, private_pairs, cfg, candidates[0].lora, seed=f"{run_config(cfg).seed}:{user.user_id}",
-                utilities=lambda m, pairs: metric_utilities(m, spec, pairs),
-                utility_name=f"the greedy answer's {primary_metric(spec)} in [0, 1]")
+                model, public, private_pairs, cfg, candidates[0].lora,
+                seed=f"{run_config(cfg).seed}:{run.user.user_id}", utilities=data.utilities,
+                utility_name=data.utility_name)
             return _store_entry(run, path, decision, res, started, real_pairs, public)
         decision, res = train_private(model, real_pairs, synth_pairs, validation, cfg,
                                       synth_weights=synth_weights if synth_pairs else None, candidates=candidates,
@@ -190,6 +191,89 @@ class Private(Method):
             run.hold(path)
             return {"train": train, "epsilon": info.get("epsilon"), "dp": decision}
         return None
+
+
+@dataclass(frozen=True)
+class DPData:
+    """What a DP method trains, validates and chooses on, and the stored adapter's folder prefix."""
+
+    prefix: str  # "<task>" (one adapter per task) or "person" (train.adapter-scope = user)
+    real: Pairs
+    synth: Pairs
+    synth_weights: list[float]
+    validation: Pairs
+    #: (ids of the records the device shared, real pairs of the others): private selection spends ε
+    #: on the others only. Called only then: a device's ledger, or in library use cfg's consent keys.
+    private_records: Callable[[], tuple[frozenset[str], Pairs]]
+    utilities: Callable[[Any, Sequence[tuple[str, str]]], list[float]]
+    utility_name: str
+
+
+def task_dp_data(run: UserRun, method: str) -> DPData:
+    """One task's data: the user's real pairs, the cloud's valid records of this task."""
+    spec, user, cfg = run.spec, run.user, run.cfg
+    real, synth, weights, validation = dp_training_data(spec, user, run.cloud.valid, method, cfg)
+
+    def private_records() -> tuple[frozenset[str], Pairs]:
+        shared = _shared_of(run)
+        return shared, spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared])
+
+    return DPData(spec.name, real, synth, weights, validation, private_records,
+                  lambda m, pairs: metric_utilities(m, spec, pairs), f"the greedy answer's {primary_metric(spec)} in [0, 1]")
+
+
+def person_dp_data(run: UserRun, method: str) -> DPData:
+    """``train.adapter-scope = user`` under DP: the union of the person's tasks (methods/person.py).
+
+    Every task's data is built as in task scope and concatenated in the device's order of the
+    person's tasks, so any task of theirs computes the same adapter key (the first trains, the
+    others reload). Real pairs keep weight 1 -- a per-task weight above 1 would scale a record's
+    clipped gradient past the DP-SGD bound -- so the mixing rule under DP is "every real record
+    once" (``train.task-mix-alpha`` does not apply). One ε covers all of the person's records,
+    where task scope spends one ε per task. A task's cloud records count when that task's run is
+    in the same personalize call (the orchestrator keeps a person's tasks together)."""
+    siblings = {s.user.task: s for s in run.siblings}
+    real: Pairs = []
+    synth: Pairs = []
+    weights: list[float] = []
+    validation: Pairs = []
+    spec_of: dict[str, TaskSpec] = {}
+    for user in run.person:
+        spec = get_task(user.task)
+        sibling = siblings.get(user.task)
+        records = sibling.cloud.valid if sibling is not None else []
+        r, s, w, v = dp_training_data(spec, user, records, method, run.cfg)
+        real += r
+        synth += s
+        weights += w
+        validation += v
+        spec_of.update({prompt: spec for prompt, _ in r})
+
+    def private_records() -> tuple[frozenset[str], Pairs]:
+        shared: set[str] = set()
+        private: Pairs = []
+        for user in run.person:
+            sibling = siblings.get(user.task)
+            own = _shared_of(sibling) if sibling is not None else _library_shared_ids(user, run.cfg)
+            shared |= {f"{user.task}:{i}" for i in own}  # record ids are per task
+            private += get_task(user.task).profile_to_pairs([rec for rec in user.profile if str(rec["id"]) not in own])
+        return frozenset(shared), private
+
+    def utilities(model: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        out: dict[int, float] = {}
+        for spec in {id(x): x for x in spec_of.values()}.values():
+            idx = [i for i, (prompt, _) in enumerate(pairs) if spec_of.get(prompt) is spec]
+            if idx:
+                out.update(zip(idx, metric_utilities(model, spec, [pairs[i] for i in idx])))
+        return [out[i] for i in range(len(pairs))]
+
+    return DPData("person", real, synth, weights, validation, private_records, utilities,
+                  "the greedy answer's task metric in [0, 1] (each record its own task's)")
+
+
+def _shared_of(run: UserRun) -> frozenset[str]:
+    """The ids of the records this user's device shared (its ledger; library use: cfg's consent)."""
+    return frozenset(run.shared_ids) if run.shared_ids is not None else _library_shared_ids(run.user, run.cfg)
 
 
 def _library_shared_ids(user: User, cfg: Mapping[str, Scalar]) -> frozenset[str]:
