@@ -44,6 +44,13 @@ def _lamp5(uid: str, n: int) -> User:
     return User(user_id=uid, task="LaMP_5", profile=profile, queries=queries)
 
 
+def _records(user: User, n: int) -> list[dict]:
+    """``n`` cloud records in the user's task's format."""
+    if user.task == "LaMP_2":
+        return [{"id": f"s{i}", "description": f"a synthetic film {i}", "tag": user.profile[0]["tag"]} for i in range(n)]
+    return [{"id": f"s{i}", "abstract": f"We study synthetic graph {i}.", "title": f"Synthetic {i}"} for i in range(n)]
+
+
 # ---------------------------------------------------------------------- the mixing rule
 def test_task_masses_follow_n_to_the_half() -> None:
     masses = task_masses([4, 40])
@@ -167,15 +174,8 @@ def test_cdcda_trains_one_adapter_per_person_on_every_tasks_passed_records(tiny_
     and the cloud's records of both tasks, and both tasks answer with it."""
     from cdcda_fl.device.personalize import personalize_users
 
-    def records(user: User) -> list[dict]:
-        if user.task == "LaMP_2":
-            return [{"id": f"s{i}", "description": f"a synthetic film {i}", "tag": user.profile[0]["tag"]}
-                    for i in range(3)]
-        return [{"id": f"s{i}", "abstract": f"We study synthetic graph {i}.", "title": f"Synthetic {i}"}
-                for i in range(2)]
-
     people = {"a": [_lamp2("a", 4, 0), _lamp5("a", 6)]}
-    jobs = [(u, records(u)) for u in people["a"]]
+    jobs = [(u, _records(u, 3 if u.task == "LaMP_2" else 2)) for u in people["a"]]
     cfg = load_config(None, ["methods=local,cdcda", "device.model=tiny-random", "train.steps=2",
                              "train.batch-size=2", "eval.batch-size=4", "train.adapter-scope=user",
                              "train.synthetic-gate=none"])
@@ -231,15 +231,8 @@ def test_under_dp_a_person_has_one_private_adapter_and_one_epsilon_for_every_tas
     of both tasks are in it. Private selection (the default) chooses on both tasks' unshared records."""
     from cdcda_fl.device.personalize import personalize_users
 
-    def records(user: User) -> list[dict]:
-        if user.task == "LaMP_2":
-            return [{"id": f"s{i}", "description": f"a synthetic film {i}", "tag": user.profile[0]["tag"]}
-                    for i in range(4)]
-        return [{"id": f"s{i}", "abstract": f"We study synthetic graph {i}.", "title": f"Synthetic {i}"}
-                for i in range(4)]
-
     people = {"a": [_lamp2("a", 4, 0), _lamp5("a", 6)]}
-    jobs = [(u, records(u)) for u in people["a"]]
+    jobs = [(u, _records(u, 4)) for u in people["a"]]
     cfg = load_config(None, ["methods=base,local,cdcda", "device.model=tiny-random", "train.steps=2",
                              "train.batch-size=2", "eval.batch-size=4", "train.adapter-scope=user",
                              "dp.enabled=true", "dp.epsilon=8", "dp.public-steps=2"])

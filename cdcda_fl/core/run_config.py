@@ -18,7 +18,6 @@ every key once, so a bad value is one clear error before anything starts.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from functools import cached_property
 from typing import Any, Generic, TypeVar, overload
 
 from cdcda_fl.core.config import coerce_value, config_get, csv_list, methods_of
@@ -230,6 +229,34 @@ class DebugKeys(_Section):
     crash_users = Key(str)
 
 
+S = TypeVar("S", bound=_Section)
+
+
+class Section(Generic[S]):
+    """A section of :class:`RunConfig` as a typed attribute, built on first use and kept."""
+
+    def __init__(self, kind: type[S]) -> None:
+        self.kind = kind
+        self.name = ""
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.name = attr
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Section[S]: ...
+
+    @overload
+    def __get__(self, obj: RunConfig, objtype: type | None = None) -> S: ...
+
+    def __get__(self, obj: RunConfig | None, objtype: type | None = None) -> S | Section[S]:
+        if obj is None:
+            return self
+        part = obj.__dict__.get(self.name)
+        if part is None:
+            part = obj.__dict__[self.name] = self.kind(obj.flat)
+        return part
+
+
 class RunConfig(_Section, Mapping[str, Scalar]):
     """Every run-config key, typed: top-level keys as attributes, the rest in sections.
 
@@ -251,62 +278,21 @@ class RunConfig(_Section, Mapping[str, Scalar]):
     min_nodes = Key(int)
     node_wait = Key(float)
 
-    # ------------------------------------------------------------------ sections
-    @cached_property
-    def data(self) -> DataKeys:
-        return DataKeys(self.flat)
-
-    @cached_property
-    def personas(self) -> PersonaKeys:
-        return PersonaKeys(self.flat)
-
-    @cached_property
-    def device(self) -> DeviceKeys:
-        return DeviceKeys(self.flat)
-
-    @cached_property
-    def train(self) -> TrainKeys:
-        return TrainKeys(self.flat)
-
-    @cached_property
-    def dp(self) -> DPKeys:
-        return DPKeys(self.flat)
-
-    @cached_property
-    def rag(self) -> RagKeys:
-        return RagKeys(self.flat)
-
-    @cached_property
-    def eval(self) -> EvalKeys:
-        return EvalKeys(self.flat)
-
-    @cached_property
-    def mia(self) -> MiaKeys:
-        return MiaKeys(self.flat)
-
-    @cached_property
-    def fedavg(self) -> FedAvgKeys:
-        return FedAvgKeys(self.flat)
-
-    @cached_property
-    def consent(self) -> ConsentKeys:
-        return ConsentKeys(self.flat)
-
-    @cached_property
-    def cloud(self) -> CloudKeys:
-        return CloudKeys(self.flat)
-
-    @cached_property
-    def synthetic(self) -> SyntheticKeys:
-        return SyntheticKeys(self.flat)
-
-    @cached_property
-    def sim(self) -> SimKeys:
-        return SimKeys(self.flat)
-
-    @cached_property
-    def debug(self) -> DebugKeys:
-        return DebugKeys(self.flat)
+    # ------------------------------------------------------------------ sections (built on first use)
+    data = Section(DataKeys)
+    personas = Section(PersonaKeys)
+    device = Section(DeviceKeys)
+    train = Section(TrainKeys)
+    dp = Section(DPKeys)
+    rag = Section(RagKeys)
+    eval = Section(EvalKeys)
+    mia = Section(MiaKeys)
+    fedavg = Section(FedAvgKeys)
+    consent = Section(ConsentKeys)
+    cloud = Section(CloudKeys)
+    synthetic = Section(SyntheticKeys)
+    sim = Section(SimKeys)
+    debug = Section(DebugKeys)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -350,11 +336,8 @@ def run_config(cfg: Mapping[str, Any]) -> RunConfig:
 
 
 # attribute of RunConfig -> its section class (the tests check them against the key table)
-SECTIONS: dict[str, type[_Section]] = {
-    "data": DataKeys, "personas": PersonaKeys, "device": DeviceKeys, "train": TrainKeys, "dp": DPKeys,
-    "rag": RagKeys, "eval": EvalKeys, "mia": MiaKeys, "fedavg": FedAvgKeys, "consent": ConsentKeys,
-    "cloud": CloudKeys, "synthetic": SyntheticKeys, "sim": SimKeys, "debug": DebugKeys,
-}
+SECTIONS: dict[str, type[_Section]] = {name: value.kind for name, value in vars(RunConfig).items()
+                                       if isinstance(value, Section)}
 
 
 def every_key() -> dict[str, type]:
@@ -365,4 +348,4 @@ def every_key() -> dict[str, type]:
     return out
 
 
-__all__ = ["DEFAULTS", "Key", "RunConfig", "run_config", "every_key"]
+__all__ = ["DEFAULTS", "SECTIONS", "Key", "RunConfig", "Section", "run_config", "every_key"]
