@@ -63,3 +63,21 @@ def test_writer_sets_and_buckets() -> None:
     assert curve.writer_sets("oracle") == ["cloud.backend=oracle"]
     assert curve.writer_sets("smollm2-135m") == ["cloud.backend=hf", "cloud.model=smollm2-135m"]
     assert [curve.bucket_of(n) for n in (1, 5, 6, 15, 16, 40)] == ["≤5", "≤5", "6–15", "6–15", ">15", ">15"]
+
+
+def test_the_table_names_each_points_device_check(tmp_path: Path) -> None:
+    """Points of one curve run at different times can differ in the device check (the tie rule
+    changed between them): the table shows it per row; a curve from before the column keeps its form."""
+    curve = load_script("share_curve")
+    point = tmp_path / "oracle_s0.5"
+    point.mkdir()
+    (point / "config.json").write_text(json.dumps({"config": {"train.synthetic-gate": "crossfit",
+                                                              "train.synthetic-gate-criterion": "loss+metric"}}))
+    assert curve.device_check(point) == "crossfit, loss+metric"
+    diff = {"n": 2, "diff": {"mean": 0.1, "lo": 0.0, "hi": 0.2}, "wtl": [1, 1, 0]}
+    task = {"metric": "rouge-1", "users": 2, "cdcda_minus_local": diff, "used_synthetic": 1, "answer_with": {},
+            "by_size": {name: {"cdcda_minus_local": {"n": 0}} for name, _, _ in curve.BUCKETS}}
+    old = {"points": {"oracle_s0.5": {"writer": "oracle", "share": 0.5, "tasks": {"LaMP_5": task}}}}
+    assert "device check" not in curve.markdown(old)
+    new = {"points": {"oracle_s0.5": {**old["points"]["oracle_s0.5"], "check": "crossfit, loss+metric"}}}
+    assert "| oracle | 0.5 | crossfit, loss+metric | 2 |" in curve.markdown(new)
