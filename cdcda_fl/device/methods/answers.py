@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cdcda_fl.edge.runtime import Answerer, AnswerRequest
+from cdcda_fl.device.answering import Answerer, AnswerRequest
 
 
 @dataclass

@@ -21,7 +21,7 @@ from cdcda_fl.data.tasks import get_task
 from cdcda_fl.device.adapter_store import AdapterStore
 from cdcda_fl.device.methods.answers import AnswerQueue
 from cdcda_fl.device.methods.cloud_records import CloudRecords
-from cdcda_fl.edge.runtime import Answerer
+from cdcda_fl.device.answering import Answerer
 from cdcda_fl.evaluation.metrics import score
 from cdcda_fl.privacy.audit import membership_auc
 from cdcda_fl.core.run_config import run_config
