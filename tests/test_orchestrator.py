@@ -280,7 +280,8 @@ def test_cloud_writer_keeps_the_augmenters_counts_and_errors_per_user() -> None:
                     for r in requests}
 
     writer = orchestrator.CloudWriter.__new__(orchestrator.CloudWriter)
-    writer.augmenter, writer.accounting, writer.label = FakeAugmenter(), {}, "hf:fake"
+    writer._augmenter, writer.cache, writer.cfg = FakeAugmenter(), None, {}
+    writer.accounting, writer.label = {}, "hf:fake"
     shares = [SharedRecords(u, "LaMP_2", [{"id": "r", "tag": "comedy"}], ["r"], ["id", "tag"], 1, 1, 10) for u in "ab"]
     out = writer.run(shares)
     assert len(out["LaMP_2/a"]) == 1 and out["LaMP_2/b"] == []

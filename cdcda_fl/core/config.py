@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 # trained, written or measured. Used to reuse a finished sweep point and to refuse resuming a run
 # dir that holds another configuration's results.
 VOLATILE_KEYS = ("out-dir", "data-dir", "timeout", "node-wait", "min-nodes", "device.storage-dir", "cloud.timeout",
+                 "cloud.cache-dir",
                  "cloud.max-retries", "fedavg.timeout", "chunk-users")
 VOLATILE_PREFIXES = ("sim.", "debug.")
 

@@ -152,6 +152,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "cloud.embed-filter": (False, "filter synthetic records by MiniLM similarity to the user's records"),
     "cloud.embed-min-sim": (0.2, "embed filter: drop records less similar than this to the user's records"),
     "cloud.embed-max-sim": (0.95, "embed filter: drop records more similar than this (near copies)"),
+    "cloud.cache-dir": ("", "server-side cache of the writer's records: a call with the same writer, settings, seed "
+                            "and shared records (ids aside) reuses them instead of generating again "
+                            "(experiments that rerun one share on the same users; '' = off)"),
     "synthetic.per-user": (16, "synthetic records the cloud writes per user"),
     "synthetic.max-rounds": (3, "generation rounds per user to reach synthetic.per-user"),
     "synthetic.temperature": (0.8, "sampling temperature in the cloud"),

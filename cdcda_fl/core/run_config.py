@@ -194,6 +194,7 @@ class CloudKeys(_Section):
     embed_filter = Key(bool)
     embed_min_sim = Key(float)
     embed_max_sim = Key(float)
+    cache_dir = Key(str)
 
     @property
     def kind(self) -> str:

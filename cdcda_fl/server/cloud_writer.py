@@ -20,6 +20,7 @@ from cdcda_fl.privacy.consent import SharedRecords
 from cdcda_fl.core.progress import log
 from cdcda_fl.data.run_data import data_dir_of, user_key
 from cdcda_fl.core.run_config import run_config
+from cdcda_fl.server.writer_cache import call_key, writer_cache
 
 
 def cloud_accounting(records: list[dict[str, Any]], counts: Mapping[str, Any] | None,
@@ -40,15 +41,30 @@ class CloudWriter:
     def __init__(self, cfg: Mapping[str, Scalar], *, simulated: bool = False):
         #: how reports name the writer ("oracle (not private: ceiling)" for the reference writers)
         cloud = run_config(cfg).cloud
+        self.cfg = cfg
         self.label = f"{cloud.backend}:{cloud.model}"
+        self._augmenter: Any = None
+        # reference writers read the data dir, which no key covers, and cost nothing: never cached
+        self.cache = None if is_reference(cloud.backend) else writer_cache(cfg)
         if is_reference(cloud.backend):
-            self.augmenter = make_reference_writer(cfg, simulated=simulated, data_dir=str(data_dir_of(cfg)))
-            self.label = self.augmenter.name
+            self._augmenter = make_reference_writer(cfg, simulated=simulated, data_dir=str(data_dir_of(cfg)))
+            self.label = self._augmenter.name
             log(f"cloud: {self.label} writer (simulation only; no language model)")
-        else:
-            log(f"cloud: loading {cloud.backend} backend ({cloud.model})")
-            self.augmenter = CloudAugmenter(make_backend(cfg), AugmentConfig.from_config(cfg))
+        elif self.cache is None:
+            self._load()
         self.accounting: dict[str, dict[str, Any]] = {}
+
+    def _load(self) -> Any:
+        """The LLM writer, loaded on first need (with a warm cache, possibly never)."""
+        if self._augmenter is None:
+            cloud = run_config(self.cfg).cloud
+            log(f"cloud: loading {cloud.backend} backend ({cloud.model})")
+            self._augmenter = CloudAugmenter(make_backend(self.cfg), AugmentConfig.from_config(self.cfg))
+        return self._augmenter
+
+    @property
+    def augmenter(self) -> Any:
+        return self._load()
 
     def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
         by_task: dict[str, list[SharedRecords]] = {}
@@ -60,15 +76,30 @@ class CloudWriter:
         for task, requests in sorted(by_task.items()):
             requests = sorted(requests, key=lambda r: r.user_id)
             started = time.perf_counter()
-            results = self.augmenter.augment(requests)
+            results, cached = self._write(task, requests)
             accepted = 0
             for uid, res in results.items():
-                out[user_key(task, uid)] = list(res.records)
-                self.accounting[user_key(task, uid)] = {**cloud_accounting(list(res.records), res.counts, res.error),
-                                                        "writer": self.label}
-                accepted += len(res.records)
-                if res.error:
-                    log(f"cloud: {task}/{uid}: {res.error} (falls back to real data only)")
+                out[user_key(task, uid)] = list(res["records"])
+                self.accounting[user_key(task, uid)] = {**cloud_accounting(list(res["records"]), res["counts"],
+                                                                           res["error"]),
+                                                        "writer": self.label, **({"cached": True} if cached else {})}
+                accepted += len(res["records"])
+                if res["error"]:
+                    log(f"cloud: {task}/{uid}: {res['error']} (falls back to real data only)")
             log(f"cloud: {task}: {accepted} synthetic records for {len(requests)} user(s) "
-                f"in {time.perf_counter() - started:.1f}s")
+                f"in {time.perf_counter() - started:.1f}s{' (from the writer cache)' if cached else ''}")
         return out
+
+    def _write(self, task: str, requests: list[SharedRecords]) -> tuple[dict[str, dict[str, Any]], bool]:
+        """Each user's records, counts and error for one call: from the cache when it holds the
+        same call (``cloud.cache-dir``), else written now (and stored unless a user got an error)."""
+        key = call_key(self.cfg, self.label, task, requests) if self.cache is not None else ""
+        if self.cache is not None:
+            hit = self.cache.get(task, key)
+            if hit is not None and set(hit) == {str(r.user_id) for r in requests}:
+                return hit, True
+        results = {str(uid): {"records": list(res.records), "counts": dict(res.counts or {}), "error": res.error}
+                   for uid, res in self.augmenter.augment(requests).items()}
+        if self.cache is not None:
+            self.cache.put(task, key, results)
+        return results, False
