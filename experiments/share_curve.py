@@ -194,13 +194,14 @@ def plot(curve: dict[str, Any], path: Path) -> None:
             ys = [d["diff"]["mean"] for _, d in pts]
             lo = [d["diff"]["mean"] - (d["diff"]["lo"] if d["diff"]["lo"] is not None else d["diff"]["mean"]) for _, d in pts]
             hi = [(d["diff"]["hi"] if d["diff"]["hi"] is not None else d["diff"]["mean"]) - d["diff"]["mean"] for _, d in pts]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=w)
+            # one colour per writer across every task's panel (matplotlib's cycle would restart per panel)
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=w, color=f"C{writers.index(w)}")
         ax.axhline(0, color="grey", lw=0.8)
         metric = next(p["tasks"][task]["metric"] for p in curve["points"].values() if task in p["tasks"])
         ax.set_title(f"{task} ({metric}{', sign flipped' if metric in LOWER_IS_BETTER else ''})")
         ax.set_xlabel("share fraction")
         ax.set_ylabel("CDCDA − local-only [95 % CI]")
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
