@@ -26,7 +26,7 @@ from cdcda_fl.data.lamp import record_user_id
 from cdcda_fl.data.tasks import parse_task_list
 from cdcda_fl.privacy.consent import ConsentError
 from cdcda_fl.privacy.policy_file import device_policy_values, load_device_policy, write_device_policy
-from cdcda_fl.data.run_data import list_users
+from cdcda_fl.data.run_data import data_dir_of, list_users
 from cdcda_fl.core.run_config import run_config
 
 from .common import LabError
@@ -88,7 +88,7 @@ def build_devices(cfg: Mapping[str, Any], root: Path, consent: Mapping[str, Path
     unknown = sorted(set(consent) - {d.name for d in devices} - {EVERY_DEVICE})
     if unknown:
         raise LabError(f"--consent names {unknown}, but the devices are node0..node{len(devices) - 1}")
-    source = Path(rc.data_dir) if rc.data_dir else Path(rc.out_dir) / "data"
+    source = data_dir_of(cfg)
     tasks = [t.name for t in parse_task_list(rc.tasks)]
     for device in devices:
         write_user_files(source, device.data_dir, tasks, rc.split, set(device.users))

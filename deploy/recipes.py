@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import adapter_scope
-from cdcda_fl.data.run_data import list_users
+from cdcda_fl.data.run_data import data_dir_of, hosted_count, list_users, user_refs
 from cdcda_fl.server.runs import prepare_run_dir
 
 from .common import DEFAULT_WORK, ROOT, LabError
@@ -65,10 +64,7 @@ def local_simulation(cfg: Mapping[str, Any], *, work: Path | str = DEFAULT_WORK,
     results_path = Path(rc.out_dir) / "results.json"
     if results_path.exists():
         results_path.unlink()  # a stale report must not pass for this run's
-    users = list_users(cfg)
-    # one adapter per person: a simulated node holds whole people (data/run_data.node_share)
-    hosted = len({u.user_id for u in users}) if adapter_scope(cfg) == "user" else len(users)
-    nodes = rc.sim.num_supernodes or hosted
+    nodes = rc.sim.num_supernodes or hosted_count(cfg, user_refs(cfg))
     cfg["min-nodes"] = nodes  # the ServerApp waits for this many nodes (sim.num-supernodes is not a run-config key)
     federation = {"num-supernodes": nodes, "client-resources-num-cpus": max(1, round(rc.sim.client_cpus))}
     if rc.sim.client_gpus:
@@ -120,7 +116,7 @@ def device_nodes(cfg: Mapping[str, Any], data_dir: Path | None = None) -> list[d
     rc = run_config(cfg)
     if data_dir is not None:
         cfg["data-dir"] = str(Path(data_dir).resolve())
-    data = rc.data_dir if rc.data_dir else str(Path(rc.out_dir) / "data")
+    data = str(data_dir_of(cfg))
     ids = sorted({u.user_id for u in list_users(cfg)})
     out = Path(rc.out_dir)
     return [{"data-dir": data, "user-id": uid, "storage-dir": str(out / "devices" / f"node{i}")}

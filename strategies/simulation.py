@@ -21,11 +21,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cdcda_fl.core.config import Scalar, adapter_scope
+from cdcda_fl.core.config import Scalar
 from cdcda_fl.privacy.policy_file import owners_policy_file
 from cdcda_fl.core.progress import log
 from cdcda_fl.core.quiet import private_network_defaults, quiet_libraries
-from cdcda_fl.data.run_data import people_count, user_refs
+from cdcda_fl.data.run_data import hosted_count, user_refs
 from cdcda_fl.server.runs import check_run_data, describe_issues, prepare_run_dir, unknown_consent_users
 from cdcda_fl.core.run_config import run_config
 
@@ -187,9 +187,7 @@ def run_simulation(cfg: dict[str, Scalar]) -> dict[str, Any]:
 
     quiet_libraries()
     per_node = max(1, rc.sim.users_per_node)
-    # one adapter per person: a node holds whole people, so count people, not (task, user) pairs
-    n_hosted = people_count(refs) if adapter_scope(cfg) == "user" else n_users
-    num_nodes = rc.sim.num_supernodes or -(-n_hosted // per_node)
+    num_nodes = rc.sim.num_supernodes or -(-hosted_count(cfg, refs) // per_node)
     cfg["sim.num-supernodes"] = num_nodes
     log(f"simulating {num_nodes} device(s) for {n_users} user(s); run dir {rc.out_dir}")
     # The actors must find this checkout's packages (clients/, strategies/) when run from elsewhere.

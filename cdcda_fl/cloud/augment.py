@@ -32,10 +32,11 @@ from typing import Any
 
 from cdcda_fl.cloud.backends import Generation, LLMBackend, Prompt
 from cdcda_fl.cloud.filters import CrossUserIndex, FilterSettings, RecordFilter, parse_records
-from cdcda_fl.core.config import config_get, default_of, parse_bool
+from cdcda_fl.core.config import default_of
 from cdcda_fl.data.tasks import get_task
 from cdcda_fl.privacy.consent import SharedRecords
 from cdcda_fl.core.progress import Progress
+from cdcda_fl.core.run_config import run_config
 
 PROMPT_STYLES = ("auto", "continuation", "chat")
 
@@ -49,10 +50,6 @@ TASK_NOUNS: dict[str, tuple[str, str]] = {
     "LaMP_7": ("tweets", "tweet"),
 }
 SHORT_FIELDS = frozenset({"title", "tag", "score"})
-
-
-def _as_bool(value: Any) -> bool:
-    return parse_bool(value, ValueError)
 
 
 @dataclass(frozen=True)
@@ -89,25 +86,24 @@ class AugmentConfig:
     def from_config(cls, cfg: Mapping[str, Any]) -> AugmentConfig:
         """The ``synthetic.*`` and ``cloud.*`` keys this step reads; defaults and meanings are in
         :data:`cdcda_fl.core.config.DEFAULTS` (``cdcda run --help-config``). ``seed`` seeds sampling."""
-        def g(key: str) -> Any:
-            return config_get(cfg, key)
-
         try:
+            rc = run_config(cfg)
+            syn, cloud = rc.synthetic, rc.cloud
             return cls(
-                per_user=int(g("synthetic.per-user")),
-                max_rounds=int(g("synthetic.max-rounds")),
-                temperature=float(g("synthetic.temperature")),
-                max_new_tokens=int(g("synthetic.max-new-tokens")),
-                few_shot=int(g("synthetic.few-shot")),
-                seed=int(g("seed")),
-                prompt_style=str(g("cloud.prompt-style")).strip().lower(),
-                batch_size=int(g("cloud.batch-size")),
-                max_prompts_per_round=int(g("synthetic.max-prompts-per-round")),
-                near_dup=float(g("synthetic.near-dup")),
-                embed_filter=_as_bool(g("cloud.embed-filter")),
-                embed_min_sim=float(g("cloud.embed-min-sim")),
-                embed_max_sim=float(g("cloud.embed-max-sim")),
-                label_quota=_as_bool(g("synthetic.label-quota")),
+                per_user=syn.per_user,
+                max_rounds=syn.max_rounds,
+                temperature=syn.temperature,
+                max_new_tokens=syn.max_new_tokens,
+                few_shot=syn.few_shot,
+                seed=rc.seed,
+                prompt_style=cloud.prompt_style.strip().lower(),
+                batch_size=cloud.batch_size,
+                max_prompts_per_round=syn.max_prompts_per_round,
+                near_dup=syn.near_dup,
+                embed_filter=cloud.embed_filter,
+                embed_min_sim=cloud.embed_min_sim,
+                embed_max_sim=cloud.embed_max_sim,
+                label_quota=syn.label_quota,
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad synthetic.*/cloud.* setting: {exc}") from exc

@@ -29,7 +29,7 @@ from typing import Any
 from cdcda_fl.cloud.llm_types import (BackendError, Generation, LLMBackend, Prompt, UsageStats,  # noqa: F401
                                       _TextsFromDetails, apply_stop)
 from cdcda_fl.cloud.openai_backend import LOCAL_BASE_URL, OpenAIBackend
-from cdcda_fl.core.config import carries, parse_bool
+from cdcda_fl.core.config import carries
 from cdcda_fl.core.run_config import run_config
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,6 @@ def _eos_ids(model: Any, tok: Any) -> set[int]:
     return ids
 
 
-def _as_bool(value: Any) -> bool:
-    """Config values may arrive as strings (``--set``, raw dicts): ``"false"`` must not be truthy."""
-    return parse_bool(value, ValueError)
-
-
 # ====================================================================== factory
 def _hf_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
     """``hf``: ``cloud.model``, ``cloud.batch-size``, ``cloud.device``."""
@@ -184,7 +179,7 @@ def _openai_from_config(cfg: Mapping[str, Any], loaded: Any) -> LLMBackend:
         max_retries=rc.cloud.max_retries,
         concurrency=rc.cloud.concurrency,
         prefers_chat=rc.cloud.prompt_style.lower() != "continuation",
-        allow_insecure_http=_as_bool(rc.cloud.allow_insecure_http),
+        allow_insecure_http=rc.cloud.allow_insecure_http,
     )
 
 
@@ -199,7 +194,7 @@ def make_backend(cfg: Mapping[str, Any], *, loaded: Any = None) -> LLMBackend:
     """Build the backend that ``cloud.backend`` names (``hf`` by default) from flat run config
     (the keys each reads: :data:`BACKENDS`' builders). Defaults and meanings:
     :data:`cdcda_fl.core.config.DEFAULTS` (the only place they are set)."""
-    kind = run_config(cfg).cloud.backend.strip().lower()
+    kind = run_config(cfg).cloud.kind
     if kind not in BACKENDS:
         raise BackendError(f"cloud.backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     try:

@@ -141,7 +141,7 @@ def is_reference(backend: str) -> bool:
 def refuse_outside_simulation(cfg: Mapping[str, Any], simulated: bool) -> None:
     """:class:`NotSimulated` (one line, no traceback) when ``cloud.backend`` names a reference
     writer and the devices are not simulated; nothing otherwise."""
-    kind = run_config(cfg).cloud.backend.strip().lower()
+    kind = run_config(cfg).cloud.kind
     if is_reference(kind) and not simulated:
         raise NotSimulated(f"cloud.backend={kind} ({LABELS[kind]}) reads the simulated users' own further "
                            "items, which a real cloud never has: it runs only in Flower's simulation "
@@ -152,5 +152,5 @@ def make_reference_writer(cfg: Mapping[str, Any], *, simulated: bool, data_dir: 
     """The writer ``cloud.backend`` names; refused (one line, no traceback) outside a simulation."""
     rc = run_config(cfg)
     refuse_outside_simulation(cfg, simulated)
-    kind = rc.cloud.backend.strip().lower()
+    kind = rc.cloud.kind
     return ReferenceWriter(kind, AugmentConfig.from_config(cfg), REFERENCE_POOLS[kind](_Items(data_dir, rc.split)))

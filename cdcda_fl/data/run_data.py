@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cdcda_fl.core.config import Scalar
+from cdcda_fl.core.config import Scalar, adapter_scope
 from cdcda_fl.data.index import DataIssue, TaskIndex, UserRef, select_users, task_index
 from cdcda_fl.data.lamp import User
 from cdcda_fl.data.tasks import parse_task_list
@@ -65,6 +65,12 @@ def node_share(refs: Sequence[UserRef], p: int, n: int, scope: str = "task") -> 
 def people_count(refs: Sequence[UserRef]) -> int:
     """Distinct people (user ids) among ``refs``: the devices a ``scope = user`` simulation needs."""
     return len({r.user_id for r in refs})
+
+
+def hosted_count(cfg: Mapping[str, Scalar], refs: Sequence[UserRef]) -> int:
+    """How many units simulated devices host: (task, user) pairs, or under ``train.adapter-scope =
+    user`` people, since a node then holds whole people (:func:`node_share`)."""
+    return people_count(refs) if adapter_scope(cfg) == "user" else len(refs)
 
 
 def load_users(cfg: Mapping[str, Scalar], refs: Sequence[UserRef], root: Path | None = None) -> list[User]:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcda_fl.core.config import parse_bool
 from cdcda_fl.device.lora import DeviceModel
 from cdcda_fl.device.training import LoraTrainConfig, TrainResult
 from cdcda_fl.privacy.dp import DPConfig, DPTrainPlan, few_record_plans
@@ -89,10 +88,6 @@ class PrivateDecision:
 
 
 # ---------------------------------------------------------------------- configuration
-def _flag(value: Any) -> bool:
-    return parse_bool(value, DPSelectError)
-
-
 def candidates_for(cfg: Mapping[str, Any], n_examples: int, step_scale: float = 1.0) -> list[Candidate]:
     """The DP candidates for a user with ``n_examples`` training pairs (``dp.auto``/``dp.candidates``).
 
@@ -104,7 +99,7 @@ def candidates_for(cfg: Mapping[str, Any], n_examples: int, step_scale: float = 
     k = rc.dp.candidates
     if k < 1:
         raise DPSelectError(f"dp.candidates must be >= 1, got {k}")
-    if not _flag(rc.dp.auto):
+    if not rc.dp.auto:
         if k > 1:
             raise DPSelectError("dp.candidates > 1 needs dp.auto = true (the candidates are the automatic plans)")
         return [Candidate("config", base_lora, base_dp, {"name": "config"})]
@@ -253,7 +248,7 @@ def select_public_privately(model: DeviceModel, public_pairs: Sequence[tuple[str
     passes the task metric of the greedy answer; the default is the loss-based
     :func:`record_utilities`).
     """
-    eps = float(run_config(cfg).dp.epsilon or 0.0)
+    eps = run_config(cfg).dp.epsilon
     if eps <= 0:
         raise DPSelectError("dp.selection = private needs dp.epsilon > 0 (the selection's budget)")
     if not public_pairs:
@@ -332,10 +327,10 @@ def train_private(model: DeviceModel, real_pairs: Sequence[tuple[str, str]], syn
     cands = list(candidates) if candidates is not None else candidates_for(cfg, len(train_pairs))
     if not cands:
         raise DPSelectError("train_private: no candidates")
-    margin = float(rc.dp.fallback_margin or 0.0)
+    margin = rc.dp.fallback_margin
     if not 0.0 <= margin < 1.0:
         raise DPSelectError(f"dp.fallback-margin must be in [0, 1), got {margin}")
-    fallback = _flag(rc.dp.fallback)
+    fallback = rc.dp.fallback
     criterion = (f"mean loss on {len(validation)} consented/synthetic validation pair(s) not trained on; "
                  f"an adapter must beat the base by {margin:.1%}")
 

@@ -60,7 +60,7 @@ def requested_models(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
     there failed every round on real devices (found with the lab, issue 31)."""
     rc = run_config(cfg)
     wanted = [("device.model", rc.device.model)]
-    if carries(cfg, "methods") and "cloud" in methods_of(cfg) and rc.cloud.backend.strip().lower() == "hf":
+    if carries(cfg, "methods") and "cloud" in methods_of(cfg) and rc.cloud.kind == "hf":
         wanted.append(("cloud.model", rc.cloud.model))
     return wanted
 

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdcda_fl.core.config import check_dp_selection, parse_bool
+from cdcda_fl.core.config import check_dp_selection
 from cdcda_fl.device.schedule import plan_cdcda
 from cdcda_fl.device.select import SelectConfig
 from cdcda_fl.device.synthetic_gate import GateConfig
@@ -92,9 +92,9 @@ class DPRule:
     def from_run_config(cls, cfg: Mapping[str, Any]) -> DPRule:
         rc = run_config(cfg)
         return cls(selection=check_dp_selection(cfg),
-                   fallback=parse_bool(rc.dp.fallback, what="dp.fallback"),
-                   fallback_margin=float(rc.dp.fallback_margin or 0.0),
-                   public_warmstart=parse_bool(rc.dp.public_warmstart, what="dp.public-warmstart"),
+                   fallback=rc.dp.fallback,
+                   fallback_margin=rc.dp.fallback_margin,
+                   public_warmstart=rc.dp.public_warmstart,
                    validation_fraction=rc.dp.validation_fraction)
 
 

@@ -70,7 +70,7 @@ class LoraTrainConfig:
         """The run's ``train.*`` keys (and ``seed``); ``step_scale`` stretches a step budget (not
         epochs), as personalize's equal-real-exposure does."""
         rc = run_config(cfg)
-        epochs = float(rc.train.epochs or 0.0)
+        epochs = rc.train.epochs
         return cls(
             rank=rc.train.rank, alpha=rc.train.alpha,
             dropout=rc.train.dropout,

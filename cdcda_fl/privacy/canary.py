@@ -191,7 +191,7 @@ def canary_consent(cfg: Mapping[str, Any], user: User, canaries: Sequence[Canary
     """
     unplanted = share_records(user, cfg)
     out = dict(cfg)
-    terms = [t for t in str(run_config(cfg).consent.deny_terms or "").split(",") if t.strip()]
+    terms = [t for t in run_config(cfg).consent.deny_terms.split(",") if t.strip()]
     out["consent.deny-terms"] = ",".join([*terms, *(c.secret for c in canaries)])
     if unplanted.local_ids:
         out["consent.record-ids"] = ",".join(unplanted.local_ids)

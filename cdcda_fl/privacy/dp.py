@@ -72,8 +72,7 @@ class DPConfig:
         """The run's ``dp.*`` keys as an enabled, validated DPConfig: a ``dp.epsilon`` target, else
         ``dp.noise-multiplier``; ``dp.delta`` 0 means 1/n^1.1 for n training examples."""
         rc = run_config(cfg)
-        eps = float(rc.dp.epsilon or 0.0)
-        delta = float(rc.dp.delta or 0.0)
+        eps, delta = rc.dp.epsilon, rc.dp.delta
         dp = cls(enabled=True, target_epsilon=eps if eps > 0 else None,
                  noise_multiplier=None if eps > 0 else rc.dp.noise_multiplier,
                  max_grad_norm=rc.dp.max_grad_norm, delta=delta if delta > 0 else None,

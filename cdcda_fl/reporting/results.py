@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cdcda_fl.core.atomic import atomic_path
-from cdcda_fl.core.config import CLOUD_DATA_METHODS, METHODS, config_get
+from cdcda_fl.core.config import CLOUD_DATA_METHODS, METHODS
 from cdcda_fl.evaluation.metrics import LOWER_IS_BETTER, primary_metric
 from cdcda_fl.evaluation.stats import format_interval
 from cdcda_fl.core.run_config import run_config
@@ -125,17 +125,17 @@ def steps_text(results: Mapping[str, Any], task: str) -> str:
              and r.get("train_steps")}
     if not steps:
         return ""
-    cfg = results.get("config") or {}
-    dp_auto = all(str(config_get(cfg, k)).lower() in {"true", "1"} for k in ("dp.enabled", "dp.auto"))
+    rc = run_config(results.get("config") or {})
+    dp_auto = rc.dp.enabled and rc.dp.auto
     if dp_auto:
         how = ("DP-SGD steps of the few-record plans plus CDCDA's noise-free steps on the cloud's records "
                "(docs/dp.md)")
     else:
         how = ("CDCDA's budget is stretched so real records get as many updates as in local-only training "
-               "(train.equal-real-exposure)" if run_config(cfg).train.equal_real_exposure else "equal step budgets")
+               "(train.equal-real-exposure)" if rc.train.equal_real_exposure else "equal step budgets")
     parts = ", ".join(f"{METHOD_LABELS.get(m, m)} {v:.1f}" for m, v in steps.items())
     if any(m.startswith("fedavg") or m.endswith("fedavg") for m in steps):
-        how += (f"; FedAvg rows: {run_config(cfg).fedavg.rounds} rounds × {run_config(cfg).fedavg.local_steps} local steps "
+        how += (f"; FedAvg rows: {rc.fedavg.rounds} rounds × {rc.fedavg.local_steps} local steps "
                 "on the shared adapter, plus the user's own steps for +local / CDCDA")
     return f"{task} training steps per user: {parts}; {how}."
 

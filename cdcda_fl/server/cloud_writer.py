@@ -20,7 +20,7 @@ from cdcda_fl.privacy.consent import SharedRecords
 from cdcda_fl.core.progress import log
 from cdcda_fl.data.run_data import data_dir_of, user_key
 from cdcda_fl.core.run_config import run_config
-from cdcda_fl.server.writer_cache import call_key, writer_cache
+from cdcda_fl.server.writer_cache import WriterCache, call_key, writer_cache
 
 
 def cloud_accounting(records: list[dict[str, Any]], counts: Mapping[str, Any] | None,
@@ -43,28 +43,30 @@ class CloudWriter:
         cloud = run_config(cfg).cloud
         self.cfg = cfg
         self.label = f"{cloud.backend}:{cloud.model}"
+        self.accounting: dict[str, dict[str, Any]] = {}
         self._augmenter: Any = None
-        # reference writers read the data dir, which no key covers, and cost nothing: never cached
-        self.cache = None if is_reference(cloud.backend) else writer_cache(cfg)
+        # reference writers read the data dir, which no cache key covers, and cost nothing: never cached
+        self.cache: WriterCache | None = None
         if is_reference(cloud.backend):
             self._augmenter = make_reference_writer(cfg, simulated=simulated, data_dir=str(data_dir_of(cfg)))
             self.label = self._augmenter.name
             log(f"cloud: {self.label} writer (simulation only; no language model)")
-        elif self.cache is None:
-            self._load()
-        self.accounting: dict[str, dict[str, Any]] = {}
+            return
+        self.cache = writer_cache(cfg)
+        if self.cache is None:
+            self._load()  # every call needs it: load it now, not inside the first round
+
+    @property
+    def augmenter(self) -> Any:
+        """The writer, an LLM loaded on first need (with a warm cache, possibly never)."""
+        return self._load()
 
     def _load(self) -> Any:
-        """The LLM writer, loaded on first need (with a warm cache, possibly never)."""
         if self._augmenter is None:
             cloud = run_config(self.cfg).cloud
             log(f"cloud: loading {cloud.backend} backend ({cloud.model})")
             self._augmenter = CloudAugmenter(make_backend(self.cfg), AugmentConfig.from_config(self.cfg))
         return self._augmenter
-
-    @property
-    def augmenter(self) -> Any:
-        return self._load()
 
     def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
         by_task: dict[str, list[SharedRecords]] = {}
@@ -93,13 +95,16 @@ class CloudWriter:
     def _write(self, task: str, requests: list[SharedRecords]) -> tuple[dict[str, dict[str, Any]], bool]:
         """Each user's records, counts and error for one call: from the cache when it holds the
         same call (``cloud.cache-dir``), else written now (and stored unless a user got an error)."""
-        key = call_key(self.cfg, self.label, task, requests) if self.cache is not None else ""
-        if self.cache is not None:
-            hit = self.cache.get(task, key)
-            if hit is not None and set(hit) == {str(r.user_id) for r in requests}:
-                return hit, True
-        results = {str(uid): {"records": list(res.records), "counts": dict(res.counts or {}), "error": res.error}
-                   for uid, res in self.augmenter.augment(requests).items()}
-        if self.cache is not None:
-            self.cache.put(task, key, results)
+        if self.cache is None:
+            return self._generate(requests), False
+        key = call_key(self.cfg, self.label, task, requests)
+        hit = self.cache.get(task, key)
+        if hit is not None and set(hit) == {str(r.user_id) for r in requests}:
+            return hit, True
+        results = self._generate(requests)
+        self.cache.put(task, key, results)
         return results, False
+
+    def _generate(self, requests: list[SharedRecords]) -> dict[str, dict[str, Any]]:
+        return {str(uid): {"records": list(res.records), "counts": dict(res.counts or {}), "error": res.error}
+                for uid, res in self.augmenter.augment(requests).items()}

@@ -35,7 +35,7 @@ def check_tasks(cfg: Mapping[str, Scalar]) -> None:
 
 def check_cloud_backend(cfg: Mapping[str, Scalar]) -> str:
     """``cloud.backend``: an LLM backend or a simulation-only reference writer (oracle, noise)."""
-    kind = run_config(cfg).cloud.backend.strip().lower()
+    kind = run_config(cfg).cloud.kind
     known = [*BACKENDS, *REFERENCE_POOLS]
     if kind not in known:
         raise ConfigError(f"cloud.backend must be one of {', '.join(known)}, got {run_config(cfg).cloud.backend!r}")

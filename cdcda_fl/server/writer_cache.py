@@ -52,18 +52,13 @@ class WriterCache:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, task: str, key: str) -> dict[str, dict[str, Any]] | None:
         path = self.root / task / f"{key}.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # absent, or unreadable: write again
-            self.misses += 1
+            return json.loads(path.read_text(encoding="utf-8"))["users"]
+        except (OSError, ValueError, KeyError):  # absent, or unreadable: write again
             return None
-        self.hits += 1
-        return data["users"]
 
     def put(self, task: str, key: str, users: Mapping[str, Mapping[str, Any]]) -> bool:
         """Store a call's results unless one of its users got an error; True if stored."""

@@ -104,7 +104,7 @@ class SweepSpec:
         """The share fraction the utility-vs-ε plot is drawn at."""
         if self.reference_share is not None:
             return self.reference_share
-        base = float(run_config(self.config).consent.share_fraction)
+        base = run_config(self.config).consent.share_fraction
         return base if base in self.share_fractions else max(self.share_fractions)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,15 @@ def dp_training_data(spec: TaskSpec, user: User, synthetic: Sequence[Mapping[str
       dropped by the user's private label set: a weight or a record chosen from non-shared
       records would change with one of them, which the DP-SGD sensitivity bound does not allow.
     """
-    rc = run_config(cfg)
     from cdcda_fl.device.dp_select import holdout_split
 
+    rc = run_config(cfg)
     real_pairs = spec.profile_to_pairs(user.profile)
     records = [dict(r) for r in synthetic]
     trains_on_cloud = method_entry(method).uses_cloud_data
     if trains_on_cloud and records:
         fraction = rc.dp.validation_fraction
-        train_recs, _, val_recs = holdout_split(records, None, fraction, seed=f"{run_config(cfg).seed}:{user.user_id}")
+        train_recs, _, val_recs = holdout_split(records, None, fraction, seed=f"{rc.seed}:{user.user_id}")
     elif trains_on_cloud:
         train_recs, val_recs = [], []
     else:
@@ -108,7 +108,7 @@ class Private(Method):
         """The DP form of ``method`` (a trained method's :meth:`Method.private`), its ``dp.*`` rule read once."""
         rc = run_config(cfg)
         return cls(method, method_entry(method).uses_cloud_data, DPRule.from_run_config(cfg),
-                   float(rc.dp.epsilon or 0.0))
+                   rc.dp.epsilon)
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -216,7 +216,7 @@ def task_dp_data(run: UserRun, method: str) -> DPData:
 
     def private_records() -> tuple[frozenset[str], Pairs]:
         shared = _shared_of(run)
-        return shared, spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared])
+        return shared, _unshared_pairs(spec, user, shared)
 
     return DPData(spec.name, real, synth, weights, validation, private_records,
                   lambda m, pairs: metric_utilities(m, spec, pairs), f"the greedy answer's {primary_metric(spec)} in [0, 1]")
@@ -256,7 +256,7 @@ def person_dp_data(run: UserRun, method: str) -> DPData:
             sibling = siblings.get(user.task)
             own = _shared_of(sibling) if sibling is not None else _library_shared_ids(user, run.cfg)
             shared |= {f"{user.task}:{i}" for i in own}  # record ids are per task
-            private += get_task(user.task).profile_to_pairs([rec for rec in user.profile if str(rec["id"]) not in own])
+            private += _unshared_pairs(get_task(user.task), user, own)
         return frozenset(shared), private
 
     def utilities(model: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -269,6 +269,11 @@ def person_dp_data(run: UserRun, method: str) -> DPData:
 
     return DPData("person", real, synth, weights, validation, private_records, utilities,
                   "the greedy answer's task metric in [0, 1] (each record its own task's)")
+
+
+def _unshared_pairs(spec: TaskSpec, user: User, shared: Collection[str]) -> Pairs:
+    """The pairs of the user's records the device did not share (what private selection spends ε on)."""
+    return spec.profile_to_pairs([r for r in user.profile if str(r["id"]) not in shared])
 
 
 def _shared_of(run: UserRun) -> frozenset[str]:
