@@ -50,6 +50,13 @@ TASK_NOUNS: dict[str, tuple[str, str]] = {
     "LaMP_7": ("tweets", "tweet"),
 }
 SHORT_FIELDS = frozenset({"title", "tag", "score"})
+#: The field of a task's profile items that the person wrote themselves: what the writer of the
+#: person's *other* tasks is shown under ``synthetic.person-context``. LaMP-2 has none (the
+#: descriptions are the studio's, the tag is a choice from a list).
+PERSON_WRITING: dict[str, str] = {"LaMP_1": "title", "LaMP_3": "text", "LaMP_4": "title", "LaMP_5": "title",
+                                  "LaMP_7": "text"}
+#: Words of one context line at most (a review or an abstract-length text is cut, not dropped).
+CONTEXT_WORDS = 24
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class AugmentConfig:
     embed_min_sim: float = float(default_of("cloud.embed-min-sim"))
     embed_max_sim: float = float(default_of("cloud.embed-max-sim"))
     label_quota: bool = bool(default_of("synthetic.label-quota"))
+    person_context: int = int(default_of("synthetic.person-context"))
 
     def __post_init__(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:
@@ -79,6 +87,8 @@ class AugmentConfig:
                 "synthetic.per-user must be >= 0 and synthetic.max-rounds, synthetic.max-new-tokens, "
                 f"synthetic.few-shot, cloud.batch-size >= 1 (got {self})"
             )
+        if self.person_context < 0:
+            raise ValueError(f"synthetic.person-context must be >= 0, got {self.person_context}")
         if not 0 < self.near_dup <= 1:
             raise ValueError(f"synthetic.near-dup must be in (0, 1], got {self.near_dup}")
 
@@ -104,6 +114,7 @@ class AugmentConfig:
                 embed_min_sim=cloud.embed_min_sim,
                 embed_max_sim=cloud.embed_max_sim,
                 label_quota=syn.label_quota,
+                person_context=syn.person_context,
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad synthetic.*/cloud.* setting: {exc}") from exc
@@ -164,11 +175,30 @@ def _shorten(value: str, max_words: int) -> str:
     return text[: cut + 1] if cut > len(text) // 2 else text.rstrip(",;:") + "."
 
 
-class TaskPrompter:
-    """Builds one user's prompts for one task: field order, examples, label conditioning."""
+def person_writing(others: Sequence[SharedRecords]) -> list[str]:
+    """What one person wrote in their *other* tasks' shared records (:data:`PERSON_WRITING`), in
+    task order: the lines a prompt may show under ``synthetic.person-context``.
 
-    def __init__(self, task: Any, shared: SharedRecords, cfg: AugmentConfig, style: str) -> None:
+    Why only this field: it is the person's own text (titles they gave, tweets, reviews), where
+    their vocabulary shows; the inputs of those tasks (abstracts, articles) are not theirs.
+    """
+    lines: list[str] = []
+    for other in sorted(others, key=lambda s: s.task):
+        name = PERSON_WRITING.get(other.task)
+        if name is None or name not in other.fields:
+            continue
+        lines.extend(_shorten(str(r[name]), CONTEXT_WORDS) for r in other.records if str(r.get(name, "")).strip())
+    return lines
+
+
+class TaskPrompter:
+    """Builds one user's prompts for one task: field order, examples, label conditioning, and
+    (``synthetic.person-context``) a few lines the same person wrote in their other tasks."""
+
+    def __init__(self, task: Any, shared: SharedRecords, cfg: AugmentConfig, style: str,
+                 context: Sequence[str] = ()) -> None:
         self.task = task
+        self.context = list(context) if cfg.person_context > 0 else []
         self.shared = shared
         self.cfg = cfg
         self.style = style
@@ -204,17 +234,28 @@ class TaskPrompter:
         self.rng.shuffle(shots)
         return shots
 
+    def _context_lines(self) -> list[str]:
+        """Up to ``person_context`` of the person's other-task lines for one prompt (none when off,
+        so the random stream, and every prompt, stay what they were without the setting)."""
+        if not self.context:
+            return []
+        return self.rng.sample(self.context, min(self.cfg.person_context, len(self.context)))
+
     def job(self) -> PromptJob:
         target = self.rng.choice(self.labels) if self.labels else None
         body = "\n\n".join(self.render(s) for s in self._shots(target))
+        context = self._context_lines()
         if self.style == "continuation":
             first_free = next(f for f in self.fields if f != self.label_field)
             prefix = (f"{self.label_field}: {target}\n" if target is not None else "") + f"{first_free}:"
-            return PromptJob(self.shared.user_id, Prompt.continuation(f"{body}\n\n{prefix}"), prefix, target)
+            head = f"Also written by this person: {' | '.join(context)}\n\n" if context else ""
+            return PromptJob(self.shared.user_id, Prompt.continuation(f"{head}{body}\n\n{prefix}"), prefix, target)
         plural, single = TASK_NOUNS.get(self.task.name, ("records", "record"))
         want = f" Every new {single} must have `{self.label_field}: {target}`." if target is not None else ""
+        elsewhere = ("This user also wrote, elsewhere (use their words and style, not these topics):\n"
+                     + "\n".join(f"- {line}" for line in context) + "\n\n") if context else ""
         user = (
-            f"Here are {plural} from one user:\n\n{body}\n\n"
+            f"{elsewhere}Here are {plural} from one user:\n\n{body}\n\n"
             f"Write 3 new {single}s in the same style and exact format: one `name: value` line per field "
             f"({', '.join(self.fields)}), a blank line between records, nothing else. Do not copy the examples.{want}"
         )
@@ -260,8 +301,14 @@ class CloudAugmenter:
         self.style = style
 
     # ------------------------------------------------------------------ public
-    def augment(self, requests: Sequence[SharedRecords]) -> dict[str, AugmentResult]:
-        """One result per requesting user (call once per task when users share several tasks)."""
+    def augment(self, requests: Sequence[SharedRecords],
+                context: Mapping[str, Sequence[str]] | None = None) -> dict[str, AugmentResult]:
+        """One result per requesting user (call once per task when users share several tasks).
+
+        ``context``: per user id, lines that user wrote in their other tasks (:func:`person_writing`
+        of their own other requests), shown in their prompts when ``synthetic.person-context`` > 0.
+        A user's prompts only ever read their own entry.
+        """
         users = [str(r.user_id) for r in requests]
         dupes = sorted(u for u, c in Counter(users).items() if c > 1)
         if dupes:
@@ -278,7 +325,7 @@ class CloudAugmenter:
             if self.audit is not None:
                 self.audit.record(req, destination=getattr(self.backend, "name", type(self.backend).__name__))
             task = get_task(req.task)
-            prompter = TaskPrompter(task, req, self.cfg, self.style)
+            prompter = TaskPrompter(task, req, self.cfg, self.style, (context or {}).get(uid, ()))
             if not prompter.records or not any(f != prompter.label_field for f in prompter.fields):
                 results[uid] = AugmentResult(uid, req.task, counts={"no_usable_fields": 1})
                 continue

@@ -163,6 +163,9 @@ DEFAULTS: dict[str, tuple[Scalar, str]] = {
     "synthetic.max-prompts-per-round": (32, "prompts per user per generation round at most"),
     "synthetic.near-dup": (0.7, "token-set Jaccard above which a record is a near duplicate"),
     "synthetic.label-quota": (True, "spread target labels over the user's own label distribution"),
+    "synthetic.person-context": (0, "with train.adapter-scope=user: how many of the person's shared records of their "
+                                    "other tasks each prompt shows as their writing (one request per person; never "
+                                    "another user's records); 0 = each task alone"),
     # ------------------------------------------------------------------ orchestration
     "rounds": (1, "rounds; each round personalizes a fraction of the users not yet finished"),
     "fraction": (1.0, "fraction of unfinished users selected per round"),

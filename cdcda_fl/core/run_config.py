@@ -212,6 +212,7 @@ class SyntheticKeys(_Section):
     max_prompts_per_round = Key(int)
     near_dup = Key(float)
     label_quota = Key(bool)
+    person_context = Key(int)
 
 
 class SimKeys(_Section):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter
+from cdcda_fl.cloud.augment import AugmentConfig, CloudAugmenter, person_writing
 from cdcda_fl.cloud.backends import make_backend
 from cdcda_fl.cloud.reference_writers import is_reference, make_reference_writer
 from cdcda_fl.core.config import Scalar
@@ -69,6 +69,7 @@ class CloudWriter:
         return self._augmenter
 
     def run(self, shared: Iterable[SharedRecords]) -> dict[str, list[dict[str, Any]]]:
+        shared = list(shared)
         by_task: dict[str, list[SharedRecords]] = {}
         for s in shared:
             by_task.setdefault(s.task, []).append(s)
@@ -78,7 +79,7 @@ class CloudWriter:
         for task, requests in sorted(by_task.items()):
             requests = sorted(requests, key=lambda r: r.user_id)
             started = time.perf_counter()
-            results, cached = self._write(task, requests)
+            results, cached = self._write(task, requests, self._context(task, requests, shared))
             accepted = 0
             for uid, res in results.items():
                 out[user_key(task, uid)] = list(res["records"])
@@ -92,19 +93,39 @@ class CloudWriter:
                 f"in {time.perf_counter() - started:.1f}s{' (from the writer cache)' if cached else ''}")
         return out
 
-    def _write(self, task: str, requests: list[SharedRecords]) -> tuple[dict[str, dict[str, Any]], bool]:
+    def _context(self, task: str, requests: list[SharedRecords],
+                 shared: list[SharedRecords]) -> dict[str, list[str]]:
+        """Per user of this task's call, what they wrote in their *other* tasks' shares of the same
+        chunk (one request per person, issue 32.3), when ``synthetic.person-context`` > 0.
+
+        Only a user's own shares feed their entry: the grouping key is the user id, which under
+        ``train.adapter-scope = user`` names one person (the setting is refused under task scope).
+        Reference writers (oracle, noise) read no prompt, so they get none.
+        """
+        if run_config(self.cfg).synthetic.person_context <= 0 or is_reference(run_config(self.cfg).cloud.backend):
+            return {}
+        users = {str(r.user_id) for r in requests}
+        others: dict[str, list[SharedRecords]] = {}
+        for s in shared:
+            if s.task != task and str(s.user_id) in users:
+                others.setdefault(str(s.user_id), []).append(s)
+        return {uid: lines for uid, own in others.items() if (lines := person_writing(own))}
+
+    def _write(self, task: str, requests: list[SharedRecords],
+               context: dict[str, list[str]]) -> tuple[dict[str, dict[str, Any]], bool]:
         """Each user's records, counts and error for one call: from the cache when it holds the
         same call (``cloud.cache-dir``), else written now (and stored unless a user got an error)."""
         if self.cache is None:
-            return self._generate(requests), False
-        key = call_key(self.cfg, self.label, task, requests)
+            return self._generate(requests, context), False
+        key = call_key(self.cfg, self.label, task, requests, context)
         hit = self.cache.get(task, key)
         if hit is not None and set(hit) == {str(r.user_id) for r in requests}:
             return hit, True
-        results = self._generate(requests)
+        results = self._generate(requests, context)
         self.cache.put(task, key, results)
         return results, False
 
-    def _generate(self, requests: list[SharedRecords]) -> dict[str, dict[str, Any]]:
+    def _generate(self, requests: list[SharedRecords], context: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+        written = self.augmenter.augment(requests, context=context) if context else self.augmenter.augment(requests)
         return {str(uid): {"records": list(res.records), "counts": dict(res.counts or {}), "error": res.error}
-                for uid, res in self.augmenter.augment(requests).items()}
+                for uid, res in written.items()}

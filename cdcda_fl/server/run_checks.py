@@ -56,8 +56,18 @@ def check_federated(cfg: Mapping[str, Scalar]) -> None:
 
 
 def check_adapter_scope(cfg: Mapping[str, Scalar]) -> None:
-    """``train.adapter-scope``: a known scope, and ``user`` only where it is built (issue 32)."""
+    """``train.adapter-scope``: a known scope, and ``user`` only where it is built (issue 32).
+
+    ``synthetic.person-context`` needs scope ``user``: only there does a user id name one person
+    across tasks (the single-task personas reuse ids for strangers, whose records must not meet).
+    """
+    context = run_config(cfg).synthetic.person_context
+    if context < 0:
+        raise ConfigError(f"synthetic.person-context must be >= 0, got {context}")
     if adapter_scope(cfg) != "user":
+        if context > 0:
+            raise ConfigError("synthetic.person-context needs train.adapter-scope=user (only there does a user id "
+                              "name one person across tasks)")
         return
     federated = federated_methods(cfg)
     if federated:

@@ -35,8 +35,13 @@ _NOT_IN_KEY = frozenset({"cloud.cache-dir", "cloud.timeout", "cloud.max-retries"
 FORMAT = 1  # bump when the stored form changes
 
 
-def call_key(cfg: Mapping[str, Any], writer: str, task: str, requests: Sequence[SharedRecords]) -> str:
-    """The cache key of one ``augment`` call (see the module docstring for what it covers)."""
+def call_key(cfg: Mapping[str, Any], writer: str, task: str, requests: Sequence[SharedRecords],
+             context: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The cache key of one ``augment`` call (see the module docstring for what it covers).
+
+    ``context`` (``synthetic.person-context``: each user's lines from their other tasks) is part
+    of the prompt, so of the key.
+    """
     settings = {k: v for k, v in {**config_section(cfg, "cloud."), **config_section(cfg, "synthetic.")}.items()
                 if k not in _NOT_IN_KEY}
     shared = [{"user": r.user_id, "fields": list(r.fields),
@@ -44,6 +49,8 @@ def call_key(cfg: Mapping[str, Any], writer: str, task: str, requests: Sequence[
               for r in sorted(requests, key=lambda r: r.user_id)]
     body = {"format": FORMAT, "writer": writer, "settings": settings, "seed": run_config(cfg).seed,
             "task": task, "shared": shared}
+    if context:
+        body["context"] = {str(u): list(lines) for u, lines in sorted(context.items())}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
