@@ -216,3 +216,62 @@ def test_device_runtime_llamacpp_in_personalize_agrees_with_torch(smollm2_base_g
         assert agree >= len(t) - 1, (method, t, c)
     assert sum(p == "sci-fi" for p in cpp_res["methods"]["local"]["predictions"].values()) >= 2
     assert not list(tmp_path.glob(".gguf-*"))
+
+
+@pytest.mark.slow  # trains SmolLM2 once on two tasks (2 x 16 steps), answers 3 + 3 queries in both runtimes
+@pytest.mark.usefixtures("one_thread")
+def test_one_person_adapter_answers_every_task_on_llamacpp(smollm2_base_gguf: Path, tmp_path: Path, capsys) -> None:
+    """Issue 32, `train.adapter-scope = user` on llama.cpp: the person's one adapter (one folder, one
+    GGUF LoRA) answers LaMP-2 and LaMP-5 each in its own format, as PyTorch does."""
+    _llama_cpp()
+    from cdcda_fl.cli import main
+    from cdcda_fl.core.config import load_config
+    from cdcda_fl.data.lamp import Query, User
+    from cdcda_fl.data.tasks import LAMP5_TEMPLATE
+    from cdcda_fl.device.personalize import personalize_users
+    from cdcda_fl.edge.llamacpp import answer_llamacpp
+
+    movie = ("Which tag does this movie relate to among the following tags? Just answer with the tag name "
+             "without further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, "
+             "dark comedy, classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, "
+             "true story] description: ")
+    movies = [{"id": f"m{i}", "description": q.split("? ", 1)[1], "tag": "sci-fi"} for i, (q, _) in
+              enumerate(USER_A + USER_B)]
+    topics = ["graph neural networks", "malware detection", "protein folding", "image denoising",
+              "speech recognition", "robot grasping", "query optimization", "code search"]
+    papers = [{"id": f"p{i}", "abstract": f"We propose a new method for {t}. It is accurate and fast on benchmarks.",
+               "title": f"Mochi: fast {t}"} for i, t in enumerate(topics)]
+    probes = ["sparse matrix kernels", "weather forecasting", "music transcription"]
+    lamp2 = User(user_id="p1", task="LaMP_2", profile=movies,
+                 queries=[Query(id=f"q2-{i}", input=movie + p.split("? ", 1)[1], gold="sci-fi")
+                          for i, p in enumerate(PROBES)])
+    lamp5 = User(user_id="p1", task="LaMP_5", profile=papers,
+                 queries=[Query(id=f"q5-{i}", input=LAMP5_TEMPLATE.format(
+                     abstract=f"We propose a new method for {t}. It is accurate and fast on benchmarks."),
+                     gold=f"Mochi: fast {t}") for i, t in enumerate(probes)])
+    people = {"p1": [lamp2, lamp5]}
+    jobs = [(lamp2, []), (lamp5, [])]
+    sets = ["methods=base,local", "device.model=smollm2-135m", "device.dtype=fp32", "train.steps=16",
+            "train.lr=3e-3", "train.adapter-scope=user"]
+    torch_res = personalize_users(jobs, load_config(None, sets), storage_dir=tmp_path, people=people)
+    cpp_res = personalize_users(jobs, load_config(None, sets + ["device.runtime=llamacpp"]), storage_dir=tmp_path,
+                                people=people)
+    assert not [o for o in torch_res + cpp_res if isinstance(o, Exception)], (torch_res, cpp_res)
+    folders = [p for p in (tmp_path / "adapters").glob("*/p1") if p.is_dir()]
+    assert len(folders) == 1 and folders[0].parent.name.startswith("person-local-"), folders  # one adapter, both tasks
+    for t, c in zip(torch_res, cpp_res):
+        assert c["methods"]["local"]["train"]["reused"] is True  # the very adapter PyTorch answered with
+        for method in ("base", "local"):
+            tp, cp = t["methods"][method]["predictions"], c["methods"][method]["predictions"]
+            assert sum(tp[q] == cp[q] for q in tp) >= len(tp) - 1, (method, tp, cp)
+    tags, titles = (list(c["methods"]["local"]["predictions"].values()) for c in cpp_res)
+    assert sum(p == "sci-fi" for p in tags) >= 2, tags  # LaMP-2 answers are tags ...
+    assert sum("mochi" in p.lower() for p in titles) >= 2, titles  # ... and LaMP-5 answers are the person's titles
+
+    # What a user copies to a board: the one exported GGUF LoRA, which answers both tasks' prompts.
+    gguf = tmp_path / "p1.gguf"
+    assert main(["export", str(folders[0]), "--out", str(gguf)]) == 0
+    capsys.readouterr()
+    both = [q.input for q in lamp2.queries + lamp5.queries]
+    answers = answer_llamacpp(smollm2_base_gguf, gguf, both, max_new_tokens=24, n_threads=1)
+    assert sum("sci-fi" in a.lower() for a in answers[:3]) >= 2 and sum("mochi" in a.lower() for a in answers[3:]) >= 2, answers
