@@ -57,11 +57,20 @@ def clean_body(body: str, max_words: int) -> str:
     return " ".join(words[:max_words]).strip()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_source_args(ap: argparse.ArgumentParser) -> None:
+    """The repository, output and commit-filter flags every git testbed generator takes."""
     ap.add_argument("--repo", type=Path, required=True, help="a git directory (bare or .git)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--since", default="2023-01-01")
+    ap.add_argument("--min-words", type=int, default=25, help="commits whose body has fewer words are skipped")
+    ap.add_argument("--max-words", type=int, default=120, help="bodies are cut to this many words")
+    ap.add_argument("--exclude", default="Junio C Hamano", help="comma-separated authors to leave out (the maintainer's "
+                    "many one-line release commits dominate otherwise)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_source_args(ap)
     ap.add_argument("--users", type=int, default=12)
     ap.add_argument("--profile", type=int, default=6, help="profile items per user (sparse, as the method targets)")
     ap.add_argument("--queries", type=int, default=6)
@@ -69,10 +78,6 @@ def main() -> None:
                     "(overrides --profile), e.g. 4,8,16,32")
     ap.add_argument("--oracle-items", type=int, default=16, help="further commits per author for the oracle writer "
                     "(0 = no dev_oracle.json)")
-    ap.add_argument("--min-words", type=int, default=25)
-    ap.add_argument("--max-words", type=int, default=120)
-    ap.add_argument("--exclude", default="Junio C Hamano", help="comma-separated authors to leave out (the maintainer's "
-                    "many one-line release commits dominate otherwise)")
     args = ap.parse_args()
     excluded = {a.strip() for a in args.exclude.split(",") if a.strip()}
     by_author: dict[str, list[tuple[str, str, str]]] = defaultdict(list)

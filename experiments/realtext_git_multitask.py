@@ -35,7 +35,7 @@ from cdcda_fl.data.lamp import write_outputs, write_questions
 from cdcda_fl.data.tasks import LAMP4_TEMPLATE, LAMP7_TEMPLATE, neutralize_tweet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the single-task generator beside this script
-from realtext_git import clean_body, commits  # noqa: E402
+from realtext_git import add_source_args, clean_body, commits  # noqa: E402
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"(])")
 
@@ -49,16 +49,11 @@ def opening_sentence(body: str, min_words: int = 8, max_words: int = 40) -> str 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repo", type=Path, required=True, help="a git directory (bare or .git)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--since", default="2023-01-01")
+    add_source_args(ap)
     ap.add_argument("--users", type=int, default=16)
     ap.add_argument("--rich", type=int, default=16, help="profile items of each author's rich task")
     ap.add_argument("--sparse", type=int, default=4, help="profile items of each author's sparse task")
     ap.add_argument("--queries", type=int, default=6, help="held-out queries per author and task")
-    ap.add_argument("--min-words", type=int, default=25)
-    ap.add_argument("--max-words", type=int, default=120)
-    ap.add_argument("--exclude", default="Junio C Hamano", help="authors to leave out (comma-separated)")
     args = ap.parse_args(argv)
     excluded = {a.strip() for a in args.exclude.split(",") if a.strip()}
     by_author: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)

@@ -190,6 +190,32 @@ def test_cdcda_trains_one_adapter_per_person_on_every_tasks_passed_records(tiny_
     assert [o["n_synthetic_used"] for o in outcomes] == [3, 2]
 
 
+@pytest.mark.parametrize("gate", ["holdout", "crossfit"])
+def test_each_tasks_own_check_decides_for_the_persons_cdcda_adapter(tiny_model, tmp_path: Path, gate: str) -> None:
+    """The device's checks under scope user: every task gets its own decision from its own check
+    (holdout or crossfit, task-scope fold adapters); the person has at most one CDCDA adapter; a
+    task answers with it only if some task's records passed, else with local or base."""
+    from cdcda_fl.device.personalize import personalize_users
+
+    people = {"a": [_lamp2("a", 8, 0), _lamp5("a", 8)]}
+    jobs = [(u, _records(u, 4)) for u in people["a"]]
+    cfg = load_config(None, ["methods=base,local,cdcda", "device.model=tiny-random", "train.steps=2",
+                             "train.batch-size=2", "eval.batch-size=4", "train.adapter-scope=user",
+                             f"train.synthetic-gate={gate}"])
+    outcomes = personalize_users(jobs, cfg, storage_dir=tmp_path, device_model=tiny_model, people=people)
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    decisions = [o["methods"]["cdcda"]["decision"] for o in outcomes]
+    assert all(d.get("answer_with") in {"cdcda", "local", "base"} for d in decisions), decisions
+    assert all(gate in str(d["rule"]) for d in decisions), decisions  # each task's own check ran
+    assert len(list((tmp_path / "adapters").glob("person-cdcda-*/a"))) <= 1
+    for o, d in zip(outcomes, decisions):
+        preds = o["methods"]["cdcda"]["predictions"]
+        if d["answer_with"] == "local":
+            assert preds == o["methods"]["local"]["predictions"]
+        if d["answer_with"] == "base":
+            assert preds == o["methods"]["base"]["predictions"]
+
+
 def test_a_run_can_write_multitask_personas_itself(tmp_path: Path) -> None:
     """``personas.multitask = true``: the run's own personas are one person per id across tasks
     (the multitask experiment needs no separate data step)."""

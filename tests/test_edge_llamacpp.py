@@ -26,6 +26,18 @@ PROBES = [
 ]
 
 
+MOVIE_PROMPT = ("Which tag does this movie relate to among the following tags? Just answer with the tag name "
+                "without further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, "
+                "dark comedy, classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, "
+                "true story] description: ")
+
+
+def sci_fi_movies() -> list[dict[str, str]]:
+    """A LaMP-2 profile: the fixtures' movie descriptions, every one tagged sci-fi."""
+    return [{"id": f"p{i}", "description": q.split("? ", 1)[1], "tag": "sci-fi"} for i, (q, _) in
+            enumerate(USER_A + USER_B)]
+
+
 def _llama_cpp():
     return pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (optional extra: pip install '.[edge]', docs/edge.md)"
@@ -196,12 +208,8 @@ def test_device_runtime_llamacpp_in_personalize_agrees_with_torch(smollm2_base_g
     from cdcda_fl.data.lamp import Query, User
     from cdcda_fl.device.personalize import personalize_user
 
-    prefix = ("Which tag does this movie relate to among the following tags? Just answer with the tag name "
-              "without further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, "
-              "dark comedy, classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, "
-              "true story] description: ")
-    profile = [{"id": f"p{i}", "description": q.split("? ", 1)[1], "tag": "sci-fi"} for i, (q, _) in
-               enumerate(USER_A + USER_B)]
+    prefix = MOVIE_PROMPT
+    profile = sci_fi_movies()
     queries = [Query(id=f"q{i}", input=prefix + p.split("? ", 1)[1], gold="sci-fi") for i, p in enumerate(PROBES)]
     user = User(user_id="u-cpp", task="LaMP_2", profile=profile, queries=queries)
     sets = ["methods=base,local", "device.model=smollm2-135m", "device.dtype=fp32", "train.steps=24",
@@ -231,12 +239,8 @@ def test_one_person_adapter_answers_every_task_on_llamacpp(smollm2_base_gguf: Pa
     from cdcda_fl.device.personalize import personalize_users
     from cdcda_fl.edge.llamacpp import answer_llamacpp
 
-    movie = ("Which tag does this movie relate to among the following tags? Just answer with the tag name "
-             "without further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, "
-             "dark comedy, classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, "
-             "true story] description: ")
-    movies = [{"id": f"m{i}", "description": q.split("? ", 1)[1], "tag": "sci-fi"} for i, (q, _) in
-              enumerate(USER_A + USER_B)]
+    movie = MOVIE_PROMPT
+    movies = sci_fi_movies()
     topics = ["graph neural networks", "malware detection", "protein folding", "image denoising",
               "speech recognition", "robot grasping", "query optimization", "code search"]
     papers = [{"id": f"p{i}", "abstract": f"We propose a new method for {t}. It is accurate and fast on benchmarks.",
