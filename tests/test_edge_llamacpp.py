@@ -265,12 +265,17 @@ def test_one_person_adapter_answers_every_task_on_llamacpp(smollm2_base_gguf: Pa
     assert len(folders) == 1 and folders[0].parent.name.startswith("person-local-"), folders  # one adapter, both tasks
     for t, c in zip(torch_res, cpp_res):
         assert c["methods"]["local"]["train"]["reused"] is True  # the very adapter PyTorch answered with
-        for method in ("base", "local"):
-            tp, cp = t["methods"][method]["predictions"], c["methods"][method]["predictions"]
-            assert sum(tp[q] == cp[q] for q in tp) >= len(tp) - 1, (method, tp, cp)
-    tags, titles = (list(c["methods"]["local"]["predictions"].values()) for c in cpp_res)
+    for method in ("base", "local"):  # tags: greedy llama.cpp (Q4_1) == greedy PyTorch but for one
+        tp, cp = torch_res[0]["methods"][method]["predictions"], cpp_res[0]["methods"][method]["predictions"]
+        assert sum(tp[q] == cp[q] for q in tp) >= len(tp) - 1, (method, tp, cp)
+    tags = list(cpp_res[0]["methods"]["local"]["predictions"].values())
     assert sum(p == "sci-fi" for p in tags) >= 2, tags  # LaMP-2 answers are tags ...
-    assert sum("mochi" in p.lower() for p in titles) >= 2, titles  # ... and LaMP-5 answers are the person's titles
+    # ... and LaMP-5 answers are titles in the person's style, in both runtimes (24 free tokens of a
+    # quantized and an fp32 model drift apart, so the check is the adapter's word, not equality)
+    for res in (torch_res[1], cpp_res[1]):
+        titles = list(res["methods"]["local"]["predictions"].values())
+        assert sum("mochi" in p.lower() for p in titles) >= 2, titles
+        assert not any("mochi" in p.lower() for p in res["methods"]["base"]["predictions"].values())
 
     # What a user copies to a board: the one exported GGUF LoRA, which answers both tasks' prompts.
     gguf = tmp_path / "p1.gguf"
