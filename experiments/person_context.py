@@ -12,7 +12,7 @@ own shared records (what a faithful writer would reach), the records accepted pe
 how many accepted records copy a context line (Jaccard of word sets >= 0.7: copying, not style).
 
     HF_HUB_OFFLINE=1 .venv/bin/python experiments/person_context.py --data-dir runs/multitask-task/data \
-        --users 24 --context 0,3 --json docs/results/person_context.json
+        --users 24 --context 0,3 --json docs/results/measurements/person_context.json
 
 A measurement, not a test: the bundled SmolLM2 writes about 2 records per second on 2 cores.
 """
