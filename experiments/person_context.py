@@ -32,9 +32,8 @@ from cdcda_fl.core.atomic import write_json_atomic
 from cdcda_fl.core.config import resolve
 from cdcda_fl.data.lamp import load_task_users
 from cdcda_fl.data.multitask_personas import draw_person
-from cdcda_fl.data.tasks import get_task
 from cdcda_fl.evaluation.stats import format_interval, mean_ci, paired_diff_ci, win_tie_loss
-from cdcda_fl.privacy.consent import ConsentPolicy, SharedRecords
+from cdcda_fl.privacy.consent import SharedRecords, share_records
 
 WORD = re.compile(r"[a-z0-9]+")
 
@@ -59,9 +58,8 @@ def shares_of(cfg: dict[str, Any], data_dir: str, tasks: Sequence[str], users: i
     """Per task, per person: what their device shares under the run's consent settings."""
     out: dict[str, dict[str, SharedRecords]] = {}
     for task in tasks:
-        spec = get_task(task)
         loaded = sorted(load_task_users(data_dir, task, split), key=lambda u: u.user_id)[:users]
-        out[task] = {u.user_id: ConsentPolicy.from_config(cfg, u.user_id).apply(spec, u.user_id, u.profile) for u in loaded}
+        out[task] = {u.user_id: share_records(u, cfg) for u in loaded}
     return out
 
 

@@ -272,7 +272,7 @@ def test_cloud_writer_keeps_the_augmenters_counts_and_errors_per_user() -> None:
     from cdcda_fl.privacy.consent import SharedRecords
 
     class FakeAugmenter:
-        def augment(self, requests):
+        def augment(self, requests, context=None):
             return {r.user_id: (AugmentResult(r.user_id, r.task, [], {"accepted": 0, "generations": 2}, "TimeoutError: x")
                                 if r.user_id == "b" else
                                 AugmentResult(r.user_id, r.task, [{"id": "s0", "tag": "comedy", "description": "d"}],

@@ -18,7 +18,7 @@ class CountingAugmenter:
         self.calls = 0
         self.fail = fail
 
-    def augment(self, requests):
+    def augment(self, requests, context=None):
         self.calls += 1
         return {r.user_id: AugmentResult(r.user_id, r.task, [] if r.user_id in self.fail else
                                          [{"id": "s0", "tag": r.records[0]["tag"], "description": f"call {self.calls}"}],

@@ -63,8 +63,10 @@ class ReferenceWriter:
     def name(self) -> str:
         return LABELS[self.kind]
 
-    def augment(self, requests: Sequence[SharedRecords]) -> dict[str, AugmentResult]:
-        """One result per requesting user, like :meth:`CloudAugmenter.augment`."""
+    def augment(self, requests: Sequence[SharedRecords],
+                context: Mapping[str, Sequence[str]] | None = None) -> dict[str, AugmentResult]:
+        """One result per requesting user, like :meth:`CloudAugmenter.augment`. ``context`` (the
+        person's other-task lines) is accepted and unused: a reference writer reads no prompt."""
         settings = FilterSettings(self.cfg.near_dup, self.cfg.embed_filter, self.cfg.embed_min_sim, self.cfg.embed_max_sim,
                                   self.cfg.label_quota)
         return {str(req.user_id): self._one(req, settings) for req in requests}

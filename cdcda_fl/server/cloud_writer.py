@@ -100,9 +100,8 @@ class CloudWriter:
 
         Only a user's own shares feed their entry: the grouping key is the user id, which under
         ``train.adapter-scope = user`` names one person (the setting is refused under task scope).
-        Reference writers (oracle, noise) read no prompt, so they get none.
         """
-        if run_config(self.cfg).synthetic.person_context <= 0 or is_reference(run_config(self.cfg).cloud.backend):
+        if run_config(self.cfg).synthetic.person_context <= 0:
             return {}
         users = {str(r.user_id) for r in requests}
         others: dict[str, list[SharedRecords]] = {}
@@ -126,6 +125,6 @@ class CloudWriter:
         return results, False
 
     def _generate(self, requests: list[SharedRecords], context: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-        written = self.augmenter.augment(requests, context=context) if context else self.augmenter.augment(requests)
+        written = self.augmenter.augment(requests, context=context)
         return {str(uid): {"records": list(res.records), "counts": dict(res.counts or {}), "error": res.error}
                 for uid, res in written.items()}
